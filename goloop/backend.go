@@ -1,0 +1,68 @@
+package goloop
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// Backend turns submissions into completions. Both implementations produce
+// the same records, so nothing above this package knows which one runs; a
+// kqueue backend would be a third implementation of the same contract.
+//
+// A Backend is driven by one goroutine (the loop's thread) except Wake,
+// which any goroutine may call.
+type Backend interface {
+	// Poll applies subs in order, then waits until at least one completion
+	// is ready, Wake is called, or timeout passes (timeout < 0: no limit,
+	// 0: do not wait), and copies up to len(out) completions into out.
+	// Completions that do not fit stay queued for the next call.
+	Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error)
+	// Pending reports whether completions are already queued, so a caller
+	// knows not to wait.
+	Pending() bool
+	Wake() error
+	Name() string
+	Close() error
+}
+
+// Options size a backend.
+type Options struct {
+	BufSize  int // bytes per receive buffer
+	BufCount int // buffers in the pool (a power of two)
+	Entries  int // io_uring submission queue entries
+}
+
+func (o *Options) fill() {
+	if o.BufSize == 0 {
+		o.BufSize = 64 << 10
+	}
+	if o.BufCount == 0 {
+		o.BufCount = 256
+	}
+	if o.Entries == 0 {
+		o.Entries = 1024
+	}
+}
+
+// NewBackend makes the backend named by kind ("", "io_uring", "epoll"); ""
+// reads GOLOOP_BACKEND and otherwise prefers io_uring where the kernel
+// allows it.
+func NewBackend(kind string, opt Options) (Backend, error) {
+	opt.fill()
+	if kind == "" {
+		kind = os.Getenv("GOLOOP_BACKEND")
+	}
+	switch kind {
+	case "epoll":
+		return newEpoll(opt)
+	case "io_uring":
+		return newUring(opt)
+	case "":
+		if b, err := newUring(opt); err == nil {
+			return b, nil
+		}
+		return newEpoll(opt)
+	}
+	return nil, fmt.Errorf("goloop: unknown backend %q (want io_uring or epoll)", kind)
+}

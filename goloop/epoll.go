@@ -1,0 +1,435 @@
+package goloop
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// epollBackend is the readiness-based backend: it performs the operations
+// itself when epoll says an fd is ready, and reports them with the same
+// completion records io_uring produces. Level-triggered, like libuv and
+// Go's own poller before edge mode: an fd keeps reporting while its work
+// is not done, so nothing is lost when a Poll call returns early.
+type epollBackend struct {
+	epfd    int
+	evfd    int
+	pool    *bufPool
+	fds     map[int32]*epFd
+	ready   []Comp
+	events  []unix.EpollEvent
+	dirty   []*epFd
+	starved []*epFd
+}
+
+type epFd struct {
+	fd         int32
+	registered uint32 // mask epoll knows, 0: not added
+	isDirty    bool
+	notSock    bool
+	closed     bool
+
+	recvOn   bool
+	starved  bool
+	recvTok  uint64
+	acceptOn bool
+	accTok   uint64
+	pollMask uint32
+	pollTok  uint64
+	connTok  uint64
+	connOn   bool
+
+	out []queued // sends, shutdowns and a graceful close, in order
+	// blocked is set while the head of out waits for EPOLLOUT.
+	blocked bool
+}
+
+func newEpoll(opt Options) (Backend, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	pool, err := newBufPool(opt.BufSize, opt.BufCount)
+	if err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	return &epollBackend{
+		epfd: epfd, evfd: evfd, pool: pool,
+		fds:    make(map[int32]*epFd),
+		events: make([]unix.EpollEvent, 256),
+	}, nil
+}
+
+func (b *epollBackend) Name() string  { return "epoll" }
+func (b *epollBackend) Pending() bool { return len(b.ready) > 0 }
+
+func (b *epollBackend) Wake() error {
+	var one = [8]byte{1}
+	_, err := unix.Write(b.evfd, one[:])
+	if err == unix.EAGAIN {
+		return nil // counter full: a wake-up is pending anyway
+	}
+	return err
+}
+
+func (b *epollBackend) Close() error {
+	for fd, f := range b.fds {
+		if !f.closed {
+			unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+		}
+	}
+	b.fds = nil
+	unix.Close(b.evfd)
+	b.pool.close()
+	return unix.Close(b.epfd)
+}
+
+func (b *epollBackend) state(fd int32) *epFd {
+	f := b.fds[fd]
+	if f == nil {
+		f = &epFd{fd: fd}
+		b.fds[fd] = f
+	}
+	return f
+}
+
+func (b *epollBackend) complete(c Comp) { b.ready = append(b.ready, c) }
+
+func (b *epollBackend) markDirty(f *epFd) {
+	if !f.isDirty {
+		f.isDirty = true
+		b.dirty = append(b.dirty, f)
+	}
+}
+
+func (b *epollBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error) {
+	for i := range subs {
+		b.apply(&subs[i])
+	}
+	b.sync()
+	if len(b.ready) > 0 {
+		timeout = 0
+	}
+	ms := -1
+	if timeout >= 0 {
+		// Round up: a timer must never fire early.
+		ms = int((timeout + time.Millisecond - 1) / time.Millisecond)
+	}
+	n, err := unix.EpollWait(b.epfd, b.events, ms)
+	if err != nil && err != unix.EINTR {
+		return 0, err
+	}
+	for i := 0; i < n; i++ {
+		b.handle(&b.events[i])
+	}
+	b.sync()
+	k := copy(out, b.ready)
+	rest := copy(b.ready, b.ready[k:])
+	b.ready = b.ready[:rest]
+	return k, nil
+}
+
+func (b *epollBackend) apply(s *Sub) {
+	if s.Op == OpBufReturn {
+		b.pool.put(s.Arg)
+		for _, f := range b.starved {
+			f.starved = false
+			b.markDirty(f)
+		}
+		b.starved = b.starved[:0]
+		return
+	}
+	f := b.state(s.Fd)
+	switch s.Op {
+	case OpRecvStart:
+		f.recvOn, f.recvTok = true, s.Token
+	case OpRecvStop:
+		f.recvOn = false
+	case OpAcceptStart:
+		f.acceptOn, f.accTok = true, s.Token
+	case OpAcceptStop:
+		f.acceptOn = false
+	case OpPollStart:
+		f.pollMask, f.pollTok = s.Arg&(PollIn|PollOut), s.Token
+	case OpPollStop:
+		f.pollMask = 0
+	case OpConnect:
+		switch e := connectRaw(f.fd, s.Ptr, s.Len); e {
+		case 0:
+			b.complete(Comp{Token: s.Token, Kind: EvConnect})
+		case unix.EINPROGRESS, unix.EAGAIN:
+			f.connOn, f.connTok = true, s.Token
+		default:
+			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(e)})
+		}
+	case OpSend, OpShutdown:
+		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
+		if len(f.out) == 1 {
+			b.flush(f) // an idle socket sends at once: no wait for readiness
+		}
+	case OpClose:
+		if s.Arg&CloseAbort != 0 {
+			b.abort(f)
+			b.closeFd(f, s.Token)
+			return
+		}
+		f.out = append(f.out, queued{op: OpClose, token: s.Token})
+		if len(f.out) == 1 {
+			b.flush(f)
+		}
+	}
+	b.markDirty(f)
+}
+
+// flush works through f's output queue until it blocks or empties.
+func (b *epollBackend) flush(f *epFd) {
+	f.blocked = false
+	for len(f.out) > 0 {
+		q := &f.out[0]
+		switch q.op {
+		case OpSend:
+			done, e := sendSome(f.fd, q, &f.notSock)
+			if !done {
+				f.blocked = true
+				return
+			}
+			res := int32(q.n)
+			if e != 0 {
+				res = -int32(e)
+			}
+			b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+		case OpShutdown:
+			var res int32
+			if err := unix.Shutdown(int(f.fd), unix.SHUT_WR); err != nil {
+				res = errnoOf(err)
+			}
+			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: res})
+		case OpClose:
+			tok := q.token
+			f.out = f.out[1:]
+			b.abort(f)
+			b.closeFd(f, tok)
+			return
+		}
+		f.out = f.out[1:]
+	}
+	f.out = nil
+}
+
+// abort ends every operation still pending on f with -ECANCELED.
+func (b *epollBackend) abort(f *epFd) {
+	for _, q := range f.out {
+		kind := EvSend
+		switch q.op {
+		case OpShutdown:
+			kind = EvShutdown
+		case OpClose:
+			continue
+		}
+		b.complete(Comp{Token: q.token, Kind: kind, Res: -int32(unix.ECANCELED)})
+	}
+	f.out = nil
+	if f.connOn {
+		f.connOn = false
+		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
+	}
+}
+
+func (b *epollBackend) closeFd(f *epFd, token uint64) {
+	if f.registered != 0 {
+		unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(f.fd), nil)
+	}
+	var res int32
+	if err := unix.Close(int(f.fd)); err != nil {
+		res = errnoOf(err)
+	}
+	f.closed = true
+	delete(b.fds, f.fd)
+	b.complete(Comp{Token: token, Kind: EvClosed, Res: res})
+}
+
+// sync tells epoll what each changed fd now waits for.
+func (b *epollBackend) sync() {
+	for _, f := range b.dirty {
+		f.isDirty = false
+		if f.closed {
+			continue
+		}
+		var want uint32
+		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 {
+			want |= unix.EPOLLIN
+		}
+		if f.blocked || f.connOn || f.pollMask&PollOut != 0 {
+			want |= unix.EPOLLOUT
+		}
+		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved
+		if want == f.registered {
+			if idle {
+				delete(b.fds, f.fd) // nothing left to remember about this fd
+			}
+			continue
+		}
+		ev := unix.EpollEvent{Events: want, Fd: f.fd}
+		var err error
+		switch {
+		case f.registered == 0:
+			err = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_ADD, int(f.fd), &ev)
+		case want == 0:
+			err = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(f.fd), nil)
+		default:
+			err = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_MOD, int(f.fd), &ev)
+		}
+		if err != nil {
+			b.failFd(f, errnoOf(err))
+			continue
+		}
+		f.registered = want
+		if idle {
+			delete(b.fds, f.fd)
+		}
+	}
+	b.dirty = b.dirty[:0]
+}
+
+// failFd reports an fd epoll refuses (a regular file, a closed fd) to every
+// operation waiting on it, so nothing waits forever.
+func (b *epollBackend) failFd(f *epFd, res int32) {
+	if f.recvOn {
+		f.recvOn = false
+		b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: res})
+	}
+	if f.acceptOn {
+		f.acceptOn = false
+		b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: res})
+	}
+	if f.pollMask != 0 {
+		f.pollMask = 0
+		b.complete(Comp{Token: f.pollTok, Kind: EvPoll, Res: res})
+	}
+	if f.connOn {
+		f.connOn = false
+		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
+	}
+	for _, q := range f.out {
+		kind := EvSend
+		switch q.op {
+		case OpShutdown:
+			kind = EvShutdown
+		case OpClose:
+			kind = EvClosed
+		}
+		b.complete(Comp{Token: q.token, Kind: kind, Res: res})
+	}
+	f.out = nil
+	f.blocked = false
+}
+
+func (b *epollBackend) handle(ev *unix.EpollEvent) {
+	if ev.Fd == int32(b.evfd) {
+		var buf [8]byte
+		unix.Read(b.evfd, buf[:])
+		return
+	}
+	f := b.fds[ev.Fd]
+	if f == nil || f.closed {
+		return
+	}
+	in := ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0
+	outReady := ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if f.pollMask != 0 {
+		mask := ev.Events & (PollIn | PollOut | PollErr | PollHup)
+		// Report only what was asked for, plus errors/hangups, which a
+		// select()-style reader or writer must see to find out.
+		mask &= f.pollMask | PollErr | PollHup
+		if mask != 0 {
+			b.complete(Comp{Token: f.pollTok, Kind: EvPoll, Aux: mask, Flags: FlagMore})
+		}
+	}
+	if in && f.acceptOn {
+		b.acceptSome(f)
+	}
+	if in && f.recvOn && !f.starved {
+		b.recvOne(f)
+	}
+	if outReady && f.connOn {
+		f.connOn = false
+		v, err := unix.GetsockoptInt(int(f.fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		res := int32(-v)
+		if err != nil {
+			res = errnoOf(err)
+		}
+		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
+		b.markDirty(f)
+	}
+	if outReady && f.blocked {
+		b.flush(f)
+		b.markDirty(f)
+	}
+}
+
+func (b *epollBackend) acceptSome(f *epFd) {
+	// Bounded, so one busy listener cannot starve every other fd.
+	for i := 0; i < 64; i++ {
+		nfd, _, err := unix.Accept4(int(f.fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch err {
+		case nil:
+			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: int32(nfd), Flags: FlagMore})
+			continue
+		case unix.EAGAIN, unix.EINTR:
+			return
+		case unix.ECONNABORTED, unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EPROTO, unix.EPERM:
+			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: errnoOf(err), Flags: FlagMore})
+			return
+		default:
+			f.acceptOn = false
+			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: errnoOf(err)})
+			b.markDirty(f)
+			return
+		}
+	}
+}
+
+func (b *epollBackend) recvOne(f *epFd) {
+	id, ok := b.pool.get()
+	if !ok {
+		f.starved = true
+		b.starved = append(b.starved, f)
+		b.markDirty(f)
+		return
+	}
+	for {
+		n, err := unix.Read(int(f.fd), b.pool.buf(id))
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			b.pool.put(id)
+		case err != nil:
+			b.pool.put(id)
+			f.recvOn = false
+			b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: errnoOf(err)})
+			b.markDirty(f)
+		case n == 0:
+			b.pool.put(id)
+			f.recvOn = false
+			b.complete(Comp{Token: f.recvTok, Kind: EvRecv})
+			b.markDirty(f)
+		default:
+			b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: int32(n), Ptr: b.pool.addr(id), Buf: id, Flags: FlagMore})
+		}
+		return
+	}
+}

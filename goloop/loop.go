@@ -1,0 +1,67 @@
+package goloop
+
+import (
+	"sync"
+	"time"
+)
+
+// Loop is what the C ABI drives: a backend plus the queue through which
+// goroutines (DNS lookups, TLS handshakes) hand results to the loop thread.
+// Posting wakes the backend, so a posted result ends a wait at once.
+type Loop struct {
+	b      Backend
+	mu     sync.Mutex
+	posted []Comp
+	calls  calls
+}
+
+func NewLoop(kind string, opt Options) (*Loop, error) {
+	b, err := NewBackend(kind, opt)
+	if err != nil {
+		return nil, err
+	}
+	return &Loop{b: b}, nil
+}
+
+func (l *Loop) Backend() Backend { return l.b }
+
+// Post queues c for the loop thread; any goroutine may call it.
+func (l *Loop) Post(c Comp) {
+	l.mu.Lock()
+	l.posted = append(l.posted, c)
+	first := len(l.posted) == 1
+	l.mu.Unlock()
+	if first {
+		l.b.Wake()
+	}
+}
+
+func (l *Loop) Wake() error { return l.b.Wake() }
+
+// Poll is one loop iteration's crossing: submissions in, completions out.
+func (l *Loop) Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error) {
+	n := 0
+	l.mu.Lock()
+	if len(l.posted) > 0 {
+		n = copy(out, l.posted)
+		rest := copy(l.posted, l.posted[n:])
+		l.posted = l.posted[:rest]
+	}
+	more := len(l.posted) > 0
+	l.mu.Unlock()
+	if n > 0 || more {
+		timeout = 0
+	}
+	m, err := l.b.Poll(subs, out[n:], timeout)
+	return n + m, err
+}
+
+func (l *Loop) Close() error {
+	l.calls.mu.Lock()
+	for _, c := range l.calls.m {
+		c.cancel()
+	}
+	l.calls.m = nil
+	l.calls.mu.Unlock()
+	return l.b.Close()
+}

@@ -1,0 +1,110 @@
+// Package goloop is the I/O core of the goloop asyncio event loop: backends
+// (io_uring, epoll) that turn a batch of submissions into a batch of
+// completions, receive buffers, and later TLS and DNS. It never sees a Python
+// object; the C extension above it speaks only in these records.
+package goloop
+
+import "unsafe"
+
+// Sub is one submission. Its layout is gl_sub in pybind/goloop.h: the C
+// extension fills an array of them during a loop iteration and hands the
+// whole array over in the call that waits, so the layout is the ABI.
+type Sub struct {
+	Op    uint8
+	_     [3]byte
+	Fd    int32
+	Token uint64  // C's name for the target; echoed in every completion
+	Ptr   uintptr // OpSend: data; OpConnect: sockaddr. C memory, alive until the completion
+	Len   uint32
+	Arg   uint32 // OpBufReturn: buffer id; OpPollStart: event mask; OpClose: CloseAbort
+}
+
+// Comp is one completion; gl_comp in pybind/goloop.h.
+type Comp struct {
+	Token uint64
+	Res   int32 // bytes, a new fd, 0, or -errno
+	Kind  uint8
+	Flags uint8
+	_     uint16
+	Ptr   uintptr // EvRecv: start of the received bytes in a pool buffer
+	Buf   uint32  // EvRecv: buffer id to give back with OpBufReturn
+	Aux   uint32  // EvPoll: ready mask
+}
+
+// Compile-time layout checks: C relies on these sizes.
+var _ [32 - unsafe.Sizeof(Sub{})]byte
+var _ [unsafe.Sizeof(Sub{}) - 32]byte
+var _ [32 - unsafe.Sizeof(Comp{})]byte
+var _ [unsafe.Sizeof(Comp{}) - 32]byte
+
+// Operations. Unless said otherwise an operation on an fd is ordered after
+// every earlier operation on the same fd in the same or an earlier batch.
+const (
+	OpNop uint8 = iota
+	// OpRecvStart arms continuous receive on Fd. Each chunk arrives as EvRecv
+	// with Res > 0, Ptr/Buf naming a pool buffer that C gives back with
+	// OpBufReturn. Res == 0 is end of stream and Res < 0 an error; both disarm.
+	// Running out of pool buffers pauses receiving; it resumes by itself when
+	// buffers come back.
+	OpRecvStart
+	// OpRecvStop disarms receive. Chunks already in flight may still be
+	// delivered after it (io_uring cannot take back a completed recv), so C
+	// must hold them until it reads again.
+	OpRecvStop
+	// OpSend sends Len bytes at Ptr, all of them, after earlier sends on Fd.
+	// Exactly one EvSend answers it: Res == Len, or -errno (-ECANCELED when
+	// an abort dropped it). C keeps the memory alive until then.
+	OpSend
+	// OpShutdown shuts the write side down once earlier sends are done: EvShutdown.
+	OpShutdown
+	// OpClose stops everything on Fd and closes it. Graceful (Arg 0): after
+	// earlier sends finish. CloseAbort: pending sends end with -ECANCELED.
+	// EvClosed comes last; no completion names Fd's token after it.
+	OpClose
+	// OpAcceptStart arms continuous accept on a listening Fd: EvAccept with
+	// Res = new fd (non-blocking, close-on-exec) or -errno. Transient errors
+	// (EMFILE, ECONNABORTED...) are reported with FlagMore: still armed.
+	OpAcceptStart
+	OpAcceptStop
+	// OpConnect connects Fd to the sockaddr at Ptr/Len: EvConnect, Res 0 or -errno.
+	OpConnect
+	// OpPollStart watches Fd for readiness (Arg = PollIn|PollOut), level
+	// triggered like select(): EvPoll with Aux = ready mask, every Poll call
+	// while it stays ready. A second OpPollStart on Fd replaces the mask.
+	OpPollStart
+	// OpPollStop ends the watch; no EvPoll for Fd after it.
+	OpPollStop
+	// OpBufReturn gives pool buffer Arg back.
+	OpBufReturn
+	opCount
+)
+
+// Completion kinds.
+const (
+	EvNone uint8 = iota
+	EvRecv
+	EvSend
+	EvShutdown
+	EvClosed
+	EvAccept
+	EvConnect
+	EvPoll
+	// EvPosted is a result posted by a goroutine (DNS, TLS handshakes) through Loop.Post.
+	EvPosted
+)
+
+// Completion flags.
+const (
+	FlagMore uint8 = 1 // the operation is still armed
+)
+
+// OpClose argument.
+const CloseAbort uint32 = 1
+
+// Poll masks (the same bits as EPOLLIN/EPOLLOUT/EPOLLERR/EPOLLHUP).
+const (
+	PollIn  uint32 = 0x1
+	PollOut uint32 = 0x4
+	PollErr uint32 = 0x8
+	PollHup uint32 = 0x10
+)

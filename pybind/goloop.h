@@ -1,0 +1,56 @@
+/* The C ABI of libgoloop.so (built from pybind/ with -buildmode=c-shared).
+ * Integers and C memory cross it, never Go pointers, never PyObjects.
+ * The record layouts are checked against goloop/record.go at compile time
+ * on the Go side. */
+#ifndef GOLOOP_H
+#define GOLOOP_H
+#include <stdint.h>
+
+typedef struct {
+    uint8_t  op;
+    uint8_t  _pad[3];
+    int32_t  fd;
+    uint64_t token;
+    uint64_t ptr;
+    uint32_t len;
+    uint32_t arg;
+} gl_sub;
+
+typedef struct {
+    uint64_t token;
+    int32_t  res;
+    uint8_t  kind;
+    uint8_t  flags;
+    uint16_t _pad;
+    uint64_t ptr;
+    uint32_t buf;
+    uint32_t aux;
+} gl_comp;
+
+enum {
+    GL_OP_NOP, GL_OP_RECV_START, GL_OP_RECV_STOP, GL_OP_SEND, GL_OP_SHUTDOWN,
+    GL_OP_CLOSE, GL_OP_ACCEPT_START, GL_OP_ACCEPT_STOP, GL_OP_CONNECT,
+    GL_OP_POLL_START, GL_OP_POLL_STOP, GL_OP_BUF_RETURN
+};
+enum {
+    GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,
+    GL_EV_ACCEPT, GL_EV_CONNECT, GL_EV_POLL, GL_EV_POSTED
+};
+#define GL_FLAG_MORE 1
+#define GL_CLOSE_ABORT 1
+#define GL_POLL_IN 0x1
+#define GL_POLL_OUT 0x4
+#define GL_POLL_ERR 0x8
+#define GL_POLL_HUP 0x10
+
+/* The function table the C extension takes from libgoloop.so with dlsym. */
+typedef int64_t (*gl_new_fn)(const char *backend, char *err, int errlen);
+typedef int (*gl_poll_fn)(int64_t h, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64_t timeout_ns);
+typedef int (*gl_wake_fn)(int64_t h);
+typedef int (*gl_close_fn)(int64_t h);
+typedef int (*gl_backend_fn)(int64_t h, char *buf, int len);
+typedef int (*gl_call_fn)(int64_t h, uint64_t token, const char *method, const char *req, int reqlen);
+typedef int (*gl_result_fn)(int64_t h, uint64_t token, char *out, int cap);
+typedef void (*gl_cancel_fn)(int64_t h, uint64_t token);
+
+#endif
