@@ -68,16 +68,19 @@ func (l *Loop) Call(token uint64, method string, req []byte) bool {
 	return true
 }
 
-// Result hands over (and forgets) the result of a finished call.
-func (l *Loop) Result(token uint64) ([]byte, bool) {
+// Result hands over the result of a finished call; with take it also
+// forgets it. A caller whose buffer is too small looks first, then takes.
+func (l *Loop) Result(token uint64, take bool) ([]byte, bool) {
 	l.calls.mu.Lock()
 	defer l.calls.mu.Unlock()
 	c := l.calls.m[token]
 	if c == nil || !c.done {
 		return nil, false
 	}
-	delete(l.calls.m, token)
-	c.cancel()
+	if take {
+		delete(l.calls.m, token)
+		c.cancel()
+	}
 	return c.result, true
 }
 

@@ -158,14 +158,17 @@ func (b *epollBackend) apply(s *Sub) {
 		f.recvOn, f.recvTok = true, s.Token
 	case OpRecvStop:
 		f.recvOn = false
+		b.forgetIfIdle(f)
 	case OpAcceptStart:
 		f.acceptOn, f.accTok = true, s.Token
 	case OpAcceptStop:
 		f.acceptOn = false
+		b.forgetIfIdle(f)
 	case OpPollStart:
 		f.pollMask, f.pollTok = s.Arg&(PollIn|PollOut), s.Token
 	case OpPollStop:
 		f.pollMask = 0
+		b.forgetIfIdle(f)
 	case OpConnect:
 		switch e := connectRaw(f.fd, s.Ptr, s.Len); e {
 		case 0:
@@ -191,7 +194,25 @@ func (b *epollBackend) apply(s *Sub) {
 			b.flush(f)
 		}
 	}
-	b.markDirty(f)
+	if !f.closed {
+		b.markDirty(f)
+	}
+}
+
+// forgetIfIdle drops an fd nothing waits on any more, at once rather than
+// at the next sync: its owner (a Python socket) may close it, and the
+// number may come back as a new fd, before this batch's sync runs. A stale
+// registration for a closed file would otherwise hide the new one.
+func (b *epollBackend) forgetIfIdle(f *epFd) {
+	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn {
+		return
+	}
+	if f.registered != 0 {
+		unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(f.fd), nil) // EBADF/ENOENT: already gone
+	}
+	f.registered = 0
+	f.closed = true // a pending dirty entry must not resurrect it
+	delete(b.fds, f.fd)
 }
 
 // flush works through f's output queue until it blocks or empties.
@@ -291,6 +312,13 @@ func (b *epollBackend) sync() {
 			err = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(f.fd), nil)
 		default:
 			err = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_MOD, int(f.fd), &ev)
+			if err == unix.ENOENT {
+				// The file was closed and the number reused behind our back.
+				err = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_ADD, int(f.fd), &ev)
+			}
+		}
+		if err != nil && want == 0 {
+			err = nil // removing an fd that is already gone
 		}
 		if err != nil {
 			b.failFd(f, errnoOf(err))
