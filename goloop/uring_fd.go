@@ -1,0 +1,498 @@
+package goloop
+
+import (
+	"golang.org/x/sys/unix"
+)
+
+// urFd is what the io_uring backend knows about one fd: what C wants
+// (recvOn, accOn, pollMask, the output queue) and what is in flight in the
+// kernel (the *Armed flags, sending, inflight). The two differ while a
+// cancellation or a re-arm is on its way; CQEs are judged against what C
+// wants now, not against what it wanted when the request went out.
+type urFd struct {
+	fd       int32
+	slot     uint32
+	gen      uint32
+	inflight int // requests on this fd whose last CQE has not come back
+	notSock  bool
+
+	recvOn, recvArmed, recvCancel, recvStarved bool
+	recvTok                                    uint64
+	// held keeps what arrived while receiving was stopped (a multishot
+	// recv cannot be stopped between two chunks); RecvStart delivers it.
+	held []Comp
+
+	accOn, accArmed, accCancel bool
+	accTok                     uint64
+	heldFds                    []int32 // connections accepted while stopped
+
+	pollMask, pollArmedMask             uint32
+	pollArmed, pollRemoving, pollQueued bool
+	pollTok                             uint64
+
+	connOn  bool
+	connTok uint64
+
+	out     []queued // sends, shutdowns and a graceful close, in order
+	sending bool     // the head of out is in the kernel
+
+	closing, aborting, closed bool
+	closeTok                  uint64
+}
+
+func (b *uringBackend) state(fd int32) *urFd {
+	if f := b.fds[fd]; f != nil {
+		return f
+	}
+	var slot uint32
+	if n := len(b.free); n > 0 {
+		slot = b.free[n-1]
+		b.free = b.free[:n-1]
+	} else {
+		slot = uint32(len(b.slots))
+		b.slots = append(b.slots, nil)
+		b.gens = append(b.gens, 0)
+	}
+	f := &urFd{fd: fd, slot: slot, gen: b.gens[slot]}
+	b.slots[slot] = f
+	b.fds[fd] = f
+	return f
+}
+
+// forget drops f; bumping the slot's generation makes any CQE still naming
+// it an orphan.
+func (b *uringBackend) forget(f *urFd) {
+	if b.fds[f.fd] == f {
+		delete(b.fds, f.fd)
+	}
+	if b.slots[f.slot] == f {
+		b.slots[f.slot] = nil
+		b.gens[f.slot]++
+		b.free = append(b.free, f.slot)
+	}
+}
+
+func (f *urFd) idle() bool {
+	return !f.recvOn && !f.recvArmed && !f.accOn && !f.accArmed && f.pollMask == 0 && !f.pollArmed &&
+		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.closing
+}
+
+// settle finishes a close whose cancellations have all come back, and
+// forgets an fd nothing is pending on.
+func (b *uringBackend) settle(f *urFd) {
+	if f.closing {
+		if f.inflight == 0 && !f.closed {
+			b.finishClose(f)
+		}
+		return
+	}
+	if f.idle() {
+		b.forget(f)
+	}
+}
+
+// fdSQE starts a request on f.
+func (b *uringBackend) fdSQE(f *urFd, op, kind uint8) *uringSQE {
+	s := b.sqe(op, f.fd, b.ud(f, kind))
+	f.inflight++
+	return s
+}
+
+// cancel asks the kernel to stop f's request of the given kind.
+func (b *uringBackend) cancel(f *urFd, kind uint8) {
+	s := b.fdSQE(f, iouOpAsyncCancel, kCancel)
+	s.fd = -1
+	s.addr = b.ud(f, kind)
+}
+
+func (b *uringBackend) apply(s *Sub) {
+	switch s.Op {
+	case OpBufReturn:
+		if b.pbuf.give(s.Arg) && len(b.starved) > 0 {
+			st := b.starved
+			b.starved = nil
+			for _, f := range st {
+				f.recvStarved = false
+				if b.slots[f.slot] == f {
+					b.armRecv(f)
+				}
+			}
+		}
+		return
+	case OpNop:
+		return
+	}
+	if s.Op >= opCount {
+		return
+	}
+	f := b.state(s.Fd)
+	if f.closing {
+		b.refuse(s)
+		return
+	}
+	switch s.Op {
+	case OpRecvStart:
+		f.recvTok, f.recvOn = s.Token, true
+		for _, c := range f.held {
+			c.Token = f.recvTok
+			b.complete(c)
+			if c.Res <= 0 {
+				f.recvOn = false
+			}
+		}
+		f.held = nil
+		b.armRecv(f)
+	case OpRecvStop:
+		f.recvOn = false
+		if f.recvArmed && !f.recvCancel {
+			b.cancel(f, kRecv)
+			f.recvCancel = true
+		}
+	case OpAcceptStart:
+		f.accTok, f.accOn = s.Token, true
+		for _, fd := range f.heldFds {
+			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: fd, Flags: FlagMore})
+		}
+		f.heldFds = nil
+		b.armAccept(f)
+	case OpAcceptStop:
+		f.accOn = false
+		if f.accArmed && !f.accCancel {
+			b.cancel(f, kAccept)
+			f.accCancel = true
+		}
+	case OpPollStart, OpPollStop:
+		f.pollMask = 0
+		if s.Op == OpPollStart {
+			f.pollTok, f.pollMask = s.Token, s.Arg&(PollIn|PollOut)
+		}
+		if !f.pollArmed {
+			b.armPoll(f)
+		} else if f.pollArmedMask != f.pollMask && !f.pollRemoving {
+			// The CQE of the removed poll re-arms with the new mask.
+			r := b.fdSQE(f, iouOpPollRemove, kPollRemove)
+			r.fd = -1
+			r.addr = b.ud(f, kPoll)
+			f.pollRemoving = true
+		}
+	case OpConnect:
+		f.connOn, f.connTok = true, s.Token
+		c := b.fdSQE(f, iouOpConnect, kConnect)
+		c.addr = uint64(s.Ptr) // the kernel copies the sockaddr at submission
+		c.off = uint64(s.Len)
+	case OpSend, OpShutdown:
+		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
+		b.pump(f)
+	case OpClose:
+		if s.Arg&CloseAbort != 0 {
+			b.startClose(f, s.Token, true)
+		} else {
+			f.out = append(f.out, queued{op: OpClose, token: s.Token})
+			b.pump(f)
+		}
+	}
+	b.settle(f)
+}
+
+// refuse answers an operation on an fd that is being closed, as the
+// syscalls would on a closed fd.
+func (b *uringBackend) refuse(s *Sub) {
+	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpClose: EvClosed, OpConnect: EvConnect,
+		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll}[s.Op]
+	if kind != EvNone {
+		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
+	}
+}
+
+func (b *uringBackend) armRecv(f *urFd) {
+	if !f.recvOn || f.recvArmed || f.recvStarved || f.closing {
+		return
+	}
+	if b.pbuf.inRing == 0 {
+		// A recv armed now would end at once with ENOBUFS.
+		f.recvStarved = true
+		b.starved = append(b.starved, f)
+		return
+	}
+	s := b.fdSQE(f, iouOpRecv, kRecv)
+	s.ioprio = iouRecvMultishot
+	s.flags = iosqeBufferSelect
+	s.bufIndex = pbufGroup
+	f.recvArmed = true
+}
+
+func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
+	more := c.flags&cqeFMore != 0
+	if !more {
+		f.recvArmed, f.recvCancel = false, false
+	}
+	switch {
+	case c.flags&cqeFBuffer != 0:
+		bid := uint16(c.flags >> 16)
+		if f.closing || c.res <= 0 {
+			b.pbuf.recycle(bid)
+			break
+		}
+		b.pbuf.taken(bid)
+		ch := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res, Ptr: b.pool.addr(uint32(bid)), Buf: uint32(bid), Flags: FlagMore}
+		if f.recvOn {
+			b.complete(ch)
+		} else {
+			f.held = append(f.held, ch)
+		}
+	case f.closing:
+	case c.res == -int32(unix.ENOBUFS), c.res == -int32(unix.ECANCELED),
+		c.res == -int32(unix.EINTR), c.res == -int32(unix.EAGAIN):
+		// Ours to handle: the re-arm below (or starving until buffers
+		// come back) is all C would have wanted.
+	default:
+		// End of stream or an error: receiving is over.
+		end := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res}
+		if f.recvOn {
+			b.complete(end)
+			f.recvOn = false
+		} else {
+			f.held = append(f.held, end)
+		}
+	}
+	if !more {
+		b.armRecv(f)
+	}
+}
+
+func (b *uringBackend) armAccept(f *urFd) {
+	if !f.accOn || f.accArmed || f.closing {
+		return
+	}
+	s := b.fdSQE(f, iouOpAccept, kAccept)
+	s.ioprio = iouAcceptMultishot
+	s.opFlags = unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
+	f.accArmed = true
+}
+
+func (b *uringBackend) onAccept(f *urFd, c *uringCQE) {
+	more := c.flags&cqeFMore != 0
+	if !more {
+		f.accArmed, f.accCancel = false, false
+	}
+	res := c.res
+	switch {
+	case f.closing:
+		if res >= 0 {
+			unix.Close(int(res))
+		}
+	case res >= 0:
+		if f.accOn {
+			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: res, Flags: FlagMore})
+		} else {
+			f.heldFds = append(f.heldFds, res)
+		}
+	case res == -int32(unix.ECANCELED), res == -int32(unix.EINTR), res == -int32(unix.EAGAIN):
+	case acceptTransient(unix.Errno(-res)):
+		if f.accOn {
+			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: res, Flags: FlagMore})
+		}
+	default:
+		if f.accOn {
+			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: res})
+			f.accOn = false
+		}
+	}
+	if !more {
+		b.armAccept(f)
+	}
+}
+
+// acceptTransient lists the accept errors after which a listener still
+// works (the same list epoll.go keeps going on).
+func acceptTransient(e unix.Errno) bool {
+	switch e {
+	case unix.ECONNABORTED, unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EPROTO, unix.EPERM:
+		return true
+	}
+	return false
+}
+
+func (b *uringBackend) armPoll(f *urFd) {
+	if f.pollMask == 0 || f.pollArmed || f.pollQueued || f.closing {
+		return
+	}
+	s := b.fdSQE(f, iouOpPollAdd, kPoll)
+	s.opFlags = f.pollMask // poll32_events: one-shot, level
+	f.pollArmed, f.pollArmedMask = true, f.pollMask
+}
+
+// armPolls re-arms the polls delivered by the previous call. Re-arming
+// them at once would complete them again at once (level triggered), so
+// they wait for the next call: one EvPoll per Poll call while ready.
+func (b *uringBackend) armPolls() {
+	for _, f := range b.rearm {
+		f.pollQueued = false
+		if b.slots[f.slot] == f {
+			b.armPoll(f)
+		}
+	}
+	b.rearm = b.rearm[:0]
+}
+
+func (b *uringBackend) onPoll(f *urFd, c *uringCQE) {
+	f.pollArmed, f.pollRemoving = false, false
+	if f.closing || f.pollMask == 0 {
+		return
+	}
+	if c.res > 0 {
+		mask := uint32(c.res) & (PollIn | PollOut | PollErr | PollHup) & (f.pollMask | PollErr | PollHup)
+		if mask != 0 {
+			b.complete(Comp{Token: f.pollTok, Kind: EvPoll, Aux: mask, Flags: FlagMore})
+			f.pollQueued = true
+			b.rearm = append(b.rearm, f)
+			return
+		}
+	} else if c.res < 0 && c.res != -int32(unix.ECANCELED) {
+		b.complete(Comp{Token: f.pollTok, Kind: EvPoll, Res: c.res})
+		f.pollMask = 0
+		return
+	}
+	b.armPoll(f)
+}
+
+// pump works through f's output queue: one send in the kernel at a time
+// keeps the bytes in order; shutdown and a graceful close wait their turn.
+func (b *uringBackend) pump(f *urFd) {
+	for len(f.out) > 0 && !f.sending && !f.closing {
+		q := &f.out[0]
+		switch q.op {
+		case OpSend:
+			if q.off < q.n {
+				b.submitSend(f, q)
+				return
+			}
+			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+		case OpShutdown:
+			var res int32
+			if err := unix.Shutdown(int(f.fd), unix.SHUT_WR); err != nil {
+				res = errnoOf(err)
+			}
+			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: res})
+		case OpClose:
+			tok := q.token
+			f.out = f.out[1:]
+			b.startClose(f, tok, false)
+			return
+		}
+		f.out = f.out[1:]
+	}
+	if len(f.out) == 0 {
+		f.out = nil
+	}
+}
+
+func (b *uringBackend) submitSend(f *urFd, q *queued) {
+	op := uint8(iouOpSend)
+	if f.notSock {
+		op = iouOpWrite
+	}
+	s := b.fdSQE(f, op, kSend)
+	s.addr = uint64(q.ptr + uintptr(q.off))
+	s.len = uint32(q.n - q.off)
+	if f.notSock {
+		s.off = ^uint64(0) // the file's own position (pipes have none)
+	} else {
+		// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
+		// MSG_WAITALL: the kernel itself retries a short send.
+		s.opFlags = unix.MSG_NOSIGNAL | unix.MSG_WAITALL
+	}
+	f.sending = true
+}
+
+func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
+	f.sending = false
+	if len(f.out) == 0 {
+		return
+	}
+	q := &f.out[0]
+	res := c.res
+	if f.aborting {
+		r := -int32(unix.ECANCELED)
+		if res >= 0 && q.off+int(res) == q.n {
+			r = int32(q.n) // it went out whole before the abort reached it
+		}
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: r})
+		f.out = f.out[1:]
+		b.cancelQueue(f)
+		return
+	}
+	switch {
+	case res >= 0:
+		q.off += int(res)
+		if q.off < q.n {
+			b.submitSend(f, q) // a short send: the rest follows
+			return
+		}
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+	case res == -int32(unix.ENOTSOCK) && !f.notSock:
+		f.notSock = true
+		b.submitSend(f, q)
+		return
+	case res == -int32(unix.EINTR), res == -int32(unix.EAGAIN):
+		b.submitSend(f, q)
+		return
+	default:
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+	}
+	f.out = f.out[1:]
+	b.pump(f)
+}
+
+// cancelQueue ends every queued send and shutdown with -ECANCELED, in order.
+func (b *uringBackend) cancelQueue(f *urFd) {
+	for _, q := range f.out {
+		switch q.op {
+		case OpSend:
+			b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(unix.ECANCELED)})
+		case OpShutdown:
+			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: -int32(unix.ECANCELED)})
+		}
+	}
+	f.out = nil
+}
+
+// startClose cancels everything on f; finishClose closes the fd once the
+// last cancelled CQE is back, so EvClosed is the fd's last completion.
+func (b *uringBackend) startClose(f *urFd, token uint64, abort bool) {
+	f.closing, f.closeTok = true, token
+	f.recvOn, f.accOn, f.pollMask = false, false, 0
+	f.aborting = abort
+	if !f.sending {
+		b.cancelQueue(f)
+	} // else the in-flight send's CQE ends the queue, in order
+	if f.inflight > 0 {
+		s := b.fdSQE(f, iouOpAsyncCancel, kCancel)
+		s.opFlags = iouCancelFd | iouCancelAll
+	}
+}
+
+func (b *uringBackend) finishClose(f *urFd) {
+	f.closed = true
+	f.dropHeld(b)
+	var res int32
+	if err := unix.Close(int(f.fd)); err != nil {
+		res = errnoOf(err)
+	}
+	b.complete(Comp{Token: f.closeTok, Kind: EvClosed, Res: res})
+	b.forget(f)
+}
+
+// dropHeld gives back what was received for C but will never reach it.
+func (f *urFd) dropHeld(b *uringBackend) {
+	for _, c := range f.held {
+		if c.Res > 0 && b.pbuf != nil {
+			b.pbuf.give(c.Buf)
+		}
+	}
+	f.held = nil
+	for _, fd := range f.heldFds {
+		unix.Close(int(fd))
+	}
+	f.heldFds = nil
+}
