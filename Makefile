@@ -1,0 +1,52 @@
+# make test   fresh machine -> installs, builds, runs every test (what CI runs)
+# make bench  fresh machine -> installs, builds, runs the side-by-side benchmark
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+SYS_PYTHON := /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS := gcc python3-dev python3-venv python3-pip python3-setuptools python3-wheel \
+        python3-pytest python3-pytest-timeout python3-uvloop python3-aiohttp \
+        libpython3.11-testsuite unbound dnsmasq-base iproute2 util-linux procps \
+        wrk python3-matplotlib
+
+.PHONY: all deps venv build inplace test go-test py-test bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v go >/dev/null || { echo "Go is required (expected at /usr/local/go)"; exit 1; }
+	go mod download
+
+venv: deps
+	@[ -x $(PY) ] || $(SYS_PYTHON) -m venv --system-site-packages $(VENV)
+
+build: venv
+	$(PY) -m pip install -q --no-build-isolation --no-deps --disable-pip-version-check .
+
+# A development build next to the sources: PYTHONPATH=python /usr/bin/python3 ...
+inplace: deps
+	$(SYS_PYTHON) setup.py -q build_ext --inplace
+
+go-test: deps
+	go vet ./goloop/... ./pybind/ 2>&1 | grep -v "possible misuse of unsafe.Pointer" | grep -v "^#" || true
+	go test -race -count=1 ./...
+
+# The whole Python suite on io_uring (goloop, uvloop and asyncio side by
+# side), then goloop alone again on the epoll backend.
+py-test: build
+	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=io_uring ../$(PY) -m pytest -q -p no:cacheprovider .
+	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=epoll GOLOOP_TEST_LOOPS=goloop ../$(PY) -m pytest -q -p no:cacheprovider .
+
+test: go-test py-test
+
+bench: build
+	PYTHON=$(CURDIR)/$(PY) bash bench/run.sh
+
+clean:
+	rm -rf build $(VENV) python/goloop/*.so python/goloop.egg-info *.egg-info

@@ -1,0 +1,127 @@
+/* goloop._core: the loop's hot path in C. It holds Python objects and makes
+ * no I/O syscalls: everything that touches the kernel is a submission record
+ * handed to Go (libgoloop.so) in the one call per iteration that also waits. */
+#ifndef GOLOOP_CORE_H
+#define GOLOOP_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include "goloop.h"
+
+/* The Go library's function table, filled by dlsym on first use. */
+typedef struct {
+    gl_new_fn new_;
+    gl_poll_fn poll;
+    gl_wake_fn wake;
+    gl_close_fn close;
+    gl_backend_fn backend;
+    gl_call_fn call;
+    gl_result_fn result;
+    gl_cancel_fn cancel;
+} gl_api;
+extern gl_api GL;
+int gl_ensure_loaded(void);   /* 0, or -1 with an exception set */
+
+/* Tokens are object addresses (aligned to 8) tagged in the low bits so a
+ * completion finds its target without a lookup. Each tagged object stays
+ * alive while Go may still name it. Calls use ids instead. */
+#define TAG_MASK 7u
+#define TAG_TRANSPORT 1u
+#define TAG_WATCHER 2u
+#define TAG_LISTENER 3u
+#define TAG_CALL 4u
+
+/* Python-level helpers the package installs at import (off the hot path). */
+typedef struct {
+    PyObject *format_handle;   /* (handle) -> str, for repr and messages */
+    PyObject *fatal_error;     /* (transport, exc, message) */
+    PyObject *slow_callback;   /* (loop, handle, seconds) */
+    PyObject *extract_stack;   /* () -> traceback list, debug only */
+    PyObject *check_call;      /* (loop, callback, method) debug checks */
+} hooks_t;
+extern hooks_t HOOKS;
+
+typedef struct LoopCore LoopCore;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *callback;
+    PyObject *args;        /* tuple */
+    PyObject *context;
+    LoopCore *loop;
+    PyObject *source_traceback;
+    PyObject *repr_cache;
+    PyObject *weakreflist;
+    double when;           /* TimerHandle only */
+    char cancelled;
+    char scheduled;        /* TimerHandle: in the heap */
+    char is_timer;
+} Handle;
+
+struct LoopCore {
+    PyObject_HEAD
+    int64_t h;             /* Go loop handle; 0 when closed */
+    /* ready queue: a ring of handles */
+    Handle **ready;
+    Py_ssize_t rhead, rlen, rcap;
+    /* timers: a binary heap ordered by when */
+    Handle **heap;
+    Py_ssize_t hlen, hcap, hcancelled;
+    /* this iteration's submissions */
+    gl_sub *subs;
+    int nsubs, capsubs;
+    /* completions: filled by Go, consumed from cpos */
+    gl_comp *comps;
+    int ncomps, cpos, capcomps;
+    /* call_soon_threadsafe: handles queued under a lock by other threads */
+    PyThread_type_lock tslock;
+    Handle **ts;
+    Py_ssize_t tslen, tscap;
+    PyObject *live;        /* set of transports Go still knows */
+    PyObject *keep;        /* dict token -> watcher/listener kept alive */
+    uint64_t next_call;
+    char stopping;
+    char closed;
+    char debug;
+    PyObject *weakreflist;
+};
+
+extern PyTypeObject *LoopCore_Type;
+extern PyTypeObject *Handle_Type;
+extern PyTypeObject *TimerHandle_Type;
+extern PyTypeObject *Transport_Type;
+extern PyTypeObject *Watcher_Type;
+extern PyTypeObject *Listener_Type;
+
+/* loop.c */
+double loop_time(void);
+int loop_submit(LoopCore *lp, uint8_t op, int fd, uint64_t token, const void *ptr, uint32_t len, uint32_t arg);
+int loop_push_ready(LoopCore *lp, Handle *h);  /* steals nothing; increfs */
+Handle *loop_call_soon(LoopCore *lp, PyObject *cb, PyObject *args, PyObject *context);
+int loop_call_exception_handler(LoopCore *lp, PyObject *ctx);
+int loop_check_alive(LoopCore *lp);
+int init_loop_type(PyObject *m);
+
+/* handle.c */
+Handle *handle_new(PyTypeObject *tp, LoopCore *lp, PyObject *cb, PyObject *args, PyObject *context, double when);
+int handle_run(Handle *h);   /* 0, or -1 when SystemExit/KeyboardInterrupt must leave the loop */
+int init_handle_types(PyObject *m);
+
+/* transport.c */
+int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
+void transport_loop_closing(LoopCore *lp, PyObject *tr);
+int init_transport_type(PyObject *m);
+
+/* watch.c */
+int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);
+int listener_dispatch(LoopCore *lp, PyObject *l, gl_comp *c);
+int init_watch_types(PyObject *m);
+
+/* Report an exception that escaped a callback to the loop's exception
+ * handler, as asyncio's Handle._run does. Returns -1 only for SystemExit
+ * and KeyboardInterrupt, which must leave run_forever. */
+int report_callback_error(LoopCore *lp, const char *what, PyObject *obj_key, PyObject *obj);
+
+#endif

@@ -1,0 +1,848 @@
+/* LoopCore: the ready queue, the timer heap, the submission batch and the run
+ * loop. One iteration = one goloop_poll call (GIL released) that carries the
+ * batch in and the completions out, then completion dispatch, due timers, and
+ * the callbacks that were ready when the iteration began. */
+#include "core.h"
+#include <math.h>
+#include <time.h>
+
+PyTypeObject *LoopCore_Type;
+
+double loop_time(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int loop_check_alive(LoopCore *lp)
+{
+    if (lp->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- submissions ---- */
+
+int loop_submit(LoopCore *lp, uint8_t op, int fd, uint64_t token, const void *ptr,
+                uint32_t len, uint32_t arg)
+{
+    if (lp->nsubs == lp->capsubs) {
+        int ncap = lp->capsubs ? lp->capsubs * 2 : 256;
+        gl_sub *n = PyMem_Realloc(lp->subs, sizeof(gl_sub) * ncap);
+        if (n == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        lp->subs = n;
+        lp->capsubs = ncap;
+    }
+    gl_sub *s = &lp->subs[lp->nsubs++];
+    memset(s, 0, sizeof(*s));
+    s->op = op;
+    s->fd = fd;
+    s->token = token;
+    s->ptr = (uint64_t)(uintptr_t)ptr;
+    s->len = len;
+    s->arg = arg;
+    return 0;
+}
+
+/* ---- ready queue ---- */
+
+int loop_push_ready(LoopCore *lp, Handle *h)
+{
+    if (lp->rlen == lp->rcap) {
+        Py_ssize_t ncap = lp->rcap ? lp->rcap * 2 : 256;
+        Handle **n = PyMem_Malloc(sizeof(Handle *) * ncap);
+        if (n == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < lp->rlen; i++)
+            n[i] = lp->ready[(lp->rhead + i) % lp->rcap];
+        PyMem_Free(lp->ready);
+        lp->ready = n;
+        lp->rcap = ncap;
+        lp->rhead = 0;
+    }
+    Py_INCREF(h);
+    lp->ready[(lp->rhead + lp->rlen) % lp->rcap] = h;
+    lp->rlen++;
+    return 0;
+}
+
+static Handle *pop_ready(LoopCore *lp)
+{
+    Handle *h = lp->ready[lp->rhead];
+    lp->rhead = (lp->rhead + 1) % lp->rcap;
+    lp->rlen--;
+    return h;
+}
+
+Handle *loop_call_soon(LoopCore *lp, PyObject *cb, PyObject *args, PyObject *context)
+{
+    Handle *h = handle_new(Handle_Type, lp, cb, args, context, 0);
+    if (h == NULL)
+        return NULL;
+    if (loop_push_ready(lp, h) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* ---- timer heap ---- */
+
+static void heap_swap(Handle **a, Py_ssize_t i, Py_ssize_t j)
+{
+    Handle *t = a[i];
+    a[i] = a[j];
+    a[j] = t;
+}
+
+static void heap_up(Handle **a, Py_ssize_t i)
+{
+    while (i > 0) {
+        Py_ssize_t p = (i - 1) / 2;
+        if (a[p]->when <= a[i]->when)
+            break;
+        heap_swap(a, i, p);
+        i = p;
+    }
+}
+
+static void heap_down(Handle **a, Py_ssize_t n, Py_ssize_t i)
+{
+    for (;;) {
+        Py_ssize_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && a[l]->when < a[m]->when)
+            m = l;
+        if (r < n && a[r]->when < a[m]->when)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(a, i, m);
+        i = m;
+    }
+}
+
+static int heap_push(LoopCore *lp, Handle *h)
+{
+    if (lp->hlen == lp->hcap) {
+        Py_ssize_t ncap = lp->hcap ? lp->hcap * 2 : 64;
+        Handle **n = PyMem_Realloc(lp->heap, sizeof(Handle *) * ncap);
+        if (n == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        lp->heap = n;
+        lp->hcap = ncap;
+    }
+    Py_INCREF(h);
+    h->scheduled = 1;
+    lp->heap[lp->hlen] = h;
+    heap_up(lp->heap, lp->hlen);
+    lp->hlen++;
+    return 0;
+}
+
+static Handle *heap_pop(LoopCore *lp)
+{
+    Handle *h = lp->heap[0];
+    lp->hlen--;
+    if (lp->hlen > 0) {
+        lp->heap[0] = lp->heap[lp->hlen];
+        heap_down(lp->heap, lp->hlen, 0);
+    }
+    h->scheduled = 0;
+    return h;
+}
+
+/* Cancelled timers stay in the heap until they surface, unless they are
+ * most of it: then rebuild, so a server that arms and cancels a timeout per
+ * request does not grow the heap without bound. */
+static void heap_compact(LoopCore *lp)
+{
+    if (lp->hlen < 100 || lp->hcancelled * 2 < lp->hlen)
+        return;
+    Py_ssize_t j = 0;
+    for (Py_ssize_t i = 0; i < lp->hlen; i++) {
+        Handle *h = lp->heap[i];
+        if (h->cancelled) {
+            h->scheduled = 0;
+            Py_DECREF(h);
+        } else {
+            lp->heap[j++] = h;
+        }
+    }
+    lp->hlen = j;
+    for (Py_ssize_t i = j / 2; i >= 0; i--)
+        heap_down(lp->heap, lp->hlen, i);
+    lp->hcancelled = 0;
+}
+
+/* ---- exception handler ---- */
+
+int loop_call_exception_handler(LoopCore *lp, PyObject *ctx)
+{
+    static PyObject *name = NULL;
+    if (name == NULL)
+        name = PyUnicode_InternFromString("call_exception_handler");
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)lp, name, ctx);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyErr_WriteUnraisable((PyObject *)lp);
+    return 0;
+}
+
+/* ---- Python methods ---- */
+
+static PyObject *get_context_kw(PyObject *kwnames, PyObject *const *args, Py_ssize_t nargs,
+                                int *err)
+{
+    *err = 0;
+    if (kwnames == NULL)
+        return NULL;
+    PyObject *ctx = NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "context") == 0) {
+            ctx = args[nargs + i];
+        } else {
+            PyErr_Format(PyExc_TypeError, "unexpected keyword argument '%U'", k);
+            *err = 1;
+            return NULL;
+        }
+    }
+    return ctx;
+}
+
+static int debug_checks(LoopCore *lp, PyObject *cb, const char *method)
+{
+    if (!lp->debug || HOOKS.check_call == NULL)
+        return 0;
+    PyObject *name = PyUnicode_FromString(method);
+    if (name == NULL)
+        return -1;
+    PyObject *r = PyObject_CallFunctionObjArgs(HOOKS.check_call, (PyObject *)lp, cb, name, NULL);
+    Py_DECREF(name);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *lc_call_soon(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int err;
+    PyObject *ctx = get_context_kw(kwnames, args, nargs, &err);
+    if (err)
+        return NULL;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_soon() missing 1 required positional argument: 'callback'");
+        return NULL;
+    }
+    if (loop_check_alive(lp) < 0 || debug_checks(lp, args[0], "call_soon") < 0)
+        return NULL;
+    PyObject *a = PyTuple_New(nargs - 1);
+    if (a == NULL)
+        return NULL;
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(a, i - 1, args[i]);
+    }
+    Handle *h = loop_call_soon(lp, args[0], a, ctx);
+    Py_DECREF(a);
+    return (PyObject *)h;
+}
+
+static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int err;
+    PyObject *ctx = get_context_kw(kwnames, args, nargs, &err);
+    if (err)
+        return NULL;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_soon_threadsafe() missing 1 required positional argument: 'callback'");
+        return NULL;
+    }
+    if (loop_check_alive(lp) < 0)
+        return NULL;
+    if (lp->debug) {
+        /* Only the callback check: the thread check is the point of this API. */
+        if (debug_checks(lp, args[0], "call_soon_threadsafe") < 0)
+            return NULL;
+    }
+    PyObject *a = PyTuple_New(nargs - 1);
+    if (a == NULL)
+        return NULL;
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(a, i - 1, args[i]);
+    }
+    Handle *h = handle_new(Handle_Type, lp, args[0], a, ctx, 0);
+    Py_DECREF(a);
+    if (h == NULL)
+        return NULL;
+    PyThread_acquire_lock(lp->tslock, WAIT_LOCK);
+    if (lp->tslen == lp->tscap) {
+        Py_ssize_t ncap = lp->tscap ? lp->tscap * 2 : 64;
+        Handle **n = PyMem_RawRealloc(lp->ts, sizeof(Handle *) * ncap);
+        if (n == NULL) {
+            PyThread_release_lock(lp->tslock);
+            Py_DECREF(h);
+            return PyErr_NoMemory();
+        }
+        lp->ts = n;
+        lp->tscap = ncap;
+    }
+    Py_INCREF(h);
+    lp->ts[lp->tslen++] = h;
+    int first = lp->tslen == 1;
+    PyThread_release_lock(lp->tslock);
+    if (first && lp->h != 0)
+        GL.wake(lp->h);   /* ends a wait in progress; cheap and thread-safe */
+    return (PyObject *)h;
+}
+
+static PyObject *lc_call_at(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int err;
+    PyObject *ctx = get_context_kw(kwnames, args, nargs, &err);
+    if (err)
+        return NULL;
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "call_at() missing required positional arguments: 'when' and 'callback'");
+        return NULL;
+    }
+    if (args[0] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "when cannot be None");
+        return NULL;
+    }
+    double when = PyFloat_AsDouble(args[0]);
+    if (when == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (loop_check_alive(lp) < 0 || debug_checks(lp, args[1], "call_at") < 0)
+        return NULL;
+    PyObject *a = PyTuple_New(nargs - 2);
+    if (a == NULL)
+        return NULL;
+    for (Py_ssize_t i = 2; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(a, i - 2, args[i]);
+    }
+    Handle *h = handle_new(TimerHandle_Type, lp, args[1], a, ctx, when);
+    Py_DECREF(a);
+    if (h == NULL)
+        return NULL;
+    if (heap_push(lp, h) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *lc_call_later(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "call_later() missing required positional arguments: 'delay' and 'callback'");
+        return NULL;
+    }
+    if (args[0] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "delay must not be None");
+        return NULL;
+    }
+    double delay = PyFloat_AsDouble(args[0]);
+    if (delay == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *when = PyFloat_FromDouble(loop_time() + delay);
+    if (when == NULL)
+        return NULL;
+    PyObject *stack[64];
+    PyObject **v = stack;
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    if (total > 64) {
+        v = PyMem_Malloc(sizeof(PyObject *) * total);
+        if (v == NULL) {
+            Py_DECREF(when);
+            return PyErr_NoMemory();
+        }
+    }
+    v[0] = when;
+    for (Py_ssize_t i = 1; i < total; i++)
+        v[i] = args[i];
+    PyObject *r = lc_call_at(lp, v, nargs, kwnames);
+    if (v != stack)
+        PyMem_Free(v);
+    Py_DECREF(when);
+    if (r != NULL && ((Handle *)r)->source_traceback != NULL)
+        ; /* source traceback already points at the caller's frame */
+    return r;
+}
+
+/* _make_handle(callback, args, context): a Handle not yet scheduled, for
+ * readers, writers and signal handlers. */
+static PyObject *lc_make_handle(LoopCore *lp, PyObject *args)
+{
+    PyObject *cb, *a, *ctx = Py_None;
+    if (!PyArg_ParseTuple(args, "OO!|O", &cb, &PyTuple_Type, &a, &ctx))
+        return NULL;
+    return (PyObject *)handle_new(Handle_Type, lp, cb, a, ctx, 0);
+}
+
+static PyObject *lc_push_handle(LoopCore *lp, PyObject *h)
+{
+    if (!PyObject_TypeCheck(h, Handle_Type))
+        return PyErr_Format(PyExc_TypeError, "expected a Handle");
+    if (loop_push_ready(lp, (Handle *)h) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lc_time(LoopCore *lp, PyObject *unused)
+{
+    return PyFloat_FromDouble(loop_time());
+}
+
+/* Run completions [cpos, ncomps). A completion is consumed before its
+ * handler runs, so a KeyboardInterrupt leaves the rest for next time. */
+static int dispatch(LoopCore *lp)
+{
+    while (lp->cpos < lp->ncomps) {
+        gl_comp c = lp->comps[lp->cpos++];
+        uint64_t tag = c.token & TAG_MASK;
+        PyObject *obj = (PyObject *)(uintptr_t)(c.token & ~(uint64_t)TAG_MASK);
+        int r = 0;
+        switch (tag) {
+        case TAG_TRANSPORT:
+            r = transport_dispatch(lp, obj, &c);
+            break;
+        case TAG_WATCHER:
+            r = watcher_dispatch(lp, obj, &c);
+            break;
+        case TAG_LISTENER:
+            r = listener_dispatch(lp, obj, &c);
+            break;
+        case TAG_CALL: {
+            PyObject *data = NULL;
+            int n = c.res >= 0 ? c.res : GL.result(lp->h, c.token, NULL, 0);
+            if (n < 0)
+                n = 0;
+            data = PyBytes_FromStringAndSize(NULL, n);
+            if (data == NULL)
+                return -1;
+            GL.result(lp->h, c.token, PyBytes_AS_STRING(data), n);
+            PyObject *res = PyObject_CallMethod((PyObject *)lp, "_call_done", "KON",
+                                                (unsigned long long)c.token,
+                                                c.res >= 0 ? Py_True : Py_False, data);
+            if (res == NULL)
+                r = report_callback_error(lp, "Exception in Go call completion", NULL, NULL);
+            else
+                Py_DECREF(res);
+            break;
+        }
+        default:
+            break;
+        }
+        if (r < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int run_once(LoopCore *lp)
+{
+    if (lp->cpos < lp->ncomps && dispatch(lp) < 0)
+        return -1;
+
+    int64_t timeout = -1;
+    if (lp->rlen > 0 || lp->stopping || lp->tslen > 0) {
+        timeout = 0;
+    } else if (lp->hlen > 0) {
+        double dt = lp->heap[0]->when - loop_time();
+        timeout = dt <= 0 ? 0 : (int64_t)ceil(dt * 1e9);
+    }
+    int n;
+    int64_t h = lp->h;
+    gl_sub *subs = lp->subs;
+    int nsubs = lp->nsubs;
+    lp->nsubs = 0;
+    if (timeout == 0) {
+        /* Nothing to wait for: keep the GIL, the call returns at once. */
+        n = GL.poll(h, subs, nsubs, lp->comps, lp->capcomps, 0);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        n = GL.poll(h, subs, nsubs, lp->comps, lp->capcomps, timeout);
+        Py_END_ALLOW_THREADS
+    }
+    if (n < 0) {
+        errno = -n;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    lp->ncomps = n;
+    lp->cpos = 0;
+    if (dispatch(lp) < 0)
+        return -1;
+
+    if (PyErr_CheckSignals() < 0)
+        return -1;
+
+    /* Callbacks queued from other threads join the ready queue in order. */
+    if (lp->tslen > 0) {
+        PyThread_acquire_lock(lp->tslock, WAIT_LOCK);
+        Py_ssize_t k = lp->tslen;
+        Handle **ts = lp->ts;
+        lp->ts = NULL;
+        lp->tslen = lp->tscap = 0;
+        PyThread_release_lock(lp->tslock);
+        for (Py_ssize_t i = 0; i < k; i++) {
+            int e = loop_push_ready(lp, ts[i]);
+            Py_DECREF(ts[i]);
+            if (e < 0) {
+                for (Py_ssize_t j = i + 1; j < k; j++)
+                    Py_DECREF(ts[j]);
+                PyMem_RawFree(ts);
+                return -1;
+            }
+        }
+        PyMem_RawFree(ts);
+    }
+
+    heap_compact(lp);
+    double now = loop_time();
+    while (lp->hlen > 0) {
+        Handle *t = lp->heap[0];
+        if (t->cancelled) {
+            heap_pop(lp);
+            lp->hcancelled--;
+            Py_DECREF(t);
+            continue;
+        }
+        if (t->when > now)
+            break;
+        heap_pop(lp);
+        int e = loop_push_ready(lp, t);
+        Py_DECREF(t);
+        if (e < 0)
+            return -1;
+    }
+
+    Py_ssize_t ntodo = lp->rlen;
+    for (Py_ssize_t i = 0; i < ntodo && lp->rlen > 0; i++) {
+        Handle *hd = pop_ready(lp);
+        if (hd->cancelled) {
+            Py_DECREF(hd);
+            continue;
+        }
+        int e;
+        if (lp->debug && HOOKS.slow_callback != NULL) {
+            double t0 = loop_time();
+            e = handle_run(hd);
+            double dt = loop_time() - t0;
+            if (e == 0) {
+                PyObject *r = PyObject_CallFunction(HOOKS.slow_callback, "OOd", lp, hd, dt);
+                if (r == NULL)
+                    PyErr_Clear();
+                Py_XDECREF(r);
+            }
+        } else {
+            e = handle_run(hd);
+        }
+        Py_DECREF(hd);
+        if (e < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* _run(): iterate until stop() was called, as BaseEventLoop.run_forever's
+ * inner loop does; the Python caller sets up and tears down around it. */
+static PyObject *lc_run(LoopCore *lp, PyObject *unused)
+{
+    if (loop_check_alive(lp) < 0)
+        return NULL;
+    for (;;) {
+        if (run_once(lp) < 0) {
+            lp->stopping = 0;
+            return NULL;
+        }
+        if (lp->stopping)
+            break;
+    }
+    lp->stopping = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lc_run_once(LoopCore *lp, PyObject *unused)
+{
+    if (loop_check_alive(lp) < 0 || run_once(lp) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lc_backend(LoopCore *lp, PyObject *unused)
+{
+    char buf[32];
+    if (lp->h == 0)
+        Py_RETURN_NONE;
+    GL.backend(lp->h, buf, sizeof buf);
+    return PyUnicode_FromString(buf);
+}
+
+/* _go_call_start(method, req) -> token: start a Go method in a goroutine;
+ * its completion arrives as _call_done(token, ok, data). */
+static PyObject *lc_go_call_start(LoopCore *lp, PyObject *args)
+{
+    const char *method;
+    Py_buffer req;
+    if (!PyArg_ParseTuple(args, "sy*", &method, &req))
+        return NULL;
+    if (loop_check_alive(lp) < 0) {
+        PyBuffer_Release(&req);
+        return NULL;
+    }
+    uint64_t token = ((++lp->next_call) << 3) | TAG_CALL;
+    int r = GL.call(lp->h, token, method, req.buf, (int)req.len);
+    PyBuffer_Release(&req);
+    if (r < 0) {
+        PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(token);
+}
+
+static PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg)
+{
+    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (lp->h != 0)
+        GL.cancel(lp->h, token);
+    Py_RETURN_NONE;
+}
+
+/* _close_core(): release everything Go holds for this loop: transports
+ * still open are aborted (their fds closed), pending sends released, then
+ * the Go loop and its fds and buffers are closed. */
+static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
+{
+    if (lp->h == 0)
+        Py_RETURN_NONE;
+    PyObject *live = PySequence_List(lp->live);
+    if (live == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(live); i++)
+        transport_loop_closing(lp, PyList_GET_ITEM(live, i));
+    Py_DECREF(live);
+    /* Drain: each aborted transport answers with EvClosed after its sends. */
+    for (int rounds = 0; rounds < 1000 && (PySet_GET_SIZE(lp->live) > 0 || lp->nsubs > 0); rounds++) {
+        int nsubs = lp->nsubs;
+        lp->nsubs = 0;
+        int n;
+        Py_BEGIN_ALLOW_THREADS
+        n = GL.poll(lp->h, lp->subs, nsubs, lp->comps, lp->capcomps, 10 * 1000 * 1000);
+        Py_END_ALLOW_THREADS
+        if (n < 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            gl_comp *c = &lp->comps[i];
+            if ((c->token & TAG_MASK) == TAG_TRANSPORT) {
+                PyObject *obj = (PyObject *)(uintptr_t)(c->token & ~(uint64_t)TAG_MASK);
+                transport_dispatch(lp, obj, c);
+                if (PyErr_Occurred())
+                    PyErr_WriteUnraisable(obj);
+            } else if (c->kind == GL_EV_ACCEPT && c->res >= 0) {
+                /* an fd Go accepted for a server that is gone: Go closes it */
+                loop_submit(lp, GL_OP_CLOSE, c->res, 0, NULL, 0, GL_CLOSE_ABORT);
+            }
+        }
+    }
+    lp->ncomps = lp->cpos = 0;
+    GL.close(lp->h);
+    lp->h = 0;
+    PyDict_Clear(lp->keep);
+    Py_RETURN_NONE;
+}
+
+static void clear_queues(LoopCore *lp)
+{
+    while (lp->rlen > 0) {
+        Handle *h = pop_ready(lp);
+        Py_DECREF(h);
+    }
+    while (lp->hlen > 0) {
+        Handle *h = heap_pop(lp);
+        Py_DECREF(h);
+    }
+    lp->hcancelled = 0;
+    if (lp->tslock != NULL) {
+        PyThread_acquire_lock(lp->tslock, WAIT_LOCK);
+        for (Py_ssize_t i = 0; i < lp->tslen; i++)
+            Py_DECREF(lp->ts[i]);
+        lp->tslen = 0;
+        PyThread_release_lock(lp->tslock);
+    }
+}
+
+static PyObject *lc_clear(LoopCore *lp, PyObject *unused)
+{
+    clear_queues(lp);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    if (gl_ensure_loaded() < 0)
+        return NULL;
+    LoopCore *lp = (LoopCore *)tp->tp_alloc(tp, 0);
+    if (lp == NULL)
+        return NULL;
+    lp->live = PySet_New(NULL);
+    lp->keep = PyDict_New();
+    lp->tslock = PyThread_allocate_lock();
+    lp->capcomps = 1024;
+    lp->comps = PyMem_Malloc(sizeof(gl_comp) * lp->capcomps);
+    if (lp->live == NULL || lp->keep == NULL || lp->tslock == NULL || lp->comps == NULL) {
+        Py_DECREF(lp);
+        return PyErr_NoMemory();
+    }
+    char err[256] = {0};
+    lp->h = GL.new_(NULL, err, sizeof err);
+    if (lp->h == 0) {
+        PyErr_Format(PyExc_OSError, "goloop: cannot start a loop: %s", err);
+        Py_DECREF(lp);
+        return NULL;
+    }
+    return (PyObject *)lp;
+}
+
+static int lc_traverse(LoopCore *lp, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; i < lp->rlen; i++)
+        Py_VISIT(lp->ready[(lp->rhead + i) % lp->rcap]);
+    for (Py_ssize_t i = 0; i < lp->hlen; i++)
+        Py_VISIT(lp->heap[i]);
+    Py_VISIT(lp->live);
+    Py_VISIT(lp->keep);
+    Py_VISIT(Py_TYPE(lp));
+    return 0;
+}
+
+static int lc_clear_gc(LoopCore *lp)
+{
+    clear_queues(lp);
+    Py_CLEAR(lp->keep);
+    return 0;
+}
+
+static void lc_dealloc(LoopCore *lp)
+{
+    PyTypeObject *tp = Py_TYPE(lp);
+    PyObject_GC_UnTrack(lp);
+    if (lp->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)lp);
+    clear_queues(lp);
+    if (lp->h != 0) {
+        /* Never closed: at least give Go's fds and buffers back. */
+        GL.close(lp->h);
+        lp->h = 0;
+    }
+    Py_CLEAR(lp->live);
+    Py_CLEAR(lp->keep);
+    PyMem_Free(lp->ready);
+    PyMem_Free(lp->heap);
+    PyMem_Free(lp->subs);
+    PyMem_Free(lp->comps);
+    PyMem_RawFree(lp->ts);
+    if (lp->tslock)
+        PyThread_free_lock(lp->tslock);
+    tp->tp_free(lp);
+    Py_DECREF(tp);
+}
+
+static PyObject *get_flag(LoopCore *lp, void *off)
+{
+    return PyBool_FromLong(*((char *)lp + (Py_ssize_t)off));
+}
+
+static int set_flag(LoopCore *lp, PyObject *v, void *off)
+{
+    int b = v ? PyObject_IsTrue(v) : 0;
+    if (b < 0)
+        return -1;
+    *((char *)lp + (Py_ssize_t)off) = (char)b;
+    return 0;
+}
+
+static PyObject *get_nready(LoopCore *lp, void *c) { return PyLong_FromSsize_t(lp->rlen); }
+static PyObject *get_ntimers(LoopCore *lp, void *c) { return PyLong_FromSsize_t(lp->hlen - lp->hcancelled); }
+
+static PyMethodDef lc_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))lc_call_soon, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))lc_call_soon_threadsafe, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_at", (PyCFunction)(void (*)(void))lc_call_at, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_later", (PyCFunction)(void (*)(void))lc_call_later, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"time", (PyCFunction)lc_time, METH_NOARGS, NULL},
+    {"_make_handle", (PyCFunction)lc_make_handle, METH_VARARGS, NULL},
+    {"_push_handle", (PyCFunction)lc_push_handle, METH_O, NULL},
+    {"_run", (PyCFunction)lc_run, METH_NOARGS, NULL},
+    {"_run_once", (PyCFunction)lc_run_once, METH_NOARGS, NULL},
+    {"_backend_name", (PyCFunction)lc_backend, METH_NOARGS, NULL},
+    {"_go_call_start", (PyCFunction)lc_go_call_start, METH_VARARGS, NULL},
+    {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
+    {"_close_core", (PyCFunction)lc_close_core, METH_NOARGS, NULL},
+    {"_clear_queues", (PyCFunction)lc_clear, METH_NOARGS, NULL},
+    {NULL}
+};
+
+static PyGetSetDef lc_getset[] = {
+    {"_stopping", (getter)get_flag, (setter)set_flag, NULL, (void *)offsetof(LoopCore, stopping)},
+    {"_closed", (getter)get_flag, (setter)set_flag, NULL, (void *)offsetof(LoopCore, closed)},
+    {"_debug", (getter)get_flag, (setter)set_flag, NULL, (void *)offsetof(LoopCore, debug)},
+    {"_n_ready", (getter)get_nready, NULL, NULL, NULL},
+    {"_n_timers", (getter)get_ntimers, NULL, NULL, NULL},
+    {NULL}
+};
+
+static PyMemberDef lc_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopCore, weakreflist), READONLY},
+    {"_live_transports", T_OBJECT, offsetof(LoopCore, live), READONLY},
+    {NULL}
+};
+
+static PyType_Slot lc_slots[] = {
+    {Py_tp_new, lc_new},
+    {Py_tp_dealloc, lc_dealloc},
+    {Py_tp_traverse, lc_traverse},
+    {Py_tp_clear, lc_clear_gc},
+    {Py_tp_methods, lc_methods},
+    {Py_tp_getset, lc_getset},
+    {Py_tp_members, lc_members},
+    {0, NULL}
+};
+
+static PyType_Spec lc_spec = {
+    "goloop._core.LoopCore", sizeof(LoopCore), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    lc_slots
+};
+
+int init_loop_type(PyObject *m)
+{
+    LoopCore_Type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &lc_spec, NULL);
+    if (LoopCore_Type == NULL)
+        return -1;
+    return PyModule_AddObjectRef(m, "LoopCore", (PyObject *)LoopCore_Type);
+}

@@ -1,0 +1,123 @@
+/* Module setup and the Go library's lifecycle. libgoloop.so is loaded on the
+ * first loop, not at import: a process that imports goloop and then forks
+ * must leave healthy children, and a Go runtime cannot survive a fork. */
+#include "core.h"
+#include <dlfcn.h>
+#include <unistd.h>
+#include <string.h>
+
+gl_api GL;
+hooks_t HOOKS;
+static void *gl_dl = NULL;
+static pid_t gl_pid = 0;
+static PyObject *lib_path = NULL;
+
+int gl_ensure_loaded(void)
+{
+    if (gl_dl != NULL) {
+        if (getpid() != gl_pid) {
+            PyErr_Format(PyExc_RuntimeError,
+                "goloop: this process was forked from process %d after goloop had started "
+                "the Go runtime there, and a Go runtime does not survive fork(). Make goloop "
+                "loops only in the parent, fork before the first goloop loop is created, or "
+                "use multiprocessing's 'spawn' or 'forkserver' start method.", (int)gl_pid);
+            return -1;
+        }
+        return 0;
+    }
+    if (lib_path == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "goloop: the Go library path is not set");
+        return -1;
+    }
+    const char *path = PyUnicode_AsUTF8(lib_path);
+    if (path == NULL)
+        return -1;
+    void *dl;
+    Py_BEGIN_ALLOW_THREADS
+    dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    Py_END_ALLOW_THREADS
+    if (dl == NULL) {
+        PyErr_Format(PyExc_ImportError, "goloop: cannot load %s: %s", path, dlerror());
+        return -1;
+    }
+#define SYM(field, name) \
+    if ((*(void **)&GL.field = dlsym(dl, name)) == NULL) { \
+        PyErr_Format(PyExc_ImportError, "goloop: %s lacks %s", path, name); \
+        return -1; \
+    }
+    SYM(new_, "goloop_new");
+    SYM(poll, "goloop_poll");
+    SYM(wake, "goloop_wake");
+    SYM(close, "goloop_close");
+    SYM(backend, "goloop_backend_name");
+    SYM(call, "goloop_call");
+    SYM(result, "goloop_result");
+    SYM(cancel, "goloop_cancel");
+#undef SYM
+    gl_dl = dl;
+    gl_pid = getpid();
+    return 0;
+}
+
+static PyObject *set_library(PyObject *m, PyObject *path)
+{
+    if (!PyUnicode_Check(path))
+        return PyErr_Format(PyExc_TypeError, "path must be str");
+    Py_INCREF(path);
+    Py_XSETREF(lib_path, path);
+    Py_RETURN_NONE;
+}
+
+static PyObject *runtime_started(PyObject *m, PyObject *unused)
+{
+    return PyBool_FromLong(gl_dl != NULL);
+}
+
+static PyObject *runtime_pid(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromLong(gl_dl ? (long)gl_pid : 0);
+}
+
+static PyObject *set_hooks(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"format_handle", "fatal_error", "slow_callback", "extract_stack", "check_call", NULL};
+    PyObject *a = NULL, *b = NULL, *c = NULL, *d = NULL, *e = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOO", kwlist, &a, &b, &c, &d, &e))
+        return NULL;
+    Py_XINCREF(a); Py_XSETREF(HOOKS.format_handle, a);
+    Py_XINCREF(b); Py_XSETREF(HOOKS.fatal_error, b);
+    Py_XINCREF(c); Py_XSETREF(HOOKS.slow_callback, c);
+    Py_XINCREF(d); Py_XSETREF(HOOKS.extract_stack, d);
+    Py_XINCREF(e); Py_XSETREF(HOOKS.check_call, e);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_library", set_library, METH_O, NULL},
+    {"_runtime_started", runtime_started, METH_NOARGS, NULL},
+    {"_runtime_pid", runtime_pid, METH_NOARGS, NULL},
+    {"_set_hooks", (PyCFunction)(void (*)(void))set_hooks, METH_VARARGS | METH_KEYWORDS, NULL},
+    {NULL}
+};
+
+static int module_exec(PyObject *m)
+{
+    if (init_handle_types(m) < 0 || init_loop_type(m) < 0 || init_transport_type(m) < 0 ||
+        init_watch_types(m) < 0)
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL}
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "goloop._core", NULL, 0, module_methods, module_slots,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

@@ -1,0 +1,939 @@
+/* The stream transport (TCP and Unix sockets): a real subclass of
+ * asyncio.Transport whose fd lives in Go. write() hands Go a pointer into
+ * the bytes object and keeps it referenced until the send completes (zero
+ * copy); received chunks are copied out of Go's buffers into bytes (or into
+ * a BufferedProtocol's buffer) and the buffer is given back in the next batch. */
+#include "core.h"
+#include <errno.h>
+
+PyTypeObject *Transport_Type;
+
+#define DEFAULT_HIGH (64 * 1024)
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *extra;            /* asyncio.BaseTransport's '_extra' slot: same offset */
+    LoopCore *loop;
+    PyObject *protocol;
+    PyObject *data_received;    /* bound methods, looked up once per protocol */
+    PyObject *get_buffer;
+    PyObject *buffer_updated;
+    PyObject *server;
+    PyObject *sock;             /* the Python socket: user-visible, detached when Go closes the fd */
+    PyObject *lost_exc;
+    PyObject *held;             /* list: chunks (bytes) or None (EOF) that came while paused */
+    PyObject **sendq;           /* bytes objects Go is sending, oldest first */
+    Py_ssize_t shead, slen, scap;
+    Py_ssize_t wsize, high, low;
+    int fd;
+    int conn_lost;
+    char buffered;
+    char closing;
+    char paused;
+    char armed;                 /* Go is receiving for us */
+    char eof_written;
+    char write_paused;
+    char close_sent;            /* OpClose submitted: no more ops for this fd */
+    char aborted;
+    char go_open;               /* in loop->live until EvClosed */
+    PyObject *weakreflist;
+} Transport;
+
+#define TOKEN(t) ((uint64_t)(uintptr_t)(t) | TAG_TRANSPORT)
+
+static int set_protocol(Transport *t, PyObject *protocol)
+{
+    static PyObject *buffered_cls = NULL;
+    if (buffered_cls == NULL) {
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        if (asyncio == NULL)
+            return -1;
+        buffered_cls = PyObject_GetAttrString(asyncio, "BufferedProtocol");
+        Py_DECREF(asyncio);
+        if (buffered_cls == NULL)
+            return -1;
+    }
+    int isbuf = PyObject_IsInstance(protocol, buffered_cls);
+    if (isbuf < 0)
+        return -1;
+    PyObject *dr = NULL, *gb = NULL, *bu = NULL;
+    if (isbuf) {
+        gb = PyObject_GetAttrString(protocol, "get_buffer");
+        bu = gb ? PyObject_GetAttrString(protocol, "buffer_updated") : NULL;
+        if (bu == NULL) {
+            Py_XDECREF(gb);
+            return -1;
+        }
+    } else {
+        dr = PyObject_GetAttrString(protocol, "data_received");
+        if (dr == NULL) {
+            /* asyncio accepts any object as a protocol until data arrives. */
+            PyErr_Clear();
+        }
+    }
+    Py_INCREF(protocol);
+    Py_XSETREF(t->protocol, protocol);
+    Py_XSETREF(t->data_received, dr);
+    Py_XSETREF(t->get_buffer, gb);
+    Py_XSETREF(t->buffer_updated, bu);
+    t->buffered = (char)isbuf;
+    return 0;
+}
+
+static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"loop", "sock", "protocol", "extra", "server", NULL};
+    PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO|OO", kwlist, LoopCore_Type, &loop, &sock,
+                                     &protocol, &extra, &server))
+        return NULL;
+    PyObject *fdo = PyObject_CallMethod(sock, "fileno", NULL);
+    if (fdo == NULL)
+        return NULL;
+    int fd = PyLong_AsLong(fdo);
+    Py_DECREF(fdo);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the socket is closed");
+        return NULL;
+    }
+    if (loop_check_alive((LoopCore *)loop) < 0)
+        return NULL;
+    Transport *t = (Transport *)tp->tp_alloc(tp, 0);
+    if (t == NULL)
+        return NULL;
+    t->fd = fd;
+    Py_INCREF(sock);
+    t->sock = sock;
+    t->high = DEFAULT_HIGH;
+    t->low = DEFAULT_HIGH / 4;
+    t->paused = 0;
+    Py_INCREF(loop);
+    t->loop = (LoopCore *)loop;
+    if (extra == Py_None) {
+        t->extra = PyDict_New();
+    } else {
+        Py_INCREF(extra);
+        t->extra = extra;
+    }
+    if (server != Py_None) {
+        Py_INCREF(server);
+        t->server = server;
+    }
+    if (t->extra == NULL || set_protocol(t, protocol) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    if (PySet_Add(t->loop->live, (PyObject *)t) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    t->go_open = 1;
+    return (PyObject *)t;
+}
+
+/* Everything happens in tr_new; asyncio.BaseTransport.__init__ (which
+ * would reset _extra) must not run. */
+static int tr_init(PyObject *self, PyObject *args, PyObject *kw)
+{
+    return 0;
+}
+
+static int tr_traverse(Transport *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->extra);
+    Py_VISIT(t->loop);
+    Py_VISIT(t->protocol);
+    Py_VISIT(t->data_received);
+    Py_VISIT(t->get_buffer);
+    Py_VISIT(t->buffer_updated);
+    Py_VISIT(t->server);
+    Py_VISIT(t->sock);
+    Py_VISIT(t->lost_exc);
+    Py_VISIT(t->held);
+    Py_VISIT(Py_TYPE(t));
+    return 0;
+}
+
+static int tr_clear(Transport *t)
+{
+    Py_CLEAR(t->extra);
+    Py_CLEAR(t->protocol);
+    Py_CLEAR(t->data_received);
+    Py_CLEAR(t->get_buffer);
+    Py_CLEAR(t->buffer_updated);
+    Py_CLEAR(t->server);
+    Py_CLEAR(t->sock);
+    Py_CLEAR(t->lost_exc);
+    Py_CLEAR(t->held);
+    return 0;
+}
+
+static void tr_dealloc(Transport *t)
+{
+    PyTypeObject *tp = Py_TYPE(t);
+    PyObject_GC_UnTrack(t);
+    if (t->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)t);
+    tr_clear(t);
+    /* Only reachable once Go reported EvClosed, so no send is in flight. */
+    for (Py_ssize_t i = 0; i < t->slen; i++)
+        Py_DECREF(t->sendq[(t->shead + i) % t->scap]);
+    PyMem_Free(t->sendq);
+    Py_CLEAR(t->loop);
+    tp->tp_free(t);
+    Py_DECREF(tp);
+}
+
+/* ---- helpers ---- */
+
+static void fatal_error(Transport *t, PyObject *exc, const char *msg)
+{
+    if (HOOKS.fatal_error == NULL)
+        return;
+    PyObject *r = PyObject_CallFunction(HOOKS.fatal_error, "OOs", t, exc, msg);
+    if (r == NULL)
+        PyErr_WriteUnraisable((PyObject *)t);
+    Py_XDECREF(r);
+}
+
+/* Report the pending exception as a fatal transport error; returns -1 only
+ * for SystemExit/KeyboardInterrupt, which must leave the loop. */
+static int fatal_from_current(Transport *t, const char *msg)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    fatal_error(t, value ? value : Py_None, msg);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return 0;
+}
+
+static PyObject *oserror(int err)
+{
+    return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+}
+
+static int schedule_method(Transport *t, const char *name, PyObject *arg)
+{
+    PyObject *m = PyObject_GetAttrString((PyObject *)t, name);
+    if (m == NULL)
+        return -1;
+    PyObject *args = arg ? PyTuple_Pack(1, arg) : PyTuple_New(0);
+    if (args == NULL) {
+        Py_DECREF(m);
+        return -1;
+    }
+    Handle *h = loop_call_soon(t->loop, m, args, NULL);
+    Py_DECREF(m);
+    Py_DECREF(args);
+    if (h == NULL)
+        return -1;
+    Py_DECREF(h);
+    return 0;
+}
+
+static void arm(Transport *t)
+{
+    if (!t->armed && !t->close_sent && t->loop->h != 0) {
+        if (loop_submit(t->loop, GL_OP_RECV_START, t->fd, TOKEN(t), NULL, 0, 0) == 0)
+            t->armed = 1;
+    }
+}
+
+static void disarm(Transport *t)
+{
+    if (t->armed && !t->close_sent) {
+        if (loop_submit(t->loop, GL_OP_RECV_STOP, t->fd, TOKEN(t), NULL, 0, 0) == 0)
+            t->armed = 0;
+    }
+}
+
+static int send_close(Transport *t, int abort)
+{
+    if (t->close_sent)
+        return 0;
+    t->close_sent = 1;
+    t->armed = 0;
+    return loop_submit(t->loop, GL_OP_CLOSE, t->fd, TOKEN(t), NULL, 0, abort ? GL_CLOSE_ABORT : 0);
+}
+
+static void maybe_pause_protocol(Transport *t)
+{
+    if (t->wsize <= t->high || t->write_paused)
+        return;
+    t->write_paused = 1;
+    PyObject *r = PyObject_CallMethod(t->protocol, "pause_writing", NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return; /* leaves the exception set for the caller */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", "protocol.pause_writing() failed",
+                                  "exception", value ? value : Py_None, "transport", t,
+                                  "protocol", t->protocol);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (ctx != NULL) {
+        loop_call_exception_handler(t->loop, ctx);
+        Py_DECREF(ctx);
+    }
+}
+
+static int maybe_resume_protocol(Transport *t)
+{
+    if (!t->write_paused || t->wsize > t->low)
+        return 0;
+    t->write_paused = 0;
+    PyObject *r = PyObject_CallMethod(t->protocol, "resume_writing", NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", "protocol.resume_writing() failed",
+                                  "exception", value ? value : Py_None, "transport", t,
+                                  "protocol", t->protocol);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    int rc = 0;
+    if (ctx != NULL) {
+        rc = loop_call_exception_handler(t->loop, ctx);
+        Py_DECREF(ctx);
+    }
+    return rc;
+}
+
+/* ---- delivery ---- */
+
+/* Hand n bytes at p to the protocol. Returns -1 only for exceptions that
+ * must leave the loop. */
+static int deliver(Transport *t, const char *p, Py_ssize_t n)
+{
+    if (!t->buffered) {
+        PyObject *data = PyBytes_FromStringAndSize(p, n);
+        if (data == NULL)
+            return fatal_from_current(t, "Fatal error: out of memory");
+        if (t->data_received == NULL) {
+            Py_DECREF(data);
+            PyErr_SetString(PyExc_AttributeError, "protocol has no data_received()");
+            return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+        }
+        PyObject *r = PyObject_CallOneArg(t->data_received, data);
+        Py_DECREF(data);
+        if (r == NULL)
+            return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+        Py_DECREF(r);
+        return 0;
+    }
+    while (n > 0 && !t->conn_lost) {
+        PyObject *hint = PyLong_FromSsize_t(n);
+        PyObject *buf = hint ? PyObject_CallOneArg(t->get_buffer, hint) : NULL;
+        Py_XDECREF(hint);
+        if (buf == NULL)
+            return fatal_from_current(t, "Fatal error: protocol.get_buffer() call failed.");
+        Py_buffer view;
+        if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+            Py_DECREF(buf);
+            return fatal_from_current(t, "Fatal error: protocol.get_buffer() call failed.");
+        }
+        Py_DECREF(buf);
+        if (view.len == 0) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+            return fatal_from_current(t, "Fatal error: protocol.get_buffer() call failed.");
+        }
+        Py_ssize_t k = view.len < n ? view.len : n;
+        memcpy(view.buf, p, k);
+        PyBuffer_Release(&view);
+        p += k;
+        n -= k;
+        PyObject *kk = PyLong_FromSsize_t(k);
+        PyObject *r = kk ? PyObject_CallOneArg(t->buffer_updated, kk) : NULL;
+        Py_XDECREF(kk);
+        if (r == NULL)
+            return fatal_from_current(t, "Fatal error: protocol.buffer_updated() call failed.");
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static int on_eof(Transport *t)
+{
+    PyObject *r = PyObject_CallMethod(t->protocol, "eof_received", NULL);
+    if (r == NULL)
+        return fatal_from_current(t, "Fatal error: protocol.eof_received() call failed.");
+    int keep = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (keep < 0)
+        return fatal_from_current(t, "Fatal error: protocol.eof_received() call failed.");
+    if (!keep) {
+        PyObject *c = PyObject_CallMethod((PyObject *)t, "close", NULL);
+        if (c == NULL)
+            return fatal_from_current(t, "Fatal error: transport.close() failed.");
+        Py_DECREF(c);
+    }
+    return 0;
+}
+
+static int hold(Transport *t, PyObject *item)
+{
+    if (t->held == NULL && (t->held = PyList_New(0)) == NULL)
+        return -1;
+    return PyList_Append(t->held, item);
+}
+
+/* Deliver what arrived while reading was paused, oldest first, for as long
+ * as the protocol does not pause again. */
+static PyObject *tr_deliver_held(Transport *t, PyObject *unused)
+{
+    while (t->held != NULL && PyList_GET_SIZE(t->held) > 0 && !t->paused && !t->closing) {
+        PyObject *item = PyList_GET_ITEM(t->held, 0);
+        Py_INCREF(item);
+        if (PySequence_DelItem(t->held, 0) < 0) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        int r;
+        if (item == Py_None)
+            r = on_eof(t);
+        else
+            r = deliver(t, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item));
+        Py_DECREF(item);
+        if (r < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int on_recv(Transport *t, gl_comp *c)
+{
+    if (c->res > 0) {
+        int r = 0;
+        const char *p = (const char *)(uintptr_t)c->ptr;
+        if (t->closing || t->conn_lost) {
+            /* asyncio stops reading at close(): late chunks are dropped. */
+        } else if (t->paused || (t->held != NULL && PyList_GET_SIZE(t->held) > 0)) {
+            PyObject *b = PyBytes_FromStringAndSize(p, c->res);
+            if (b == NULL || hold(t, b) < 0)
+                r = fatal_from_current(t, "Fatal error: out of memory");
+            Py_XDECREF(b);
+        } else {
+            r = deliver(t, p, c->res);
+        }
+        /* The buffer goes back in the next batch, after C copied it out. */
+        loop_submit(t->loop, GL_OP_BUF_RETURN, 0, 0, NULL, 0, c->buf);
+        return r;
+    }
+    t->armed = 0;
+    if (t->closing || t->conn_lost)
+        return 0;
+    if (c->res == 0) {
+        if (t->paused || (t->held != NULL && PyList_GET_SIZE(t->held) > 0))
+            return hold(t, Py_None) < 0 ? fatal_from_current(t, "Fatal error: out of memory") : 0;
+        return on_eof(t);
+    }
+    PyObject *exc = oserror(-c->res);
+    if (exc == NULL)
+        return fatal_from_current(t, "Fatal read error on socket transport");
+    fatal_error(t, exc, "Fatal read error on socket transport");
+    Py_DECREF(exc);
+    return 0;
+}
+
+static int on_send(Transport *t, gl_comp *c)
+{
+    if (t->slen == 0)
+        return 0;
+    PyObject *b = t->sendq[t->shead];
+    t->shead = (t->shead + 1) % t->scap;
+    t->slen--;
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    Py_DECREF(b);
+    if (t->aborted)
+        return 0;
+    t->wsize -= n;
+    if (c->res < 0) {
+        if (c->res == -ECANCELED)
+            return 0;
+        PyObject *exc = oserror(-c->res);
+        if (exc == NULL)
+            return fatal_from_current(t, "Fatal write error on socket transport");
+        fatal_error(t, exc, "Fatal write error on socket transport");
+        Py_DECREF(exc);
+        return 0;
+    }
+    return maybe_resume_protocol(t);
+}
+
+static int on_closed(Transport *t)
+{
+    t->go_open = 0;
+    t->armed = 0;
+    if (t->sock != NULL) {
+        /* Go closed the fd: the socket object must not close the number again. */
+        PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
+        if (r == NULL)
+            PyErr_WriteUnraisable(t->sock);
+        Py_XDECREF(r);
+    }
+    PyObject *exc = t->lost_exc ? t->lost_exc : Py_None;
+    Py_INCREF(exc);
+    int r = schedule_method(t, "_call_connection_lost", exc);
+    Py_DECREF(exc);
+    /* Go no longer names this transport: the loop may let it go. */
+    if (PySet_Discard(t->loop->live, (PyObject *)t) < 0)
+        r = -1;
+    if (r < 0)
+        PyErr_WriteUnraisable(NULL);
+    return 0;
+}
+
+int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
+{
+    Transport *t = (Transport *)obj;
+    int r = 0;
+    Py_INCREF(t);
+    switch (c->kind) {
+    case GL_EV_RECV:
+        r = on_recv(t, c);
+        break;
+    case GL_EV_SEND:
+        r = on_send(t, c);
+        break;
+    case GL_EV_CLOSED:
+        r = on_closed(t);
+        break;
+    default:
+        break;
+    }
+    Py_DECREF(t);
+    return r;
+}
+
+void transport_loop_closing(LoopCore *lp, PyObject *obj)
+{
+    Transport *t = (Transport *)obj;
+    t->aborted = 1;
+    t->conn_lost++;
+    t->closing = 1;
+    if (send_close(t, 1) < 0)
+        PyErr_Clear();
+}
+
+/* ---- Python methods ---- */
+
+static PyObject *tr_start_reading(Transport *t, PyObject *unused)
+{
+    if (!t->paused && !t->closing)
+        arm(t);
+    Py_RETURN_NONE;
+}
+
+static int enqueue(Transport *t, PyObject *b)
+{
+    if (t->slen == t->scap) {
+        Py_ssize_t ncap = t->scap ? t->scap * 2 : 8;
+        PyObject **n = PyMem_Malloc(sizeof(PyObject *) * ncap);
+        if (n == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < t->slen; i++)
+            n[i] = t->sendq[(t->shead + i) % t->scap];
+        PyMem_Free(t->sendq);
+        t->sendq = n;
+        t->scap = ncap;
+        t->shead = 0;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(b);
+    if (loop_submit(t->loop, GL_OP_SEND, t->fd, TOKEN(t), PyBytes_AS_STRING(b), (uint32_t)len, 0) < 0)
+        return -1;
+    Py_INCREF(b);
+    t->sendq[(t->shead + t->slen) % t->scap] = b;
+    t->slen++;
+    t->wsize += len;
+    return 0;
+}
+
+static int write_one(Transport *t, PyObject *data)
+{
+    PyObject *b;
+    if (PyBytes_CheckExact(data)) {
+        Py_INCREF(data);
+        b = data;
+    } else if (PyObject_CheckBuffer(data) && !PyUnicode_Check(data)) {
+        /* bytearray and memoryview can change under us: copy, as asyncio does. */
+        b = PyBytes_FromObject(data);
+        if (b == NULL)
+            return -1;
+    } else {
+        PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%s'",
+                     Py_TYPE(data)->tp_name);
+        return -1;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(b);
+    if (t->eof_written) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+        return -1;
+    }
+    if (len == 0) {
+        Py_DECREF(b);
+        return 0;
+    }
+    if (t->conn_lost || t->close_sent) {
+        if (t->conn_lost >= 5) {
+            /* asyncio's warning for a program that keeps writing to a dead socket */
+            PyObject *log = PyImport_ImportModule("asyncio.log");
+            PyObject *lg = log ? PyObject_GetAttrString(log, "logger") : NULL;
+            PyObject *r = lg ? PyObject_CallMethod(lg, "warning", "s", "socket.send() raised exception.") : NULL;
+            Py_XDECREF(r);
+            Py_XDECREF(lg);
+            Py_XDECREF(log);
+            PyErr_Clear();
+        }
+        t->conn_lost++;
+        Py_DECREF(b);
+        return 0;
+    }
+    /* Go takes lengths as uint32: split anything larger. */
+    const Py_ssize_t max = 1 << 30;
+    if (len > max) {
+        for (Py_ssize_t off = 0; off < len; off += max) {
+            Py_ssize_t k = len - off < max ? len - off : max;
+            PyObject *part = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + off, k);
+            if (part == NULL || enqueue(t, part) < 0) {
+                Py_XDECREF(part);
+                Py_DECREF(b);
+                return -1;
+            }
+            Py_DECREF(part);
+        }
+    } else if (enqueue(t, b) < 0) {
+        Py_DECREF(b);
+        return -1;
+    }
+    Py_DECREF(b);
+    maybe_pause_protocol(t);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *tr_write(Transport *t, PyObject *data)
+{
+    if (write_one(t, data) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_writelines(Transport *t, PyObject *seq)
+{
+    PyObject *it = PyObject_GetIter(seq);
+    if (it == NULL)
+        return NULL;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        int r = write_one(t, item);
+        Py_DECREF(item);
+        if (r < 0) {
+            Py_DECREF(it);
+            return NULL;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_write_eof(Transport *t, PyObject *unused)
+{
+    if (t->closing || t->eof_written)
+        Py_RETURN_NONE;
+    t->eof_written = 1;
+    if (!t->close_sent && loop_submit(t->loop, GL_OP_SHUTDOWN, t->fd, TOKEN(t), NULL, 0, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_can_write_eof(Transport *t, PyObject *unused)
+{
+    Py_RETURN_TRUE;
+}
+
+static PyObject *tr_close(Transport *t, PyObject *unused)
+{
+    if (t->closing)
+        Py_RETURN_NONE;
+    t->closing = 1;
+    disarm(t);
+    Py_CLEAR(t->held);
+    if (!t->conn_lost) {
+        t->conn_lost++;
+        /* Graceful: Go closes the fd after the sends already queued. */
+        if (send_close(t, 0) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_force_close(Transport *t, PyObject *exc)
+{
+    if (t->conn_lost && t->close_sent && t->aborted)
+        Py_RETURN_NONE;
+    if (exc != Py_None && t->lost_exc == NULL) {
+        Py_INCREF(exc);
+        t->lost_exc = exc;
+    }
+    t->closing = 1;
+    Py_CLEAR(t->held);
+    t->conn_lost++;
+    t->aborted = 1;
+    t->wsize = 0;
+    if (send_close(t, 1) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_abort(Transport *t, PyObject *unused)
+{
+    return tr_force_close(t, Py_None);
+}
+
+static PyObject *tr_call_connection_lost(Transport *t, PyObject *exc)
+{
+    PyObject *r = NULL;
+    if (t->protocol != NULL) {
+        r = PyObject_CallMethod(t->protocol, "connection_lost", "O", exc);
+    } else {
+        Py_INCREF(Py_None);
+        r = Py_None;
+    }
+    Py_CLEAR(t->protocol);
+    Py_CLEAR(t->data_received);
+    Py_CLEAR(t->get_buffer);
+    Py_CLEAR(t->buffer_updated);
+    Py_CLEAR(t->lost_exc);
+    if (t->server != NULL) {
+        PyObject *server = t->server;
+        t->server = NULL;
+        PyObject *d = PyObject_CallMethod(server, "_detach", NULL);
+        Py_DECREF(server);
+        if (d == NULL) {
+            Py_XDECREF(r);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    return r;
+}
+
+static PyObject *tr_is_closing(Transport *t, PyObject *unused)
+{
+    return PyBool_FromLong(t->closing);
+}
+
+static PyObject *tr_pause_reading(Transport *t, PyObject *unused)
+{
+    if (t->closing || t->paused)
+        Py_RETURN_NONE;
+    t->paused = 1;
+    disarm(t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_resume_reading(Transport *t, PyObject *unused)
+{
+    if (t->closing || !t->paused)
+        Py_RETURN_NONE;
+    t->paused = 0;
+    if (t->held != NULL && PyList_GET_SIZE(t->held) > 0) {
+        if (schedule_method(t, "_deliver_held", NULL) < 0)
+            return NULL;
+        /* Reading restarts after the held chunks, which _deliver_held
+         * hands over in this same iteration, before the next batch. */
+    }
+    arm(t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_is_reading(Transport *t, PyObject *unused)
+{
+    return PyBool_FromLong(!t->paused && !t->closing);
+}
+
+static PyObject *tr_set_write_buffer_limits(Transport *t, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *high = Py_None, *low = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high, &low))
+        return NULL;
+    Py_ssize_t h, l;
+    if (high == Py_None) {
+        if (low == Py_None) {
+            h = DEFAULT_HIGH;
+        } else {
+            l = PyNumber_AsSsize_t(low, NULL);
+            if (l == -1 && PyErr_Occurred())
+                return NULL;
+            h = 4 * l;
+        }
+    } else {
+        h = PyNumber_AsSsize_t(high, NULL);
+        if (h == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (low == Py_None) {
+        l = h / 4;
+    } else {
+        l = PyNumber_AsSsize_t(low, NULL);
+        if (l == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (!(h >= l && l >= 0)) {
+        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", h, l);
+        return NULL;
+    }
+    t->high = h;
+    t->low = l;
+    maybe_pause_protocol(t);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_get_write_buffer_size(Transport *t, PyObject *unused)
+{
+    return PyLong_FromSsize_t(t->wsize);
+}
+
+static PyObject *tr_get_write_buffer_limits(Transport *t, PyObject *unused)
+{
+    return Py_BuildValue("(nn)", t->low, t->high);
+}
+
+static PyObject *tr_get_protocol(Transport *t, PyObject *unused)
+{
+    PyObject *p = t->protocol ? t->protocol : Py_None;
+    Py_INCREF(p);
+    return p;
+}
+
+static PyObject *tr_set_protocol(Transport *t, PyObject *protocol)
+{
+    if (set_protocol(t, protocol) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_repr(Transport *t)
+{
+    const char *state = t->go_open ? (t->closing ? " closing" : "") : " closed";
+    return PyUnicode_FromFormat("<goloop.Transport fd=%d%s read=%s bufsize=%zd>", t->fd, state,
+                                t->paused ? "paused" : (t->armed ? "polling" : "idle"), t->wsize);
+}
+
+static PyObject *get_fd(Transport *t, void *c) { return PyLong_FromLong(t->go_open ? t->fd : -1); }
+static PyObject *get_loop(Transport *t, void *c)
+{
+    PyObject *l = t->loop ? (PyObject *)t->loop : Py_None;
+    Py_INCREF(l);
+    return l;
+}
+static PyObject *get_conn_lost(Transport *t, void *c) { return PyLong_FromLong(t->conn_lost); }
+
+static PyMethodDef tr_methods[] = {
+    {"write", (PyCFunction)tr_write, METH_O, NULL},
+    {"writelines", (PyCFunction)tr_writelines, METH_O, NULL},
+    {"write_eof", (PyCFunction)tr_write_eof, METH_NOARGS, NULL},
+    {"can_write_eof", (PyCFunction)tr_can_write_eof, METH_NOARGS, NULL},
+    {"close", (PyCFunction)tr_close, METH_NOARGS, NULL},
+    {"abort", (PyCFunction)tr_abort, METH_NOARGS, NULL},
+    {"is_closing", (PyCFunction)tr_is_closing, METH_NOARGS, NULL},
+    {"pause_reading", (PyCFunction)tr_pause_reading, METH_NOARGS, NULL},
+    {"resume_reading", (PyCFunction)tr_resume_reading, METH_NOARGS, NULL},
+    {"is_reading", (PyCFunction)tr_is_reading, METH_NOARGS, NULL},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))tr_set_write_buffer_limits, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_write_buffer_size", (PyCFunction)tr_get_write_buffer_size, METH_NOARGS, NULL},
+    {"get_write_buffer_limits", (PyCFunction)tr_get_write_buffer_limits, METH_NOARGS, NULL},
+    {"get_protocol", (PyCFunction)tr_get_protocol, METH_NOARGS, NULL},
+    {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},
+    {"_start_reading", (PyCFunction)tr_start_reading, METH_NOARGS, NULL},
+    {"_deliver_held", (PyCFunction)tr_deliver_held, METH_NOARGS, NULL},
+    {"_force_close", (PyCFunction)tr_force_close, METH_O, NULL},
+    {"_call_connection_lost", (PyCFunction)tr_call_connection_lost, METH_O, NULL},
+    {NULL}
+};
+
+static PyGetSetDef tr_getset[] = {
+    {"_sock_fd", (getter)get_fd, NULL, NULL, NULL},
+    {"_loop", (getter)get_loop, NULL, NULL, NULL},
+    {"_conn_lost", (getter)get_conn_lost, NULL, NULL, NULL},
+    {NULL}
+};
+
+static PyMemberDef tr_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Transport, weakreflist), READONLY},
+    {"_protocol", T_OBJECT, offsetof(Transport, protocol), READONLY},
+    {NULL}
+};
+
+static PyType_Slot tr_slots[] = {
+    {Py_tp_new, tr_new},
+    {Py_tp_init, tr_init},
+    {Py_tp_dealloc, tr_dealloc},
+    {Py_tp_traverse, tr_traverse},
+    {Py_tp_clear, tr_clear},
+    {Py_tp_methods, tr_methods},
+    {Py_tp_getset, tr_getset},
+    {Py_tp_members, tr_members},
+    {Py_tp_repr, tr_repr},
+    {0, NULL}
+};
+
+static PyType_Spec tr_spec = {
+    "goloop._core.Transport", sizeof(Transport), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    tr_slots
+};
+
+int init_transport_type(PyObject *m)
+{
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL)
+        return -1;
+    PyObject *base = PyObject_GetAttrString(asyncio, "Transport");
+    Py_DECREF(asyncio);
+    if (base == NULL)
+        return -1;
+    /* The layout of asyncio.Transport is PyObject_HEAD plus the '_extra'
+     * slot; ours starts the same way, which is what makes this a real
+     * subclass rather than a look-alike. */
+    if (((PyTypeObject *)base)->tp_basicsize != offsetof(Transport, extra) + sizeof(PyObject *)) {
+        Py_DECREF(base);
+        PyErr_SetString(PyExc_ImportError, "goloop: asyncio.Transport has an unexpected layout");
+        return -1;
+    }
+    Transport_Type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &tr_spec, base);
+    Py_DECREF(base);
+    if (Transport_Type == NULL)
+        return -1;
+    return PyModule_AddObjectRef(m, "Transport", (PyObject *)Transport_Type);
+}

@@ -1,0 +1,338 @@
+/* Watchers (add_reader/add_writer on any fd) and listeners (a server
+ * socket accepting through Go). Both stay alive in loop->keep for as long as
+ * the loop lives, so a completion that was already queued when they were
+ * stopped can never name freed memory. */
+#include "core.h"
+
+PyTypeObject *Watcher_Type;
+PyTypeObject *Listener_Type;
+
+typedef struct {
+    PyObject_HEAD
+    LoopCore *loop;
+    Handle *reader;
+    Handle *writer;
+    int fd;
+    uint32_t mask;          /* what Go watches now */
+    char kept;
+} Watcher;
+
+typedef struct {
+    PyObject_HEAD
+    LoopCore *loop;
+    PyObject *callback;     /* callback(fd) for a new connection, callback(-errno) for an error */
+    int fd;
+    char armed;
+    char kept;
+} Listener;
+
+static int keep(LoopCore *lp, PyObject *obj, uint64_t token, char *kept)
+{
+    if (*kept)
+        return 0;
+    PyObject *k = PyLong_FromUnsignedLongLong(token);
+    if (k == NULL)
+        return -1;
+    int r = PyDict_SetItem(lp->keep, k, obj);
+    Py_DECREF(k);
+    if (r == 0)
+        *kept = 1;
+    return r;
+}
+
+/* ---- Watcher ---- */
+
+#define WTOKEN(w) ((uint64_t)(uintptr_t)(w) | TAG_WATCHER)
+
+static PyObject *w_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    PyObject *loop;
+    int fd;
+    if (!PyArg_ParseTuple(args, "O!i", LoopCore_Type, &loop, &fd))
+        return NULL;
+    Watcher *w = (Watcher *)tp->tp_alloc(tp, 0);
+    if (w == NULL)
+        return NULL;
+    Py_INCREF(loop);
+    w->loop = (LoopCore *)loop;
+    w->fd = fd;
+    return (PyObject *)w;
+}
+
+static int w_update(Watcher *w)
+{
+    uint32_t want = 0;
+    if (w->reader != NULL)
+        want |= GL_POLL_IN;
+    if (w->writer != NULL)
+        want |= GL_POLL_OUT;
+    if (want == w->mask)
+        return 0;
+    if (want != 0 && keep(w->loop, (PyObject *)w, WTOKEN(w), &w->kept) < 0)
+        return -1;
+    int r = loop_submit(w->loop, want ? GL_OP_POLL_START : GL_OP_POLL_STOP, w->fd, WTOKEN(w), NULL, 0, want);
+    if (r == 0)
+        w->mask = want;
+    return r;
+}
+
+/* set(reader, writer): each a Handle or None; Ellipsis leaves it as it is. */
+static PyObject *w_set(Watcher *w, PyObject *args)
+{
+    PyObject *r, *wr;
+    if (!PyArg_ParseTuple(args, "OO", &r, &wr))
+        return NULL;
+    if (loop_check_alive(w->loop) < 0)
+        return NULL;
+    if (r != Py_Ellipsis) {
+        if (r != Py_None && !PyObject_TypeCheck(r, Handle_Type))
+            return PyErr_Format(PyExc_TypeError, "reader must be a Handle");
+        Py_XINCREF(r == Py_None ? NULL : r);
+        Py_XSETREF(w->reader, r == Py_None ? NULL : (Handle *)r);
+    }
+    if (wr != Py_Ellipsis) {
+        if (wr != Py_None && !PyObject_TypeCheck(wr, Handle_Type))
+            return PyErr_Format(PyExc_TypeError, "writer must be a Handle");
+        Py_XINCREF(wr == Py_None ? NULL : wr);
+        Py_XSETREF(w->writer, wr == Py_None ? NULL : (Handle *)wr);
+    }
+    if (w_update(w) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *w_get(Watcher *w, void *which)
+{
+    Handle *h = which ? w->writer : w->reader;
+    PyObject *o = h ? (PyObject *)h : Py_None;
+    Py_INCREF(o);
+    return o;
+}
+
+int watcher_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
+{
+    Watcher *w = (Watcher *)obj;
+    if (c->kind != GL_EV_POLL)
+        return 0;
+    uint32_t ev = c->res < 0 ? (GL_POLL_IN | GL_POLL_OUT) : c->aux;
+    if (c->res < 0)
+        w->mask = 0; /* Go refused the fd; the callbacks find out from their own calls */
+    int changed = 0;
+    if (w->reader != NULL && (ev & (GL_POLL_IN | GL_POLL_ERR | GL_POLL_HUP))) {
+        if (w->reader->cancelled) {
+            Py_CLEAR(w->reader);
+            changed = 1;
+        } else if (loop_push_ready(lp, w->reader) < 0) {
+            return -1;
+        }
+    }
+    if (w->writer != NULL && (ev & (GL_POLL_OUT | GL_POLL_ERR | GL_POLL_HUP))) {
+        if (w->writer->cancelled) {
+            Py_CLEAR(w->writer);
+            changed = 1;
+        } else if (loop_push_ready(lp, w->writer) < 0) {
+            return -1;
+        }
+    }
+    if (changed && c->res >= 0 && w_update(w) < 0)
+        return -1;
+    return 0;
+}
+
+static int w_traverse(Watcher *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->loop);
+    Py_VISIT(w->reader);
+    Py_VISIT(w->writer);
+    Py_VISIT(Py_TYPE(w));
+    return 0;
+}
+
+static int w_clear(Watcher *w)
+{
+    Py_CLEAR(w->reader);
+    Py_CLEAR(w->writer);
+    Py_CLEAR(w->loop);
+    return 0;
+}
+
+static void w_dealloc(Watcher *w)
+{
+    PyTypeObject *tp = Py_TYPE(w);
+    PyObject_GC_UnTrack(w);
+    w_clear(w);
+    tp->tp_free(w);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef w_methods[] = {
+    {"set", (PyCFunction)w_set, METH_VARARGS, NULL},
+    {NULL}
+};
+
+static PyGetSetDef w_getset[] = {
+    {"reader", (getter)w_get, NULL, NULL, NULL},
+    {"writer", (getter)w_get, NULL, NULL, (void *)1},
+    {NULL}
+};
+
+static PyType_Slot w_slots[] = {
+    {Py_tp_new, w_new},
+    {Py_tp_dealloc, w_dealloc},
+    {Py_tp_traverse, w_traverse},
+    {Py_tp_clear, w_clear},
+    {Py_tp_methods, w_methods},
+    {Py_tp_getset, w_getset},
+    {0, NULL}
+};
+
+static PyType_Spec w_spec = {
+    "goloop._core.Watcher", sizeof(Watcher), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, w_slots
+};
+
+/* ---- Listener ---- */
+
+#define LTOKEN(l) ((uint64_t)(uintptr_t)(l) | TAG_LISTENER)
+
+static PyObject *l_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    PyObject *loop, *cb;
+    int fd;
+    if (!PyArg_ParseTuple(args, "O!iO", LoopCore_Type, &loop, &fd, &cb))
+        return NULL;
+    Listener *l = (Listener *)tp->tp_alloc(tp, 0);
+    if (l == NULL)
+        return NULL;
+    Py_INCREF(loop);
+    l->loop = (LoopCore *)loop;
+    Py_INCREF(cb);
+    l->callback = cb;
+    l->fd = fd;
+    return (PyObject *)l;
+}
+
+static PyObject *l_start(Listener *l, PyObject *unused)
+{
+    if (loop_check_alive(l->loop) < 0)
+        return NULL;
+    if (l->armed)
+        Py_RETURN_NONE;
+    if (keep(l->loop, (PyObject *)l, LTOKEN(l), &l->kept) < 0 ||
+        loop_submit(l->loop, GL_OP_ACCEPT_START, l->fd, LTOKEN(l), NULL, 0, 0) < 0)
+        return NULL;
+    l->armed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *l_stop(Listener *l, PyObject *unused)
+{
+    if (!l->armed || l->loop->h == 0)
+        Py_RETURN_NONE;
+    if (loop_submit(l->loop, GL_OP_ACCEPT_STOP, l->fd, LTOKEN(l), NULL, 0, 0) < 0)
+        return NULL;
+    l->armed = 0;
+    Py_RETURN_NONE;
+}
+
+/* close(): stop accepting and let Go close the listening fd after the
+ * stop, in order; the Python socket is detached by the caller. Closing it
+ * from Python instead would race the stop: io_uring keeps a multishot
+ * accept alive on a file whose number is already gone. */
+static PyObject *l_close(Listener *l, PyObject *unused)
+{
+    if (l->loop->h == 0)
+        Py_RETURN_NONE;
+    if (l->armed && loop_submit(l->loop, GL_OP_ACCEPT_STOP, l->fd, LTOKEN(l), NULL, 0, 0) < 0)
+        return NULL;
+    l->armed = 0;
+    Py_CLEAR(l->callback);
+    if (loop_submit(l->loop, GL_OP_CLOSE, l->fd, 0, NULL, 0, GL_CLOSE_ABORT) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+int listener_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
+{
+    Listener *l = (Listener *)obj;
+    if (c->kind != GL_EV_ACCEPT)
+        return 0;
+    if (!(c->flags & GL_FLAG_MORE))
+        l->armed = 0;
+    if (c->res >= 0 && l->callback == NULL) {
+        return loop_submit(lp, GL_OP_CLOSE, c->res, 0, NULL, 0, GL_CLOSE_ABORT);
+    }
+    PyObject *arg = PyLong_FromLong(c->res);
+    if (arg == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(l->callback, arg);
+    Py_DECREF(arg);
+    if (r == NULL)
+        return report_callback_error(lp, "Exception in accept callback", NULL, NULL);
+    Py_DECREF(r);
+    return 0;
+}
+
+static int l_traverse(Listener *l, visitproc visit, void *arg)
+{
+    Py_VISIT(l->loop);
+    Py_VISIT(l->callback);
+    Py_VISIT(Py_TYPE(l));
+    return 0;
+}
+
+static int l_clear(Listener *l)
+{
+    Py_CLEAR(l->callback);
+    Py_CLEAR(l->loop);
+    return 0;
+}
+
+static void l_dealloc(Listener *l)
+{
+    PyTypeObject *tp = Py_TYPE(l);
+    PyObject_GC_UnTrack(l);
+    l_clear(l);
+    tp->tp_free(l);
+    Py_DECREF(tp);
+}
+
+static PyObject *l_armed(Listener *l, void *c) { return PyBool_FromLong(l->armed); }
+
+static PyMethodDef l_methods[] = {
+    {"start", (PyCFunction)l_start, METH_NOARGS, NULL},
+    {"stop", (PyCFunction)l_stop, METH_NOARGS, NULL},
+    {"close", (PyCFunction)l_close, METH_NOARGS, NULL},
+    {NULL}
+};
+
+static PyGetSetDef l_getset[] = {
+    {"armed", (getter)l_armed, NULL, NULL, NULL},
+    {NULL}
+};
+
+static PyType_Slot l_slots[] = {
+    {Py_tp_new, l_new},
+    {Py_tp_dealloc, l_dealloc},
+    {Py_tp_traverse, l_traverse},
+    {Py_tp_clear, l_clear},
+    {Py_tp_methods, l_methods},
+    {Py_tp_getset, l_getset},
+    {0, NULL}
+};
+
+static PyType_Spec l_spec = {
+    "goloop._core.Listener", sizeof(Listener), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, l_slots
+};
+
+int init_watch_types(PyObject *m)
+{
+    Watcher_Type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &w_spec, NULL);
+    if (Watcher_Type == NULL || PyModule_AddObjectRef(m, "Watcher", (PyObject *)Watcher_Type) < 0)
+        return -1;
+    Listener_Type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &l_spec, NULL);
+    if (Listener_Type == NULL || PyModule_AddObjectRef(m, "Listener", (PyObject *)Listener_Type) < 0)
+        return -1;
+    return 0;
+}

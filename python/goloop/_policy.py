@@ -1,0 +1,30 @@
+"""The uvloop-shaped entry points: a policy, install() and run()."""
+import asyncio
+import sys
+
+from .loop import Loop
+
+
+def new_event_loop():
+    """Return a new goloop event loop."""
+    return Loop()
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """An asyncio policy whose new loops are goloop loops."""
+
+    def _loop_factory(self):
+        return new_event_loop()
+
+
+def install():
+    """Make goloop the loop of every later asyncio.new_event_loop()/asyncio.run()."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main, *, debug=None, **run_kwargs):
+    """asyncio.run(main) on a new goloop loop."""
+    if sys.version_info >= (3, 12):
+        return asyncio.run(main, debug=debug, loop_factory=new_event_loop, **run_kwargs)
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)

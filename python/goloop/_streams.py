@@ -1,0 +1,163 @@
+"""Stream transports and servers: the hooks asyncio's BaseEventLoop calls
+(_make_socket_transport, _make_ssl_transport, _start_serving, _stop_serving),
+answered with goloop's C transport and Go's multishot accept."""
+import errno
+import socket
+from asyncio import base_events, constants, futures, sslproto, trsock
+
+
+def _set_nodelay(sock):
+    # asyncio sets TCP_NODELAY on every TCP transport; so do we.
+    if (sock.family in (socket.AF_INET, socket.AF_INET6) and
+            sock.type == socket.SOCK_STREAM and sock.proto == socket.IPPROTO_TCP):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class StreamsMixin:
+    def _make_socket_transport(self, sock, protocol, waiter=None, *,
+                               extra=None, server=None):
+        from . import _core
+        sock.setblocking(False)
+        try:
+            _set_nodelay(sock)
+        except OSError:
+            pass
+        extra = dict(extra) if extra else {}
+        extra['socket'] = trsock.TransportSocket(sock)
+        if 'sockname' not in extra:
+            try:
+                extra['sockname'] = sock.getsockname()
+            except OSError:
+                extra['sockname'] = None
+        if 'peername' not in extra:
+            try:
+                extra['peername'] = sock.getpeername()
+            except OSError:
+                extra['peername'] = None
+        transport = _core.Transport(self, sock, protocol, extra, server)
+        self._transports[sock.fileno()] = transport
+        if server is not None:
+            server._attach()
+        self.call_soon(protocol.connection_made, transport)
+        self.call_soon(transport._start_reading)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_ssl_transport(
+            self, rawsock, protocol, sslcontext, waiter=None,
+            *, server_side=False, server_hostname=None,
+            extra=None, server=None,
+            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+            call_connection_made=True):
+        # TLS through any ssl.SSLContext: asyncio's memory-BIO SSL protocol
+        # (OpenSSL in userspace) running over our transport.
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=call_connection_made)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _start_serving(self, protocol_factory, sock,
+                       sslcontext=None, server=None, backlog=100,
+                       ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        from . import _core
+        fd = sock.fileno()
+        old = self._listeners.get(fd)
+        if old is not None and old.armed:
+            return
+
+        def on_accept(res):
+            if res < 0:
+                self._accept_error(-res, sock, protocol_factory, sslcontext, server, backlog,
+                                   ssl_handshake_timeout, ssl_shutdown_timeout)
+                return
+            try:
+                conn = socket.socket(sock.family, sock.type, sock.proto, fileno=res)
+            except OSError:
+                return
+            self._accept_connection_fd(protocol_factory, conn, sslcontext, server,
+                                       ssl_handshake_timeout, ssl_shutdown_timeout)
+
+        listener = _core.Listener(self, fd, on_accept)
+        self._listeners[fd] = listener
+        listener.start()
+
+    def _accept_error(self, err, sock, *serving):
+        if err in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            # Out of fds or memory: say so, stop accepting for a while (the
+            # backlog keeps the clients), then try again, as asyncio does.
+            self.call_exception_handler({
+                'message': 'socket.accept() out of system resource',
+                'exception': OSError(err, errno.errorcode.get(err, str(err))),
+                'socket': trsock.TransportSocket(sock),
+            })
+            listener = self._listeners.pop(sock.fileno(), None)
+            if listener is not None:
+                listener.stop()
+            self.call_later(constants.ACCEPT_RETRY_DELAY, self._restart_serving, sock, *serving)
+        # Anything else (a client that gave up: ECONNABORTED) is not an error
+        # of the server.
+
+    def _restart_serving(self, sock, *serving):
+        if sock.fileno() >= 0 and not self.is_closed():
+            self._start_serving(serving[0], sock, *serving[1:])
+
+    def _accept_connection_fd(self, protocol_factory, conn, sslcontext, server,
+                              ssl_handshake_timeout, ssl_shutdown_timeout):
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            if sslcontext:
+                waiter = self.create_future()
+                transport = self._make_ssl_transport(
+                    conn, protocol, sslcontext, waiter=waiter,
+                    server_side=True, server=server,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout)
+                self.create_task(self._await_handshake(waiter, transport, protocol))
+            else:
+                transport = self._make_socket_transport(conn, protocol, server=server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            else:
+                transport.close()
+            if self._debug:
+                self._report_accept_failure(exc, protocol, transport)
+
+    async def _await_handshake(self, waiter, transport, protocol):
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport.close()
+            if self._debug:
+                self._report_accept_failure(exc, protocol, transport)
+
+    def _report_accept_failure(self, exc, protocol, transport):
+        context = {
+            'message': 'Error on transport creation for incoming connection',
+            'exception': exc,
+        }
+        if protocol is not None:
+            context['protocol'] = protocol
+        if transport is not None:
+            context['transport'] = transport
+        self.call_exception_handler(context)
+
+    def _stop_serving(self, sock):
+        listener = self._listeners.pop(sock.fileno(), None)
+        if listener is not None:
+            # Go stops accepting and then closes the fd, in that order.
+            listener.close()
+            sock.detach()
+        else:
+            sock.close()

@@ -1,0 +1,319 @@
+"""goloop.Loop: asyncio's event loop API over the C core and Go.
+
+The hot path (call_soon, timers, the run loop, transports, completion
+dispatch) is the C base class `_core.LoopCore`. This module holds what is
+off the hot path: setup and teardown around the run loop, readers and
+writers, signals, and the glue that lets asyncio's own argument handling
+(create_connection, create_server, the sock_* methods) drive our core.
+"""
+import asyncio
+import errno
+import os
+import signal
+import socket
+import sys
+import threading
+import weakref
+from asyncio import base_events, events, selector_events, unix_events
+from asyncio.log import logger
+
+from . import _core, _hooks
+from ._streams import StreamsMixin
+
+_core._set_hooks(
+    format_handle=_hooks.format_handle,
+    fatal_error=_hooks.fatal_error,
+    slow_callback=_hooks.slow_callback,
+    extract_stack=_hooks.extract_stack,
+    check_call=_hooks.check_call,
+)
+
+_Selector = selector_events.BaseSelectorEventLoop
+_Unix = unix_events._UnixSelectorEventLoop
+
+
+class GoCallError(Exception):
+    """A method of the Go core (a DNS lookup, ...) failed; the text is Go's."""
+
+
+def _fileobj_to_fd(fileobj):
+    # The rule selectors applies: an int, or an object with fileno().
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
+    """A drop-in asyncio event loop whose I/O core is goloop's Go library."""
+
+    def __init__(self):
+        base_events.BaseEventLoop.__init__(self)
+        self._transports = weakref.WeakValueDictionary()
+        self._watchers = {}
+        self._listeners = {}
+        self._calls = {}
+        self._signal_handlers = {}
+        self._ssock = self._csock = None
+        self._sig_watch = False
+        self._old_wakeup = None
+
+    def __repr__(self):
+        return (f'<{type(self).__name__} backend={self._backend_name()} '
+                f'running={self.is_running()} closed={self.is_closed()} '
+                f'debug={self.get_debug()}>')
+
+    @property
+    def backend(self):
+        """'io_uring' or 'epoll': the Go backend this loop runs on."""
+        return self._backend_name()
+
+    # ---- running ----
+
+    def run_forever(self):
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
+                                   finalizer=self._asyncgen_finalizer_hook)
+            events._set_running_loop(self)
+            self._wakeup_on_signals(True)
+            self._run()
+        finally:
+            self._wakeup_on_signals(False)
+            self._stopping = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def _run_once(self):
+        _core.LoopCore._run_once(self)
+
+    def close(self):
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        if self._debug:
+            logger.debug("Close %r", self)
+        for sig in list(self._signal_handlers):
+            self.remove_signal_handler(sig)
+        self._close_core()
+        self._closed = True
+        self._clear_queues()
+        for w in self._watchers.values():
+            for h in (w.reader, w.writer):
+                if h is not None:
+                    h.cancel()
+        self._watchers.clear()
+        self._listeners.clear()
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.cancel()
+        self._calls.clear()
+        self._close_self_pipe()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def _timer_handle_cancelled(self, handle):
+        pass  # the C heap counts cancelled timers itself
+
+    # ---- readers and writers ----
+
+    def _watcher(self, fd):
+        w = self._watchers.get(fd)
+        if w is None:
+            w = self._watchers[fd] = _core.Watcher(self, fd)
+        return w
+
+    def _add_reader(self, fd, callback, *args):
+        self._check_closed()
+        fd = _fileobj_to_fd(fd)
+        handle = self._make_handle(callback, args, None)
+        w = self._watcher(fd)
+        old = w.reader
+        w.set(handle, ...)
+        if old is not None:
+            old.cancel()
+        return handle
+
+    def _add_writer(self, fd, callback, *args):
+        self._check_closed()
+        fd = _fileobj_to_fd(fd)
+        handle = self._make_handle(callback, args, None)
+        w = self._watcher(fd)
+        old = w.writer
+        w.set(..., handle)
+        if old is not None:
+            old.cancel()
+        return handle
+
+    def _remove_reader(self, fd):
+        if self.is_closed():
+            return False
+        fd = _fileobj_to_fd(fd)
+        w = self._watchers.get(fd)
+        if w is None or w.reader is None:
+            return False
+        old = w.reader
+        w.set(None, ...)
+        old.cancel()
+        return True
+
+    def _remove_writer(self, fd):
+        if self.is_closed():
+            return False
+        fd = _fileobj_to_fd(fd)
+        w = self._watchers.get(fd)
+        if w is None or w.writer is None:
+            return False
+        old = w.writer
+        w.set(..., None)
+        old.cancel()
+        return True
+
+    # asyncio's selector loop implements the public reader/writer API and the
+    # sock_* coroutines on top of _add_reader/_remove_reader/...; using its
+    # functions on our loop gives the same argument checks, errors and
+    # cancellation behaviour, with readiness coming from Go.
+    _ensure_fd_no_transport = _Selector._ensure_fd_no_transport
+    add_reader = _Selector.add_reader
+    remove_reader = _Selector.remove_reader
+    add_writer = _Selector.add_writer
+    remove_writer = _Selector.remove_writer
+    sock_recv = _Selector.sock_recv
+    _sock_recv = _Selector._sock_recv
+    sock_recv_into = _Selector.sock_recv_into
+    _sock_recv_into = _Selector._sock_recv_into
+    sock_sendall = _Selector.sock_sendall
+    _sock_sendall = _Selector._sock_sendall
+    sock_connect = _Selector.sock_connect
+    _sock_connect = _Selector._sock_connect
+    _sock_connect_cb = _Selector._sock_connect_cb
+    sock_accept = _Selector.sock_accept
+    _sock_accept = _Selector._sock_accept
+    _sock_read_done = _Selector._sock_read_done
+    _sock_write_done = _Selector._sock_write_done
+    for _name in ('sock_recvfrom', '_sock_recvfrom', 'sock_recvfrom_into',
+                  '_sock_recvfrom_into', 'sock_sendto', '_sock_sendto'):
+        if hasattr(_Selector, _name):  # 3.11+
+            locals()[_name] = getattr(_Selector, _name)
+    del _name
+
+    # Unix sockets: asyncio's argument handling, our transports.
+    create_unix_connection = _Unix.create_unix_connection
+    create_unix_server = _Unix.create_unix_server
+
+    # ---- signals ----
+
+    def _make_self_pipe(self):
+        if self._ssock is None:
+            self._ssock, self._csock = socket.socketpair()
+            self._ssock.setblocking(False)
+            self._csock.setblocking(False)
+            self._internal_fds += 1
+            self._add_reader(self._ssock.fileno(), self._read_from_self)
+
+    def _close_self_pipe(self):
+        if self._ssock is not None:
+            self._ssock.close()
+            self._csock.close()
+            self._ssock = self._csock = None
+            self._internal_fds -= 1
+
+    def _read_from_self(self):
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+                if not data:
+                    break
+                for signum in data:
+                    if signum:
+                        self._handle_signal(signum)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+
+    def _wakeup_on_signals(self, on):
+        # While the loop runs in the main thread, a signal must end Go's wait
+        # at once (so Ctrl-C raises KeyboardInterrupt without delay): Python's
+        # C-level handler writes to the wakeup fd, which Go watches.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if on:
+            self._make_self_pipe()
+            try:
+                self._old_wakeup = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+            except (ValueError, OSError):
+                self._old_wakeup = None
+                return
+            self._sig_watch = True
+        elif self._sig_watch:
+            self._sig_watch = False
+            if self._signal_handlers:
+                return  # add_signal_handler keeps the wakeup fd, as asyncio does
+            try:
+                signal.set_wakeup_fd(self._old_wakeup if self._old_wakeup is not None else -1)
+            except (ValueError, OSError):
+                pass
+
+    def add_signal_handler(self, sig, callback, *args):
+        self._make_self_pipe()
+        return _Unix.add_signal_handler(self, sig, callback, *args)
+
+    remove_signal_handler = _Unix.remove_signal_handler
+    _handle_signal = _Unix._handle_signal
+    _check_signal = _Unix._check_signal
+
+    def _add_callback_signalsafe(self, handle):
+        self._push_handle(handle)
+
+    def _add_callback(self, handle):
+        if not handle._cancelled:
+            self._push_handle(handle)
+
+    def _write_to_self(self):
+        csock = self._csock
+        if csock is not None:
+            try:
+                csock.send(b'\0')
+            except OSError:
+                pass
+
+    # ---- Go calls (DNS, ...) ----
+
+    def _go_call(self, method, req):
+        """Run a registered Go method in a goroutine; a future for its bytes."""
+        self._check_closed()
+        fut = self.create_future()
+        token = self._go_call_start(method, req)
+        self._calls[token] = fut
+
+        def cancel_go(f, token=token):
+            if f.cancelled() and self._calls.pop(token, None) is not None:
+                self._go_call_cancel(token)
+        fut.add_done_callback(cancel_go)
+        return fut
+
+    def _call_done(self, token, ok, data):
+        fut = self._calls.pop(token, None)
+        if fut is None or fut.done():
+            return
+        if ok:
+            fut.set_result(data)
+        else:
+            fut.set_exception(GoCallError(data.decode('utf-8', 'replace')))
