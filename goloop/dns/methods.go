@@ -1,0 +1,210 @@
+package dns
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/goloop-dev/goloop/goloop"
+)
+
+// The goloop methods. Requests and replies are JSON: DNS is off the hot
+// path and the Python side decodes it with the standard library. A failed
+// call's error text is a JSON object too, {"eai", "rcode", "msg"}, so
+// Python can raise socket.gaierror or goloop.DNSError with the right codes.
+
+func init() {
+	goloop.RegisterMethod("dns.getaddrinfo", methodGetaddrinfo)
+	goloop.RegisterMethod("dns.getnameinfo", methodGetnameinfo)
+	goloop.RegisterMethod("dns.query", methodQuery)
+	goloop.RegisterMethod("dns.clear_cache", methodClearCache)
+}
+
+var (
+	defaultOnce sync.Once
+	defaultRes  *Resolver
+)
+
+// Default is the resolver behind getaddrinfo. GOLOOP_HOSTS,
+// GOLOOP_RESOLV_CONF and GOLOOP_SERVICES replace the system paths (for
+// tests).
+func Default() *Resolver {
+	defaultOnce.Do(func() {
+		defaultRes = New(Options{
+			HostsPath:      os.Getenv("GOLOOP_HOSTS"),
+			ResolvConfPath: os.Getenv("GOLOOP_RESOLV_CONF"),
+			ServicesPath:   os.Getenv("GOLOOP_SERVICES"),
+		})
+	})
+	return defaultRes
+}
+
+type errReply struct {
+	EAI   int    `json:"eai"`
+	Rcode int    `json:"rcode"`
+	Msg   string `json:"msg"`
+}
+
+// replyError turns any error into the JSON error text.
+func replyError(err error) error {
+	var e *Error
+	rep := errReply{EAI: EAI_SYSTEM, Rcode: -1, Msg: err.Error()}
+	switch {
+	case errors.As(err, &e):
+		rep = errReply{EAI: e.Code, Rcode: e.Rcode, Msg: e.Message()}
+	case errors.Is(err, context.Canceled):
+		rep.Msg = "cancelled"
+	}
+	b, _ := json.Marshal(rep)
+	return errors.New(string(b))
+}
+
+func badRequest(err error) error {
+	return replyError(&Error{Code: EAI_SYSTEM, Rcode: -1, Detail: "bad request: " + err.Error()})
+}
+
+func methodGetaddrinfo(ctx context.Context, req []byte) ([]byte, error) {
+	var r AddrinfoRequest
+	if err := json.Unmarshal(req, &r); err != nil {
+		return nil, badRequest(err)
+	}
+	res, err := Default().Getaddrinfo(ctx, &r)
+	if err != nil {
+		return nil, replyError(err)
+	}
+	// Addresses go back as hex bytes: Python formats them with inet_ntop,
+	// which is what socket.getaddrinfo's tuples hold.
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, ai := range res {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		raw := ai.Addr.AsSlice()
+		canon, _ := json.Marshal(ai.Canon)
+		b.WriteString("[")
+		writeInts(&b, ai.Family, ai.Socktype, ai.Proto)
+		b.WriteByte(',')
+		b.Write(canon)
+		b.WriteString(`,"`)
+		b.WriteString(hex.EncodeToString(raw))
+		b.WriteString(`",`)
+		writeInts(&b, ai.Port, int(ai.Scope))
+		b.WriteByte(']')
+	}
+	b.WriteByte(']')
+	return []byte(b.String()), nil
+}
+
+func writeInts(b *strings.Builder, vs ...int) {
+	for i, v := range vs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(itoa(v))
+	}
+}
+
+func itoa(v int) string {
+	if v >= 0 && v < 10 {
+		return string(rune('0' + v))
+	}
+	return jsonInt(v)
+}
+
+func jsonInt(v int) string { s, _ := json.Marshal(v); return string(s) }
+
+type nameinfoRequest struct {
+	Addr  string `json:"addr"` // numeric, as getnameinfo(NI_NUMERICHOST) printed it
+	Port  int    `json:"port"`
+	Flags int    `json:"flags"`
+}
+
+func methodGetnameinfo(ctx context.Context, req []byte) ([]byte, error) {
+	var r nameinfoRequest
+	if err := json.Unmarshal(req, &r); err != nil {
+		return nil, badRequest(err)
+	}
+	a, err := netip.ParseAddr(strings.SplitN(r.Addr, "%", 2)[0])
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	host, serv, err := Default().Getnameinfo(ctx, a, r.Port, r.Flags)
+	if err != nil {
+		return nil, replyError(err)
+	}
+	return json.Marshal(map[string]string{"host": host, "serv": serv})
+}
+
+// resolverOptions is the configuration a Python goloop.Resolver carries.
+type resolverOptions struct {
+	Nameservers []string `json:"nameservers"`
+	Timeout     float64  `json:"timeout"`
+	Attempts    int      `json:"attempts"`
+	Cache       bool     `json:"cache"`
+}
+
+var (
+	resolversMu sync.Mutex
+	resolvers   = map[string]*Resolver{}
+)
+
+// resolverFor returns the resolver for one configuration, made on first
+// use and kept, so that its cache outlives a single query.
+func resolverFor(o resolverOptions) *Resolver {
+	key, _ := json.Marshal(o)
+	resolversMu.Lock()
+	defer resolversMu.Unlock()
+	if r := resolvers[string(key)]; r != nil {
+		return r
+	}
+	d := Default().opts
+	r := New(Options{
+		ResolvConfPath: d.ResolvConfPath,
+		Nameservers:    o.Nameservers,
+		Timeout:        time.Duration(o.Timeout * float64(time.Second)),
+		Attempts:       o.Attempts,
+		EDNS0:          true,
+		NoCache:        !o.Cache,
+		NoHosts:        true,
+	})
+	resolvers[string(key)] = r
+	return r
+}
+
+type queryRequest struct {
+	resolverOptions
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+func methodQuery(ctx context.Context, req []byte) ([]byte, error) {
+	var q queryRequest
+	if err := json.Unmarshal(req, &q); err != nil {
+		return nil, badRequest(err)
+	}
+	qt, ok := normalizeType(q.Type)
+	if !ok {
+		return nil, badRequest(errors.New("unsupported type " + q.Type))
+	}
+	recs, err := resolverFor(q.resolverOptions).Query(ctx, q.Name, qt)
+	if err != nil {
+		return nil, replyError(err)
+	}
+	return json.Marshal(recs)
+}
+
+func methodClearCache(ctx context.Context, req []byte) ([]byte, error) {
+	var o resolverOptions
+	if err := json.Unmarshal(req, &o); err != nil {
+		return nil, badRequest(err)
+	}
+	resolverFor(o).ClearCache()
+	return []byte("null"), nil
+}

@@ -1,0 +1,289 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// Options configure a Resolver. Zero values mean the system's files and
+// resolv.conf's settings.
+type Options struct {
+	HostsPath      string // default /etc/hosts
+	ResolvConfPath string // default /etc/resolv.conf
+	ServicesPath   string // default /etc/services
+
+	// Explicit settings override resolv.conf's.
+	Nameservers []string // "addr" or "addr:port"
+	Timeout     time.Duration
+	Attempts    int
+	EDNS0       bool // always advertise EDNS0 (resolv.conf's edns0 also turns it on)
+
+	CacheSize int  // entries; 0 means the default
+	NoCache   bool // no cache at all
+	NoHosts   bool // DNS only (the query API)
+}
+
+const defaultCacheSize = 10000
+
+// Resolver answers name lookups. It is safe for concurrent use.
+type Resolver struct {
+	opts     Options
+	hosts    *watched[*Hosts]
+	resolv   *watched[ResolvConf]
+	services *watched[*Services]
+	cache    *Cache
+	flights  flights
+	rr       atomic.Uint32 // rotate's round robin
+}
+
+// New makes a resolver.
+func New(o Options) *Resolver {
+	if o.HostsPath == "" {
+		o.HostsPath = "/etc/hosts"
+	}
+	if o.ResolvConfPath == "" {
+		o.ResolvConfPath = "/etc/resolv.conf"
+	}
+	if o.ServicesPath == "" {
+		o.ServicesPath = "/etc/services"
+	}
+	size := o.CacheSize
+	if size == 0 {
+		size = defaultCacheSize
+	}
+	if o.NoCache {
+		size = 0
+	}
+	r := &Resolver{
+		opts:     o,
+		hosts:    newWatched(o.HostsPath, ParseHosts),
+		services: newWatched(o.ServicesPath, ParseServices),
+		resolv: newWatched(o.ResolvConfPath, func(b []byte) ResolvConf {
+			c := ParseResolvConf(b)
+			c.applyEnv()
+			return c
+		}),
+		cache: NewCache(size),
+	}
+	return r
+}
+
+// ClearCache forgets every cached answer.
+func (r *Resolver) ClearCache() { r.cache.Clear() }
+
+// Config is the resolv.conf in force, with the explicit options applied.
+func (r *Resolver) Config() ResolvConf {
+	c := r.resolv.get()
+	if len(r.opts.Nameservers) > 0 {
+		c.Servers = nil
+		for _, s := range r.opts.Nameservers {
+			if a, ok := parseServer(s); ok {
+				c.Servers = append(c.Servers, a)
+			}
+		}
+	}
+	if r.opts.Timeout > 0 {
+		c.Timeout = r.opts.Timeout
+	}
+	if r.opts.Attempts > 0 {
+		c.Attempts = r.opts.Attempts
+	}
+	if r.opts.EDNS0 {
+		c.EDNS0 = true
+	}
+	return c
+}
+
+// errNoServer is an exchange in which no server answered in time.
+var errNoServer = errors.New("no server answered")
+
+// Exchange asks the servers for one question (name must be fully
+// qualified), through the cache and joined with identical questions in
+// flight. A non-nil response may carry any rcode; an error means no
+// usable response arrived.
+func (r *Resolver) Exchange(ctx context.Context, conf *ResolvConf, name string, qtype uint16) (*mdns.Msg, error) {
+	k := cacheKey{strings.ToLower(name), qtype}
+	if m, _, ok := r.cache.Get(k); ok {
+		return m, nil
+	}
+	resp, _, err := r.flights.do(ctx, k, func(fctx context.Context) (*mdns.Msg, error) {
+		m, err := r.exchangeServers(fctx, conf, name, qtype)
+		if err == nil {
+			r.cache.Put(k, m)
+		}
+		return m, err
+	})
+	return resp, err
+}
+
+// exchangeServers walks the servers as glibc's res_send does: attempts
+// rounds over the list (starting at the next server in turn with rotate),
+// each try bounded by the timeout, moving on after a timeout, a network
+// error, or a server that refuses or fails (SERVFAIL, REFUSED, NOTIMP,
+// FORMERR). A truncated UDP answer is asked again over TCP of the same
+// server. When every server failed with an rcode, the last such answer is
+// returned so the caller can tell SERVFAIL from silence.
+func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name string, qtype uint16) (*mdns.Msg, error) {
+	q := new(mdns.Msg)
+	q.SetQuestion(name, qtype)
+	q.RecursionDesired = true
+	if conf.EDNS0 {
+		q.SetEdns0(1232, false)
+	}
+	n := len(conf.Servers)
+	if n == 0 {
+		return nil, errNoServer
+	}
+	start := 0
+	if conf.Rotate {
+		start = int(r.rr.Add(1)-1) % n
+	}
+	var lastResp *mdns.Msg
+	lastErr := errNoServer
+	for a := 0; a < conf.Attempts; a++ {
+		for i := 0; i < n; i++ {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			server := conf.Servers[(start+i)%n]
+			resp, err := exchangeOne(ctx, q, server, conf.Timeout, conf.UseVC)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				lastErr = err
+				continue
+			}
+			switch resp.Rcode {
+			case mdns.RcodeSuccess, mdns.RcodeNameError:
+				return resp, nil
+			}
+			lastResp = resp
+		}
+	}
+	if lastResp != nil {
+		return lastResp, nil
+	}
+	return nil, lastErr
+}
+
+func exchangeOne(ctx context.Context, q *mdns.Msg, server string, timeout time.Duration, tcp bool) (*mdns.Msg, error) {
+	tctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	netw := "udp"
+	if tcp {
+		netw = "tcp"
+	}
+	c := &mdns.Client{Net: netw, Timeout: timeout, UDPSize: 1232}
+	// A fresh id per try, so that a late answer to an earlier try cannot
+	// be taken for this one.
+	m := q.Copy()
+	m.Id = mdns.Id()
+	resp, _, err := c.ExchangeContext(tctx, m, server)
+	if err == nil && resp.Truncated && !tcp {
+		c.Net = "tcp"
+		resp, _, err = c.ExchangeContext(tctx, m, server)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, m.Question[0].Name) ||
+		resp.Question[0].Qtype != m.Question[0].Qtype {
+		return nil, errors.New("answer to another question")
+	}
+	return resp, nil
+}
+
+// hostname is os.Hostname, replaceable by tests.
+var hostname = os.Hostname
+
+// candidates lists the names res_nsearch tries for name, in order: the
+// name as given first when it has at least ndots dots (or ends in a dot,
+// in which case nothing else is tried), then each search domain appended,
+// then the name as given if not tried yet.
+func candidates(name string, conf *ResolvConf) []string {
+	if strings.HasSuffix(name, ".") {
+		return []string{name}
+	}
+	dots := strings.Count(name, ".")
+	var out []string
+	asIs := false
+	if dots >= conf.Ndots {
+		out = append(out, name+".")
+		asIs = true
+	}
+	for _, d := range conf.Search {
+		out = append(out, name+"."+d+".")
+	}
+	if !asIs {
+		out = append(out, name+".")
+	}
+	return out
+}
+
+// Outcome of asking one name for one family, in glibc's terms.
+type outcome int
+
+const (
+	found    outcome = iota
+	nxdomain         // HOST_NOT_FOUND
+	nodata           // NO_DATA: the name exists, without this type
+	servfail         // TRY_AGAIN after SERVFAIL: the search goes on
+	tempfail         // TRY_AGAIN after silence: the search stops
+)
+
+// answerAddrs pulls the addresses of type qtype for qname out of resp,
+// following the CNAME chain inside the answer section, and returns the
+// name at the end of the chain.
+func answerAddrs(resp *mdns.Msg, qname string, qtype uint16) (addrs []net.IP, canon string) {
+	cur := qname
+	for hops := 0; hops <= len(resp.Answer); hops++ {
+		var next string
+		for _, rr := range resp.Answer {
+			h := rr.Header()
+			if !strings.EqualFold(h.Name, cur) {
+				continue
+			}
+			switch v := rr.(type) {
+			case *mdns.A:
+				if qtype == mdns.TypeA {
+					addrs = append(addrs, v.A)
+				}
+			case *mdns.AAAA:
+				if qtype == mdns.TypeAAAA {
+					addrs = append(addrs, v.AAAA)
+				}
+			case *mdns.CNAME:
+				if next == "" {
+					next = v.Target
+				}
+			}
+		}
+		if len(addrs) > 0 || next == "" {
+			break
+		}
+		cur = next
+	}
+	return addrs, cur
+}
+
+func classify(resp *mdns.Msg, err error, addrs []net.IP) outcome {
+	switch {
+	case err != nil:
+		return tempfail
+	case len(addrs) > 0:
+		return found
+	case resp.Rcode == mdns.RcodeNameError:
+		return nxdomain
+	case resp.Rcode == mdns.RcodeSuccess:
+		return nodata
+	}
+	return servfail
+}

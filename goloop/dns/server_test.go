@@ -1,0 +1,89 @@
+package dns
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// startServer runs an in-process DNS server on 127.0.0.1 (UDP and TCP on
+// the same port) and returns its address.
+func startServer(t *testing.T, h mdns.HandlerFunc) string {
+	t.Helper()
+	var pc net.PacketConn
+	var ln net.Listener
+	for i := 0; ; i++ {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
+		pc.Close()
+		if i > 20 {
+			t.Fatal(err)
+		}
+	}
+	udp := &mdns.Server{PacketConn: pc, Handler: h}
+	tcp := &mdns.Server{Listener: ln, Handler: h}
+	udpUp, tcpUp := make(chan struct{}), make(chan struct{})
+	udp.NotifyStartedFunc = func() { close(udpUp) }
+	tcp.NotifyStartedFunc = func() { close(tcpUp) }
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+	<-udpUp
+	<-tcpUp
+	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// blackhole is a UDP address that receives and never answers.
+func blackhole(t *testing.T) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc.LocalAddr().String()
+}
+
+// testResolver writes a resolv.conf and hosts file and returns a resolver
+// reading them.
+func testResolver(t *testing.T, resolvConf, hosts string) *Resolver {
+	t.Helper()
+	dir := t.TempDir()
+	rc := filepath.Join(dir, "resolv.conf")
+	hf := filepath.Join(dir, "hosts")
+	os.WriteFile(rc, []byte(resolvConf), 0o644)
+	os.WriteFile(hf, []byte(hosts), 0o644)
+	return New(Options{ResolvConfPath: rc, HostsPath: hf})
+}
+
+func rrA(name string, ip string, ttl uint32) mdns.RR {
+	return &mdns.A{Hdr: mdns.RR_Header{Name: name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: ttl}, A: net.ParseIP(ip)}
+}
+
+func rrAAAA(name string, ip string, ttl uint32) mdns.RR {
+	return &mdns.AAAA{Hdr: mdns.RR_Header{Name: name, Rrtype: mdns.TypeAAAA, Class: mdns.ClassINET, Ttl: ttl}, AAAA: net.ParseIP(ip)}
+}
+
+func soa(ttl uint32) mdns.RR {
+	return &mdns.SOA{Hdr: mdns.RR_Header{Name: "example.", Rrtype: mdns.TypeSOA, Class: mdns.ClassINET, Ttl: ttl},
+		Ns: "ns.example.", Mbox: "h.example.", Minttl: ttl}
+}
+
+func reply(r *mdns.Msg) *mdns.Msg {
+	m := new(mdns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	return m
+}
+
+var _ = time.Second
