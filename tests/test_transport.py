@@ -1,0 +1,601 @@
+"""Stream transports as protocols see them: writing, closing, aborting, EOF and
+half-close, reading flow control, write flow control, extra info, error routing,
+BufferedProtocol, and large transfers arriving intact."""
+
+import asyncio
+import hashlib
+import os
+import select
+import socket
+
+import pytest
+
+from bounded import run
+from peers import (Recorder, connect_to_peer, in_thread, recv_exactly,
+                   recv_until_eof)
+
+
+def _close(*socks):
+    for s in socks:
+        s.close()
+
+
+# -- writing -----------------------------------------------------------------------
+
+def test_write_reaches_peer(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.write(b"hello ")
+            tr.write(bytearray(b"bytearray "))
+            tr.write(memoryview(b"memoryview"))
+            tr.write(b"")
+            got = await in_thread(loop, recv_exactly, peer, 26)
+            assert got == b"hello bytearray memoryview"
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_writelines(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.writelines([b"a", bytearray(b"bc"), memoryview(b"def"), b""])
+            tr.writelines(iter([b"g", b"h"]))
+            assert await in_thread(loop, recv_exactly, peer, 8) == b"abcdefgh"
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+@pytest.mark.parametrize("bad", ["text", 42, pytest.param(None, marks=pytest.mark.xfail_loop(
+    "uvloop", reason="uvloop's write(None) is silently ignored"))])
+def test_write_rejects_non_bytes(loop, bad):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            with pytest.raises(TypeError):
+                tr.write(bad)
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop keeps a reference to a written "
+                        "bytearray and sends its later contents")
+def test_write_buffer_is_copied_or_kept(loop):
+    # A bytearray changed right after write() must not change what is sent.
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            buf = bytearray(b"original")
+            tr.write(buf)
+            buf[:] = b"XXXXXXXX"
+            assert await in_thread(loop, recv_exactly, peer, 8) == b"original"
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_data_reaches_protocol(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            assert pr.events[0] == "made"
+            assert (await pr.made) is tr
+            await in_thread(loop, peer.sendall, b"from peer")
+            assert await pr.received(9) == b"from peer"
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+# -- EOF and closing ---------------------------------------------------------------
+
+def test_write_eof_half_closes(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            assert tr.can_write_eof()
+            tr.write(b"last words")
+            tr.write_eof()
+            assert await in_thread(loop, recv_until_eof, peer) == b"last words"
+            # Our write side is shut; we still read.
+            await in_thread(loop, peer.sendall, b"reply")
+            assert await pr.received(5) == b"reply"
+            with pytest.raises(RuntimeError):
+                tr.write(b"after eof")
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_eof_received_then_connection_lost(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            await in_thread(loop, peer.sendall, b"data")
+            peer.shutdown(socket.SHUT_WR)
+            exc = await pr.lost
+            assert exc is None
+            assert pr.compact_events() == ["made", "data", "eof", "lost"]
+            assert bytes(pr.data) == b"data"
+            assert tr.is_closing()
+            # eof_received returned None: the transport closed itself; the peer sees it.
+            assert await in_thread(loop, recv_until_eof, peer) == b""
+        finally:
+            tr.close()
+            peer.close()
+    run(loop, go())
+
+
+def test_eof_received_true_keeps_half_open(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop, eof_result=True))
+        try:
+            peer.shutdown(socket.SHUT_WR)
+            await pr.eof
+            assert not tr.is_closing()
+            assert not pr.lost.done()
+            tr.write(b"still writing")
+            assert await in_thread(loop, recv_exactly, peer, 13) == b"still writing"
+            tr.close()
+            assert await pr.lost is None
+            assert pr.compact_events() == ["made", "eof", "lost"]
+            assert await in_thread(loop, recv_until_eof, peer) == b""
+        finally:
+            tr.close()
+            peer.close()
+    run(loop, go())
+
+
+def test_close_flushes_pending_data(loop):
+    payload = os.urandom(8 << 20)
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            reader = in_thread(loop, recv_until_eof, peer)
+            tr.write(payload)
+            tr.close()
+            assert tr.is_closing()
+            assert not pr.lost.done()  # connection_lost waits for the buffer to drain
+            got = await reader
+            assert await pr.lost is None
+            assert len(got) == len(payload) and got == payload
+            assert pr.events.count("lost") == 1
+        finally:
+            peer.close()
+    run(loop, go())
+
+
+def test_abort_discards_pending_data(loop):
+    total = 48 << 20  # more than loopback's socket buffers can absorb
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.write(b"\0" * total)
+            assert tr.get_write_buffer_size() > 0
+            tr.abort()
+            assert tr.is_closing()
+            assert await pr.lost is None
+            got = await in_thread(loop, recv_until_eof, peer)
+            assert len(got) < total
+        finally:
+            peer.close()
+    run(loop, go())
+
+
+def test_close_twice_loses_connection_once(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.close()
+            tr.close()
+            assert await pr.lost is None
+            tr.close()
+            tr.abort()
+            await asyncio.sleep(0.01)
+            assert pr.events.count("lost") == 1
+        finally:
+            peer.close()
+    run(loop, go())
+
+
+def test_connection_lost_with_exception_on_reset(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        # SO_LINGER 0: close() sends RST instead of FIN.
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                        b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()
+        exc = await pr.lost
+        assert isinstance(exc, ConnectionResetError), repr(exc)
+        assert "eof" not in pr.events
+        assert tr.is_closing()
+    run(loop, go())
+
+
+def test_exception_in_data_received_reaches_handler(loop):
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+    boom = ValueError("protocol bug")
+
+    class Bad(Recorder):
+        def data_received(self, data):
+            raise boom
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Bad(loop))
+        try:
+            await in_thread(loop, peer.sendall, b"x")
+            exc = await pr.lost
+            assert exc is boom
+            assert tr.is_closing()
+        finally:
+            peer.close()
+    run(loop, go())
+    assert [ctx.get("exception") for ctx in seen] == [boom]
+    assert seen[0].get("transport") is not None
+    assert seen[0].get("protocol") is not None
+
+
+# -- reading flow control ----------------------------------------------------------
+
+def test_pause_resume_reading(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            assert tr.is_reading()
+            tr.pause_reading()
+            assert not tr.is_reading()
+            tr.pause_reading()  # idempotent, as asyncio
+            await in_thread(loop, peer.sendall, b"while paused")
+            sock = tr.get_extra_info("socket")
+            # The bytes are at our socket (or already read into the loop's buffers):
+            readable, _, _ = select.select([sock.fileno()], [], [], 10)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.05)
+            assert "data" not in pr.events
+            tr.resume_reading()
+            assert tr.is_reading()
+            tr.resume_reading()
+            assert await pr.received(12) == b"while paused"
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_pause_reading_holds_eof(loop):
+    # EOF is not delivered while reading is paused either.
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.pause_reading()
+            await in_thread(loop, peer.sendall, b"tail")
+            peer.shutdown(socket.SHUT_WR)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.05)
+            assert pr.events == ["made"]
+            tr.resume_reading()
+            await pr.lost
+            assert pr.compact_events() == ["made", "data", "eof", "lost"]
+            assert bytes(pr.data) == b"tail"
+        finally:
+            tr.close()
+            peer.close()
+    run(loop, go())
+
+
+def test_pause_reading_on_closing_transport_is_harmless(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.close()
+            tr.pause_reading()
+            tr.resume_reading()
+            assert await pr.lost is None
+        finally:
+            peer.close()
+    run(loop, go())
+
+
+# -- write flow control ------------------------------------------------------------
+
+def test_write_buffer_limits(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            low, high = tr.get_write_buffer_limits()
+            assert 0 <= low <= high
+            tr.set_write_buffer_limits(high=1000, low=100)
+            assert tr.get_write_buffer_limits() == (100, 1000)
+            tr.set_write_buffer_limits(high=800)
+            assert tr.get_write_buffer_limits() == (200, 800)
+            tr.set_write_buffer_limits(low=0, high=0)
+            assert tr.get_write_buffer_limits() == (0, 0)
+            with pytest.raises(ValueError):
+                tr.set_write_buffer_limits(high=10, low=20)
+            with pytest.raises(ValueError):
+                tr.set_write_buffer_limits(high=-1)
+            assert tr.get_write_buffer_size() == 0
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop's default low-water mark is 16 "
+                        "bytes, asyncio's 16 KiB")
+def test_default_write_buffer_limits_match_asyncio(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_pause_and_resume_writing_against_slow_reader(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+            chunk = b"y" * 65536
+            written = 0
+            while pr.pauses == 0:  # the peer reads nothing yet
+                tr.write(chunk)
+                written += len(chunk)
+                assert written < 256 << 20, "pause_writing never called"
+                if pr.pauses == 0:
+                    await asyncio.sleep(0)
+            assert tr.get_write_buffer_size() > 64 * 1024
+            assert pr.resumes == 0
+            got = await in_thread(loop, recv_exactly, peer, written)
+            await pr.resumed
+            assert len(got) == written
+            assert tr.get_write_buffer_size() <= 16 * 1024
+            assert pr.events.count("pause_writing") == 1
+            assert pr.events.count("resume_writing") == 1
+            assert pr.events.index("pause_writing") < pr.events.index("resume_writing")
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_write_buffer_size_counts_unsent_bytes(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            total = 48 << 20
+            tr.write(b"z" * total)
+            size = tr.get_write_buffer_size()
+            assert 0 < size <= total
+            got = await in_thread(loop, recv_exactly, peer, total)
+            assert len(got) == total
+            for _ in range(100):
+                if tr.get_write_buffer_size() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert tr.get_write_buffer_size() == 0
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+# -- what a transport is -----------------------------------------------------------
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop's transports are not subclasses "
+                        "of asyncio.Transport")
+def test_transport_isinstance(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            assert isinstance(tr, asyncio.Transport)
+            assert isinstance(tr, asyncio.ReadTransport)
+            assert isinstance(tr, asyncio.WriteTransport)
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_get_extra_info(loop):
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            sock = tr.get_extra_info("socket")
+            assert sock.family == socket.AF_INET
+            assert sock.type == socket.SOCK_STREAM
+            assert tr.get_extra_info("sockname") == peer.getpeername()
+            assert tr.get_extra_info("peername") == peer.getsockname()
+            assert sock.getsockname() == tr.get_extra_info("sockname")
+            assert tr.get_extra_info("no such key") is None
+            assert tr.get_extra_info("no such key", "dflt") == "dflt"
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go())
+
+
+def test_tcp_nodelay_by_default(loop):
+    async def go():
+        server_transports = []
+
+        def server_proto():
+            p = Recorder(loop)
+            server_transports.append(p)
+            return p
+        srv = await loop.create_server(server_proto, "127.0.0.1", 0)
+        try:
+            tr, pr = await loop.create_connection(
+                lambda: Recorder(loop), *srv.sockets[0].getsockname())
+            client_sock = tr.get_extra_info("socket")
+            assert client_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            while not server_transports:
+                await asyncio.sleep(0.001)
+            sp = server_transports[0]
+            stran = await sp.made
+            ssock = stran.get_extra_info("socket")
+            assert ssock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            tr.close()
+            await pr.lost
+            await sp.lost
+        finally:
+            srv.close()
+            await srv.wait_closed()
+    run(loop, go())
+
+
+# -- BufferedProtocol --------------------------------------------------------------
+
+class BufferedCollector(asyncio.BufferedProtocol):
+    def __init__(self, loop, bufsize):
+        self.bufsize = bufsize
+        self.buf = bytearray(bufsize)
+        self.data = bytearray()
+        self.hints = []
+        self.calls = 0
+        self.lost = loop.create_future()
+        self.eof = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        self.hints.append(sizehint)
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        assert 0 < nbytes <= self.bufsize
+        self.calls += 1
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self):
+        self.eof = True
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("bufsize,size", [
+    (1, 32 << 10), (7, 256 << 10), (65536, 4 << 20), (1 << 20, 8 << 20)])
+def test_buffered_protocol_transfer(loop, bufsize, size):
+    payload = os.urandom(size)
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(
+            loop, lambda: BufferedCollector(loop, bufsize))
+        try:
+            sender = in_thread(loop, peer.sendall, payload)
+            await sender
+            peer.shutdown(socket.SHUT_WR)
+            assert await pr.lost is None
+            assert pr.eof
+            assert len(pr.data) == len(payload)
+            assert hashlib.sha256(pr.data).digest() == hashlib.sha256(payload).digest()
+            assert pr.calls >= len(payload) // bufsize
+            assert all(isinstance(h, int) for h in pr.hints)
+        finally:
+            tr.close()
+            peer.close()
+    run(loop, go(), timeout=30)
+
+
+def test_buffered_protocol_memoryview_buffer(loop):
+    class ViewCollector(BufferedCollector):
+        def get_buffer(self, sizehint):
+            return memoryview(self.buf)[:5]
+
+        def buffer_updated(self, nbytes):
+            assert nbytes <= 5
+            self.data += self.buf[:nbytes]
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: ViewCollector(loop, 16))
+        try:
+            await in_thread(loop, peer.sendall, b"0123456789abcdef")
+            peer.shutdown(socket.SHUT_WR)
+            assert await pr.lost is None
+            assert bytes(pr.data) == b"0123456789abcdef"
+        finally:
+            tr.close()
+            peer.close()
+    run(loop, go())
+
+
+def test_buffered_protocol_empty_buffer_is_an_error(loop):
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+
+    class Empty(BufferedCollector):
+        def get_buffer(self, sizehint):
+            return bytearray()
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Empty(loop, 16))
+        try:
+            await in_thread(loop, peer.sendall, b"data")
+            exc = await pr.lost
+            assert exc is not None
+        finally:
+            tr.close()
+            peer.close()
+    run(loop, go())
+    assert seen and seen[0].get("exception") is not None
+
+
+# -- large transfers ---------------------------------------------------------------
+
+def test_large_transfer_both_ways(loop):
+    up = os.urandom(6 << 20)
+    down = os.urandom(5 << 20)
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            def peer_side():
+                peer.sendall(down)
+                peer.shutdown(socket.SHUT_WR)
+                return recv_until_eof(peer)
+            peer_job = in_thread(loop, peer_side)
+            for i in range(0, len(up), 100_000):
+                tr.write(up[i:i + 100_000])
+            await pr.eof
+            tr.write_eof()
+            got_up = await peer_job
+            assert await pr.lost is None
+            assert got_up == up
+            assert bytes(pr.data) == down
+        finally:
+            tr.close()
+            peer.close()
+    run(loop, go(), timeout=30)
