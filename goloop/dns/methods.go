@@ -180,8 +180,9 @@ func resolverFor(o resolverOptions) *Resolver {
 
 type queryRequest struct {
 	resolverOptions
-	Name string `json:"name"`
-	Type string `json:"type"`
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Clear bool   `json:"clear"` // forget the cache first
 }
 
 func methodQuery(ctx context.Context, req []byte) ([]byte, error) {
@@ -193,7 +194,11 @@ func methodQuery(ctx context.Context, req []byte) ([]byte, error) {
 	if !ok {
 		return nil, badRequest(errors.New("unsupported type " + q.Type))
 	}
-	recs, err := resolverFor(q.resolverOptions).Query(ctx, q.Name, qt)
+	r := resolverFor(q.resolverOptions)
+	if q.Clear {
+		r.ClearCache()
+	}
+	recs, err := r.Query(ctx, q.Name, qt)
 	if err != nil {
 		return nil, replyError(err)
 	}

@@ -2,10 +2,10 @@ package dns
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	mdns "github.com/miekg/dns"
 )
@@ -86,4 +86,12 @@ func reply(r *mdns.Msg) *mdns.Msg {
 	return m
 }
 
-var _ = time.Second
+func asError(err error, e **Error) bool {
+	v, ok := err.(*Error)
+	if ok {
+		*e = v
+	}
+	return ok
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -1,0 +1,335 @@
+"""Name resolution for goloop: getaddrinfo/getnameinfo answered by the Go
+resolver (goloop/dns), and an aiodns-style Resolver.
+
+Importing this module is cheap and starts nothing: it needs only a loop
+with ``_go_call`` (goloop's) at call time.
+
+How a getaddrinfo call is answered:
+
+1. If the system resolver is chosen (GOLOOP_RESOLVER=system, or
+   /etc/nsswitch.conf's ``hosts:`` line is not exactly ``files dns``), it
+   runs ``socket.getaddrinfo`` in the loop's default executor, as asyncio
+   does.
+2. Otherwise ``socket.getaddrinfo`` is first called right here with
+   AI_NUMERICHOST added. That call never touches the network: it either
+   answers (numeric hosts, None, IPv6 scope ids) or raises exactly what
+   the real call would for bad arguments, bad flags, unknown services or
+   families. Only EAI_NONAME (the host is a name) goes on to step 3.
+3. The Go resolver looks the name up and shapes the result as glibc
+   does; addresses come back as raw bytes and are formatted with
+   inet_ntop, so the tuples are byte-for-byte what the C library gives.
+"""
+import json
+import os
+import socket
+from collections import namedtuple
+
+__all__ = (
+    "getaddrinfo", "getnameinfo", "Resolver", "DNSError", "use_go_resolver",
+    "ARecord", "CNAMERecord", "MXRecord", "NSRecord", "PTRRecord",
+    "SRVRecord", "TXTRecord",
+)
+
+_NSSWITCH = "/etc/nsswitch.conf"
+_nss_state = [None, None]  # [(mtime_ns, size, ino), decision]
+
+_AI_NUMERICHOST = socket.AI_NUMERICHOST
+_EAI_NONAME = socket.EAI_NONAME
+_NI_NUMERICHOST = socket.NI_NUMERICHOST
+_NI_NUMERICSERV = socket.NI_NUMERICSERV
+_NI_NAMEREQD = socket.NI_NAMEREQD
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_inet_ntop = socket.inet_ntop
+_fromhex = bytes.fromhex
+
+
+def _hosts_sources(text):
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("hosts:"):
+            return line[len("hosts:"):].split()
+    return None
+
+
+def use_go_resolver():
+    """True when getaddrinfo goes to the Go resolver.
+
+    GOLOOP_RESOLVER=go or =system forces the choice; otherwise Go answers
+    only when /etc/nsswitch.conf's hosts line is exactly "files dns" (the
+    two sources the Go resolver implements), as Go's own net package
+    decides between its resolver and cgo.
+    """
+    forced = os.environ.get("GOLOOP_RESOLVER", "").strip().lower()
+    if forced == "go":
+        return True
+    if forced == "system":
+        return False
+    try:
+        st = os.stat(_NSSWITCH)
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        key = None
+    if _nss_state[0] != key or _nss_state[1] is None:
+        decision = False
+        if key is not None:
+            try:
+                with open(_NSSWITCH, encoding="utf-8", errors="replace") as f:
+                    sources = _hosts_sources(f.read())
+            except OSError:
+                sources = None
+            decision = sources == ["files", "dns"]
+        _nss_state[0], _nss_state[1] = key, decision
+    return _nss_state[1]
+
+
+def _has_go(loop):
+    return getattr(loop, "_go_call", None) is not None
+
+
+def _c_string(value):
+    """What the C library sees of a str/bytes argument: up to the first NUL."""
+    if isinstance(value, str):
+        i = value.find("\0")
+        return value if i < 0 else value[:i]
+    i = value.find(b"\0")
+    if i >= 0:
+        value = value[:i]
+    return value.decode("latin-1")
+
+
+def _gai_error(exc):
+    """socket.gaierror (or OSError) from a failed Go call's JSON text."""
+    try:
+        info = json.loads(str(exc))
+        code, msg = info["eai"], info["msg"]
+    except (ValueError, KeyError, TypeError):
+        return OSError(str(exc))
+    if code == socket.EAI_SYSTEM:
+        return OSError(msg)
+    return socket.gaierror(code, msg)
+
+
+def _family(n, _cache={}):
+    try:
+        return _cache[n]
+    except KeyError:
+        try:
+            v = socket.AddressFamily(n)
+        except ValueError:
+            v = n
+        _cache[n] = v
+        return v
+
+
+def _kind(n, _cache={}):
+    try:
+        return _cache[n]
+    except KeyError:
+        try:
+            v = socket.SocketKind(n)
+        except ValueError:
+            v = n
+        _cache[n] = v
+        return v
+
+
+async def getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0):
+    """socket.getaddrinfo's answer, without blocking the loop."""
+    if not _has_go(loop) or not use_go_resolver():
+        return await loop.run_in_executor(
+            None, socket.getaddrinfo, host, port, family, type, proto, flags)
+    try:
+        return socket.getaddrinfo(host, port, family, type, proto,
+                                  flags | _AI_NUMERICHOST)
+    except socket.gaierror as e:
+        if e.errno != _EAI_NONAME or flags & _AI_NUMERICHOST or host is None:
+            raise
+    # host is a name (str or bytes; the probe rejected anything else).
+    if isinstance(host, str):
+        h = host.encode("idna").decode("ascii")
+        h = _c_string(h)
+    else:
+        h = _c_string(host)
+    if port is None:
+        p = None
+    elif isinstance(port, int):
+        p = str(port)
+    else:
+        p = _c_string(port)
+    req = json.dumps({"host": h, "service": p, "family": family,
+                      "type": type, "proto": proto, "flags": flags})
+    try:
+        data = await loop._go_call("dns.getaddrinfo", req.encode())
+    except Exception as e:
+        if _type_name(e) == "GoCallError":
+            raise _gai_error(e) from None
+        raise
+    out = []
+    for fam, kind, pr, canon, raw, prt, scope in json.loads(data):
+        if fam == _AF_INET6:
+            sa = (_inet_ntop(_AF_INET6, _fromhex(raw)), prt, 0, scope)
+        else:
+            sa = (_inet_ntop(_AF_INET, _fromhex(raw)), prt)
+        out.append((_family(fam), _kind(kind), pr, canon, sa))
+    return out
+
+
+def _type_name(e):
+    return e.__class__.__name__
+
+
+async def getnameinfo(loop, sockaddr, flags=0):
+    """socket.getnameinfo's answer, without blocking the loop."""
+    if not _has_go(loop) or not use_go_resolver():
+        return await loop.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+    if flags & _NI_NUMERICHOST:
+        # Nothing to look up but the service, in /etc/services.
+        return socket.getnameinfo(sockaddr, flags)
+    # Validates the arguments exactly as the real call does, and gives the
+    # address and port in numbers.
+    numhost, numserv = socket.getnameinfo(
+        sockaddr, (flags | _NI_NUMERICHOST | _NI_NUMERICSERV) & ~_NI_NAMEREQD)
+    req = json.dumps({"addr": numhost.split("%", 1)[0], "port": int(numserv),
+                      "flags": flags})
+    try:
+        data = await loop._go_call("dns.getnameinfo", req.encode())
+    except Exception as e:
+        if _type_name(e) == "GoCallError":
+            raise _gai_error(e) from None
+        raise
+    res = json.loads(data)
+    return (res["host"] or numhost, res["serv"])
+
+
+# ---- the aiodns-style API ----
+
+ARecord = namedtuple("ARecord", "host ttl")                  # A and AAAA
+CNAMERecord = namedtuple("CNAMERecord", "cname ttl")
+MXRecord = namedtuple("MXRecord", "host priority ttl")
+NSRecord = namedtuple("NSRecord", "host ttl")
+PTRRecord = namedtuple("PTRRecord", "name ttl")
+SRVRecord = namedtuple("SRVRecord", "host port priority weight ttl")
+TXTRecord = namedtuple("TXTRecord", "text ttl")               # text: the strings joined
+
+_TYPES = ("A", "AAAA", "CNAME", "MX", "TXT", "SRV", "NS", "PTR")
+
+_RCODE_TEXT = {
+    0: "DNS server returned answer with no data",
+    1: "DNS server claims query was misformatted",
+    2: "DNS server returned general failure",
+    3: "Domain name not found",
+    4: "DNS server does not implement requested operation",
+    5: "DNS server refused query",
+}
+
+
+class DNSError(OSError):
+    """A failed Resolver.query.
+
+    ``args`` is ``(code, message)``; ``code`` (also ``errno``) is the DNS
+    response code when a server answered (3 NXDOMAIN, 2 SERVFAIL, 5 REFUSED,
+    0 for an answer without records of the type: NODATA), or -1 when no
+    server answered in time. ``rcode`` is the same code, None for no
+    answer; ``name`` is the name asked.
+    """
+
+    def __init__(self, code, message, name=None):
+        super().__init__(code, message)
+        self.rcode = code if code >= 0 else None
+        self.name = name
+
+
+def _record(t, r):
+    if t in ("A", "AAAA"):
+        return ARecord(r["host"], r["ttl"])
+    if t == "CNAME":
+        return CNAMERecord(r["host"], r["ttl"])
+    if t == "MX":
+        return MXRecord(r["host"], r.get("priority", 0), r["ttl"])
+    if t == "NS":
+        return NSRecord(r["host"], r["ttl"])
+    if t == "PTR":
+        return PTRRecord(r["host"], r["ttl"])
+    if t == "SRV":
+        return SRVRecord(r["host"], r.get("port", 0), r.get("priority", 0),
+                         r.get("weight", 0), r["ttl"])
+    return TXTRecord("".join(r.get("text") or ()), r["ttl"])
+
+
+class Resolver:
+    """DNS queries for aiodns users, answered by goloop's Go resolver.
+
+    ``Resolver(nameservers=None, timeout=None, attempts=None, cache=True,
+    loop=None)``: nameservers are "addr" or "addr:port" strings ("[v6]:port"
+    for IPv6 with a port); None means resolv.conf's. timeout (seconds per
+    try) and attempts default to resolv.conf's. With cache=True answers are
+    kept as long as their TTL (negative ones per RFC 2308).
+    ``await r.query(name, type)`` asks for one of A, AAAA, CNAME, MX, TXT,
+    SRV, NS, PTR, with no search list and no /etc/hosts, and returns a list
+    of records (ARecord, MXRecord, ...); it raises DNSError.
+    """
+
+    def __init__(self, nameservers=None, timeout=None, attempts=None,
+                 cache=True, loop=None):
+        if nameservers is not None:
+            if isinstance(nameservers, str):
+                nameservers = [nameservers]
+            nameservers = [str(s) for s in nameservers]
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if attempts is not None and attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self._opts = {
+            "nameservers": nameservers or [],
+            "timeout": float(timeout or 0),
+            "attempts": int(attempts or 0),
+            "cache": bool(cache),
+        }
+        self._loop = loop
+        self._clear = False
+
+    @property
+    def nameservers(self):
+        return list(self._opts["nameservers"])
+
+    def clear_cache(self):
+        """Forget cached answers; takes effect before the next query."""
+        self._clear = True
+
+    async def query(self, name, type):
+        t = str(type).upper()
+        if t not in _TYPES:
+            raise ValueError(f"unsupported query type {type!r}")
+        if isinstance(name, bytes):
+            name = name.decode("ascii")
+        if not isinstance(name, str):
+            raise TypeError("name must be str")
+        name = name.encode("idna").decode("ascii") if name else name
+        loop = self._loop
+        if loop is None:
+            import asyncio
+            loop = asyncio.get_running_loop()
+        if not _has_go(loop):
+            raise RuntimeError("goloop.Resolver needs a goloop event loop")
+        req = dict(self._opts, name=name, type=t)
+        if self._clear:
+            req["clear"] = True
+            self._clear = False
+        try:
+            data = await loop._go_call("dns.query", json.dumps(req).encode())
+        except Exception as e:
+            if _type_name(e) != "GoCallError":
+                raise
+            try:
+                info = json.loads(str(e))
+            except ValueError:
+                raise DNSError(-1, str(e), name) from None
+            rcode = info.get("rcode", -1)
+            if info.get("eai") == socket.EAI_SYSTEM:
+                raise DNSError(-1, info.get("msg", str(e)), name) from None
+            if rcode < 0:
+                raise DNSError(-1, "Timeout while contacting DNS servers", name) from None
+            raise DNSError(rcode, _RCODE_TEXT.get(rcode, f"DNS error rcode {rcode}"),
+                           name) from None
+        return [_record(t, r) for r in json.loads(data)]
