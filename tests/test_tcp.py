@@ -95,8 +95,10 @@ def test_create_server_all_interfaces(loop):
     async def go():
         srv = await loop.create_server(Echo, None, 0)
         try:
-            assert srv.sockets
-            port = srv.sockets[0].getsockname()[1]
+            # One listener per address family, each on its own ephemeral port.
+            (v4,) = [s for s in srv.sockets if s.family == socket.AF_INET]
+            assert v4.getsockname()[0] == "0.0.0.0"
+            port = v4.getsockname()[1]
             assert await echo_roundtrip(loop, "127.0.0.1", port) == b"ping"
         finally:
             srv.close()
