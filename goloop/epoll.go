@@ -2,6 +2,7 @@ package goloop
 
 import (
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -128,7 +129,7 @@ func (b *epollBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 		// Round up: a timer must never fire early.
 		ms = int((timeout + time.Millisecond - 1) / time.Millisecond)
 	}
-	n, err := unix.EpollWait(b.epfd, b.events, ms)
+	n, err := b.wait(ms)
 	if err != nil && err != unix.EINTR {
 		return 0, err
 	}
@@ -140,6 +141,40 @@ func (b *epollBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 	rest := copy(b.ready, b.ready[k:])
 	b.ready = b.ready[:rest]
 	return k, nil
+}
+
+// wait waits for events with Go's preemption signal blocked (see
+// waitSigmask): otherwise SIGURG ends timed waits early with EINTR, and
+// asyncio's timers would be checked before they are due. A timed wait
+// goes through ppoll on the epoll fd: epoll_wait fails with EINTR on mere
+// task work (an io_uring ring torn down in the process interrupts every
+// thread that used it), while ppoll restarts by itself unless a signal
+// handler really ran, and only then must the wait end early.
+func (b *epollBackend) wait(ms int) (int, error) {
+	if ms == 0 {
+		return unix.EpollWait(b.epfd, b.events, 0)
+	}
+	var mask unix.Sigset_t
+	waitSigmask(&mask)
+	if ms > 0 {
+		ts := unix.NsecToTimespec(int64(ms) * int64(time.Millisecond))
+		fds := []unix.PollFd{{Fd: int32(b.epfd), Events: unix.POLLIN}}
+		n, _, e := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), 1,
+			uintptr(unsafe.Pointer(&ts)), uintptr(unsafe.Pointer(&mask)), sigsetSize, 0)
+		if e != 0 || n == 0 {
+			if e != 0 {
+				return 0, e
+			}
+			return 0, nil
+		}
+		return unix.EpollWait(b.epfd, b.events, 0)
+	}
+	n, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(b.epfd), uintptr(unsafe.Pointer(&b.events[0])),
+		uintptr(len(b.events)), uintptr(ms), uintptr(unsafe.Pointer(&mask)), sigsetSize)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 func (b *epollBackend) apply(s *Sub) {
