@@ -87,7 +87,10 @@ func newUring(opt Options) (Backend, error) {
 	if b.pbuf, err = newPbufRing(r.fd, b.pool); err != nil {
 		return fail(err)
 	}
-	if b.evfd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+	// Blocking: io_uring answers a read of an O_NONBLOCK file with EAGAIN
+	// instead of waiting. Wake's write cannot block (the counter would
+	// have to near 2^64).
+	if b.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
 		return fail(err)
 	}
 	return b, nil
@@ -240,7 +243,7 @@ func (b *uringBackend) handle(c *uringCQE) {
 	if slot == 0 {
 		if kind == kWake {
 			b.wakeArmed = false
-			b.woken = true
+			b.woken = c.res > 0
 		}
 		return
 	}

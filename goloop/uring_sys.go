@@ -73,19 +73,19 @@ const (
 
 type sqringOffsets struct {
 	head, tail, ringMask, ringEntries, flags, dropped, array, resv1 uint32
-	userAddr                                                      uint64
+	userAddr                                                        uint64
 }
 
 type cqringOffsets struct {
 	head, tail, ringMask, ringEntries, overflow, cqes, flags, resv1 uint32
-	userAddr                                                       uint64
+	userAddr                                                        uint64
 }
 
 type uringParams struct {
 	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFd uint32
-	resv                                                                  [3]uint32
-	sqOff                                                                 sqringOffsets
-	cqOff                                                                 cqringOffsets
+	resv                                                                   [3]uint32
+	sqOff                                                                  sqringOffsets
+	cqOff                                                                  cqringOffsets
 }
 
 type uringSQE struct {
@@ -310,6 +310,22 @@ func (r *ring) taskrunPending() bool {
 
 func (r *ring) cqReady() bool { return atomic.LoadUint32(r.cqTail) != atomic.LoadUint32(r.cqHead) }
 
+// waitSigmask fills m with the mask a wait should run under: the thread's
+// own mask plus SIGURG. The Go runtime sends SIGURG to preempt goroutines,
+// and one landing on a thread that waits in the kernel would end the wait
+// early with EINTR; blocked for the wait's length (like ppoll's mask), it is
+// delivered right after, while every other signal (Python's SIGINT)
+// still interrupts the wait at once.
+func waitSigmask(m *unix.Sigset_t) {
+	*m = unix.Sigset_t{}
+	unix.PthreadSigmask(unix.SIG_BLOCK, nil, m)
+	urg := uint(unix.SIGURG) - 1
+	m.Val[urg/64] |= 1 << (urg % 64)
+}
+
+// sigsetSize is the kernel's sigset_t size (_NSIG/8), not glibc's.
+const sigsetSize = 8
+
 // enter submits what is queued and, with minComplete 1, waits for a
 // completion, at most wait long (wait < 0: no limit).
 func (r *ring) enter(minComplete uint32, wait time.Duration) error {
@@ -317,11 +333,16 @@ func (r *ring) enter(minComplete uint32, wait time.Duration) error {
 	toSubmit := r.unsubmitted()
 	flags := uintptr(iouEnterGetevents)
 	var argp, argsz uintptr
-	if minComplete > 0 && wait >= 0 {
-		ts := (*unix.Timespec)(unsafe.Pointer(&r.scratch[32]))
-		*ts = unix.NsecToTimespec(int64(wait))
+	if minComplete > 0 {
 		arg := (*getEventsArg)(unsafe.Pointer(&r.scratch[0]))
-		*arg = getEventsArg{sigmaskSz: 8, ts: uint64(uintptr(unsafe.Pointer(ts)))}
+		mask := (*unix.Sigset_t)(unsafe.Pointer(&r.scratch[128]))
+		waitSigmask(mask)
+		*arg = getEventsArg{sigmask: uint64(uintptr(unsafe.Pointer(mask))), sigmaskSz: sigsetSize}
+		if wait >= 0 {
+			ts := (*unix.Timespec)(unsafe.Pointer(&r.scratch[32]))
+			*ts = unix.NsecToTimespec(int64(wait))
+			arg.ts = uint64(uintptr(unsafe.Pointer(ts)))
+		}
 		argp, argsz = uintptr(unsafe.Pointer(arg)), unsafe.Sizeof(*arg)
 		flags |= iouEnterExtArg
 	}
