@@ -156,8 +156,9 @@ class StreamsMixin:
     def _stop_serving(self, sock):
         listener = self._listeners.pop(sock.fileno(), None)
         if listener is not None:
-            # Go stops accepting and then closes the fd, in that order.
-            listener.close()
-            sock.detach()
-        else:
-            sock.close()
+            listener.stop()
+            # asyncio closes the socket at once (a connect right after
+            # server.close() is refused), and io_uring's accept holds the
+            # file until its cancel is submitted: submit it now.
+            self._flush()
+        sock.close()

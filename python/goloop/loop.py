@@ -280,11 +280,16 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
     _check_signal = _Unix._check_signal
 
     def _add_callback_signalsafe(self, handle):
-        self._push_handle(handle)
+        self._add_callback(handle)
 
     def _add_callback(self, handle):
-        if not handle._cancelled:
+        # asyncio's signal code makes asyncio Handles; ours run directly.
+        if handle._cancelled:
+            return
+        if isinstance(handle, _core.Handle):
             self._push_handle(handle)
+        else:
+            self.call_soon(handle._run)
 
     def _write_to_self(self):
         csock = self._csock

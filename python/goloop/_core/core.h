@@ -75,10 +75,7 @@ struct LoopCore {
     /* completions: filled by Go, consumed from cpos */
     gl_comp *comps;
     int ncomps, cpos, capcomps;
-    /* call_soon_threadsafe: handles queued under a lock by other threads */
-    PyThread_type_lock tslock;
-    Handle **ts;
-    Py_ssize_t tslen, tscap;
+    unsigned long thread;  /* the thread in _run, 0 when not running */
     PyObject *live;        /* set of transports Go still knows */
     PyObject *keep;        /* dict token -> watcher/listener kept alive */
     uint64_t next_call;

@@ -289,27 +289,13 @@ static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py
         Py_INCREF(args[i]);
         PyTuple_SET_ITEM(a, i - 1, args[i]);
     }
-    Handle *h = handle_new(Handle_Type, lp, args[0], a, ctx, 0);
+    /* Other threads hold the GIL while they call this, so the ready ring
+     * is safe to touch, and one queue keeps asyncio's global FIFO order. */
+    Handle *h = loop_call_soon(lp, args[0], a, ctx);
     Py_DECREF(a);
     if (h == NULL)
         return NULL;
-    PyThread_acquire_lock(lp->tslock, WAIT_LOCK);
-    if (lp->tslen == lp->tscap) {
-        Py_ssize_t ncap = lp->tscap ? lp->tscap * 2 : 64;
-        Handle **n = PyMem_RawRealloc(lp->ts, sizeof(Handle *) * ncap);
-        if (n == NULL) {
-            PyThread_release_lock(lp->tslock);
-            Py_DECREF(h);
-            return PyErr_NoMemory();
-        }
-        lp->ts = n;
-        lp->tscap = ncap;
-    }
-    Py_INCREF(h);
-    lp->ts[lp->tslen++] = h;
-    int first = lp->tslen == 1;
-    PyThread_release_lock(lp->tslock);
-    if (first && lp->h != 0)
+    if (lp->h != 0 && lp->thread != PyThread_get_thread_ident())
         GL.wake(lp->h);   /* ends a wait in progress; cheap and thread-safe */
     return (PyObject *)h;
 }
@@ -461,18 +447,40 @@ static int dispatch(LoopCore *lp)
     return 0;
 }
 
+static int run_handle(LoopCore *lp, Handle *hd)
+{
+    if (hd->cancelled)
+        return 0;
+    if (!lp->debug || HOOKS.slow_callback == NULL)
+        return handle_run(hd);
+    double t0 = loop_time();
+    int e = handle_run(hd);
+    double dt = loop_time() - t0;
+    if (e == 0) {
+        PyObject *r = PyObject_CallFunction(HOOKS.slow_callback, "OOd", lp, hd, dt);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+    }
+    return e;
+}
+
+/* One iteration, in asyncio's order: the callbacks that were ready before
+ * the wait run first, then what the wait brought (I/O completions), then the
+ * timers that came due. Whatever those schedule runs next iteration. */
 static int run_once(LoopCore *lp)
 {
     if (lp->cpos < lp->ncomps && dispatch(lp) < 0)
         return -1;
 
     int64_t timeout = -1;
-    if (lp->rlen > 0 || lp->stopping || lp->tslen > 0) {
+    if (lp->rlen > 0 || lp->stopping) {
         timeout = 0;
     } else if (lp->hlen > 0) {
         double dt = lp->heap[0]->when - loop_time();
         timeout = dt <= 0 ? 0 : (int64_t)ceil(dt * 1e9);
     }
+    Py_ssize_t ntodo = lp->rlen;
     int n;
     int64_t h = lp->h;
     gl_sub *subs = lp->subs;
@@ -493,32 +501,20 @@ static int run_once(LoopCore *lp)
     }
     lp->ncomps = n;
     lp->cpos = 0;
-    if (dispatch(lp) < 0)
-        return -1;
 
     if (PyErr_CheckSignals() < 0)
         return -1;
 
-    /* Callbacks queued from other threads join the ready queue in order. */
-    if (lp->tslen > 0) {
-        PyThread_acquire_lock(lp->tslock, WAIT_LOCK);
-        Py_ssize_t k = lp->tslen;
-        Handle **ts = lp->ts;
-        lp->ts = NULL;
-        lp->tslen = lp->tscap = 0;
-        PyThread_release_lock(lp->tslock);
-        for (Py_ssize_t i = 0; i < k; i++) {
-            int e = loop_push_ready(lp, ts[i]);
-            Py_DECREF(ts[i]);
-            if (e < 0) {
-                for (Py_ssize_t j = i + 1; j < k; j++)
-                    Py_DECREF(ts[j]);
-                PyMem_RawFree(ts);
-                return -1;
-            }
-        }
-        PyMem_RawFree(ts);
+    for (Py_ssize_t i = 0; i < ntodo && lp->rlen > 0; i++) {
+        Handle *hd = pop_ready(lp);
+        int e = run_handle(lp, hd);
+        Py_DECREF(hd);
+        if (e < 0)
+            return -1;
     }
+
+    if (dispatch(lp) < 0)
+        return -1;
 
     heap_compact(lp);
     double now = loop_time();
@@ -533,34 +529,8 @@ static int run_once(LoopCore *lp)
         if (t->when > now)
             break;
         heap_pop(lp);
-        int e = loop_push_ready(lp, t);
+        int e = run_handle(lp, t);
         Py_DECREF(t);
-        if (e < 0)
-            return -1;
-    }
-
-    Py_ssize_t ntodo = lp->rlen;
-    for (Py_ssize_t i = 0; i < ntodo && lp->rlen > 0; i++) {
-        Handle *hd = pop_ready(lp);
-        if (hd->cancelled) {
-            Py_DECREF(hd);
-            continue;
-        }
-        int e;
-        if (lp->debug && HOOKS.slow_callback != NULL) {
-            double t0 = loop_time();
-            e = handle_run(hd);
-            double dt = loop_time() - t0;
-            if (e == 0) {
-                PyObject *r = PyObject_CallFunction(HOOKS.slow_callback, "OOd", lp, hd, dt);
-                if (r == NULL)
-                    PyErr_Clear();
-                Py_XDECREF(r);
-            }
-        } else {
-            e = handle_run(hd);
-        }
-        Py_DECREF(hd);
         if (e < 0)
             return -1;
     }
@@ -573,15 +543,18 @@ static PyObject *lc_run(LoopCore *lp, PyObject *unused)
 {
     if (loop_check_alive(lp) < 0)
         return NULL;
+    lp->thread = PyThread_get_thread_ident();
     for (;;) {
         if (run_once(lp) < 0) {
             lp->stopping = 0;
+            lp->thread = 0;
             return NULL;
         }
         if (lp->stopping)
             break;
     }
     lp->stopping = 0;
+    lp->thread = 0;
     Py_RETURN_NONE;
 }
 
@@ -589,6 +562,30 @@ static PyObject *lc_run_once(LoopCore *lp, PyObject *unused)
 {
     if (loop_check_alive(lp) < 0 || run_once(lp) < 0)
         return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _flush(): hand the batch to Go now, without waiting, keeping whatever
+ * completes for the next iteration's dispatch. For the few operations
+ * whose effect asyncio makes visible at once (a server's close must refuse
+ * the next connect), not for the hot path. */
+static PyObject *lc_flush(LoopCore *lp, PyObject *unused)
+{
+    if (lp->h == 0 || lp->nsubs == 0)
+        Py_RETURN_NONE;
+    int pending = lp->ncomps - lp->cpos;
+    if (pending > 0 && lp->cpos > 0)
+        memmove(lp->comps, lp->comps + lp->cpos, sizeof(gl_comp) * pending);
+    lp->cpos = 0;
+    lp->ncomps = pending;
+    int nsubs = lp->nsubs;
+    lp->nsubs = 0;
+    int n = GL.poll(lp->h, lp->subs, nsubs, lp->comps + pending, lp->capcomps - pending, 0);
+    if (n < 0) {
+        errno = -n;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    lp->ncomps += n;
     Py_RETURN_NONE;
 }
 
@@ -687,13 +684,6 @@ static void clear_queues(LoopCore *lp)
         Py_DECREF(h);
     }
     lp->hcancelled = 0;
-    if (lp->tslock != NULL) {
-        PyThread_acquire_lock(lp->tslock, WAIT_LOCK);
-        for (Py_ssize_t i = 0; i < lp->tslen; i++)
-            Py_DECREF(lp->ts[i]);
-        lp->tslen = 0;
-        PyThread_release_lock(lp->tslock);
-    }
 }
 
 static PyObject *lc_clear(LoopCore *lp, PyObject *unused)
@@ -711,10 +701,9 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     lp->live = PySet_New(NULL);
     lp->keep = PyDict_New();
-    lp->tslock = PyThread_allocate_lock();
     lp->capcomps = 1024;
     lp->comps = PyMem_Malloc(sizeof(gl_comp) * lp->capcomps);
-    if (lp->live == NULL || lp->keep == NULL || lp->tslock == NULL || lp->comps == NULL) {
+    if (lp->live == NULL || lp->keep == NULL || lp->comps == NULL) {
         Py_DECREF(lp);
         return PyErr_NoMemory();
     }
@@ -765,9 +754,6 @@ static void lc_dealloc(LoopCore *lp)
     PyMem_Free(lp->heap);
     PyMem_Free(lp->subs);
     PyMem_Free(lp->comps);
-    PyMem_RawFree(lp->ts);
-    if (lp->tslock)
-        PyThread_free_lock(lp->tslock);
     tp->tp_free(lp);
     Py_DECREF(tp);
 }
@@ -800,6 +786,7 @@ static PyMethodDef lc_methods[] = {
     {"_run", (PyCFunction)lc_run, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)lc_run_once, METH_NOARGS, NULL},
     {"_backend_name", (PyCFunction)lc_backend, METH_NOARGS, NULL},
+    {"_flush", (PyCFunction)lc_flush, METH_NOARGS, NULL},
     {"_go_call_start", (PyCFunction)lc_go_call_start, METH_VARARGS, NULL},
     {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
     {"_close_core", (PyCFunction)lc_close_core, METH_NOARGS, NULL},
