@@ -1,0 +1,171 @@
+"""Plots of a benchmark results file: python bench/plot.py RESULTS.json OUTDIR
+
+Writes echo_rps.png (requests/s per loop per cell, C epoll as the ceiling),
+echo_ratio.png (goloop/uvloop and goloop/asyncio per cell, or uvloop/asyncio
+while goloop has no numbers) and aiohttp.png.
+"""
+
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import VARIANT_NAMES, size_name  # noqa: E402
+
+COLORS = {"c": "#9e9e9e", "asyncio": "#4c72b0", "uvloop": "#dd8452", "goloop": "#55a868"}
+NAMES = {"c": "C epoll", "asyncio": "asyncio", "uvloop": "uvloop", "goloop": "goloop"}
+SHORT = {"protocol": "Protocol", "buffered": "BufferedProtocol",
+         "streams": "streams", "sockets": "loop.sock_*"}
+
+
+def ok(row):
+    return row is not None and not row.get("error") and row.get("rps")
+
+
+def cells_of(echo):
+    return sorted({(r["conns"], r["size"]) for r in echo}, key=lambda c: (c[1], c[0]))
+
+
+def cell_label(conns, size):
+    return f"{size_name(size)}\n{conns} conns"
+
+
+def echo_rps(results, path):
+    echo = results["echo"]
+    by = {(r["loop"], r["variant"], r["conns"], r["size"]): r for r in echo}
+    cells = cells_of(echo)
+    variants = [v for v in VARIANT_NAMES if any(r["variant"] == v for r in echo)]
+    loops = ["c"] + [lp for lp in ("asyncio", "uvloop", "goloop") if any(r["loop"] == lp for r in echo)]
+    ncols = 2 if len(variants) > 1 else 1
+    nrows = (len(variants) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 3.8 * nrows), squeeze=False)
+    width = 0.8 / len(loops)
+    for ax, v in zip(axes.flat, variants):
+        for i, lp in enumerate(loops):
+            xs, ys, errs = [], [], []
+            for j, (conns, size) in enumerate(cells):
+                r = by.get((lp, "c" if lp == "c" else v, conns, size))
+                x = j + (i - (len(loops) - 1) / 2) * width
+                if ok(r):
+                    xs.append(x)
+                    ys.append(r["rps"] / 1000)
+                elif r is not None:
+                    errs.append(x)
+            ax.bar(xs, ys, width, label=NAMES[lp], color=COLORS[lp])
+            for x in errs:
+                ax.text(x, 0, "err", ha="center", va="bottom", fontsize=7, rotation=90, color="red")
+        ax.set_title(f"echo, {SHORT[v]}")
+        ax.set_xticks(range(len(cells)))
+        ax.set_xticklabels([cell_label(*c) for c in cells], fontsize=8)
+        ax.set_ylabel("thousand requests/s")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    for ax in list(axes.flat)[len(variants):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(loops), frameon=False)
+    fig.suptitle(_subtitle(results), y=0.005, va="bottom", fontsize=8, color="#555")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def echo_ratio(results, path):
+    echo = results["echo"]
+    by = {(r["loop"], r["variant"], r["conns"], r["size"]): r for r in echo}
+    cells = cells_of(echo)
+    variants = [v for v in VARIANT_NAMES if any(r["variant"] == v for r in echo)]
+    have_go = any(ok(r) for r in echo if r["loop"] == "goloop")
+    pairs = [("goloop", "uvloop"), ("goloop", "asyncio")] if have_go else [("uvloop", "asyncio")]
+    ncols = 2 if len(variants) > 1 else 1
+    nrows = (len(variants) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 3.6 * nrows), squeeze=False)
+    width = 0.8 / len(pairs)
+    colors = ["#55a868", "#8172b3"] if have_go else ["#dd8452"]
+    for ax, v in zip(axes.flat, variants):
+        for i, (a, b) in enumerate(pairs):
+            xs, ys = [], []
+            for j, (conns, size) in enumerate(cells):
+                ra, rb = by.get((a, v, conns, size)), by.get((b, v, conns, size))
+                if ok(ra) and ok(rb):
+                    xs.append(j + (i - (len(pairs) - 1) / 2) * width)
+                    ys.append(ra["rps"] / rb["rps"])
+            bars = ax.bar(xs, ys, width, label=f"{a} / {b}", color=colors[i])
+            for bar, y in zip(bars, ys):
+                ax.text(bar.get_x() + bar.get_width() / 2, y, f"{y:.2f}",
+                        ha="center", va="bottom", fontsize=7)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_title(f"echo, {SHORT[v]}")
+        ax.set_xticks(range(len(cells)))
+        ax.set_xticklabels([cell_label(*c) for c in cells], fontsize=8)
+        ax.set_ylabel("throughput ratio")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.margins(y=0.15)
+    for ax in list(axes.flat)[len(variants):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(pairs), frameon=False)
+    note = "" if have_go else "  (goloop not measured: uvloop/asyncio shown)"
+    fig.suptitle(_subtitle(results) + note, y=0.005, va="bottom", fontsize=8, color="#555")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def aiohttp_plot(results, path):
+    http = results.get("aiohttp", [])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    names, ys, colors = [], [], []
+    for r in http:
+        names.append(NAMES[r["loop"]])
+        ys.append(r["rps"] / 1000 if ok(r) else 0)
+        colors.append(COLORS[r["loop"]])
+    bars = ax.bar(names, ys, color=colors)
+    base = {r["loop"]: r for r in http}
+    for bar, r in zip(bars, http):
+        if not ok(r):
+            label = "error"
+        else:
+            label = f"{r['rps']:,}"
+            if r["loop"] == "goloop" and ok(base.get("uvloop")):
+                label += f"\n{r['rps'] / base['uvloop']['rps']:.2f}x uvloop"
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label,
+                ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("thousand requests/s")
+    ax.set_title("aiohttp hello, wrk -t1 -c100")
+    ax.margins(y=0.2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _subtitle(results):
+    m = results.get("meta", {})
+    return f"{m.get('machine', '')}; {m.get('date', '')}; server on CPU 0, load generator on CPU 1"
+
+
+def main(src, outdir):
+    with open(src) as f:
+        results = json.load(f)
+    os.makedirs(outdir, exist_ok=True)
+    written = []
+    if results.get("echo"):
+        for name, fn in (("echo_rps.png", echo_rps), ("echo_ratio.png", echo_ratio)):
+            fn(results, os.path.join(outdir, name))
+            written.append(name)
+    if results.get("aiohttp"):
+        aiohttp_plot(results, os.path.join(outdir, "aiohttp.png"))
+        written.append("aiohttp.png")
+    print("plots: " + ", ".join(os.path.join(outdir, w) for w in written))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

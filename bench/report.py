@@ -1,0 +1,154 @@
+"""Tables for the benchmark results; also `python bench/report.py FILE` to reprint."""
+
+import json
+import sys
+
+LOOP_NAMES = {"asyncio": "asyncio", "uvloop": "uvloop", "goloop": "goloop", "c": "C epoll"}
+VARIANT_NAMES = {
+    "protocol": "asyncio.Protocol",
+    "buffered": "asyncio.BufferedProtocol",
+    "streams": "streams (asyncio.start_server)",
+    "sockets": "loop.sock_* (sock_accept/sock_recv/sock_sendall)",
+}
+LOOP_ORDER = ["asyncio", "uvloop", "goloop"]
+
+
+def size_name(n):
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} B"
+
+
+def cell_name(conns, size):
+    return f"{conns:>3} conn x {size_name(size):>7}"
+
+
+def progress(row, kind="echo"):
+    if kind == "echo":
+        what = f"echo {row['variant']:<8} {LOOP_NAMES[row['loop']]:<8} {cell_name(row['conns'], row['size'])}"
+    else:
+        what = f"aiohttp {LOOP_NAMES[row['loop']]:<8}"
+    if row.get("error"):
+        print(f"  {what}  ERROR {row['error']}", file=sys.stderr, flush=True)
+    else:
+        spread = "/".join(f"{x:,}" for x in row.get("windows_rps", []))
+        print(f"  {what}  {row['rps']:>9,} req/s  p99 {row['p99_us']:>8,.0f} us  "
+              f"cpu {row['cpu_us_per_req']:5.2f} us/req  [{spread}]"
+              + (f"  other {row['other_cpu']:.2f} CPU" if "other_cpu" in row else ""),
+              file=sys.stderr, flush=True)
+
+
+def _fmt_rps(row):
+    if row is None:
+        return "-"
+    if row.get("error"):
+        return "ERROR"
+    return f"{row['rps']:,}"
+
+
+def ratio(a, b):
+    if not a or not b or a.get("error") or b.get("error") or not b.get("rps"):
+        return None
+    return a["rps"] / b["rps"]
+
+
+def _fmt_ratio(r, pct=False):
+    if r is None:
+        return "-"
+    return f"{r * 100:.0f}%" if pct else f"{r:.2f}x"
+
+
+def _table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    def line(r):
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(r, widths)))
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def echo_tables(results):
+    echo = results.get("echo", [])
+    by = {(r["loop"], r["variant"], r["conns"], r["size"]): r for r in echo}
+    cells = sorted({(r["conns"], r["size"]) for r in echo}, key=lambda c: (c[1], c[0]))
+    variants = [v for v in VARIANT_NAMES if any(r["variant"] == v for r in echo)]
+    loops = [lp for lp in LOOP_ORDER if any(r["loop"] == lp for r in echo)]
+    errors = {}
+    parts = []
+    for v in variants:
+        head = ["cell", "C epoll"] + loops
+        if "goloop" in loops:
+            head += [f"go/{lp[:3]}" for lp in loops if lp != "goloop"]
+        head += [f"{lp[:3]}/C" for lp in loops]
+        rows, lat = [], []
+        for conns, size in cells:
+            c = by.get(("c", "c", conns, size))
+            rs = {lp: by.get((lp, v, conns, size)) for lp in loops}
+            row = [cell_name(conns, size), _fmt_rps(c)] + [_fmt_rps(rs[lp]) for lp in loops]
+            if "goloop" in loops:
+                row += [_fmt_ratio(ratio(rs["goloop"], rs[lp])) for lp in loops if lp != "goloop"]
+            row += [_fmt_ratio(ratio(rs[lp], c), pct=True) for lp in loops]
+            rows.append(row)
+            lrow = [cell_name(conns, size)]
+            for name, r in [("c", c)] + [(lp, rs[lp]) for lp in loops]:
+                if r is None or r.get("error"):
+                    lrow += ["-", "-"]
+                    if r is not None:
+                        errors.setdefault(r["error"], []).append(
+                            f"{LOOP_NAMES[name]} {v} {cell_name(conns, size).strip()}")
+                else:
+                    lrow += [f"{r['p50_us']:,.0f}/{r['p99_us']:,.0f}", f"{r['cpu_us_per_req']:.2f}"]
+            lat.append(lrow)
+        parts.append(f"== Echo, {VARIANT_NAMES[v]}: requests/s, goloop's ratio, share of C epoll ==")
+        parts.append(_table(head, rows))
+        lhead = ["cell"]
+        for name in ["c"] + loops:
+            lhead += [f"{LOOP_NAMES[name]} p50/p99 us", "cpu us/req"]
+        parts.append("")
+        parts.append(f"-- Echo, {VARIANT_NAMES[v]}: latency and server CPU per request --")
+        parts.append(_table(lhead, lat))
+        parts.append("")
+    if errors:
+        parts.append("Errors:")
+        for msg, where in errors.items():
+            shown = ", ".join(sorted(set(where))[:4]) + (" ..." if len(set(where)) > 4 else "")
+            parts.append(f"  {msg}\n      in {shown}")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def http_table(results):
+    http = results.get("aiohttp", [])
+    if not http:
+        return ""
+    by = {r["loop"]: r for r in http}
+    head = ["loop", "req/s", "p50 us", "p99 us", "cpu us/req", "goloop/this"]
+    rows = []
+    for lp in LOOP_ORDER:
+        r = by.get(lp)
+        if r is None:
+            continue
+        if r.get("error"):
+            rows.append([lp, "ERROR", "-", "-", "-", "-"])
+            continue
+        rows.append([lp, f"{r['rps']:,}", f"{r['p50_us']:,.0f}", f"{r['p99_us']:,.0f}",
+                     f"{r['cpu_us_per_req']:.1f}",
+                     _fmt_ratio(ratio(by.get("goloop"), r)) if lp != "goloop" else ""])
+    out = ["== aiohttp hello (wrk -t1 -c100) ==", _table(head, rows)]
+    errs = [f"  {lp}: {r['error']}" for lp, r in by.items() if r.get("error")]
+    if errs:
+        out += ["Errors:"] + errs
+    return "\n".join(out)
+
+
+def tables(results):
+    m = results.get("meta", {})
+    head = (f"machine: {m.get('machine', '?')}\n"
+            f"date: {m.get('date', '?')}  commit: {m.get('goloop_commit', '?')}  "
+            f"echo over {m.get('transport', '?')}; each cell: {m.get('warmup_s')} s warm-up, "
+            f"fastest of {m.get('windows')} x {m.get('window_s')} s windows\n")
+    return head + "\n" + echo_tables(results) + "\n" + http_table(results)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest.json") as f:
+        print(tables(json.load(f)))
