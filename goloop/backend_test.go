@@ -2,6 +2,11 @@ package goloop
 
 import (
 	"bytes"
+	"os"
+	"os/signal"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -339,6 +344,444 @@ func TestBufferExhaustion(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("stalled at %d bytes", total)
 			}
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 9}}, hasKind(EvClosed, 9))
+	})
+}
+
+// listenLoopback makes a listening TCP socket on 127.0.0.1 and returns it
+// with its port.
+func listenLoopback(t testing.TB, backlog int) (int32, int) {
+	t.Helper()
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, backlog); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(lfd)
+	return int32(lfd), sa.(*unix.SockaddrInet4).Port
+}
+
+// sockaddrIn builds struct sockaddr_in for 127.0.0.1:port as C would, in
+// heap memory that outlives the submission.
+func sockaddrIn(port int) []byte {
+	raw := make([]byte, 16, 16+len(heapSink))
+	raw[0] = unix.AF_INET
+	raw[2], raw[3] = byte(port>>8), byte(port)
+	raw[4], raw[5], raw[6], raw[7] = 127, 0, 0, 1
+	heapSink = raw
+	return raw
+}
+
+var heapSink []byte // makes test buffers escape: the kernel reads them later
+
+func countKind(cs []Comp, kind uint8, tok uint64) int {
+	n := 0
+	for _, c := range cs {
+		if c.Kind == kind && c.Token == tok {
+			n++
+		}
+	}
+	return n
+}
+
+// pollFor gathers what arrives during d (for asserting that nothing does).
+func pollFor(t *testing.T, b Backend, subs []Sub, d time.Duration) []Comp {
+	t.Helper()
+	var got []Comp
+	out := make([]Comp, 64)
+	end := time.Now().Add(d)
+	for {
+		left := time.Until(end)
+		if left < 0 {
+			left = 0
+		}
+		n, err := b.Poll(subs, out, left)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = nil
+		got = append(got, out[:n]...)
+		if left == 0 {
+			return got
+		}
+	}
+}
+
+// Many connections queued on a listener all come out of one armed accept,
+// each a distinct non-blocking close-on-exec fd, the accept still armed.
+func TestMultishotAcceptMany(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		lfd, port := listenLoopback(t, 256)
+		const n = 64
+		for i := 0; i < n; i++ {
+			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(c)
+			if err := unix.Connect(c, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil && err != unix.EINPROGRESS {
+				t.Fatal(err)
+			}
+		}
+		got := collect(t, b, []Sub{{Op: OpAcceptStart, Fd: lfd, Token: 7}}, func(cs []Comp) bool {
+			return countKind(cs, EvAccept, 7) >= n
+		})
+		seen := map[int32]bool{}
+		for _, c := range got {
+			if c.Kind != EvAccept {
+				continue
+			}
+			if c.Res < 0 || c.Flags&FlagMore == 0 || seen[c.Res] {
+				t.Fatalf("accept %+v", c)
+			}
+			seen[c.Res] = true
+			fl, _ := unix.FcntlInt(uintptr(c.Res), unix.F_GETFL, 0)
+			fdfl, _ := unix.FcntlInt(uintptr(c.Res), unix.F_GETFD, 0)
+			if fl&unix.O_NONBLOCK == 0 || fdfl&unix.FD_CLOEXEC == 0 {
+				t.Fatalf("accepted fd flags %x %x", fl, fdfl)
+			}
+			unix.Close(int(c.Res))
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: lfd, Token: 7}}, hasKind(EvClosed, 7))
+	})
+}
+
+// Closing an fd with receive, accept and poll armed ends with EvClosed, and
+// nothing names its token afterwards, whatever happens to the peer.
+func TestCloseWhileArmed(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, c := socketpair(t)
+		defer unix.Close(int(c))
+		p, q := socketpair(t)
+		defer unix.Close(int(q))
+		lfd, port := listenLoopback(t, 16)
+		unix.Write(int(c), []byte("early"))
+		subs := []Sub{
+			{Op: OpRecvStart, Fd: a, Token: 1},
+			{Op: OpAcceptStart, Fd: lfd, Token: 2},
+			{Op: OpPollStart, Fd: p, Token: 3, Arg: PollIn},
+		}
+		got := pollFor(t, b, subs, 10*time.Millisecond)
+		var ret []Sub
+		for _, x := range got {
+			if x.Kind == EvRecv && x.Res > 0 {
+				ret = append(ret, Sub{Op: OpBufReturn, Arg: x.Buf})
+			}
+		}
+		unix.Write(int(c), []byte("late"))
+		subs = append(ret,
+			Sub{Op: OpClose, Fd: a, Token: 1},
+			Sub{Op: OpClose, Fd: lfd, Token: 2, Arg: CloseAbort},
+			Sub{Op: OpClose, Fd: p, Token: 3})
+		got = collect(t, b, subs, func(cs []Comp) bool {
+			return hasKind(EvClosed, 1)(cs) && hasKind(EvClosed, 2)(cs) && hasKind(EvClosed, 3)(cs)
+		})
+		// The peers keep going: data, a connection attempt, readability.
+		unix.Write(int(c), []byte("after"))
+		unix.Write(int(q), []byte("after"))
+		cfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		defer unix.Close(cfd)
+		unix.Connect(cfd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+		got = append(got, pollFor(t, b, nil, 30*time.Millisecond)...)
+		closed := map[uint64]bool{}
+		for _, x := range got {
+			if closed[x.Token] {
+				t.Fatalf("completion after EvClosed: %+v", x)
+			}
+			if x.Kind == EvClosed {
+				if x.Res != 0 {
+					t.Fatalf("close: %+v", x)
+				}
+				closed[x.Token] = true
+			}
+		}
+	})
+}
+
+// A closed fd whose number comes back as a new socket starts afresh:
+// nothing armed on the old one reaches the new one's token.
+func TestStaleFdReuse(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, c := socketpair(t)
+		defer unix.Close(int(c))
+		subs := []Sub{
+			{Op: OpRecvStart, Fd: a, Token: 1},
+			{Op: OpPollStart, Fd: a, Token: 2, Arg: PollIn | PollOut},
+		}
+		pollFor(t, b, subs, 5*time.Millisecond)
+		unix.Write(int(c), []byte("old"))
+		collect(t, b, []Sub{{Op: OpPollStop, Fd: a}, {Op: OpClose, Fd: a, Token: 3, Arg: CloseAbort}}, hasKind(EvClosed, 3))
+		x, y := socketpair(t)
+		defer unix.Close(int(y))
+		// Put the new socket on the old number (the kernel usually has).
+		if x != a {
+			if err := unix.Dup3(int(x), int(a), unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(int(x))
+		}
+		defer unix.Close(int(a))
+		unix.Write(int(c), []byte("stale"))
+		unix.Write(int(y), []byte("new"))
+		var data []byte
+		got := collect(t, b, []Sub{{Op: OpRecvStart, Fd: a, Token: 4}}, func(cs []Comp) bool {
+			data = data[:0]
+			for _, x := range cs {
+				if x.Kind == EvRecv && x.Res > 0 {
+					data = append(data, unsafe.Slice((*byte)(unsafe.Pointer(x.Ptr)), x.Res)...)
+				}
+			}
+			return len(data) >= 3
+		})
+		got = append(got, pollFor(t, b, nil, 10*time.Millisecond)...)
+		for _, x := range got {
+			if x.Token != 4 {
+				t.Fatalf("stale completion %+v", x)
+			}
+		}
+		if string(data) != "new" {
+			t.Fatalf("got %q", data)
+		}
+	})
+}
+
+func TestConnectRefused(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		// A bound socket that does not listen: connecting to it is refused.
+		s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(s)
+		unix.Bind(s, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+		sa, _ := unix.Getsockname(s)
+		raw := sockaddrIn(sa.(*unix.SockaddrInet4).Port)
+		cfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		got := collect(t, b, []Sub{{Op: OpConnect, Fd: int32(cfd), Token: 1, Ptr: ptrOf(raw), Len: 16}}, hasKind(EvConnect, 1))
+		for _, x := range got {
+			if x.Kind == EvConnect && x.Res != -int32(unix.ECONNREFUSED) {
+				t.Fatalf("connect: %d", x.Res)
+			}
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: int32(cfd), Token: 2}}, hasKind(EvClosed, 2))
+	})
+}
+
+// Wakes from many goroutines at once are never lost: each burst ends the
+// wait it lands in, and the last one is seen however they interleave.
+func TestWakeManyGoroutines(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		const workers, each = 16, 200
+		var done atomic.Int32
+		var wg sync.WaitGroup
+		for i := 0; i < workers; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < each; j++ {
+					if err := b.Wake(); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				done.Add(1)
+				b.Wake() // after the count: the loop below sees it
+			}()
+		}
+		out := make([]Comp, 8)
+		start := time.Now()
+		for done.Load() < workers {
+			if _, err := b.Poll(nil, out, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Fatal("a wake was lost")
+			}
+		}
+		wg.Wait()
+	})
+}
+
+// A second OpPollStart replaces the mask: no bit of the old mask is
+// reported after it, and OpPollStop silences the fd.
+func TestPollMaskChange(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, c := socketpair(t)
+		defer unix.Close(int(a))
+		defer unix.Close(int(c))
+		// Writable, not readable: a PollIn watch stays quiet.
+		if got := pollFor(t, b, []Sub{{Op: OpPollStart, Fd: a, Token: 5, Arg: PollIn}}, 20*time.Millisecond); len(got) != 0 {
+			t.Fatalf("EvPoll for an fd that is not readable: %+v", got)
+		}
+		got := collect(t, b, []Sub{{Op: OpPollStart, Fd: a, Token: 5, Arg: PollOut}}, hasKind(EvPoll, 5))
+		for _, x := range got {
+			if x.Aux != PollOut {
+				t.Fatalf("mask %x, want PollOut", x.Aux)
+			}
+		}
+		unix.Write(int(c), []byte("x"))
+		got = collect(t, b, []Sub{{Op: OpPollStart, Fd: a, Token: 6, Arg: PollIn}}, hasKind(EvPoll, 6))
+		got = append(got, pollFor(t, b, nil, 10*time.Millisecond)...)
+		for _, x := range got {
+			if x.Token != 6 || x.Aux != PollIn {
+				t.Fatalf("after the mask change: %+v", x)
+			}
+		}
+		if got := pollFor(t, b, []Sub{{Op: OpPollStop, Fd: a}}, 20*time.Millisecond); len(got) != 0 {
+			t.Fatalf("EvPoll after stop: %+v", got)
+		}
+	})
+}
+
+// A signal that a handler catches ends an untimed wait, so Python can run
+// its signal handlers.
+func TestSignalEndsWait(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, unix.SIGUSR1)
+		defer signal.Stop(sig)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid := unix.Gettid()
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			// Until the wait ends: one of these lands while it waits.
+			tick := time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					unix.Tgkill(unix.Getpid(), tid, unix.SIGUSR1)
+				}
+			}
+		}()
+		out := make([]Comp, 8)
+		start := time.Now()
+		if _, err := b.Poll(nil, out, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("signal did not end the wait (%v)", d)
+		}
+	})
+}
+
+// Chunks that arrive after OpRecvStop are not reported while stopped, and
+// come first, in order, when receiving starts again.
+func TestRecvStopStart(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, c := socketpair(t)
+		defer unix.Close(int(c))
+		unix.Write(int(c), []byte("one"))
+		got := collect(t, b, []Sub{{Op: OpRecvStart, Fd: a, Token: 1}}, hasKind(EvRecv, 1))
+		var subs []Sub
+		for _, x := range got {
+			subs = append(subs, Sub{Op: OpBufReturn, Arg: x.Buf})
+		}
+		subs = append(subs, Sub{Op: OpRecvStop, Fd: a, Token: 1})
+		pollFor(t, b, subs, 5*time.Millisecond)
+		unix.Write(int(c), []byte("two"))
+		if got := pollFor(t, b, nil, 20*time.Millisecond); len(got) != 0 {
+			t.Fatalf("received while stopped: %+v", got)
+		}
+		unix.Write(int(c), []byte("three"))
+		var data []byte
+		collect(t, b, []Sub{{Op: OpRecvStart, Fd: a, Token: 2}}, func(cs []Comp) bool {
+			data = data[:0]
+			for _, x := range cs {
+				if x.Kind != EvRecv || x.Token != 2 || x.Res <= 0 {
+					t.Fatalf("unexpected %+v", x)
+				}
+				data = append(data, unsafe.Slice((*byte)(unsafe.Pointer(x.Ptr)), x.Res)...)
+			}
+			return len(data) >= len("twothree")
+		})
+		if string(data) != "twothree" {
+			t.Fatalf("got %q", data)
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 9}}, hasKind(EvClosed, 9))
+	})
+}
+
+// A stream far larger than the pool arrives whole and in order while C
+// holds every buffer it gets for a while: receiving pauses when the pool
+// runs dry and resumes when buffers come back, without an error.
+func TestLargeStreamThroughSmallPool(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, c := socketpair(t)
+		const total = 2 << 20
+		src := make([]byte, total)
+		for i := range src {
+			src[i] = byte(i*31 + i>>11)
+		}
+		writerDone := make(chan error, 1)
+		go func() {
+			defer unix.Close(int(c))
+			for off := 0; off < total; {
+				n, err := unix.Write(int(c), src[off:])
+				if err == unix.EAGAIN {
+					unix.Poll([]unix.PollFd{{Fd: c, Events: unix.POLLOUT}}, 1000)
+					continue
+				}
+				if err != nil {
+					writerDone <- err
+					return
+				}
+				off += n
+			}
+			writerDone <- nil
+		}()
+		var recv []byte
+		var held []uint32
+		subs := []Sub{{Op: OpRecvStart, Fd: a, Token: 1}}
+		out := make([]Comp, 64)
+		deadline := time.Now().Add(20 * time.Second)
+		eof := false
+		for !eof {
+			n, err := b.Poll(subs, out, 10*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			subs = nil
+			for _, x := range out[:n] {
+				if x.Kind != EvRecv {
+					continue
+				}
+				if x.Res < 0 {
+					t.Fatalf("recv error %d after %d bytes", x.Res, len(recv))
+				}
+				if x.Res == 0 {
+					eof = true
+					continue
+				}
+				recv = append(recv, unsafe.Slice((*byte)(unsafe.Pointer(x.Ptr)), x.Res)...)
+				held = append(held, x.Buf)
+			}
+			// Hold buffers until the pool is dry, then give them all back.
+			if len(held) == 16 || (n == 0 && len(held) > 0) {
+				for _, id := range held {
+					subs = append(subs, Sub{Op: OpBufReturn, Arg: id})
+				}
+				held = held[:0]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("stalled at %d bytes", len(recv))
+			}
+		}
+		if err := <-writerDone; err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(recv, src) {
+			t.Fatalf("stream corrupted (%d of %d bytes)", len(recv), total)
 		}
 		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 9}}, hasKind(EvClosed, 9))
 	})
