@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/goloop-dev/goloop/goloop"
+	_ "github.com/goloop-dev/goloop/goloop/dns" // registers the dns.* methods
 )
 
 var (

@@ -11,10 +11,12 @@ import os as _os
 
 from . import _core
 from ._policy import EventLoopPolicy, install, new_event_loop, run
+from ._dns import DNSError, Resolver
 from .loop import GoCallError, Loop
 
 _core._set_library(_os.environ.get(
     "GOLOOP_LIBRARY", _os.path.join(_os.path.dirname(__file__), "libgoloop.so")))
 
 __version__ = "0.1.0"
-__all__ = ("Loop", "EventLoopPolicy", "GoCallError", "install", "new_event_loop", "run")
+__all__ = ("Loop", "EventLoopPolicy", "GoCallError", "DNSError", "Resolver",
+           "install", "new_event_loop", "run")

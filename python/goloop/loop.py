@@ -17,7 +17,7 @@ import weakref
 from asyncio import base_events, events, selector_events, unix_events
 from asyncio.log import logger
 
-from . import _core, _hooks
+from . import _core, _dns, _hooks
 from ._streams import StreamsMixin
 
 _core._set_hooks(
@@ -298,6 +298,14 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
                 csock.send(b'\0')
             except OSError:
                 pass
+
+    # ---- names: goloop's resolver in Go (docs/dns.md) ----
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        return await _dns.getaddrinfo(self, host, port, family, type, proto, flags)
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        return await _dns.getnameinfo(self, sockaddr, flags)
 
     # ---- Go calls (DNS, ...) ----
 
