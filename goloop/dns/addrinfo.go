@@ -434,6 +434,13 @@ func (r *Resolver) resolveName(ctx context.Context, name string, req *AddrinfoRe
 		return res.addrs, res.canon, false, nil
 	case afInet:
 		res := r.lookupFamilies(ctx, &conf, name, true, false)
+		if res.oc == noaddr && req.Flags&AI_CANONNAME == 0 {
+			// Without AI_CANONNAME glibc asks through the public
+			// gethostbyname2_r, which reports an answer without
+			// addresses as NO_DATA, where the NSS entry points used
+			// otherwise say HOST_NOT_FOUND.
+			return nil, "", false, &Error{Code: EAI_NODATA, Rcode: 0, Name: name}
+		}
 		if res.oc != found {
 			return nil, "", false, outcomeError(res.oc, res.oc, name)
 		}

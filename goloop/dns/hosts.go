@@ -67,14 +67,28 @@ func (h *Hosts) Lookup(name string, want4, want6 bool) (addrs []netip.Addr, cano
 	}
 	for _, i := range h.byName[strings.ToLower(name)] {
 		e := h.entries[i]
-		is4 := e.addr.Is4()
+		a := e.addr
+		if want4 && !want6 && a.Is6() {
+			// An IPv4-only lookup (gethostbyname2_r(AF_INET)) reads IPv6
+			// lines too: glibc turns mapped addresses into IPv4 ones and
+			// ::1 into 127.0.0.1, and skips the rest.
+			switch {
+			case a.Is4In6():
+				a = a.Unmap()
+			case a == netip.IPv6Loopback():
+				a = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+			default:
+				continue
+			}
+		}
+		is4 := a.Is4()
 		if (is4 && !want4) || (!is4 && !want6) {
 			continue
 		}
 		if canon == "" {
 			canon = e.names[0]
 		}
-		addrs = append(addrs, e.addr)
+		addrs = append(addrs, a)
 	}
 	return addrs, canon
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 
 	mdns "github.com/miekg/dns"
@@ -29,30 +30,59 @@ func (r *Resolver) lookupFiles(name string, want4, want6 bool) famResult {
 	return famResult{addrs: addrs, canon: canon, oc: found}
 }
 
-// lookupDNS is res_nsearch over the search list, asking the given types
-// of each candidate name (at once, unless single-request says one after
-// the other) and moving on past NXDOMAIN, NODATA and SERVFAIL but not past
-// silence.
+// lookupDNS is glibc's res_nsearch over the search list, asking the
+// given types of each candidate name (at once, unless single-request says
+// one after the other). A name with at least ndots dots is asked as given
+// first, and if that fails, its failure is the one reported whatever the
+// search list gives; otherwise the search list goes first, a NODATA on the
+// way wins over a SERVFAIL, and silence (a timeout) ends the search. Any
+// answer with records ends it too, even one without addresses.
 func (r *Resolver) lookupDNS(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16) famResult {
-	gotNodata, gotServfail := false, false
-	for _, cand := range candidates(name, conf) {
-		res := r.queryName(ctx, conf, cand, qtypes)
-		switch res.oc {
-		case found, tempfail:
+	if strings.HasSuffix(name, ".") {
+		return r.queryName(ctx, conf, name, qtypes)
+	}
+	final := func(res famResult) bool { return res.oc == found || res.oc == noaddr }
+	asIsFirst := strings.Count(name, ".") >= conf.Ndots
+	saved, haveSaved := nxdomain, false
+	last := nxdomain
+	if asIsFirst {
+		res := r.queryName(ctx, conf, name+".", qtypes)
+		if final(res) {
 			return res
-		case nodata:
+		}
+		saved, haveSaved, last = res.oc, true, res.oc
+	}
+	gotNodata, gotServfail := false, false
+	for _, d := range conf.Search {
+		res := r.queryName(ctx, conf, name+"."+d+".", qtypes)
+		if final(res) {
+			return res
+		}
+		last = res.oc
+		if res.oc == nodata {
 			gotNodata = true
-		case servfail:
+		} else if res.oc == servfail {
 			gotServfail = true
+		} else if res.oc == tempfail {
+			break
 		}
 	}
+	if !asIsFirst {
+		res := r.queryName(ctx, conf, name+".", qtypes)
+		if final(res) {
+			return res
+		}
+		last = res.oc
+	}
 	switch {
+	case haveSaved:
+		return famResult{oc: saved}
 	case gotNodata:
 		return famResult{oc: nodata}
 	case gotServfail:
 		return famResult{oc: servfail}
 	}
-	return famResult{oc: nxdomain}
+	return famResult{oc: last}
 }
 
 // queryName asks one fully qualified name for each of qtypes and merges
@@ -88,7 +118,7 @@ func (r *Resolver) queryName(ctx context.Context, conf *ResolvConf, fqdn string,
 	}
 	var out famResult
 	out.oc = nxdomain
-	anyTemp, anyNodata, anyServ := false, false, false
+	anyTemp, anyNodata, anyServ, anyNoaddr := false, false, false, false
 	for _, o := range res {
 		switch o.oc {
 		case found:
@@ -110,10 +140,14 @@ func (r *Resolver) queryName(ctx context.Context, conf *ResolvConf, fqdn string,
 			anyNodata = true
 		case servfail:
 			anyServ = true
+		case noaddr:
+			anyNoaddr = true
 		}
 	}
 	switch {
 	case out.oc == found:
+	case anyNoaddr:
+		out.oc = noaddr
 	case anyTemp:
 		out.oc = tempfail
 	case anyNodata:

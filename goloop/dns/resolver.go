@@ -204,30 +204,6 @@ func exchangeOne(ctx context.Context, q *mdns.Msg, server string, timeout time.D
 // hostname is os.Hostname, replaceable by tests.
 var hostname = os.Hostname
 
-// candidates lists the names res_nsearch tries for name, in order: the
-// name as given first when it has at least ndots dots (or ends in a dot,
-// in which case nothing else is tried), then each search domain appended,
-// then the name as given if not tried yet.
-func candidates(name string, conf *ResolvConf) []string {
-	if strings.HasSuffix(name, ".") {
-		return []string{name}
-	}
-	dots := strings.Count(name, ".")
-	var out []string
-	asIs := false
-	if dots >= conf.Ndots {
-		out = append(out, name+".")
-		asIs = true
-	}
-	for _, d := range conf.Search {
-		out = append(out, name+"."+d+".")
-	}
-	if !asIs {
-		out = append(out, name+".")
-	}
-	return out
-}
-
 // Outcome of asking one name for one family, in glibc's terms.
 type outcome int
 
@@ -237,6 +213,7 @@ const (
 	nodata           // NO_DATA: the name exists, without this type
 	servfail         // TRY_AGAIN after SERVFAIL: the search goes on
 	tempfail         // TRY_AGAIN after silence: the search stops
+	noaddr           // records, but no address at the end of them: HOST_NOT_FOUND, the search stops
 )
 
 // answerAddrs pulls the addresses of type qtype for qname out of resp,
@@ -282,6 +259,8 @@ func classify(resp *mdns.Msg, err error, addrs []net.IP) outcome {
 		return found
 	case resp.Rcode == mdns.RcodeNameError:
 		return nxdomain
+	case resp.Rcode == mdns.RcodeSuccess && len(resp.Answer) > 0:
+		return noaddr
 	case resp.Rcode == mdns.RcodeSuccess:
 		return nodata
 	}

@@ -21,6 +21,7 @@ How a getaddrinfo call is answered:
 """
 import json
 import os
+from operator import index as _index
 import socket
 from collections import namedtuple
 
@@ -33,13 +34,16 @@ __all__ = (
 _NSSWITCH = "/etc/nsswitch.conf"
 _nss_state = [None, None]  # [(mtime_ns, size, ino), decision]
 
-_AI_NUMERICHOST = socket.AI_NUMERICHOST
-_EAI_NONAME = socket.EAI_NONAME
-_NI_NUMERICHOST = socket.NI_NUMERICHOST
-_NI_NUMERICSERV = socket.NI_NUMERICSERV
-_NI_NAMEREQD = socket.NI_NAMEREQD
-_AF_INET = socket.AF_INET
-_AF_INET6 = socket.AF_INET6
+# Plain ints: IntFlag arithmetic on a negative flags value would turn it
+# into a different (positive) mask.
+_AI_NUMERICHOST = int(socket.AI_NUMERICHOST)
+_EAI_NONAME = int(socket.EAI_NONAME)
+_NONAME_NOT_HOST = int(socket.AI_NUMERICSERV) | int(socket.AI_ADDRCONFIG)
+_NI_NUMERICHOST = int(socket.NI_NUMERICHOST)
+_NI_NUMERICSERV = int(socket.NI_NUMERICSERV)
+_NI_NAMEREQD = int(socket.NI_NAMEREQD)
+_AF_INET = int(socket.AF_INET)
+_AF_INET6 = int(socket.AF_INET6)
 _inet_ntop = socket.inet_ntop
 _fromhex = bytes.fromhex
 
@@ -140,11 +144,27 @@ async def getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0):
         return await loop.run_in_executor(
             None, socket.getaddrinfo, host, port, family, type, proto, flags)
     try:
+        flags = int(_index(flags))
+    except TypeError:
+        # Not an integer: the C call rejects it while parsing its
+        # arguments, before any lookup, with the exact exception.
+        return socket.getaddrinfo(host, port, family, type, proto, flags)
+    try:
         return socket.getaddrinfo(host, port, family, type, proto,
                                   flags | _AI_NUMERICHOST)
     except socket.gaierror as e:
         if e.errno != _EAI_NONAME or flags & _AI_NUMERICHOST or host is None:
             raise
+        if flags & _NONAME_NOT_HOST:
+            # EAI_NONAME may be about the service (AI_NUMERICSERV) or the
+            # interfaces (AI_ADDRCONFIG) rather than the host: it is the
+            # final answer if the host alone parses as numeric.
+            try:
+                socket.getaddrinfo(host, None, 0, 0, 0, _AI_NUMERICHOST)
+            except socket.gaierror:
+                pass
+            else:
+                raise
     # host is a name (str or bytes; the probe rejected anything else).
     if isinstance(host, str):
         h = host.encode("idna").decode("ascii")
@@ -183,6 +203,10 @@ async def getnameinfo(loop, sockaddr, flags=0):
     """socket.getnameinfo's answer, without blocking the loop."""
     if not _has_go(loop) or not use_go_resolver():
         return await loop.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+    try:
+        flags = int(_index(flags))
+    except TypeError:
+        return socket.getnameinfo(sockaddr, flags)  # raises while parsing
     if flags & _NI_NUMERICHOST:
         # Nothing to look up but the service, in /etc/services.
         return socket.getnameinfo(sockaddr, flags)
