@@ -34,6 +34,7 @@ typedef struct {
     char eof_written;
     char write_paused;
     char close_sent;            /* OpClose submitted: no more ops for this fd */
+    char abort_sent;
     char aborted;
     char go_open;               /* in loop->live until EvClosed */
     PyObject *weakreflist;
@@ -256,12 +257,17 @@ static void disarm(Transport *t)
     }
 }
 
+/* A graceful close may be followed by an abort (abort() after close(), or
+ * the loop closing while the peer does not read): Go then drops what is
+ * still queued and reports EvClosed once. */
 static int send_close(Transport *t, int abort)
 {
-    if (t->close_sent)
+    if (t->close_sent && (!abort || t->abort_sent))
         return 0;
     t->close_sent = 1;
     t->armed = 0;
+    if (abort)
+        t->abort_sent = 1;
     return loop_submit(t->loop, GL_OP_CLOSE, t->fd, TOKEN(t), NULL, 0, abort ? GL_CLOSE_ABORT : 0);
 }
 
@@ -696,7 +702,7 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
 
 static PyObject *tr_force_close(Transport *t, PyObject *exc)
 {
-    if (t->conn_lost && t->close_sent && t->aborted)
+    if (t->aborted || !t->go_open)
         Py_RETURN_NONE;
     if (exc != Py_None && t->lost_exc == NULL) {
         Py_INCREF(exc);
