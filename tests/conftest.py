@@ -8,6 +8,8 @@ release everything, and a test that leaks on asyncio is itself wrong.
 Markers:
   xfail_loop(name, reason)   strict xfail for one loop (used only for uvloop
                              deviations from asyncio; goloop failures stay red)
+  skip_loop(name, reason)    skip on one loop: a uvloop deviation that would only
+                             fail after a long timeout
   no_fd_check(*names, reason) skip the /proc/self/fd comparison for those loops (all
                              when no name is given): known leaks of uvloop only
 
@@ -37,6 +39,8 @@ def pytest_configure(config):
     _hang_report = os.fdopen(os.dup(2), "w")
     config.addinivalue_line(
         "markers", "xfail_loop(name, reason): strict xfail on that loop only")
+    config.addinivalue_line(
+        "markers", "skip_loop(name, reason): skip on that loop only")
     config.addinivalue_line(
         "markers", "no_fd_check(*names, reason): no /proc/self/fd check on those loops")
     config.addinivalue_line(
@@ -139,6 +143,9 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.xfail(
                     reason=mark.kwargs.get("reason", mark.args[1:] and mark.args[1]),
                     strict=True))
+        for mark in item.iter_markers("skip_loop"):
+            if mark.args and mark.args[0] == name:
+                item.add_marker(pytest.mark.skip(reason=mark.kwargs.get("reason")))
         if have_timeout_plugin and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
 
