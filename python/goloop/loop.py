@@ -272,7 +272,8 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
                 pass
 
     def add_signal_handler(self, sig, callback, *args):
-        self._make_self_pipe()
+        if not self._closed:  # a closed loop: asyncio's checks raise below
+            self._make_self_pipe()
         return _Unix.add_signal_handler(self, sig, callback, *args)
 
     remove_signal_handler = _Unix.remove_signal_handler
