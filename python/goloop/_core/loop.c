@@ -643,17 +643,26 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(live); i++)
         transport_loop_closing(lp, PyList_GET_ITEM(live, i));
     Py_DECREF(live);
-    /* Drain: each aborted transport answers with EvClosed after its sends. */
-    for (int rounds = 0; rounds < 1000 && (PySet_GET_SIZE(lp->live) > 0 || lp->nsubs > 0); rounds++) {
-        int nsubs = lp->nsubs;
-        lp->nsubs = 0;
-        int n;
-        Py_BEGIN_ALLOW_THREADS
-        n = GL.poll(lp->h, lp->subs, nsubs, lp->comps, lp->capcomps, 10 * 1000 * 1000);
-        Py_END_ALLOW_THREADS
+    /* Drain: each aborted transport answers with EvClosed after its sends.
+     * Completions not yet dispatched (an iteration left by an exception)
+     * come first: an EvClosed among them would otherwise never be seen. */
+    int first = 1;
+    for (int rounds = 0; rounds < 1000 && (first || PySet_GET_SIZE(lp->live) > 0 || lp->nsubs > 0); rounds++) {
+        int from = 0, n;
+        if (first && lp->cpos < lp->ncomps) {
+            from = lp->cpos;
+            n = lp->ncomps;
+        } else {
+            int nsubs = lp->nsubs;
+            lp->nsubs = 0;
+            Py_BEGIN_ALLOW_THREADS
+            n = GL.poll(lp->h, lp->subs, nsubs, lp->comps, lp->capcomps, 10 * 1000 * 1000);
+            Py_END_ALLOW_THREADS
+        }
+        first = 0;
         if (n < 0)
             break;
-        for (int i = 0; i < n; i++) {
+        for (int i = from; i < n; i++) {
             gl_comp *c = &lp->comps[i];
             if ((c->token & TAG_MASK) == TAG_TRANSPORT) {
                 PyObject *obj = (PyObject *)(uintptr_t)(c->token & ~(uint64_t)TAG_MASK);
