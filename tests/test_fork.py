@@ -1,0 +1,127 @@
+"""fork() and the Go runtime (goloop only).
+
+These tests are goloop-only because they are about goloop's own constraint: a Go
+runtime cannot survive fork() (the child has no Go threads). `import goloop` must not
+start it, so a process that forks before making its first loop has healthy children;
+a child forked after the runtime started must refuse to make or run a goloop loop with
+a RuntimeError that says why. Each scenario runs in a fresh interpreter so the test
+process itself never forks with a live Go runtime.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import loops
+
+
+def _run_script(body):
+    env = dict(os.environ)
+    pkg_dir = os.path.dirname(os.path.dirname(loops.goloop.__file__))
+    env["PYTHONPATH"] = pkg_dir + os.pathsep + env.get("PYTHONPATH", "")
+    script = textwrap.dedent("""
+        import asyncio, os, sys
+        def child_exit(code):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        def wait_child(pid):
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+    """) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60, cwd="/")
+
+
+def test_fork_before_first_loop_gives_healthy_child(goloop):
+    res = _run_script("""
+        import goloop
+        pid = os.fork()
+        if pid == 0:
+            try:
+                loop = goloop.new_event_loop()
+                r = loop.run_until_complete(asyncio.sleep(0.01, "child ok"))
+                loop.close()
+                print(r)
+                child_exit(0)
+            except BaseException as e:
+                print("child failed:", repr(e))
+                child_exit(1)
+        code = wait_child(pid)
+        # The parent, which never started the runtime before forking, works too.
+        loop = goloop.new_event_loop()
+        print(loop.run_until_complete(asyncio.sleep(0, "parent ok")))
+        loop.close()
+        sys.exit(code)
+    """)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "child ok" in res.stdout and "parent ok" in res.stdout
+
+
+def test_new_loop_in_child_after_runtime_started_raises(goloop):
+    res = _run_script("""
+        import goloop
+        loop = goloop.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                goloop.new_event_loop()
+            except RuntimeError as e:
+                print("RuntimeError:", e)
+                child_exit(0)
+            except BaseException as e:
+                print("wrong exception:", repr(e))
+                child_exit(2)
+            print("no exception")
+            child_exit(1)
+        code = wait_child(pid)
+        # The parent's loop is unaffected by the fork.
+        print(loop.run_until_complete(asyncio.sleep(0, "parent ok")))
+        loop.close()
+        sys.exit(code)
+    """)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "parent ok" in res.stdout
+    message = res.stdout.split("RuntimeError:", 1)[1].lower()
+    assert "fork" in message, res.stdout
+
+
+def test_inherited_loop_in_child_refuses_to_run(goloop):
+    res = _run_script("""
+        import goloop
+        loop = goloop.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        pid = os.fork()
+        if pid == 0:
+            coro = asyncio.sleep(0)
+            try:
+                loop.run_until_complete(coro)
+            except RuntimeError as e:
+                print("RuntimeError:", e)
+                child_exit(0)
+            except BaseException as e:
+                print("wrong exception:", repr(e))
+                child_exit(2)
+            print("no exception")
+            child_exit(1)
+        code = wait_child(pid)
+        loop.close()
+        sys.exit(code)
+    """)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "fork" in res.stdout.split("RuntimeError:", 1)[1].lower(), res.stdout
+
+
+def test_import_does_not_start_go_runtime(goloop):
+    # Observable effect of a started Go runtime: extra OS threads. Importing goloop
+    # must leave the interpreter single-threaded.
+    res = _run_script("""
+        import goloop
+        print(len(os.listdir("/proc/self/task")))
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "1", res.stdout
