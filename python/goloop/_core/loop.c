@@ -646,7 +646,7 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
     /* Drain: each aborted transport answers with EvClosed after its sends.
      * Completions not yet dispatched (an iteration left by an exception)
      * come first: an EvClosed among them would otherwise never be seen. */
-    int first = 1;
+    int first = lp->cpos < lp->ncomps;
     for (int rounds = 0; rounds < 1000 && (first || PySet_GET_SIZE(lp->live) > 0 || lp->nsubs > 0); rounds++) {
         int from = 0, n;
         if (first && lp->cpos < lp->ncomps) {
