@@ -5,8 +5,10 @@ entry point (new_event_loop, Loop, EventLoopPolicy, install) the test runs on uv
 too, as the reference for what "drop-in like uvloop" means."""
 
 import asyncio
+import gc
 import sys
 import threading
+import warnings
 
 import pytest
 
@@ -163,7 +165,13 @@ def test_run_inside_running_loop_raises(goloop):
                 goloop.run(coro)
         finally:
             coro.close()
-    goloop.run(outer())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        goloop.run(outer())
+        gc.collect()
+    # Refusing must not leave half-started work behind (asyncio.run refuses first).
+    assert [str(w.message) for w in caught
+            if issubclass(w.category, RuntimeWarning)] == []
 
 
 def test_run_cleans_up_like_asyncio_run(goloop):
