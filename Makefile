@@ -40,8 +40,8 @@ go-test: deps
 # The whole Python suite on io_uring (goloop, uvloop and asyncio side by
 # side), then goloop alone again on the epoll backend.
 py-test: build
-	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=io_uring ../$(PY) -m pytest -q -p no:cacheprovider .
-	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=epoll GOLOOP_TEST_LOOPS=goloop ../$(PY) -m pytest -q -p no:cacheprovider .
+	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=io_uring ../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 .
+	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=epoll GOLOOP_TEST_LOOPS=goloop ../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 .
 
 test: go-test py-test
 
