@@ -786,3 +786,39 @@ func TestLargeStreamThroughSmallPool(t *testing.T) {
 		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 9}}, hasKind(EvClosed, 9))
 	})
 }
+
+// A start and a stop in one batch read nothing: data already waiting stays
+// in the socket and a pending connection stays in the backlog, where a
+// select()-style reader (or the next start) finds them.
+func TestStartStopSameBatch(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, c := socketpair(t)
+		defer unix.Close(int(a))
+		defer unix.Close(int(c))
+		unix.Write(int(c), []byte("waiting"))
+		lfd, port := listenLoopback(t, 4)
+		defer unix.Close(int(lfd))
+		cfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		defer unix.Close(cfd)
+		unix.Connect(cfd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+		unix.Poll([]unix.PollFd{{Fd: lfd, Events: unix.POLLIN}}, 5000)
+		subs := []Sub{
+			{Op: OpRecvStart, Fd: a, Token: 1},
+			{Op: OpAcceptStart, Fd: lfd, Token: 2},
+			{Op: OpRecvStop, Fd: a, Token: 1},
+			{Op: OpAcceptStop, Fd: lfd, Token: 2},
+		}
+		if got := pollFor(t, b, subs, 20*time.Millisecond); len(got) != 0 {
+			t.Fatalf("completions for stopped operations: %+v", got)
+		}
+		buf := make([]byte, 16)
+		if n, err := unix.Read(int(a), buf); err != nil || string(buf[:n]) != "waiting" {
+			t.Fatalf("socket lost its data: %q %v", buf[:n], err)
+		}
+		nfd, _, err := unix.Accept4(int(lfd), unix.SOCK_CLOEXEC)
+		if err != nil {
+			t.Fatalf("backlog lost its connection: %v", err)
+		}
+		unix.Close(nfd)
+	})
+}

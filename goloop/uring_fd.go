@@ -1,6 +1,8 @@
 package goloop
 
 import (
+	"sync/atomic"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -18,6 +20,7 @@ type urFd struct {
 
 	recvOn, recvArmed, recvCancel, recvStarved bool
 	recvTok                                    uint64
+	recvIdx, accIdx                            uint32 // SQ index of the arming SQE
 	// held keeps what arrived while receiving was stopped (a multishot
 	// recv cannot be stopped between two chunks); RecvStart delivers it.
 	held []Comp
@@ -144,7 +147,9 @@ func (b *uringBackend) apply(s *Sub) {
 		b.armRecv(f)
 	case OpRecvStop:
 		f.recvOn = false
-		if f.recvArmed && !f.recvCancel {
+		if f.recvArmed && !f.recvCancel && b.unarm(f, f.recvIdx) {
+			f.recvArmed = false
+		} else if f.recvArmed && !f.recvCancel {
 			b.cancel(f, kRecv)
 			f.recvCancel = true
 		}
@@ -157,7 +162,9 @@ func (b *uringBackend) apply(s *Sub) {
 		b.armAccept(f)
 	case OpAcceptStop:
 		f.accOn = false
-		if f.accArmed && !f.accCancel {
+		if f.accArmed && !f.accCancel && b.unarm(f, f.accIdx) {
+			f.accArmed = false
+		} else if f.accArmed && !f.accCancel {
 			b.cancel(f, kAccept)
 			f.accCancel = true
 		}
@@ -194,6 +201,19 @@ func (b *uringBackend) apply(s *Sub) {
 	b.settle(f)
 }
 
+// unarm takes back an arming SQE the kernel has not seen yet (a start and
+// a stop in one batch), turning it into a NOP whose CQE means nothing.
+// Cancelling it after submission instead would let a multishot recv take
+// data that is already waiting, which C asked not to read.
+func (b *uringBackend) unarm(f *urFd, idx uint32) bool {
+	if int32(idx-atomic.LoadUint32(b.r.sqHead)) < 0 {
+		return false
+	}
+	s := b.r.sqeAt(idx)
+	*s = uringSQE{opcode: iouOpNop, fd: -1, userData: b.ud(f, kCancel)}
+	return true
+}
+
 // refuse answers an operation on an fd that is being closed, as the
 // syscalls would on a closed fd.
 func (b *uringBackend) refuse(s *Sub) {
@@ -214,6 +234,7 @@ func (b *uringBackend) armRecv(f *urFd) {
 		b.starved = append(b.starved, f)
 		return
 	}
+	f.recvIdx = b.r.sqLocal
 	s := b.fdSQE(f, iouOpRecv, kRecv)
 	s.ioprio = iouRecvMultishot
 	s.flags = iosqeBufferSelect
@@ -264,6 +285,7 @@ func (b *uringBackend) armAccept(f *urFd) {
 	if !f.accOn || f.accArmed || f.closing {
 		return
 	}
+	f.accIdx = b.r.sqLocal
 	s := b.fdSQE(f, iouOpAccept, kAccept)
 	s.ioprio = iouAcceptMultishot
 	s.opFlags = unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC

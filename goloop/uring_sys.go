@@ -298,10 +298,14 @@ func (r *ring) sqe() *uringSQE {
 			panic(fmt.Sprintf("goloop: io_uring submit: %v", err))
 		}
 	}
-	s := (*uringSQE)(unsafe.Pointer(&r.sqeMem[(r.sqLocal&r.sqMask)*64]))
+	s := r.sqeAt(r.sqLocal)
 	*s = uringSQE{}
 	r.sqLocal++
 	return s
+}
+
+func (r *ring) sqeAt(idx uint32) *uringSQE {
+	return (*uringSQE)(unsafe.Pointer(&r.sqeMem[(idx&r.sqMask)*64]))
 }
 
 func (r *ring) taskrunPending() bool {
