@@ -47,6 +47,11 @@ def pytest_configure(config):
         "markers", "timeout(seconds): per-test timeout (pytest-timeout)")
 
 
+def pytest_unconfigure(config):
+    if _hang_report is not None:
+        _hang_report.close()
+
+
 def pytest_report_header(config):
     lines = [f"loops: {', '.join(loops.SELECTED)}"]
     for name in loops.SELECTED:
