@@ -374,7 +374,7 @@ def test_call_soon_threadsafe_wakes_waiting_loop(loop):
         arrived = run(loop, woken)
     finally:
         t.join()
-    assert arrived - sent[0] < 1.0
+    assert arrived - sent[0] < 5.0  # vs an hour; generous for a loaded machine
 
 
 def test_call_soon_threadsafe_many_threads(loop):

@@ -48,7 +48,7 @@ def test_signal_from_other_thread_wakes_waiting_loop(loop):
         arrived = run(loop, got)
     finally:
         t.join()
-    assert arrived - sent[0] < 2.0
+    assert arrived - sent[0] < 5.0  # vs an hour; generous for a loaded machine
 
 
 @pytest.mark.skip_loop("uvloop", reason="uvloop 0.17 loses a signal that arrives while the loop is not running")
