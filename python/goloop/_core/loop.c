@@ -396,6 +396,94 @@ static PyObject *lc_push_handle(LoopCore *lp, PyObject *h)
     Py_RETURN_NONE;
 }
 
+/* create_future and create_task: asyncio's C Future and Task, made without
+ * a Python frame of ours. Task factories and debug mode take asyncio's own
+ * Python path (BaseEventLoop.create_task). */
+static PyObject *future_type, *task_type, *base_create_task, *kw_loop, *kw_loop_name_ctx;
+
+static int load_asyncio_types(void)
+{
+    if (future_type != NULL)
+        return 0;
+    PyObject *futures = PyImport_ImportModule("asyncio.futures");
+    PyObject *tasks = futures ? PyImport_ImportModule("asyncio.tasks") : NULL;
+    PyObject *be = tasks ? PyImport_ImportModule("asyncio.base_events") : NULL;
+    PyObject *bel = be ? PyObject_GetAttrString(be, "BaseEventLoop") : NULL;
+    if (bel != NULL) {
+        future_type = PyObject_GetAttrString(futures, "Future");
+        task_type = PyObject_GetAttrString(tasks, "Task");
+        base_create_task = PyObject_GetAttrString(bel, "create_task");
+        kw_loop = Py_BuildValue("(s)", "loop");
+        kw_loop_name_ctx = Py_BuildValue("(sss)", "loop", "name", "context");
+    }
+    Py_XDECREF(futures);
+    Py_XDECREF(tasks);
+    Py_XDECREF(be);
+    Py_XDECREF(bel);
+    if (future_type == NULL || task_type == NULL || base_create_task == NULL ||
+        kw_loop == NULL || kw_loop_name_ctx == NULL) {
+        Py_CLEAR(future_type);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *lc_create_future(LoopCore *lp, PyObject *unused)
+{
+    if (load_asyncio_types() < 0)
+        return NULL;
+    PyObject *args[1] = {(PyObject *)lp};
+    return PyObject_Vectorcall(future_type, args, 0, kw_loop);
+}
+
+static PyObject *lc_create_task(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (load_asyncio_types() < 0)
+        return NULL;
+    PyObject *factory = NULL;
+    if (!lp->debug) {
+        static PyObject *attr = NULL;
+        if (attr == NULL)
+            attr = PyUnicode_InternFromString("_task_factory");
+        factory = PyObject_GetAttr((PyObject *)lp, attr);
+        if (factory == NULL)
+            return NULL;
+    }
+    if (lp->debug || factory != Py_None || nargs != 1) {
+        Py_XDECREF(factory);
+        /* asyncio's path: argument errors, factories, source tracebacks */
+        PyObject *stack[16];
+        Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        if (total + 1 > 16) {
+            PyErr_SetString(PyExc_TypeError, "create_task() got too many arguments");
+            return NULL;
+        }
+        stack[0] = (PyObject *)lp;
+        for (Py_ssize_t i = 0; i < total; i++)
+            stack[i + 1] = args[i];
+        return PyObject_Vectorcall(base_create_task, stack, nargs + 1, kwnames);
+    }
+    Py_DECREF(factory);
+    PyObject *name = Py_None, *context = Py_None;
+    if (kwnames != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(k, "name") == 0)
+                name = args[nargs + i];
+            else if (PyUnicode_CompareWithASCIIString(k, "context") == 0)
+                context = args[nargs + i];
+            else
+                return PyErr_Format(PyExc_TypeError,
+                                    "create_task() got an unexpected keyword argument '%U'", k);
+        }
+    }
+    if (loop_check_alive(lp) < 0)
+        return NULL;
+    PyObject *stack[4] = {args[0], (PyObject *)lp, name, context};
+    return PyObject_Vectorcall(task_type, stack, 1, kw_loop_name_ctx);
+}
+
 static PyObject *lc_time(LoopCore *lp, PyObject *unused)
 {
     return PyFloat_FromDouble(loop_time());
@@ -790,6 +878,8 @@ static PyMethodDef lc_methods[] = {
     {"call_at", (PyCFunction)(void (*)(void))lc_call_at, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"call_later", (PyCFunction)(void (*)(void))lc_call_later, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"time", (PyCFunction)lc_time, METH_NOARGS, NULL},
+    {"create_future", (PyCFunction)lc_create_future, METH_NOARGS, NULL},
+    {"create_task", (PyCFunction)(void (*)(void))lc_create_task, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_make_handle", (PyCFunction)lc_make_handle, METH_VARARGS, NULL},
     {"_push_handle", (PyCFunction)lc_push_handle, METH_O, NULL},
     {"_run", (PyCFunction)lc_run, METH_NOARGS, NULL},
