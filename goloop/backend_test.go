@@ -17,9 +17,18 @@ import (
 // Every backend test runs on every backend this kernel offers: both must
 // produce the same completions for the same submissions.
 func forEachBackend(t *testing.T, fn func(t *testing.T, b Backend)) {
-	for _, kind := range []string{"epoll", "io_uring"} {
+	for _, kind := range []string{"epoll", "io_uring", "io_uring-pinned"} {
 		t.Run(kind, func(t *testing.T) {
+			if kind == "io_uring-pinned" {
+				// io_uring bound to the one thread that polls it, as the
+				// Python loop drives it (DEFER_TASKRUN where the kernel has it).
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				UringPinned = true
+				kind = "io_uring"
+			}
 			b, err := NewBackend(kind, Options{BufSize: 4096, BufCount: 16, Entries: 64})
+			UringPinned = false
 			if err != nil {
 				if kind == "io_uring" {
 					t.Skipf("io_uring unavailable: %v", err)
