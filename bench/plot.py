@@ -58,7 +58,8 @@ def echo_rps(results, path):
                     errs.append(x)
             ax.bar(xs, ys, width, label=NAMES[lp], color=COLORS[lp])
             for x in errs:
-                ax.text(x, 0, "err", ha="center", va="bottom", fontsize=7, rotation=90, color="red")
+                ax.text(x, 0, "error", ha="center", va="bottom", fontsize=8, rotation=90,
+                        color="red", fontweight="bold")
         ax.set_title(f"echo, {SHORT[v]}")
         ax.set_xticks(range(len(cells)))
         ax.set_xticklabels([cell_label(*c) for c in cells], fontsize=8)

@@ -15,12 +15,20 @@ import time
 
 _live = set()
 
+# Set by the harness: run servers and load generators SCHED_FIFO, so that on
+# a machine busy with other work they are not kept waiting behind it. While
+# they run, the rest of the machine gets only what the kernel's real-time
+# throttling leaves it (5% by default).
+realtime = False
+
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent():
+def _child_setup():
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if realtime:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
 
 
 class ServerError(Exception):
@@ -38,7 +46,7 @@ class Server:
         self.proc = subprocess.Popen(
             ["taskset", "-c", str(cpu), *argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-            env=env, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
+            env=env, cwd=cwd, start_new_session=True, preexec_fn=_child_setup)
         _live.add(self)
         try:
             self._wait_ready(ready_timeout)
@@ -86,7 +94,10 @@ class Server:
         except (OSError, ValueError):
             return ""
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        return (lines[-1] if lines else "no output")[-limit:]
+        # faulthandler's report ends with a list of extension modules; the
+        # line that says what happened is the one to show.
+        fatal = [ln for ln in lines if ln.startswith("Fatal Python error")]
+        return (fatal[0] if fatal else lines[-1] if lines else "no output")[-limit:]
 
     def stop(self):
         if self.proc.poll() is None:
@@ -134,4 +145,4 @@ def cpu_seconds(pid):
 def run_bounded(argv, timeout, cwd=None):
     """Run a client to completion; a hung client is killed, never waited on forever."""
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+                          text=True, timeout=timeout, cwd=cwd, preexec_fn=_child_setup)

@@ -7,7 +7,8 @@
  *   echo --port N          listen on 127.0.0.1:N
  *   echo --unix PATH       listen on a Unix stream socket
  *
- * Level-triggered on purpose, like the loops it is compared with.
+ * Edge-triggered, with each connection registered once: the least epoll
+ * work per request, which is what a ceiling should have.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,14 +25,16 @@
 
 #define READ_SIZE (256 * 1024)
 
-/* Bytes the kernel has not yet taken, per connection. */
-struct pending {
+/* Per connection: bytes the kernel has not yet taken, and whether the socket
+ * may still hold unread data (edge-triggered epoll reports arrivals once). */
+struct conn {
 	char *buf;
 	size_t len;
+	int readable;
 };
 
-static struct pending *pend;
-static int npend;
+static struct conn *conns;
+static int nconns;
 
 static void die(const char *what)
 {
@@ -39,35 +42,32 @@ static void die(const char *what)
 	exit(1);
 }
 
-static struct pending *pending_for(int fd)
+static struct conn *conn_for(int fd)
 {
-	if (fd >= npend) {
-		int n = npend ? npend : 64;
+	if (fd >= nconns) {
+		int n = nconns ? nconns : 64;
 		while (n <= fd)
 			n *= 2;
-		pend = realloc(pend, n * sizeof *pend);
-		if (!pend)
+		conns = realloc(conns, n * sizeof *conns);
+		if (!conns)
 			die("realloc");
-		memset(pend + npend, 0, (n - npend) * sizeof *pend);
-		npend = n;
+		memset(conns + nconns, 0, (n - nconns) * sizeof *conns);
+		nconns = n;
 	}
-	return &pend[fd];
+	return &conns[fd];
 }
 
-static void drop(int ep, int fd)
+static void drop(int fd)
 {
-	struct pending *p = pending_for(fd);
-	free(p->buf);
-	p->buf = NULL;
-	p->len = 0;
-	epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
-	close(fd);
+	struct conn *c = conn_for(fd);
+	free(c->buf);
+	memset(c, 0, sizeof *c);
+	close(fd); /* also removes it from the epoll set */
 }
 
-/* Try to send; keep what the kernel would not take. Returns -1 on error. */
-static int send_or_keep(int ep, int fd, const char *data, size_t len)
+/* Send from data, then keep whatever the kernel would not take. */
+static int send_or_keep(struct conn *c, int fd, const char *data, size_t len)
 {
-	struct pending *p = pending_for(fd);
 	while (len > 0) {
 		ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
 		if (n > 0) {
@@ -76,14 +76,13 @@ static int send_or_keep(int ep, int fd, const char *data, size_t len)
 		} else if (n < 0 && errno == EINTR) {
 			continue;
 		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			char *nb = realloc(p->buf, p->len + len);
+			char *nb = malloc(len);
 			if (!nb)
-				die("realloc");
-			memmove(nb + p->len, data, len);
-			p->buf = nb;
-			p->len += len;
-			struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
-			return epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+				die("malloc");
+			memcpy(nb, data, len);
+			c->buf = nb;
+			c->len = len;
+			return 0;
 		} else {
 			return -1;
 		}
@@ -91,43 +90,45 @@ static int send_or_keep(int ep, int fd, const char *data, size_t len)
 	return 0;
 }
 
-static void on_writable(int ep, int fd)
+/*
+ * Move data until the socket has nothing more to read or the kernel takes no
+ * more output. While output is pending the connection is not read: that is
+ * the back-pressure an echo needs, and the EPOLLOUT edge resumes it.
+ */
+static void pump(int fd, char *buf)
 {
-	struct pending *p = pending_for(fd);
-	size_t off = 0;
-	while (off < p->len) {
-		ssize_t n = send(fd, p->buf + off, p->len - off, MSG_NOSIGNAL);
-		if (n > 0) {
-			off += n;
-		} else if (n < 0 && errno == EINTR) {
-			continue;
-		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			memmove(p->buf, p->buf + off, p->len - off);
-			p->len -= off;
-			return;
-		} else {
-			drop(ep, fd);
+	struct conn *c = conn_for(fd);
+	if (c->len) {
+		char *old = c->buf;
+		size_t len = c->len;
+		c->buf = NULL;
+		c->len = 0;
+		int r = send_or_keep(c, fd, old, len);
+		free(old);
+		if (r < 0) {
+			drop(fd);
 			return;
 		}
 	}
-	free(p->buf);
-	p->buf = NULL;
-	p->len = 0;
-	/* Everything is out: go back to reading. While output is pending the
-	 * connection is not read, which is the back-pressure an echo needs. */
-	struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
-	if (epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev) < 0)
-		drop(ep, fd);
-}
-
-static void on_readable(int ep, int fd, char *buf)
-{
-	ssize_t n = recv(fd, buf, READ_SIZE, 0);
-	if (n > 0) {
-		if (send_or_keep(ep, fd, buf, n) < 0)
-			drop(ep, fd);
-	} else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-		drop(ep, fd);
+	while (c->readable && !c->len) {
+		ssize_t n = recv(fd, buf, READ_SIZE, 0);
+		if (n > 0) {
+			/* A short read emptied the socket; the next arrival is a
+			 * new edge, so there is no need to recv until EAGAIN. */
+			if (n < READ_SIZE)
+				c->readable = 0;
+			if (send_or_keep(c, fd, buf, n) < 0) {
+				drop(fd);
+				return;
+			}
+		} else if (n < 0 && errno == EINTR) {
+			continue;
+		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			c->readable = 0;
+		} else {
+			drop(fd);
+			return;
+		}
 	}
 }
 
@@ -204,15 +205,19 @@ int main(int argc, char **argv)
 						setsockopt(c, IPPROTO_TCP, TCP_NODELAY,
 							   &one, sizeof one);
 					}
-					struct epoll_event cev = {.events = EPOLLIN,
-								  .data.fd = c};
+					/* Registered once, for both directions:
+					 * no epoll_ctl per partial write. */
+					struct epoll_event cev = {
+						.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+						.data.fd = c};
+					conn_for(c);
 					if (epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev) < 0)
 						close(c);
 				}
-			} else if (events[i].events & EPOLLOUT) {
-				on_writable(ep, fd);
 			} else {
-				on_readable(ep, fd, buf);
+				if (events[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+					conn_for(fd)->readable = 1;
+				pump(fd, buf);
 			}
 		}
 	}
