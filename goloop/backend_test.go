@@ -831,3 +831,65 @@ func TestStartStopSameBatch(t *testing.T) {
 		unix.Close(nfd)
 	})
 }
+
+// Pipes work like sockets: a send larger than the pipe completes whole
+// once the reader drains it, chunks arrive in order, and the writer's
+// close is end of stream for the reader.
+func TestPipe(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		r, w := int32(p[0]), int32(p[1])
+		src := make([]byte, 1<<20)
+		for i := range src {
+			src[i] = byte(i*13 + i>>9)
+		}
+		subs := []Sub{
+			{Op: OpRecvStart, Fd: r, Token: 1},
+			{Op: OpSend, Fd: w, Token: 2, Ptr: ptrOf(src), Len: uint32(len(src))},
+			{Op: OpClose, Fd: w, Token: 3},
+		}
+		var recv []byte
+		sent, closed, eof := false, false, false
+		out := make([]Comp, 64)
+		deadline := time.Now().Add(10 * time.Second)
+		for !eof {
+			n, err := b.Poll(subs, out, 10*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			subs = nil
+			for _, x := range out[:n] {
+				switch {
+				case x.Kind == EvSend:
+					if x.Res != int32(len(src)) || closed {
+						t.Fatalf("send %+v (closed %v)", x, closed)
+					}
+					sent = true
+				case x.Kind == EvClosed:
+					if !sent || x.Res != 0 {
+						t.Fatalf("close %+v (sent %v)", x, sent)
+					}
+					closed = true
+				case x.Kind == EvRecv && x.Res > 0:
+					recv = append(recv, unsafe.Slice((*byte)(unsafe.Pointer(x.Ptr)), x.Res)...)
+					subs = append(subs, Sub{Op: OpBufReturn, Arg: x.Buf})
+				case x.Kind == EvRecv:
+					if x.Res < 0 {
+						t.Fatalf("recv error %d", x.Res)
+					}
+					eof = true
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("stalled: %d bytes, sent %v closed %v", len(recv), sent, closed)
+			}
+		}
+		if !closed || !bytes.Equal(recv, src) {
+			t.Fatalf("closed %v, %d of %d bytes, equal %v", closed, len(recv), len(src), bytes.Equal(recv, src))
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: r, Token: 4}}, hasKind(EvClosed, 4))
+	})
+}

@@ -54,6 +54,8 @@ const (
 	kConnect
 	kSend
 	kCancel
+	kRecvPoll // readiness wait before a read of a non-socket
+	kSendPoll // readiness wait before a write to a full non-socket
 )
 
 // UringPinned makes io_uring backends created afterwards bind their ring to
@@ -270,6 +272,10 @@ func (b *uringBackend) handle(c *uringCQE) {
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: c.res})
 	case kSend:
 		b.onSend(f, c)
+	case kRecvPoll:
+		b.onRecvPoll(f, c)
+	case kSendPoll:
+		b.onSendPoll(f, c)
 	case kCancel, kPollRemove:
 	}
 	b.settle(f)

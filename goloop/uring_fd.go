@@ -21,6 +21,11 @@ type urFd struct {
 	recvOn, recvArmed, recvCancel, recvStarved bool
 	recvTok                                    uint64
 	recvIdx, accIdx                            uint32 // SQ index of the arming SQE
+	// A non-socket (pipe, tty) cannot take a multishot recv, and a read of
+	// an O_NONBLOCK file fails with EAGAIN instead of waiting: it is
+	// received with a poll, then one read, in turn.
+	recvKind uint8 // kRecv or kRecvPoll: what is armed
+	recvRead bool  // the poll said readable: read next
 	// held keeps what arrived while receiving was stopped (a multishot
 	// recv cannot be stopped between two chunks); RecvStart delivers it.
 	held []Comp
@@ -150,7 +155,7 @@ func (b *uringBackend) apply(s *Sub) {
 		if f.recvArmed && !f.recvCancel && b.unarm(f, f.recvIdx) {
 			f.recvArmed = false
 		} else if f.recvArmed && !f.recvCancel {
-			b.cancel(f, kRecv)
+			b.cancel(f, f.recvKind)
 			f.recvCancel = true
 		}
 	case OpAcceptStart:
@@ -235,25 +240,56 @@ func (b *uringBackend) armRecv(f *urFd) {
 		return
 	}
 	f.recvIdx = b.r.sqLocal
-	s := b.fdSQE(f, iouOpRecv, kRecv)
-	s.ioprio = iouRecvMultishot
-	s.flags = iosqeBufferSelect
-	s.bufIndex = pbufGroup
+	switch {
+	case !f.notSock:
+		s := b.fdSQE(f, iouOpRecv, kRecv)
+		s.ioprio = iouRecvMultishot
+		s.flags = iosqeBufferSelect
+		s.bufIndex = pbufGroup
+		f.recvKind = kRecv
+	case f.recvRead:
+		s := b.fdSQE(f, iouOpRead, kRecv)
+		s.flags = iosqeBufferSelect
+		s.bufIndex = pbufGroup
+		s.off = ^uint64(0) // the file's own position (pipes have none)
+		f.recvKind = kRecv
+	default:
+		s := b.fdSQE(f, iouOpPollAdd, kRecvPoll)
+		s.opFlags = PollIn
+		f.recvKind = kRecvPoll
+	}
 	f.recvArmed = true
+}
+
+func (b *uringBackend) onRecvPoll(f *urFd, c *uringCQE) {
+	f.recvArmed, f.recvCancel = false, false
+	switch {
+	case f.closing:
+	case c.res > 0:
+		f.recvRead = true // readable, or an error or hangup the read reports
+	case c.res < 0 && c.res != -int32(unix.ECANCELED) && f.recvOn:
+		b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res})
+		f.recvOn = false
+	}
+	b.armRecv(f)
 }
 
 func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 	more := c.flags&cqeFMore != 0
 	if !more {
-		f.recvArmed, f.recvCancel = false, false
+		f.recvArmed, f.recvCancel, f.recvRead = false, false, false
+	}
+	hasBuf := c.flags&cqeFBuffer != 0
+	if hasBuf && (f.closing || c.res <= 0) {
+		// A read may report end of file with a buffer picked: unused.
+		b.pbuf.recycle(uint16(c.flags >> 16))
+		hasBuf = false
 	}
 	switch {
-	case c.flags&cqeFBuffer != 0:
+	case c.res == -int32(unix.ENOTSOCK) && !f.notSock:
+		f.notSock = true // a pipe or a tty: poll, then read
+	case hasBuf:
 		bid := uint16(c.flags >> 16)
-		if f.closing || c.res <= 0 {
-			b.pbuf.recycle(bid)
-			break
-		}
 		b.pbuf.taken(bid)
 		ch := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res, Ptr: b.pool.addr(uint32(bid)), Buf: uint32(bid), Flags: FlagMore}
 		if f.recvOn {
@@ -456,6 +492,12 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 		f.notSock = true
 		b.submitSend(f, q)
 		return
+	case res == -int32(unix.EAGAIN) && f.notSock:
+		// A full O_NONBLOCK pipe: wait until it drains, then write on.
+		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
+		p.opFlags = PollOut
+		f.sending = true
+		return
 	case res == -int32(unix.EINTR), res == -int32(unix.EAGAIN):
 		b.submitSend(f, q)
 		return
@@ -464,6 +506,26 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 	}
 	f.out = f.out[1:]
 	b.pump(f)
+}
+
+func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
+	f.sending = false
+	if len(f.out) == 0 {
+		return
+	}
+	q := &f.out[0]
+	switch {
+	case f.aborting:
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(unix.ECANCELED)})
+		f.out = f.out[1:]
+		b.cancelQueue(f)
+	case c.res < 0:
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: c.res})
+		f.out = f.out[1:]
+		b.pump(f)
+	default:
+		b.submitSend(f, q)
+	}
 }
 
 // cancelQueue ends every queued send and shutdown with -ECANCELED, in order.
