@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 
 import pytest
 
@@ -597,3 +598,137 @@ def test_large_transfer_both_ways(loop):
             tr.close()
             peer.close()
     run(loop, go(), timeout=30)
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop keeps a reference to a written "
+                        "bytearray and sends its later contents")
+def test_large_bytearray_write_is_not_affected_by_later_mutation(loop):
+    # Too large to be sent at once, so the transport must keep it: a bytearray is
+    # mutable, so what is kept must be a copy (asyncio copies into its buffer).
+    size = 16 << 20
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            buf = bytearray(b"a" * size)
+            tr.write(buf)
+            buf[:] = b"b" * size
+            tr.write(memoryview(buf)[:10])
+            buf[:10] = b"c" * 10
+            got = await in_thread(loop, recv_exactly, peer, size + 10)
+            assert got.count(b"a") == size and got.endswith(b"b" * 10)
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go(), timeout=30)
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop 0.17 starts reading after "
+                        "connection_made even if it paused reading")
+@pytest.mark.skip_loop("asyncio", reason="CPython < 3.12 bug: the selector transport "
+                       "adds its reader after connection_made even if it paused "
+                       "(fixed in 3.12)") if sys.version_info < (3, 12) else (lambda f: f)
+def test_pause_reading_in_connection_made(loop):
+    # A common pattern (aiohttp, proxies): pause before the first byte, resume later.
+    class PausedAtStart(Recorder):
+        def connection_made(self, transport):
+            transport.pause_reading()
+            super().connection_made(transport)
+
+    payload = os.urandom(1 << 20)
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: PausedAtStart(loop))
+        try:
+            sender = in_thread(loop, peer.sendall, payload)
+            await asyncio.sleep(0.02)
+            assert "data" not in pr.events
+            assert not tr.is_reading()
+            tr.resume_reading()
+            assert await pr.received(len(payload)) == payload
+            await sender
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go(), timeout=30)
+
+
+def test_pause_resume_in_every_data_received(loop):
+    # Reading flow control toggled on every chunk must neither lose, duplicate nor
+    # reorder bytes.
+    payload = os.urandom(4 << 20)
+
+    class Toggler(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.pause_reading()
+            self.loop.call_soon(self.transport.resume_reading)
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Toggler(loop))
+        try:
+            sender = in_thread(loop, peer.sendall, payload)
+            got = await pr.received(len(payload))
+            await sender
+            assert len(got) == len(payload) and got == payload
+        finally:
+            tr.close()
+            await pr.lost
+            peer.close()
+    run(loop, go(), timeout=30)
+
+
+def test_close_from_data_received_flushes_reply(loop):
+    class ReplyAndClose(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.write(b"reply:" + data * 1000)
+            self.transport.close()
+
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: ReplyAndClose(loop))
+        try:
+            await in_thread(loop, peer.sendall, b"q" * 100)
+            got = await in_thread(loop, recv_until_eof, peer)
+            assert await pr.lost is None
+            assert got == b"reply:" + bytes(pr.data) * 1000
+        finally:
+            peer.close()
+    run(loop, go(), timeout=30)
+
+
+def test_many_concurrent_connections_keep_bytes_apart(loop):
+    # Many connections at once share the loop's receive buffers; each must get
+    # exactly its own bytes, in order.
+    n, size = 40, 256 << 10
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+        def eof_received(self):
+            return None  # close after echoing everything
+
+    async def client(addr, i):
+        payload = bytes([i]) * (size // 2) + os.urandom(size // 2)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
+        tr.write(payload)
+        tr.write_eof()
+        await pr.lost
+        return bytes(pr.data) == payload
+
+    async def go():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0, backlog=100)
+        try:
+            addr = srv.sockets[0].getsockname()
+            results = await asyncio.gather(*(client(addr, i) for i in range(n)))
+            assert all(results)
+        finally:
+            srv.close()
+            await srv.wait_closed()
+    run(loop, go(), timeout=60)
