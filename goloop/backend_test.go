@@ -893,3 +893,48 @@ func TestPipe(t *testing.T) {
 		collect(t, b, []Sub{{Op: OpClose, Fd: r, Token: 4}}, hasKind(EvClosed, 4))
 	})
 }
+
+// Close gives back every fd and mapping the backend made, even with
+// operations still armed and data received but not returned.
+func TestCloseReleases(t *testing.T) {
+	for _, kind := range []string{"epoll", "io_uring"} {
+		t.Run(kind, func(t *testing.T) {
+			a, c := socketpair(t)
+			defer unix.Close(int(a))
+			defer unix.Close(int(c))
+			lfd, _ := listenLoopback(t, 4)
+			defer unix.Close(int(lfd))
+			count := func(dir string) int {
+				ents, err := os.ReadDir(dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(ents)
+			}
+			maps := func() int {
+				b, err := os.ReadFile("/proc/self/maps")
+				if err != nil {
+					t.Fatal(err)
+				}
+				return bytes.Count(b, []byte("\n"))
+			}
+			fds0, maps0 := count("/proc/self/fd"), maps()
+			b, err := NewBackend(kind, Options{BufSize: 4096, BufCount: 16, Entries: 64})
+			if err != nil {
+				t.Skip(err)
+			}
+			unix.Write(int(c), []byte("unread"))
+			collect(t, b, []Sub{
+				{Op: OpRecvStart, Fd: a, Token: 1},
+				{Op: OpAcceptStart, Fd: lfd, Token: 2},
+				{Op: OpPollStart, Fd: c, Token: 3, Arg: PollOut},
+			}, hasKind(EvRecv, 1))
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if fds, m := count("/proc/self/fd"), maps(); fds != fds0 || m > maps0 {
+				t.Fatalf("fds %d -> %d, mappings %d -> %d", fds0, fds, maps0, m)
+			}
+		})
+	}
+}
