@@ -36,7 +36,8 @@ const (
 	iouEnterGetevents = 1 << 0
 	iouEnterExtArg    = 1 << 3
 
-	iouSQTaskrun = 1 << 2 // in the SQ ring's flags word
+	iouSQCQOverflow = 1 << 1 // in the SQ ring's flags word
+	iouSQTaskrun    = 1 << 2
 
 	iouRegisterProbe       = 8
 	iouRegisterEnableRings = 12
@@ -308,8 +309,11 @@ func (r *ring) sqeAt(idx uint32) *uringSQE {
 	return (*uringSQE)(unsafe.Pointer(&r.sqeMem[(idx&r.sqMask)*64]))
 }
 
+// taskrunPending reports completions the kernel holds back until the
+// ring is entered: task work not yet run (TASKRUN_FLAG), or CQEs that
+// overflowed a full CQ ring (NODROP keeps them aside).
 func (r *ring) taskrunPending() bool {
-	return r.flags&iouSetupTaskrunFlag != 0 && atomic.LoadUint32(r.sqFlags)&iouSQTaskrun != 0
+	return atomic.LoadUint32(r.sqFlags)&(iouSQTaskrun|iouSQCQOverflow) != 0
 }
 
 func (r *ring) cqReady() bool { return atomic.LoadUint32(r.cqTail) != atomic.LoadUint32(r.cqHead) }
