@@ -13,7 +13,14 @@ import (
 // straight out of the receive buffer (zero copy) and gives the buffer back
 // when the echo is sent, the client counts the bytes and sends again. One
 // op is one round trip, so ns/op is the loop's latency per message.
-func BenchmarkEcho(b *testing.B) {
+func BenchmarkEcho(b *testing.B) { benchEachBackend(b, 1) }
+
+// BenchmarkEcho32 runs 32 such connections at once: one op is still one
+// round trip, but each Poll call carries the work of many connections,
+// which is where batching submissions pays.
+func BenchmarkEcho32(b *testing.B) { benchEachBackend(b, 32) }
+
+func benchEachBackend(b *testing.B, conns int) {
 	for _, kind := range []string{"epoll", "io_uring", "io_uring-pinned"} {
 		b.Run(kind, func(b *testing.B) {
 			if kind == "io_uring-pinned" {
@@ -30,67 +37,98 @@ func BenchmarkEcho(b *testing.B) {
 				b.Skip(err)
 			}
 			defer be.Close()
-			srv, cli := tcpPair(b)
-			const (
-				tokSrv uint64 = iota + 1
-				tokCli
-				tokEcho
-				tokPing
-			)
-			const size = 1024
-			msg := make([]byte, size)
-			subs := []Sub{
-				{Op: OpRecvStart, Fd: srv, Token: tokSrv},
-				{Op: OpRecvStart, Fd: cli, Token: tokCli},
-				{Op: OpSend, Fd: cli, Token: tokPing, Ptr: ptrOf(msg), Len: size},
-			}
-			out := make([]Comp, 64)
-			var echoing []uint32 // buffers being echoed, in send order
-			got, done := 0, 0
-			b.SetBytes(2 * size)
-			b.ResetTimer()
-			for done < b.N {
-				n, err := be.Poll(subs, out, time.Second)
-				if err != nil {
-					b.Fatal(err)
-				}
-				subs = subs[:0]
-				if n == 0 {
-					b.Fatal("echo stalled")
-				}
-				for _, c := range out[:n] {
-					switch {
-					case c.Kind == EvRecv && c.Res <= 0:
-						b.Fatalf("recv ended: %+v", c)
-					case c.Kind == EvSend && c.Res < 0:
-						b.Fatalf("send failed: %+v", c)
-					case c.Kind == EvRecv && c.Token == tokSrv:
-						subs = append(subs, Sub{Op: OpSend, Fd: srv, Token: tokEcho, Ptr: c.Ptr, Len: uint32(c.Res)})
-						echoing = append(echoing, c.Buf)
-					case c.Kind == EvSend && c.Token == tokEcho:
-						subs = append(subs, Sub{Op: OpBufReturn, Arg: echoing[0]})
-						echoing = echoing[1:]
-					case c.Kind == EvRecv && c.Token == tokCli:
-						subs = append(subs, Sub{Op: OpBufReturn, Arg: c.Buf})
-						if got += int(c.Res); got >= size {
-							got -= size
-							if done++; done < b.N {
-								subs = append(subs, Sub{Op: OpSend, Fd: cli, Token: tokPing, Ptr: ptrOf(msg), Len: size})
-							}
-						}
-					}
-				}
-			}
-			b.StopTimer()
-			for _, fd := range []int32{srv, cli} {
-				subs = append(subs, Sub{Op: OpClose, Fd: fd, Token: 100 + uint64(fd), Arg: CloseAbort})
-			}
-			for closed := 0; closed < 2; {
-				n, _ := be.Poll(subs, out, time.Second)
-				subs = nil
-				closed += countKind(out[:n], EvClosed, 100+uint64(srv)) + countKind(out[:n], EvClosed, 100+uint64(cli))
-			}
+			echo(b, be, conns)
 		})
+	}
+}
+
+func echo(b *testing.B, be Backend, conns int) {
+	const size = 1024
+	type conn struct {
+		srv, cli int32
+		got      int
+		echoing  []uint32 // buffers being echoed, in send order
+	}
+	// Tokens: 4*i + role, so a completion names its connection.
+	const (
+		roleSrv = iota
+		roleCli
+		roleEcho
+		rolePing
+	)
+	msg := make([]byte, size)
+	cs := make([]*conn, conns)
+	var subs []Sub
+	for i := range cs {
+		srv, cli := tcpPair(b)
+		cs[i] = &conn{srv: srv, cli: cli}
+		tok := uint64(4 * i)
+		subs = append(subs,
+			Sub{Op: OpRecvStart, Fd: srv, Token: tok + roleSrv},
+			Sub{Op: OpRecvStart, Fd: cli, Token: tok + roleCli})
+	}
+	out := make([]Comp, 256)
+	done, started := 0, 0
+	ping := func(i int) {
+		if started < b.N {
+			started++
+			subs = append(subs, Sub{Op: OpSend, Fd: cs[i].cli, Token: uint64(4*i) + rolePing, Ptr: ptrOf(msg), Len: size})
+		}
+	}
+	b.SetBytes(2 * size)
+	b.ResetTimer()
+	for i := range cs {
+		ping(i)
+	}
+	for done < b.N {
+		n, err := be.Poll(subs, out, time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		subs = subs[:0]
+		if n == 0 {
+			b.Fatal("echo stalled")
+		}
+		for _, x := range out[:n] {
+			i, role := int(x.Token/4), x.Token%4
+			c := cs[i]
+			switch {
+			case x.Kind == EvRecv && x.Res <= 0:
+				b.Fatalf("recv ended: %+v", x)
+			case x.Kind == EvSend && x.Res < 0:
+				b.Fatalf("send failed: %+v", x)
+			case x.Kind == EvRecv && role == roleSrv:
+				subs = append(subs, Sub{Op: OpSend, Fd: c.srv, Token: uint64(4*i) + roleEcho, Ptr: x.Ptr, Len: uint32(x.Res)})
+				c.echoing = append(c.echoing, x.Buf)
+			case x.Kind == EvSend && role == roleEcho:
+				subs = append(subs, Sub{Op: OpBufReturn, Arg: c.echoing[0]})
+				c.echoing = c.echoing[1:]
+			case x.Kind == EvRecv && role == roleCli:
+				subs = append(subs, Sub{Op: OpBufReturn, Arg: x.Buf})
+				if c.got += int(x.Res); c.got >= size {
+					c.got -= size
+					done++
+					ping(i)
+				}
+			}
+		}
+	}
+	b.StopTimer()
+	closing := 0
+	for i, c := range cs {
+		for _, fd := range []int32{c.srv, c.cli} {
+			subs = append(subs, Sub{Op: OpClose, Fd: fd, Token: uint64(4 * i), Arg: CloseAbort})
+			closing++
+		}
+	}
+	for closing > 0 {
+		n, _ := be.Poll(subs, out, time.Second)
+		subs = nil
+		for _, x := range out[:n] {
+			if x.Kind == EvClosed {
+				closing--
+			}
+		}
 	}
 }
 
