@@ -984,3 +984,40 @@ func TestCompletionBurst(t *testing.T) {
 		})
 	}
 }
+
+// A pinned ring belongs to the thread that polled it first: a Poll from
+// another thread fails cleanly instead of racing it.
+func TestPinnedSecondThread(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	UringPinned = true
+	b, err := NewBackend("io_uring", Options{BufSize: 4096, BufCount: 16, Entries: 64})
+	UringPinned = false
+	if err != nil {
+		t.Skip(err)
+	}
+	defer b.Close()
+	if u := b.(*uringBackend); !u.pinned {
+		t.Skip("kernel refused SINGLE_ISSUER|DEFER_TASKRUN")
+	}
+	out := make([]Comp, 8)
+	if _, err := b.Poll(nil, out, 0); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread() // a thread other than the test's, which is locked
+		defer runtime.UnlockOSThread()
+		a, c := socketpair(t)
+		defer unix.Close(int(a))
+		defer unix.Close(int(c))
+		_, err := b.Poll([]Sub{{Op: OpRecvStart, Fd: a, Token: 1}}, out, 0)
+		errc <- err
+	}()
+	if err := <-errc; err == nil {
+		t.Fatal("Poll from a second thread succeeded")
+	}
+	if _, err := b.Poll(nil, out, 0); err != nil {
+		t.Fatalf("owner thread after the refusal: %v", err)
+	}
+}

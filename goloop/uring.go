@@ -38,7 +38,6 @@ type uringBackend struct {
 
 	pinned  bool // ring bound to one thread (SINGLE_ISSUER|DEFER_TASKRUN)
 	enabled bool
-	owner   int
 }
 
 // Kinds of request, in the low byte of user_data. Above it: the slot
@@ -201,19 +200,16 @@ func transient(err error) bool {
 	return err == unix.EINTR || err == unix.EAGAIN || err == unix.EBUSY || err == unix.ETIME
 }
 
-// checkOwner enables a pinned ring on the first thread that polls it and
-// refuses any other thread afterwards.
+// checkOwner enables a pinned ring on the first thread that polls it.
+// The kernel refuses any other thread afterwards (EEXIST from enter).
 func (b *uringBackend) checkOwner() error {
-	tid := unix.Gettid()
 	if !b.enabled {
 		if err := ioUringRegister(b.r.fd, iouRegisterEnableRings, nil, 0); err != nil {
 			return err
 		}
-		b.enabled, b.owner = true, tid
-		return nil
-	}
-	if tid != b.owner {
-		return errors.New("goloop: pinned io_uring polled from a second thread")
+		b.enabled = true
+		// The thread is this one for good: its signal mask is read once.
+		b.r.fixedMask = true
 	}
 	return nil
 }

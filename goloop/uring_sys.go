@@ -140,6 +140,8 @@ type ring struct {
 	cqMask         uint32
 	cqesOff        uint32
 
+	fixedMask, maskRead bool // one thread polls: its wait mask is kept
+
 	// scratch is one mmap'd page for what the kernel reads through a
 	// pointer during a wait (the timeout), so no Go memory is involved.
 	scratch []byte
@@ -344,7 +346,10 @@ func (r *ring) enter(minComplete uint32, wait time.Duration) error {
 	if minComplete > 0 {
 		arg := (*getEventsArg)(unsafe.Pointer(&r.scratch[0]))
 		mask := (*unix.Sigset_t)(unsafe.Pointer(&r.scratch[128]))
-		waitSigmask(mask)
+		if !r.fixedMask || !r.maskRead {
+			waitSigmask(mask)
+			r.maskRead = true
+		}
 		*arg = getEventsArg{sigmask: uint64(uintptr(unsafe.Pointer(mask))), sigmaskSz: sigsetSize}
 		if wait >= 0 {
 			ts := (*unix.Timespec)(unsafe.Pointer(&r.scratch[32]))
