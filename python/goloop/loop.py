@@ -300,6 +300,12 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
             except OSError:
                 pass
 
+    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
+        # Not yet: asyncio's fallback needs its own transport classes. Saying
+        # NotImplementedError, as uvloop does, is what lets aiohttp and others
+        # fall back to plain writes.
+        raise NotImplementedError("goloop: loop.sendfile() is not implemented yet")
+
     # ---- names: goloop's resolver in Go (docs/dns.md) ----
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
