@@ -149,6 +149,66 @@ def tables(results):
     return head + "\n" + echo_tables(results) + "\n" + http_table(results)
 
 
+def markdown(results):
+    """The same numbers as tables(), as Markdown for docs/benchmarks.md."""
+    echo = results.get("echo", [])
+    by = {(r["loop"], r["variant"], r["conns"], r["size"]): r for r in echo}
+    cells = sorted({(r["conns"], r["size"]) for r in echo}, key=lambda c: (c[1], c[0]))
+    out = []
+
+    def rps(r):
+        return "error" if r is not None and r.get("error") else _fmt_rps(r)
+
+    def cpu(r):
+        return f"{r['cpu_us_per_req']:.1f}" if r and not r.get("error") else "-"
+
+    for v in VARIANT_NAMES:
+        if not any(r["variant"] == v for r in echo):
+            continue
+        out.append(f"**{VARIANT_NAMES[v].replace('*', chr(92) + '*')}**\n")
+        out.append("| cell | C epoll | asyncio | uvloop | goloop | goloop/uvloop | goloop/asyncio "
+                   "| goloop % of C | server CPU us/req (C/aio/uv/go) | p99 us (aio/uv/go) |")
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for conns, size in cells:
+            c = by.get(("c", "c", conns, size))
+            a, u, g = (by.get((lp, v, conns, size)) for lp in LOOP_ORDER)
+            p99 = "/".join(f"{r['p99_us']:,.0f}" if r and not r.get("error") else "-" for r in (a, u, g))
+            out.append(f"| {conns} conns x {size_name(size)} | {rps(c)} | {rps(a)} | {rps(u)} | {rps(g)} "
+                       f"| {_fmt_ratio(ratio(g, u))} | {_fmt_ratio(ratio(g, a))} "
+                       f"| {_fmt_ratio(ratio(g, c), pct=True)} "
+                       f"| {cpu(c)} / {cpu(a)} / {cpu(u)} / {cpu(g)} | {p99} |")
+        out.append("")
+    http = {r["loop"]: r for r in results.get("aiohttp", [])}
+    if http:
+        out.append("**aiohttp hello** (`wrk -t1 -c100`)\n")
+        out.append("| loop | req/s | p50 us | p99 us | server CPU us/req | goloop/this |")
+        out.append("|---|--:|--:|--:|--:|--:|")
+        for lp in LOOP_ORDER:
+            r = http.get(lp)
+            if r is None:
+                continue
+            if r.get("error"):
+                out.append(f"| {lp} | error: {r['error']} | | | | |")
+                continue
+            rel = _fmt_ratio(ratio(http.get("goloop"), r)) if lp != "goloop" else ""
+            out.append(f"| {lp} | {r['rps']:,} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} "
+                       f"| {r['cpu_us_per_req']:.1f} | {rel} |")
+        out.append("")
+    def where(r):
+        if "size" not in r:
+            return f"{LOOP_NAMES[r['loop']]} aiohttp"
+        return f"{LOOP_NAMES[r['loop']]} {r['variant']} {r['conns']} conns x {size_name(r['size'])}"
+    errors = sorted({f"{where(r)}: {r['error']}"
+                     for r in echo + results.get("aiohttp", []) if r.get("error")})
+    if errors:
+        out.append("Errors:\n")
+        out += [f"- {e}" for e in errors]
+        out.append("")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest.json") as f:
-        print(tables(json.load(f)))
+    args = [a for a in sys.argv[1:] if a != "--markdown"]
+    with open(args[0] if args else "bench/results/latest.json") as f:
+        data = json.load(f)
+    print(markdown(data) if "--markdown" in sys.argv else tables(data))

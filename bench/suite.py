@@ -249,6 +249,7 @@ class Suite:
             "quick": self.args.quick,
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "realtime": procs.realtime,
+            "goloop_backend": os.environ.get("GOLOOP_BACKEND", "auto"),
             "unavailable": self.unavailable,
         }
 
@@ -278,6 +279,15 @@ def parse_wrk(text):
     if errs and sum(map(int, errs.groups())) > 0:
         res["error"] = "socket errors: " + errs.group(0)
     return res
+
+
+def compact_json(results):
+    """JSON with one line per measurement: small, and a rerun diffs cell by cell."""
+    parts = ['{\n "meta": ' + json.dumps(results["meta"], indent=1).replace("\n", "\n ")]
+    for key in ("echo", "aiohttp"):
+        rows = ",\n  ".join(json.dumps(r) for r in results[key])
+        parts.append(f' "{key}": [\n  {rows}\n ]' if rows else f' "{key}": []')
+    return ",\n".join(parts) + "\n}\n"
 
 
 def parse_args(argv):
@@ -323,18 +333,29 @@ def main(argv):
         print(f"note: cannot set priority {nice}: {e}", file=sys.stderr)
 
     procs.realtime = os.environ.get("BENCH_REALTIME", "1") not in ("", "0")
+    if procs.realtime and not procs.can_realtime():
+        print("note: cannot use SCHED_FIFO here; servers run under the normal scheduler",
+              file=sys.stderr)
+        procs.realtime = False
+
+    # Servers run from bench/servers, so a relative PYTHONPATH (say
+    # PYTHONPATH=python from the repository root) must be made absolute.
+    if os.environ.get("PYTHONPATH"):
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
 
     suite = Suite(args)
     try:
         results = suite.run()
+    except KeyboardInterrupt:
+        sys.exit("interrupted; servers stopped, no results written")
     finally:
         procs.stop_all()
         shutil.rmtree(suite.tmp, ignore_errors=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-        f.write("\n")
+        f.write(compact_json(results))
     print()
     print(report.tables(results))
     print(f"\nresults: {os.path.relpath(args.out)}")
