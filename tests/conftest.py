@@ -131,13 +131,6 @@ def goloop():
     return loops.goloop
 
 
-@pytest.fixture
-def uvloop_mod():
-    if loops.uvloop is None:
-        pytest.skip(loops.unavailable("uvloop"))
-    return loops.uvloop
-
-
 def pytest_collection_modifyitems(config, items):
     have_timeout_plugin = config.pluginmanager.hasplugin("timeout")
     for item in items:
@@ -157,8 +150,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    faulthandler.dump_traceback_later(
-        TEST_TIMEOUT * 1.5, exit=True, file=_hang_report)
+    mark = item.get_closest_marker("timeout")
+    timeout = float(mark.args[0]) if mark and mark.args else TEST_TIMEOUT
+    faulthandler.dump_traceback_later(timeout * 1.5, exit=True, file=_hang_report)
     try:
         yield
     finally:
