@@ -208,8 +208,10 @@ def test_nsswitch_decides(monkeypatch, tmp_path):
     }
     for i, (text, want) in enumerate(cases.items()):
         conf.write_text(text + "#" * i)  # a new size each time: re-read
+        monkeypatch.setattr(_dns, "_nss_checked", [-10.0])  # and now
         assert _dns.use_go_resolver() is want, text
     conf.unlink()
+    monkeypatch.setattr(_dns, "_nss_checked", [-10.0])
     assert _dns.use_go_resolver() is False
     monkeypatch.setenv("GOLOOP_RESOLVER", "go")
     assert _dns.use_go_resolver() is True

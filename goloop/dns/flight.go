@@ -25,48 +25,58 @@ type flight struct {
 }
 
 // do runs fn once for all concurrent callers with the same key. shared
-// reports whether this caller joined someone else's exchange.
+// reports whether this caller joined someone else's exchange. The first
+// caller runs fn itself (no goroutine): if it gives up while others still
+// wait, it stays until fn returns, which only delays a Go goroutine whose
+// answer nobody reads.
 func (fs *flights) do(ctx context.Context, k cacheKey, fn func(context.Context) (*mdns.Msg, error)) (resp *mdns.Msg, shared bool, err error) {
 	fs.mu.Lock()
 	if fs.m == nil {
 		fs.m = map[cacheKey]*flight{}
 	}
 	f, ok := fs.m[k]
-	if ok {
-		f.waiters++
-	} else {
+	if !ok {
 		fctx, cancel := context.WithCancel(context.Background())
 		f = &flight{done: make(chan struct{}), waiters: 1, cancel: cancel}
 		fs.m[k] = f
-		go func() {
-			r, e := fn(fctx)
-			fs.mu.Lock()
-			if fs.m[k] == f {
-				delete(fs.m, k)
-			}
-			fs.mu.Unlock()
-			f.resp, f.err = r, e
-			close(f.done)
-			cancel()
-		}()
-	}
-	fs.mu.Unlock()
-
-	select {
-	case <-f.done:
-		return f.resp, ok, f.err
-	case <-ctx.Done():
+		fs.mu.Unlock()
+		stop := context.AfterFunc(ctx, func() { fs.leave(k, f) })
+		r, e := fn(fctx)
+		stop()
 		fs.mu.Lock()
-		f.waiters--
-		if f.waiters == 0 {
-			// Nobody wants the answer any more: stop asking, and let a
-			// later question start afresh rather than join a dying one.
-			if fs.m[k] == f {
-				delete(fs.m, k)
-			}
-			f.cancel()
+		if fs.m[k] == f {
+			delete(fs.m, k)
 		}
 		fs.mu.Unlock()
-		return nil, ok, ctx.Err()
+		f.resp, f.err = r, e
+		close(f.done)
+		cancel()
+		if ctx.Err() != nil {
+			return nil, false, ctx.Err()
+		}
+		return r, false, e
+	}
+	f.waiters++
+	fs.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.resp, true, f.err
+	case <-ctx.Done():
+		fs.leave(k, f)
+		return nil, true, ctx.Err()
+	}
+}
+
+// leave drops one waiter; the last one out cancels the exchange, and a
+// later question then starts afresh rather than join a dying one.
+func (fs *flights) leave(k cacheKey, f *flight) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	f.waiters--
+	if f.waiters == 0 {
+		if fs.m[k] == f {
+			delete(fs.m, k)
+		}
+		f.cancel()
 	}
 }

@@ -110,10 +110,11 @@ func (r *Resolver) queryName(ctx context.Context, conf *ResolvConf, fqdn string,
 		}
 	} else {
 		var wg sync.WaitGroup
-		for i := range qtypes {
+		for i := 1; i < len(qtypes); i++ {
 			wg.Add(1)
 			go func(i int) { defer wg.Done(); ask(i) }(i)
 		}
+		ask(0)
 		wg.Wait()
 	}
 	var out famResult

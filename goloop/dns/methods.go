@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -69,12 +70,50 @@ func badRequest(err error) error {
 	return replyError(&Error{Code: EAI_SYSTEM, Rcode: -1, Detail: "bad request: " + err.Error()})
 }
 
-func methodGetaddrinfo(ctx context.Context, req []byte) ([]byte, error) {
+// parseAddrinfoRequest reads the request _dns.py sends on the hot path of
+// name lookups, six NUL-separated fields: host and service ("s" + text,
+// or "n" for None), then family, type, proto and flags in decimal. A JSON
+// object with the AddrinfoRequest fields is accepted too.
+func parseAddrinfoRequest(req []byte) (*AddrinfoRequest, error) {
 	var r AddrinfoRequest
-	if err := json.Unmarshal(req, &r); err != nil {
+	if len(req) > 0 && req[0] == '{' {
+		return &r, json.Unmarshal(req, &r)
+	}
+	f := strings.Split(string(req), "\x00")
+	if len(f) != 6 {
+		return nil, errors.New("want 6 fields")
+	}
+	str := func(s string) (*string, error) {
+		switch {
+		case s == "n":
+			return nil, nil
+		case strings.HasPrefix(s, "s"):
+			v := s[1:]
+			return &v, nil
+		}
+		return nil, errors.New("bad string field")
+	}
+	var err error
+	if r.Host, err = str(f[0]); err != nil {
+		return nil, err
+	}
+	if r.Service, err = str(f[1]); err != nil {
+		return nil, err
+	}
+	for i, p := range []*int{&r.Family, &r.Socktype, &r.Proto, &r.Flags} {
+		if *p, err = strconv.Atoi(f[2+i]); err != nil {
+			return nil, err
+		}
+	}
+	return &r, nil
+}
+
+func methodGetaddrinfo(ctx context.Context, req []byte) ([]byte, error) {
+	r, err := parseAddrinfoRequest(req)
+	if err != nil {
 		return nil, badRequest(err)
 	}
-	res, err := Default().Getaddrinfo(ctx, &r)
+	res, err := Default().Getaddrinfo(ctx, r)
 	if err != nil {
 		return nil, replyError(err)
 	}

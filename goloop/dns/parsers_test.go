@@ -109,6 +109,7 @@ func TestWatchedReload(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "hosts")
 	os.WriteFile(p, []byte("10.0.0.1 one\n"), 0o644)
 	w := newWatched(p, ParseHosts)
+	w.recheck = 0
 	if a, _ := w.get().Lookup("one", true, true); len(a) != 1 {
 		t.Fatal("initial parse")
 	}

@@ -175,22 +175,24 @@ func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name s
 }
 
 func exchangeOne(ctx context.Context, q *mdns.Msg, server string, timeout time.Duration, tcp bool) (*mdns.Msg, error) {
+	var resp *mdns.Msg
+	var err error
+	if !tcp {
+		resp, err = exchangeUDP(ctx, q, server, timeout)
+		if err != nil {
+			return nil, err
+		}
+		if !resp.Truncated {
+			return resp, nil
+		}
+	}
+	// TCP: asked for (use-vc), or the UDP answer did not fit.
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	netw := "udp"
-	if tcp {
-		netw = "tcp"
-	}
-	c := &mdns.Client{Net: netw, Timeout: timeout, UDPSize: 1232}
-	// A fresh id per try, so that a late answer to an earlier try cannot
-	// be taken for this one.
+	c := &mdns.Client{Net: "tcp", Timeout: timeout}
 	m := q.Copy()
 	m.Id = mdns.Id()
-	resp, _, err := c.ExchangeContext(tctx, m, server)
-	if err == nil && resp.Truncated && !tcp {
-		c.Net = "tcp"
-		resp, _, err = c.ExchangeContext(tctx, m, server)
-	}
+	resp, _, err = c.ExchangeContext(tctx, m, server)
 	if err != nil {
 		return nil, err
 	}

@@ -7,12 +7,15 @@ import (
 )
 
 // watched holds the parsed form of a configuration file and re-parses it
-// when the file changes. A stat per lookup is what glibc pays too (it
-// reopens /etc/hosts every time); comparing size, mtime and inode catches
-// editors that replace the file as well as those that rewrite it.
+// when the file changes: comparing size, mtime and inode catches editors
+// that replace the file as well as those that rewrite it. The file is
+// stat'ed at most once per recheck interval (glibc stats on every lookup,
+// Go's net package every 5 s): a change is seen within a second.
 type watched[T any] struct {
-	path  string
-	parse func([]byte) T
+	path    string
+	parse   func([]byte) T
+	recheck time.Duration
+	checked time.Time
 
 	mu     sync.Mutex
 	loaded bool
@@ -23,15 +26,20 @@ type watched[T any] struct {
 }
 
 func newWatched[T any](path string, parse func([]byte) T) *watched[T] {
-	return &watched[T]{path: path, parse: parse}
+	return &watched[T]{path: path, parse: parse, recheck: time.Second}
 }
 
 // get returns the current parse of the file; a missing or unreadable file
 // parses as empty input, as it does for the C library.
 func (w *watched[T]) get() T {
-	st, err := os.Stat(w.path)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	now := time.Now()
+	if w.loaded && now.Sub(w.checked) < w.recheck {
+		return w.val
+	}
+	w.checked = now
+	st, err := os.Stat(w.path)
 	if err != nil {
 		if !w.loaded || w.size != -1 {
 			w.val, w.loaded, w.size = w.parse(nil), true, -1

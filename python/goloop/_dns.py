@@ -22,6 +22,7 @@ How a getaddrinfo call is answered:
 import json
 import os
 from operator import index as _index
+from time import monotonic as _monotonic
 import socket
 from collections import namedtuple
 
@@ -33,6 +34,7 @@ __all__ = (
 
 _NSSWITCH = "/etc/nsswitch.conf"
 _nss_state = [None, None]  # [(mtime_ns, size, ino), decision]
+_nss_checked = [-10.0]     # when nsswitch.conf was last stat'ed (at most once a second)
 
 # Plain ints: IntFlag arithmetic on a negative flags value would turn it
 # into a different (positive) mask.
@@ -46,6 +48,7 @@ _AF_INET = int(socket.AF_INET)
 _AF_INET6 = int(socket.AF_INET6)
 _inet_ntop = socket.inet_ntop
 _fromhex = bytes.fromhex
+_json_decode = json.JSONDecoder().decode
 
 
 def _hosts_sources(text):
@@ -69,6 +72,10 @@ def use_go_resolver():
         return True
     if forced == "system":
         return False
+    now = _monotonic()
+    if now - _nss_checked[0] < 1.0 and _nss_state[1] is not None:
+        return _nss_state[1]
+    _nss_checked[0] = now
     try:
         st = os.stat(_NSSWITCH)
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -89,17 +96,6 @@ def use_go_resolver():
 
 def _has_go(loop):
     return getattr(loop, "_go_call", None) is not None
-
-
-def _c_string(value):
-    """What the C library sees of a str/bytes argument: up to the first NUL."""
-    if isinstance(value, str):
-        i = value.find("\0")
-        return value if i < 0 else value[:i]
-    i = value.find(b"\0")
-    if i >= 0:
-        value = value[:i]
-    return value.decode("latin-1")
 
 
 def _gai_error(exc):
@@ -165,28 +161,32 @@ async def getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0):
                 pass
             else:
                 raise
-    # host is a name (str or bytes; the probe rejected anything else).
+    # host is a name (str or bytes; the probe rejected anything else, and
+    # checked its IDNA encoding, which leaves ASCII text as it is). The C
+    # library sees strings up to their first NUL.
     if isinstance(host, str):
-        h = host.encode("idna").decode("ascii")
-        h = _c_string(h)
+        hb = (host if host.isascii() else host.encode("idna").decode("ascii")).encode()
     else:
-        h = _c_string(host)
+        hb = host
+    if b"\0" in hb:
+        hb = hb[:hb.index(b"\0")]
     if port is None:
-        p = None
+        pb = b"n"
     elif isinstance(port, int):
-        p = str(port)
+        pb = b"s%d" % port
     else:
-        p = _c_string(port)
-    req = json.dumps({"host": h, "service": p, "family": family,
-                      "type": type, "proto": proto, "flags": flags})
+        pb = port.encode() if isinstance(port, str) else port
+        pb = b"s" + (pb[:pb.index(b"\0")] if b"\0" in pb else pb)
+    # host, service, family, type, proto, flags; see parseAddrinfoRequest.
+    req = b"s%s\0%s\0%d\0%d\0%d\0%d" % (hb, pb, family, type, proto, flags)
     try:
-        data = await loop._go_call("dns.getaddrinfo", req.encode())
+        data = await loop._go_call("dns.getaddrinfo", req)
     except Exception as e:
         if _type_name(e) == "GoCallError":
             raise _gai_error(e) from None
         raise
     out = []
-    for fam, kind, pr, canon, raw, prt, scope in json.loads(data):
+    for fam, kind, pr, canon, raw, prt, scope in _json_decode(data.decode()):
         if fam == _AF_INET6:
             sa = (_inet_ntop(_AF_INET6, _fromhex(raw)), prt, 0, scope)
         else:
