@@ -744,3 +744,32 @@ def test_run_in_executor_after_shutdown_raises(loop):
 
 def test_shutdown_default_executor_without_executor(loop):
     run(loop, loop.shutdown_default_executor())
+
+
+def test_run_until_complete_foreign_future(loop):
+    other = asyncio.SelectorEventLoop()
+    try:
+        fut = other.create_future()
+        with pytest.raises(ValueError):
+            loop.run_until_complete(fut)
+    finally:
+        other.close()
+
+
+def test_exception_in_coroutine_task_reaches_handler_when_never_retrieved(loop):
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+
+    async def fail():
+        raise KeyError("never retrieved")
+
+    async def go():
+        t = loop.create_task(fail())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert t.done()
+    run(loop, go())
+    import gc
+    gc.collect()
+    run(loop, asyncio.sleep(0))
+    assert any(isinstance(ctx.get("exception"), KeyError) for ctx in seen), seen

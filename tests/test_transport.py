@@ -732,3 +732,37 @@ def test_many_concurrent_connections_keep_bytes_apart(loop):
             srv.close()
             await srv.wait_closed()
     run(loop, go(), timeout=60)
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop raises RuntimeError from write() "
+                        "on a transport whose connection was lost")
+def test_write_to_closed_peer_loses_connection_quietly(loop):
+    # The peer is gone: writes fail with EPIPE/ECONNRESET. That must end in
+    # connection_lost(exc), never raise from write(), and never kill the process with
+    # SIGPIPE (Python ignores SIGPIPE; a Go runtime in the process must not undo that).
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        peer.close()  # FIN; the first write then draws an RST, later ones EPIPE
+        for _ in range(200):
+            if pr.lost.done():
+                break
+            tr.write(b"x" * 65536)
+            await asyncio.sleep(0.001)
+        exc = await pr.lost
+        assert exc is None or isinstance(exc, (ConnectionResetError, BrokenPipeError)), exc
+        for _ in range(10):
+            tr.write(b"after loss")  # asyncio only logs after a few of these
+        tr.close()
+    run(loop, go())
+
+
+def test_sock_sendall_to_closed_peer_raises(loop):
+    async def go():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.close()
+        with a:
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                for _ in range(100):
+                    await loop.sock_sendall(a, b"y" * 65536)
+    run(loop, go())
