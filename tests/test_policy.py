@@ -2,7 +2,8 @@
 
 This is goloop's own API, so most tests are goloop-only; where uvloop offers the same
 entry point (new_event_loop, Loop, EventLoopPolicy, install) the test runs on uvloop
-too, as the reference for what "drop-in like uvloop" means."""
+too, as the reference for what "drop-in like uvloop" means. goloop.run() is tested on
+goloop only: uvloop 0.17 has no run() (its later run() is the model for goloop's)."""
 
 import asyncio
 import gc
