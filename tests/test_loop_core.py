@@ -773,3 +773,25 @@ def test_exception_in_coroutine_task_reaches_handler_when_never_retrieved(loop):
     gc.collect()
     run(loop, asyncio.sleep(0))
     assert any(isinstance(ctx.get("exception"), KeyError) for ctx in seen), seen
+
+
+def test_call_soon_threadsafe_keeps_per_thread_order(loop):
+    got = []
+    done = loop.create_future()
+    n = 2000
+
+    def add(i):
+        got.append(i)
+        if i == n - 1:
+            done.set_result(None)
+
+    def producer():
+        for i in range(n):
+            loop.call_soon_threadsafe(add, i)
+    t = threading.Thread(target=producer)
+    t.start()
+    try:
+        run(loop, done)
+    finally:
+        t.join()
+    assert got == list(range(n))

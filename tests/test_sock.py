@@ -422,3 +422,17 @@ def test_reader_on_transport_socket_is_refused(loop):
             peer.close()
             await asyncio.sleep(0)
     run(loop, go())
+
+
+def test_sock_recv_into_readonly_buffer(loop):
+    async def go():
+        a, b = nb_pair()
+        with a, b:
+            b.send(b"data")
+            with pytest.raises(TypeError):
+                await loop.sock_recv_into(a, b"read-only bytes")
+            # The bytes are still there for a proper buffer.
+            buf = bytearray(8)
+            n = await loop.sock_recv_into(a, buf)
+            assert buf[:n] == b"data"
+    run(loop, go())
