@@ -50,6 +50,7 @@ class Server:
 
     def __init__(self, argv, *, cpu, port=None, unix=None, env=None, cwd=None, ready_timeout=20.0):
         self.port, self.unix = port, unix
+        self.died, self.last_words = None, ""
         self.stderr = tempfile.TemporaryFile()
         # A new session keeps a terminal's Ctrl-C away from the servers: the
         # harness receives it and stops them itself, in order.
@@ -109,7 +110,27 @@ class Server:
         fatal = [ln for ln in lines if ln.startswith("Fatal Python error")]
         return (fatal[0] if fatal else lines[-1] if lines else "no output")[-limit:]
 
+    def echo_probe(self, timeout=3.0):
+        """One byte echoed on a fresh connection: the server still serves."""
+        try:
+            if self.unix:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(timeout)
+                s.connect(self.unix)
+            else:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+            with s:
+                s.sendall(b"?")
+                return s.recv(1) == b"?"
+        except OSError:
+            return False
+
     def stop(self):
+        """Stop the server; afterwards `died` says whether it had already exited."""
+        if self.stderr.closed:
+            return
+        self.died = self.proc.poll()
+        self.last_words = self.stderr_tail() if self.died is not None else ""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -26,6 +26,8 @@ def progress(row, kind="echo"):
         what = f"echo {row['variant']:<8} {LOOP_NAMES[row['loop']]:<8} {cell_name(row['conns'], row['size'])}"
     else:
         what = f"aiohttp {LOOP_NAMES[row['loop']]:<8}"
+    if row.get("crash"):
+        print(f"  {what}  CRASH {row['crash']}", file=sys.stderr, flush=True)
     if row.get("error"):
         print(f"  {what}  ERROR {row['error']}", file=sys.stderr, flush=True)
     else:
@@ -41,7 +43,8 @@ def _fmt_rps(row):
         return "-"
     if row.get("error"):
         return "ERROR"
-    return f"{row['rps']:,}"
+    # "!" marks a server that crashed once the load ended (see the list).
+    return f"{row['rps']:,}" + ("!" if row.get("crash") else "")
 
 
 def ratio(a, b):
@@ -90,11 +93,11 @@ def echo_tables(results):
             rows.append(row)
             lrow = [cell_name(conns, size)]
             for name, r in [("c", c)] + [(lp, rs[lp]) for lp in loops]:
+                if r is not None and (r.get("error") or r.get("crash")):
+                    errors.setdefault(r.get("error") or r["crash"], []).append(
+                        f"{LOOP_NAMES[name]} {v} {cell_name(conns, size).strip()}")
                 if r is None or r.get("error"):
                     lrow += ["-", "-"]
-                    if r is not None:
-                        errors.setdefault(r["error"], []).append(
-                            f"{LOOP_NAMES[name]} {v} {cell_name(conns, size).strip()}")
                 else:
                     lrow += [f"{r['p50_us']:,.0f}/{r['p99_us']:,.0f}", f"{r['cpu_us_per_req']:.2f}"]
             lat.append(lrow)
@@ -108,7 +111,7 @@ def echo_tables(results):
         parts.append(_table(lhead, lat))
         parts.append("")
     if errors:
-        parts.append("Errors:")
+        parts.append("Errors and crashes:")
         for msg, where in errors.items():
             shown = ", ".join(sorted(set(where))[:4]) + (" ..." if len(set(where)) > 4 else "")
             parts.append(f"  {msg}\n      in {shown}")
@@ -130,13 +133,14 @@ def http_table(results):
         if r.get("error"):
             rows.append([lp, "ERROR", "-", "-", "-", "-"])
             continue
-        rows.append([lp, f"{r['rps']:,}", f"{r['p50_us']:,.0f}", f"{r['p99_us']:,.0f}",
+        rows.append([lp, _fmt_rps(r), f"{r['p50_us']:,.0f}", f"{r['p99_us']:,.0f}",
                      f"{r['cpu_us_per_req']:.1f}",
                      _fmt_ratio(ratio(by.get("goloop"), r)) if lp != "goloop" else ""])
     out = ["== aiohttp hello (wrk -t1 -c100) ==", _table(head, rows)]
-    errs = [f"  {lp}: {r['error']}" for lp, r in by.items() if r.get("error")]
+    errs = [f"  {lp}: {r.get('error') or r['crash']}" for lp, r in by.items()
+            if r.get("error") or r.get("crash")]
     if errs:
-        out += ["Errors:"] + errs
+        out += ["Errors and crashes:"] + errs
     return "\n".join(out)
 
 
@@ -191,17 +195,17 @@ def markdown(results):
                 out.append(f"| {lp} | error: {r['error']} | | | | |")
                 continue
             rel = _fmt_ratio(ratio(http.get("goloop"), r)) if lp != "goloop" else ""
-            out.append(f"| {lp} | {r['rps']:,} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} "
+            out.append(f"| {lp} | {_fmt_rps(r)} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} "
                        f"| {r['cpu_us_per_req']:.1f} | {rel} |")
         out.append("")
     def where(r):
         if "size" not in r:
             return f"{LOOP_NAMES[r['loop']]} aiohttp"
         return f"{LOOP_NAMES[r['loop']]} {r['variant']} {r['conns']} conns x {size_name(r['size'])}"
-    errors = sorted({f"{where(r)}: {r['error']}"
-                     for r in echo + results.get("aiohttp", []) if r.get("error")})
+    errors = sorted({f"{where(r)}: {r.get('error') or r['crash']}"
+                     for r in echo + results.get("aiohttp", []) if r.get("error") or r.get("crash")})
     if errors:
-        out.append("Errors:\n")
+        out.append("Errors and crashes:\n")
         out += [f"- {e}" for e in errors]
         out.append("")
     return "\n".join(out)

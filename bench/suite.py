@@ -124,9 +124,16 @@ class Suite:
                 out = {"error": f"load generator failed: {r.stderr.strip()[-200:]}"}
             if not server.alive():
                 out["error"] = f"server died (exit {server.proc.returncode}): {server.stderr_tail()}"
+            elif not out.get("error"):
+                # The load generator has closed its connections: a server that
+                # crashes on that is caught here, after a measurement that
+                # stands, and the crash is reported beside it.
+                server.echo_probe()
         if out.get("error"):
             row["error"] = out["error"]
             return row
+        if server.died is not None:
+            row["crash"] = f"server died after the load (exit {server.died}): {server.last_words}"
         row.update(
             rps=round(out["rps"]), windows_rps=[round(x) for x in out.get("windows_rps", [])],
             p50_us=round(out["p50_us"], 1), p99_us=round(out["p99_us"], 1),
@@ -190,6 +197,8 @@ class Suite:
                 row["error"] = f"server died (exit {server.proc.returncode}): {server.stderr_tail()}"
         if "error" in row:
             return row
+        if server.died is not None:
+            row["crash"] = f"server died after the load (exit {server.died}): {server.last_words}"
         # The fastest window, as for echo: interference only slows things down.
         mid = max(results, key=lambda x: x["rps"])
         row.update(rps=round(mid["rps"]), windows_rps=[round(x["rps"]) for x in results],
