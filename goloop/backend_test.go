@@ -2,6 +2,7 @@ package goloop
 
 import (
 	"bytes"
+	"math/rand"
 	"os"
 	"os/signal"
 	"runtime"
@@ -1019,5 +1020,235 @@ func TestPinnedSecondThread(t *testing.T) {
 	}
 	if _, err := b.Poll(nil, out, 0); err != nil {
 		t.Fatalf("owner thread after the refusal: %v", err)
+	}
+}
+
+// A seeded random mix of operations on several connections at once
+// (sends of every size, peer writes, receive paused and resumed, buffers
+// held back and returned late, graceful and aborting closes) keeps the
+// contract on both backends: every send answered once and in order, the
+// bytes in order both ways, nothing received while paused, nothing after
+// EvClosed.
+func TestRandomOps(t *testing.T) {
+	for seed := int64(1); seed <= 4; seed++ {
+		forEachBackend(t, func(t *testing.T, b Backend) { randomOps(t, b, seed) })
+	}
+}
+
+func randomOps(t *testing.T, b Backend, seed int64) {
+	rng := rand.New(rand.NewSource(seed))
+	pattern := make([]byte, 256<<10)
+	rng.Read(pattern)
+	type pair struct {
+		a, c      int32
+		tok       uint64
+		recvOn    bool
+		closing   bool
+		aborted   bool
+		sends     []uint32 // lengths of sends not yet answered, in order
+		sentOff   int      // pattern offset of the next send
+		wantOut   []byte   // what the peer must read, in order
+		gotOut    []byte
+		peerOff   int // pattern offset of the peer's next write
+		wantIn    []byte
+		gotIn     []byte
+		peerShut  bool
+		eof       bool
+		closedTok map[uint64]bool
+	}
+	const npairs = 6
+	nextTok := uint64(100)
+	open := func() *pair {
+		a, c := socketpair(t)
+		nextTok++
+		return &pair{a: a, c: c, tok: nextTok}
+	}
+	pairs := make([]*pair, npairs)
+	var subs []Sub
+	for i := range pairs {
+		pairs[i] = open()
+		pairs[i].recvOn = true
+		subs = append(subs, Sub{Op: OpRecvStart, Fd: pairs[i].a, Token: pairs[i].tok})
+	}
+	closed := map[uint64]bool{}
+	byTok := map[uint64]*pair{}
+	for _, p := range pairs {
+		byTok[p.tok] = p
+	}
+	var held []uint32
+	// Large enough that no completion is left queued inside the backend
+	// when a pause is submitted (C never pauses with completions unread).
+	out := make([]Comp, 1024)
+	buf := make([]byte, 64<<10)
+	var nsend, nrecv, naborts, nbytes int
+	deadline := time.Now().Add(20 * time.Second)
+	finished := 0
+	for round := 0; finished < 40; round++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("seed %d: stuck after %d rounds, %d connections finished", seed, round, finished)
+		}
+		for i, p := range pairs {
+			if p.closing {
+				continue
+			}
+			switch r := rng.Intn(20); {
+			case r < 5 && len(p.sends) < 8: // a send of any size
+				n := 1 + rng.Intn(48<<10)
+				if rng.Intn(4) == 0 {
+					n = 1 + rng.Intn(64)
+				}
+				off := p.sentOff % (len(pattern) - n)
+				subs = append(subs, Sub{Op: OpSend, Fd: p.a, Token: p.tok, Ptr: ptrOf(pattern[off:]), Len: uint32(n)})
+				p.sends = append(p.sends, uint32(n))
+				p.wantOut = append(p.wantOut, pattern[off:off+n]...)
+				p.sentOff += n
+			case r < 8 && !p.peerShut: // the peer writes
+				n := 1 + rng.Intn(8<<10)
+				off := p.peerOff % (len(pattern) - n)
+				if m, _ := unix.Write(int(p.c), pattern[off:off+n]); m > 0 {
+					p.wantIn = append(p.wantIn, pattern[off:off+m]...)
+					p.peerOff += m
+				}
+			case r < 10: // pause or resume reading
+				if p.recvOn {
+					subs = append(subs, Sub{Op: OpRecvStop, Fd: p.a, Token: p.tok})
+				} else if !p.eof {
+					subs = append(subs, Sub{Op: OpRecvStart, Fd: p.a, Token: p.tok})
+				}
+				p.recvOn = !p.recvOn && !p.eof
+			case r == 10 && rng.Intn(3) == 0 && !p.peerShut: // the peer ends its side
+				unix.Shutdown(int(p.c), unix.SHUT_WR)
+				p.peerShut = true
+			case r == 11 && rng.Intn(2) == 0: // close, graceful or not
+				p.closing = true
+				p.aborted = rng.Intn(2) == 0
+				arg := uint32(0)
+				if p.aborted {
+					arg = CloseAbort
+				}
+				subs = append(subs, Sub{Op: OpClose, Fd: p.a, Token: p.tok, Arg: arg})
+			}
+			_ = i
+		}
+		// Buffers go back late, in random order.
+		if len(held) > 0 && (len(held) >= 12 || rng.Intn(3) == 0) {
+			rng.Shuffle(len(held), func(i, j int) { held[i], held[j] = held[j], held[i] })
+			k := 1 + rng.Intn(len(held))
+			for _, id := range held[:k] {
+				subs = append(subs, Sub{Op: OpBufReturn, Arg: id})
+			}
+			held = append(held[:0], held[k:]...)
+		}
+		n, err := b.Poll(subs, out, time.Duration(rng.Intn(2))*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = subs[:0]
+		for _, x := range out[:n] {
+			if closed[x.Token] {
+				t.Fatalf("seed %d: completion after EvClosed: %+v", seed, x)
+			}
+			p := byTok[x.Token]
+			if p == nil {
+				t.Fatalf("seed %d: unknown token: %+v", seed, x)
+			}
+			switch x.Kind {
+			case EvSend:
+				if len(p.sends) == 0 {
+					t.Fatalf("seed %d: EvSend with no send pending: %+v", seed, x)
+				}
+				want := int32(p.sends[0])
+				p.sends = p.sends[1:]
+				nsend++
+				nbytes += int(x.Res)
+				if x.Res != want && !(p.aborted && x.Res == -int32(unix.ECANCELED)) {
+					t.Fatalf("seed %d: send answered %d, want %d (aborted %v)", seed, x.Res, want, p.aborted)
+				}
+			case EvRecv:
+				if !p.recvOn && !p.closing {
+					t.Fatalf("seed %d: EvRecv while paused: %+v", seed, x)
+				}
+				switch {
+				case x.Res > 0:
+					nrecv++
+					p.gotIn = append(p.gotIn, unsafe.Slice((*byte)(unsafe.Pointer(x.Ptr)), x.Res)...)
+					held = append(held, x.Buf)
+				case x.Res == 0:
+					p.eof, p.recvOn = true, false
+				default:
+					t.Fatalf("seed %d: recv error %+v", seed, x)
+				}
+				if !bytes.Equal(p.gotIn, p.wantIn[:min(len(p.gotIn), len(p.wantIn))]) || len(p.gotIn) > len(p.wantIn) {
+					t.Fatalf("seed %d: received bytes differ from what the peer wrote", seed)
+				}
+				if p.eof && (!p.peerShut || len(p.gotIn) != len(p.wantIn)) {
+					t.Fatalf("seed %d: EOF after %d of %d bytes (peer shut %v)", seed, len(p.gotIn), len(p.wantIn), p.peerShut)
+				}
+			case EvClosed:
+				if len(p.sends) != 0 || x.Res != 0 {
+					t.Fatalf("seed %d: EvClosed %+v with %d sends unanswered", seed, x, len(p.sends))
+				}
+				closed[x.Token] = true
+				// Everything sent reached the peer, in order (all of it
+				// unless the close aborted).
+				for {
+					m, err := unix.Read(int(p.c), buf)
+					if m <= 0 || err != nil {
+						break
+					}
+					p.gotOut = append(p.gotOut, buf[:m]...)
+				}
+				if !bytes.Equal(p.gotOut, p.wantOut[:min(len(p.gotOut), len(p.wantOut))]) ||
+					(!p.aborted && len(p.gotOut) != len(p.wantOut)) {
+					t.Fatalf("seed %d: peer read %d bytes of %d, equal prefix %v (aborted %v)", seed,
+						len(p.gotOut), len(p.wantOut), bytes.Equal(p.gotOut, p.wantOut[:min(len(p.gotOut), len(p.wantOut))]), p.aborted)
+				}
+				unix.Close(int(p.c))
+				finished++
+				if p.aborted {
+					naborts++
+				}
+				np := open()
+				np.recvOn = true
+				byTok[np.tok] = np
+				subs = append(subs, Sub{Op: OpRecvStart, Fd: np.a, Token: np.tok})
+				for i := range pairs {
+					if pairs[i] == p {
+						pairs[i] = np
+					}
+				}
+			}
+		}
+		// The peers read what arrived, so sends keep moving.
+		for _, p := range pairs {
+			for {
+				m, err := unix.Read(int(p.c), buf)
+				if m <= 0 || err != nil {
+					break
+				}
+				p.gotOut = append(p.gotOut, buf[:m]...)
+			}
+		}
+	}
+	t.Logf("seed %d: %d sends (%d bytes), %d chunks received, %d closes (%d aborted)", seed, nsend, nbytes, nrecv, finished, naborts)
+	var closing []Sub
+	for _, p := range pairs {
+		if !p.closing {
+			closing = append(closing, Sub{Op: OpClose, Fd: p.a, Token: p.tok, Arg: CloseAbort})
+		}
+	}
+	for _, id := range held {
+		closing = append(closing, Sub{Op: OpBufReturn, Arg: id})
+	}
+	collect(t, b, closing, func(cs []Comp) bool {
+		for _, p := range pairs {
+			if !closed[p.tok] && !hasKind(EvClosed, p.tok)(cs) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, p := range pairs {
+		unix.Close(int(p.c))
 	}
 }
