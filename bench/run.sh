@@ -18,7 +18,8 @@ dpkg -s python3-matplotlib >/dev/null 2>&1 || need+=(python3-matplotlib)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 if ((${#need[@]})); then
     echo "installing ${need[*]}" >&2
-    apt-get install -y "${need[@]}" >/dev/null
+    apt-get install -y "${need[@]}" >/dev/null ||
+        { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
 fi
 
 if [[ $(nproc) -lt 2 ]]; then

@@ -230,7 +230,7 @@ class Suite:
     def meta(self):
         def out(argv):
             try:
-                return procs.run_bounded(argv, timeout=30).stdout.strip()
+                return procs.run_bounded(argv, timeout=30, cwd=SERVER_CWD).stdout.strip()
             except (OSError, subprocess.TimeoutExpired):
                 return ""
         versions = out([self.python, "-c",
@@ -238,7 +238,9 @@ class Suite:
                         "v = {'python': platform.python_version()}\n"
                         "for p in ('uvloop', 'aiohttp'):\n"
                         "    try: v[p] = m.version(p)\n"
-                        "    except Exception: v[p] = None\n"
+                        "    except Exception: v[p] = None\n"                        "try:\n"
+                        "    import goloop, os; v['goloop_path'] = os.path.dirname(goloop.__file__)\n"
+                        "except Exception: v['goloop_path'] = None\n"
                         "print(__import__('json').dumps(v))"])
         cpu = ""
         with open("/proc/cpuinfo") as f:
