@@ -1,6 +1,7 @@
 """Plots of a benchmark results file: python bench/plot.py RESULTS.json OUTDIR
 
 Writes echo_rps.png (requests/s per loop per cell, C epoll as the ceiling),
+echo_cpu.png (server CPU time per request, the same layout),
 echo_ratio.png (goloop/uvloop and goloop/asyncio per cell, or uvloop/asyncio
 while goloop has no numbers) and aiohttp.png.
 """
@@ -35,7 +36,7 @@ def cell_label(conns, size):
     return f"{size_name(size)}\n{conns} conns"
 
 
-def echo_rps(results, path):
+def echo_rps(results, path, metric="rps"):
     echo = results["echo"]
     by = {(r["loop"], r["variant"], r["conns"], r["size"]): r for r in echo}
     cells = cells_of(echo)
@@ -53,7 +54,7 @@ def echo_rps(results, path):
                 x = j + (i - (len(loops) - 1) / 2) * width
                 if ok(r):
                     xs.append(x)
-                    ys.append(r["rps"] / 1000)
+                    ys.append(r["rps"] / 1000 if metric == "rps" else r["cpu_us_per_req"])
                 elif r is not None:
                     errs.append(x)
             ax.bar(xs, ys, width, label=NAMES[lp], color=COLORS[lp])
@@ -63,7 +64,8 @@ def echo_rps(results, path):
         ax.set_title(f"echo, {SHORT[v]}")
         ax.set_xticks(range(len(cells)))
         ax.set_xticklabels([cell_label(*c) for c in cells], fontsize=8)
-        ax.set_ylabel("thousand requests/s")
+        ax.set_ylabel("thousand requests/s" if metric == "rps"
+                      else "server CPU per request, us (lower is better)")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     for ax in list(axes.flat)[len(variants):]:
@@ -162,6 +164,8 @@ def main(src, outdir):
         for name, fn in (("echo_rps.png", echo_rps), ("echo_ratio.png", echo_ratio)):
             fn(results, os.path.join(outdir, name))
             written.append(name)
+        echo_rps(results, os.path.join(outdir, "echo_cpu.png"), metric="cpu")
+        written.append("echo_cpu.png")
     if results.get("aiohttp"):
         aiohttp_plot(results, os.path.join(outdir, "aiohttp.png"))
         written.append("aiohttp.png")
