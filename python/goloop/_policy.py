@@ -24,6 +24,9 @@ def install():
 
 def run(main, *, debug=None, **run_kwargs):
     """asyncio.run(main) on a new goloop loop."""
+    if asyncio.events._get_running_loop() is not None:
+        # Refuse before making a loop, as asyncio.run does.
+        raise RuntimeError("goloop.run() cannot be called from a running event loop")
     if sys.version_info >= (3, 12):
         return asyncio.run(main, debug=debug, loop_factory=new_event_loop, **run_kwargs)
     if hasattr(asyncio, "Runner"):  # 3.11

@@ -23,6 +23,8 @@ typedef struct {
 } gl_api;
 extern gl_api GL;
 int gl_ensure_loaded(void);   /* 0, or -1 with an exception set */
+int gl_check_fork(void);      /* -1 in a child forked after Go started */
+int gl_forked(void);          /* 1 there: Go must not be called at all */
 
 /* Tokens are object addresses (aligned to 8) tagged in the low bits so a
  * completion finds its target without a lookup. Each tagged object stays

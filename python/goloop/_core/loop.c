@@ -295,7 +295,7 @@ static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py
     Py_DECREF(a);
     if (h == NULL)
         return NULL;
-    if (lp->h != 0 && lp->thread != PyThread_get_thread_ident())
+    if (lp->h != 0 && lp->thread != PyThread_get_thread_ident() && !gl_forked())
         GL.wake(lp->h);   /* ends a wait in progress; cheap and thread-safe */
     return (PyObject *)h;
 }
@@ -629,7 +629,7 @@ static int run_once(LoopCore *lp)
  * inner loop does; the Python caller sets up and tears down around it. */
 static PyObject *lc_run(LoopCore *lp, PyObject *unused)
 {
-    if (loop_check_alive(lp) < 0)
+    if (loop_check_alive(lp) < 0 || gl_check_fork() < 0)
         return NULL;
     lp->thread = PyThread_get_thread_ident();
     for (;;) {
@@ -648,7 +648,7 @@ static PyObject *lc_run(LoopCore *lp, PyObject *unused)
 
 static PyObject *lc_run_once(LoopCore *lp, PyObject *unused)
 {
-    if (loop_check_alive(lp) < 0 || run_once(lp) < 0)
+    if (loop_check_alive(lp) < 0 || gl_check_fork() < 0 || run_once(lp) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -723,6 +723,8 @@ static PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg)
  * the Go loop and its fds and buffers are closed. */
 static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
 {
+    if (lp->h != 0 && gl_forked())
+        lp->h = 0;  /* the parent's Go runtime is not here to answer */
     if (lp->h == 0)
         Py_RETURN_NONE;
     PyObject *live = PySequence_List(lp->live);
@@ -840,7 +842,7 @@ static void lc_dealloc(LoopCore *lp)
     if (lp->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)lp);
     clear_queues(lp);
-    if (lp->h != 0) {
+    if (lp->h != 0 && !gl_forked()) {
         /* Never closed: at least give Go's fds and buffers back. */
         GL.close(lp->h);
         lp->h = 0;

@@ -5,26 +5,46 @@
 #include <dlfcn.h>
 #include <unistd.h>
 #include <string.h>
+#include <pthread.h>
 
 gl_api GL;
 hooks_t HOOKS;
 static void *gl_dl = NULL;
 static pid_t gl_pid = 0;
 static PyObject *lib_path = NULL;
+static volatile int gl_in_child = 0;
+
+/* Runs in the child of every fork (the design's at-fork hook, at C level so
+ * it also covers forks made outside Python): once Go has started, a child
+ * must never call into it. */
+static void gl_atfork_child(void)
+{
+    if (gl_dl != NULL)
+        gl_in_child = 1;
+}
+
+int gl_forked(void)
+{
+    return gl_in_child;
+}
+
+int gl_check_fork(void)
+{
+    if (gl_in_child) {
+        PyErr_Format(PyExc_RuntimeError,
+            "goloop: this process was forked from process %d after goloop had started "
+            "the Go runtime there, and a Go runtime does not survive fork(). Run goloop "
+            "loops only in the parent, fork before the first goloop loop is created, or "
+            "use multiprocessing's 'spawn' or 'forkserver' start method.", (int)gl_pid);
+        return -1;
+    }
+    return 0;
+}
 
 int gl_ensure_loaded(void)
 {
-    if (gl_dl != NULL) {
-        if (getpid() != gl_pid) {
-            PyErr_Format(PyExc_RuntimeError,
-                "goloop: this process was forked from process %d after goloop had started "
-                "the Go runtime there, and a Go runtime does not survive fork(). Make goloop "
-                "loops only in the parent, fork before the first goloop loop is created, or "
-                "use multiprocessing's 'spawn' or 'forkserver' start method.", (int)gl_pid);
-            return -1;
-        }
-        return 0;
-    }
+    if (gl_dl != NULL)
+        return gl_check_fork();
     if (lib_path == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "goloop: the Go library path is not set");
         return -1;
@@ -102,6 +122,11 @@ static PyMethodDef module_methods[] = {
 
 static int module_exec(PyObject *m)
 {
+    static int atfork_done = 0;
+    if (!atfork_done) {
+        pthread_atfork(NULL, NULL, gl_atfork_child);
+        atfork_done = 1;
+    }
     if (init_handle_types(m) < 0 || init_loop_type(m) < 0 || init_transport_type(m) < 0 ||
         init_watch_types(m) < 0)
         return -1;
