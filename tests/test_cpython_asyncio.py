@@ -31,24 +31,12 @@ except ImportError as exc:  # pragma: no cover - Debian's libpython3.11-testsuit
     pytest.skip(f"CPython's test suite is not installed: {exc}",
                 allow_module_level=True)
 
-_SSL = "SSL/TLS transports: outside the foundation issue"
 _UDP = "UDP/datagram endpoints: outside the foundation issue"
 _PIPE = "pipes and PTYs (connect_read_pipe/connect_write_pipe): outside the foundation"
 _PRIVATE = "reads or patches asyncio's private attributes"
 
 SKIPPED = {
     # EventLoopTestsMixin
-    "test_create_ssl_connection": _SSL,
-    "test_create_ssl_unix_connection": _SSL,
-    "test_ssl_connect_accepted_socket": _SSL,
-    "test_connect_accepted_socket_ssl_timeout_for_plain_socket": _SSL,
-    "test_create_server_ssl": _SSL,
-    "test_create_unix_server_ssl": _SSL,
-    "test_create_server_ssl_verify_failed": _SSL,
-    "test_create_unix_server_ssl_verify_failed": _SSL,
-    "test_create_server_ssl_match_failed": _SSL,
-    "test_create_unix_server_ssl_verified": _SSL,
-    "test_create_server_ssl_verified": _SSL,
     "test_create_datagram_endpoint": _UDP,
     "test_create_datagram_endpoint_ipv6": _UDP,
     "test_create_datagram_endpoint_sock": _UDP,
@@ -59,12 +47,6 @@ SKIPPED = {
     "test_write_pipe_disconnect_on_close": _PIPE,
     "test_write_pty": _PIPE,
     "test_bidirectional_pty": _PIPE,
-    "test_internal_fds": _PRIVATE + " (_internal_fds, _csock, _ssock: the self-pipe)",
-    "test_create_server_multiple_hosts_ipv4":
-        _PRIVATE + " (patches asyncio.base_events.socket, _start_serving)",
-    "test_create_server_multiple_hosts_ipv6":
-        _PRIVATE + " (patches asyncio.base_events.socket, _start_serving)",
-    "test_prompt_cancellation": _PRIVATE + " (calls loop._stop_serving)",
     "test_timeout_rounding": _PRIVATE + " (counts loop._run_once calls)",
     # BaseSockTestsMixin
     "test_recvfrom": _UDP + " (sock_recvfrom)",
@@ -119,6 +101,13 @@ UVLOOP_EXPECTED_FAILURES = {
     "test_create_connection": "uvloop's TCPTransport is not an asyncio.Transport",
     "test_create_unix_connection": "uvloop's UnixTransport is not an asyncio.Transport",
     "test_create_connection_sock": "uvloop's TCPTransport is not an asyncio.Transport",
+    "test_create_ssl_connection": "uvloop's SSL transport is not an asyncio.Transport",
+    "test_create_server_multiple_hosts_ipv4":
+        "patches asyncio.base_events.socket, which uvloop's create_server does not use",
+    "test_create_server_multiple_hosts_ipv6":
+        "patches asyncio.base_events.socket, which uvloop's create_server does not use",
+    "test_prompt_cancellation": "calls loop._stop_serving, which uvloop does not have",
+    "test_create_ssl_unix_connection": "uvloop's SSL transport is not an asyncio.Transport",
     "test_create_connection_local_addr_in_use":
         "uvloop's EADDRINUSE message does not name the address",
     "test_run_until_complete_nesting":
