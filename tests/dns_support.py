@@ -107,6 +107,10 @@ class Unbound:
   minimal-responses: yes
   num-threads: {threads}
   so-reuseport: yes
+  # A burst of a hundred lookups must not overflow the kernel's default
+  # receive buffer (about 270 datagrams): lost questions cost a timeout.
+  so-rcvbuf: 4m
+  so-sndbuf: 4m
   module-config: "iterator"
 auth-zone:
   name: "example."

@@ -168,49 +168,45 @@ func TestFlightsCoalesce(t *testing.T) {
 	}
 }
 
-func TestFlightsCancel(t *testing.T) {
+func TestFlightsLeaderCancel(t *testing.T) {
 	var fs flights
 	k := cacheKey{"a.", mdns.TypeA}
-	cancelled := make(chan struct{})
+	var calls atomic.Int32
 	fn := func(ctx context.Context) (*mdns.Msg, error) {
+		calls.Add(1)
 		<-ctx.Done()
-		close(cancelled)
 		return nil, ctx.Err()
 	}
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	ctx2, cancel2 := context.WithCancel(context.Background())
-	errs := make(chan error, 2)
-	go func() { _, _, err := fs.do(ctx1, k, fn); errs <- err }()
-	for {
-		fs.mu.Lock()
-		ok := fs.m[k] != nil
-		fs.mu.Unlock()
-		if ok {
-			break
+	err1, err2 := make(chan error, 1), make(chan error, 1)
+	go func() { _, _, err := fs.do(ctx1, k, fn); err1 <- err }()
+	waitFor := func(cond func() bool) {
+		for !cond() {
+			time.Sleep(time.Millisecond)
 		}
-		time.Sleep(time.Millisecond)
 	}
-	go func() { _, _, err := fs.do(ctx2, k, fn); errs <- err }()
-	for {
+	waitFor(func() bool { return calls.Load() == 1 })
+	go func() { _, _, err := fs.do(ctx2, k, fn); err2 <- err }()
+	waitFor(func() bool {
 		fs.mu.Lock()
-		w := fs.m[k].waiters
-		fs.mu.Unlock()
-		if w == 2 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer fs.mu.Unlock()
+		return fs.m[k] != nil && fs.m[k].waiters == 2
+	})
+	// The leader gives up: the follower must not fail with it, but ask
+	// again itself.
 	cancel1()
+	if err := <-err1; err != context.Canceled {
+		t.Fatalf("leader: %v", err)
+	}
+	waitFor(func() bool { return calls.Load() == 2 })
 	select {
-	case <-cancelled:
-		t.Fatal("exchange cancelled while someone still waits")
-	case <-time.After(20 * time.Millisecond):
+	case err := <-err2:
+		t.Fatalf("follower ended with its leader: %v", err)
+	default:
 	}
 	cancel2()
-	<-cancelled // the last waiter leaving cancels the exchange
-	for i := 0; i < 2; i++ {
-		if err := <-errs; err != context.Canceled {
-			t.Fatalf("waiter: %v", err)
-		}
+	if err := <-err2; err != context.Canceled {
+		t.Fatalf("follower: %v", err)
 	}
 }

@@ -2,15 +2,17 @@ package dns
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	mdns "github.com/miekg/dns"
 )
 
-// flights coalesces identical questions in flight: the first asker starts
-// the exchange, later ones wait for its result. The exchange runs on its
-// own context, cancelled only when every asker has given up, so one
-// cancelled task does not fail the others that share its question.
+// flights coalesces identical questions in flight: the first asker (the
+// leader) sends the query, later ones wait for its answer. If the leader
+// gives up (its task was cancelled), the others are told so and ask
+// again, one of them becoming the new leader: a cancelled task never
+// fails the tasks that shared its question.
 type flights struct {
 	mu sync.Mutex
 	m  map[cacheKey]*flight
@@ -20,63 +22,74 @@ type flight struct {
 	done    chan struct{}
 	resp    *mdns.Msg
 	err     error
-	waiters int
-	cancel  context.CancelFunc
+	waiters int // askers so far, the leader included (for tests)
 }
 
-// do runs fn once for all concurrent callers with the same key. shared
-// reports whether this caller joined someone else's exchange. The first
-// caller runs fn itself (no goroutine): if it gives up while others still
-// wait, it stays until fn returns, which only delays a Go goroutine whose
-// answer nobody reads.
-func (fs *flights) do(ctx context.Context, k cacheKey, fn func(context.Context) (*mdns.Msg, error)) (resp *mdns.Msg, shared bool, err error) {
+// errLeaderGone tells followers that the leader stopped before an answer.
+var errLeaderGone = errors.New("the query was abandoned by its sender")
+
+// join returns the flight for k and whether the caller leads it, in which
+// case it must call finish.
+func (fs *flights) join(k cacheKey) (*flight, bool) {
 	fs.mu.Lock()
+	defer fs.mu.Unlock()
 	if fs.m == nil {
 		fs.m = map[cacheKey]*flight{}
 	}
-	f, ok := fs.m[k]
-	if !ok {
-		fctx, cancel := context.WithCancel(context.Background())
-		f = &flight{done: make(chan struct{}), waiters: 1, cancel: cancel}
-		fs.m[k] = f
-		fs.mu.Unlock()
-		stop := context.AfterFunc(ctx, func() { fs.leave(k, f) })
-		r, e := fn(fctx)
-		stop()
-		fs.mu.Lock()
-		if fs.m[k] == f {
-			delete(fs.m, k)
-		}
-		fs.mu.Unlock()
-		f.resp, f.err = r, e
-		close(f.done)
-		cancel()
-		if ctx.Err() != nil {
-			return nil, false, ctx.Err()
-		}
-		return r, false, e
+	if f, ok := fs.m[k]; ok {
+		f.waiters++
+		return f, false
 	}
-	f.waiters++
+	f := &flight{done: make(chan struct{}), waiters: 1}
+	fs.m[k] = f
+	return f, true
+}
+
+// finish publishes the leader's outcome. leaderCancelled says the leader
+// stopped because its own context ended.
+func (fs *flights) finish(k cacheKey, f *flight, resp *mdns.Msg, err error, leaderCancelled bool) {
+	fs.mu.Lock()
+	if fs.m[k] == f {
+		delete(fs.m, k)
+	}
 	fs.mu.Unlock()
+	if leaderCancelled {
+		resp, err = nil, errLeaderGone
+	}
+	f.resp, f.err = resp, err
+	close(f.done)
+}
+
+// wait is a follower's wait. retry is true when the leader gave up and the
+// caller should join again.
+func (fs *flights) wait(ctx context.Context, f *flight) (resp *mdns.Msg, err error, retry bool) {
 	select {
 	case <-f.done:
-		return f.resp, true, f.err
+		if f.err == errLeaderGone {
+			return nil, nil, ctx.Err() == nil
+		}
+		return f.resp, f.err, false
 	case <-ctx.Done():
-		fs.leave(k, f)
-		return nil, true, ctx.Err()
+		return nil, ctx.Err(), false
 	}
 }
 
-// leave drops one waiter; the last one out cancels the exchange, and a
-// later question then starts afresh rather than join a dying one.
-func (fs *flights) leave(k cacheKey, f *flight) {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	f.waiters--
-	if f.waiters == 0 {
-		if fs.m[k] == f {
-			delete(fs.m, k)
+// do runs fn once for all concurrent callers with the same key (for
+// callers with a single question).
+func (fs *flights) do(ctx context.Context, k cacheKey, fn func(context.Context) (*mdns.Msg, error)) (*mdns.Msg, bool, error) {
+	for {
+		f, leader := fs.join(k)
+		if leader {
+			r, e := fn(ctx)
+			fs.finish(k, f, r, e, ctx.Err() != nil)
+			if ctx.Err() != nil {
+				return nil, false, ctx.Err()
+			}
+			return r, false, e
 		}
-		f.cancel()
+		r, e, retry := fs.wait(ctx, f)
+		if !retry {
+			return r, true, e
+		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 
 	mdns "github.com/miekg/dns"
 )
@@ -95,27 +94,22 @@ func (r *Resolver) queryName(ctx context.Context, conf *ResolvConf, fqdn string,
 		oc    outcome
 	}
 	res := make([]one, len(qtypes))
-	ask := func(i int) {
-		resp, err := r.Exchange(ctx, conf, fqdn, qtypes[i])
+	record := func(i int, r exchangeResult) {
 		var addrs []net.IP
 		canon := fqdn
-		if err == nil {
-			addrs, canon = answerAddrs(resp, fqdn, qtypes[i])
+		if r.err == nil {
+			addrs, canon = answerAddrs(r.msg, fqdn, qtypes[i])
 		}
-		res[i] = one{addrs, canon, classify(resp, err, addrs)}
+		res[i] = one{addrs, canon, classify(r.msg, r.err, addrs)}
 	}
-	if len(qtypes) == 1 || conf.SingleRequest {
+	if conf.SingleRequest {
 		for i := range qtypes {
-			ask(i)
+			record(i, r.ExchangeMulti(ctx, conf, fqdn, qtypes[i:i+1])[0])
 		}
 	} else {
-		var wg sync.WaitGroup
-		for i := 1; i < len(qtypes); i++ {
-			wg.Add(1)
-			go func(i int) { defer wg.Done(); ask(i) }(i)
+		for i, x := range r.ExchangeMulti(ctx, conf, fqdn, qtypes) {
+			record(i, x)
 		}
-		ask(0)
-		wg.Wait()
 	}
 	var out famResult
 	out.oc = nxdomain

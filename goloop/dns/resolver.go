@@ -109,90 +109,187 @@ var errNoServer = errors.New("no server answered")
 // flight. A non-nil response may carry any rcode; an error means no
 // usable response arrived.
 func (r *Resolver) Exchange(ctx context.Context, conf *ResolvConf, name string, qtype uint16) (*mdns.Msg, error) {
-	k := cacheKey{strings.ToLower(name), qtype}
-	if m, _, ok := r.cache.Get(k); ok {
-		return m, nil
+	out := r.ExchangeMulti(ctx, conf, name, []uint16{qtype})
+	return out[0].msg, out[0].err
+}
+
+type exchangeResult struct {
+	msg *mdns.Msg
+	err error
+}
+
+// ExchangeMulti asks several questions about one name at once (A and AAAA
+// in one round trip: both are sent before either answer is awaited, and no
+// goroutine is started), each through the cache and the in-flight table.
+func (r *Resolver) ExchangeMulti(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16) []exchangeResult {
+	out := make([]exchangeResult, len(qtypes))
+	lname := strings.ToLower(name)
+	type follow struct {
+		i int
+		f *flight
 	}
-	resp, _, err := r.flights.do(ctx, k, func(fctx context.Context) (*mdns.Msg, error) {
-		m, err := r.exchangeServers(fctx, conf, name, qtype)
-		if err == nil {
-			r.cache.Put(k, m)
+	var follows []follow
+	var lead []int
+	var led []*flight
+	for i, qt := range qtypes {
+		k := cacheKey{lname, qt}
+		if m, _, ok := r.cache.Get(k); ok {
+			out[i].msg = m
+			continue
 		}
-		return m, err
-	})
-	return resp, err
+		f, leader := r.flights.join(k)
+		if leader {
+			lead = append(lead, i)
+			led = append(led, f)
+		} else {
+			follows = append(follows, follow{i, f})
+		}
+	}
+	if len(lead) > 0 {
+		qs := make([]uint16, len(lead))
+		for j, i := range lead {
+			qs[j] = qtypes[i]
+		}
+		res := r.exchangeServers(ctx, conf, name, qs)
+		cancelled := ctx.Err() != nil
+		for j, i := range lead {
+			k := cacheKey{lname, qtypes[i]}
+			if res[j].err == nil {
+				r.cache.Put(k, res[j].msg)
+			}
+			r.flights.finish(k, led[j], res[j].msg, res[j].err, cancelled)
+			out[i] = res[j]
+		}
+	}
+	for _, fl := range follows {
+		f := fl.f
+		for {
+			m, err, retry := r.flights.wait(ctx, f)
+			if !retry {
+				out[fl.i] = exchangeResult{m, err}
+				break
+			}
+			// The leader gave up: ask ourselves (or follow a new leader).
+			k := cacheKey{lname, qtypes[fl.i]}
+			nf, leader := r.flights.join(k)
+			if leader {
+				res := r.exchangeServers(ctx, conf, name, []uint16{qtypes[fl.i]})
+				if res[0].err == nil {
+					r.cache.Put(k, res[0].msg)
+				}
+				r.flights.finish(k, nf, res[0].msg, res[0].err, ctx.Err() != nil)
+				out[fl.i] = res[0]
+				break
+			}
+			f = nf
+		}
+	}
+	return out
 }
 
 // exchangeServers walks the servers as glibc's res_send does: attempts
 // rounds over the list (starting at the next server in turn with rotate),
 // each try bounded by the timeout, moving on after a timeout, a network
 // error, or a server that refuses or fails (SERVFAIL, REFUSED, NOTIMP,
-// FORMERR). A truncated UDP answer is asked again over TCP of the same
-// server. When every server failed with an rcode, the last such answer is
-// returned so the caller can tell SERVFAIL from silence.
-func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name string, qtype uint16) (*mdns.Msg, error) {
-	q := new(mdns.Msg)
-	q.SetQuestion(name, qtype)
-	q.RecursionDesired = true
-	if conf.EDNS0 {
-		q.SetEdns0(1232, false)
+// FORMERR). All questions still unanswered go to a server together. A
+// truncated UDP answer is asked again over TCP of the same server. When
+// every server failed with an rcode, the last such answer is returned so
+// the caller can tell SERVFAIL from silence.
+func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16) []exchangeResult {
+	out := make([]exchangeResult, len(qtypes))
+	qs := make([]*mdns.Msg, len(qtypes))
+	for i, qt := range qtypes {
+		q := new(mdns.Msg)
+		q.SetQuestion(name, qt)
+		q.RecursionDesired = true
+		if conf.EDNS0 {
+			q.SetEdns0(1232, false)
+		}
+		qs[i] = q
+		out[i].err = errNoServer
 	}
 	n := len(conf.Servers)
 	if n == 0 {
-		return nil, errNoServer
+		return out
 	}
 	start := 0
 	if conf.Rotate {
 		start = int(r.rr.Add(1)-1) % n
 	}
-	var lastResp *mdns.Msg
-	lastErr := errNoServer
-	for a := 0; a < conf.Attempts; a++ {
-		for i := 0; i < n; i++ {
+	pending := make([]int, len(qtypes))
+	for i := range pending {
+		pending[i] = i
+	}
+	lastResp := make([]*mdns.Msg, len(qtypes))
+	calls := make([]*udpCall, len(qtypes))
+	for a := 0; a < conf.Attempts && len(pending) > 0; a++ {
+		for s := 0; s < n && len(pending) > 0; s++ {
 			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			server := conf.Servers[(start+i)%n]
-			resp, err := exchangeOne(ctx, q, server, conf.Timeout, conf.UseVC)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
+				for _, i := range pending {
+					out[i] = exchangeResult{nil, err}
 				}
-				lastErr = err
-				continue
+				return out
 			}
-			switch resp.Rcode {
-			case mdns.RcodeSuccess, mdns.RcodeNameError:
-				return resp, nil
+			server := conf.Servers[(start+s)%n]
+			deadline := time.Now().Add(conf.Timeout)
+			if !conf.UseVC {
+				for _, i := range pending {
+					calls[i], out[i].err = sendUDP(qs[i], server)
+				}
 			}
-			lastResp = resp
+			var still []int
+			for _, i := range pending {
+				var resp *mdns.Msg
+				var err error
+				if conf.UseVC {
+					resp, err = exchangeTCP(ctx, qs[i], server, time.Until(deadline))
+				} else if calls[i] != nil {
+					resp, err = calls[i].wait(ctx, deadline)
+					calls[i] = nil
+					if err == nil && resp.Truncated {
+						resp, err = exchangeTCP(ctx, qs[i], server, time.Until(deadline))
+					}
+				} else {
+					err = out[i].err
+				}
+				if err != nil {
+					out[i].err = err
+					still = append(still, i)
+					continue
+				}
+				switch resp.Rcode {
+				case mdns.RcodeSuccess, mdns.RcodeNameError:
+					out[i] = exchangeResult{resp, nil}
+				default:
+					lastResp[i] = resp
+					still = append(still, i)
+				}
+			}
+			pending = still
 		}
 	}
-	if lastResp != nil {
-		return lastResp, nil
+	for _, i := range pending {
+		if ctx.Err() != nil {
+			out[i] = exchangeResult{nil, ctx.Err()}
+		} else if lastResp[i] != nil {
+			out[i] = exchangeResult{lastResp[i], nil}
+		}
 	}
-	return nil, lastErr
+	return out
 }
 
-func exchangeOne(ctx context.Context, q *mdns.Msg, server string, timeout time.Duration, tcp bool) (*mdns.Msg, error) {
-	var resp *mdns.Msg
-	var err error
-	if !tcp {
-		resp, err = exchangeUDP(ctx, q, server, timeout)
-		if err != nil {
-			return nil, err
-		}
-		if !resp.Truncated {
-			return resp, nil
-		}
+// exchangeTCP asks over TCP: when resolv.conf says use-vc, or when the
+// UDP answer did not fit.
+func exchangeTCP(ctx context.Context, q *mdns.Msg, server string, timeout time.Duration) (*mdns.Msg, error) {
+	if timeout <= 0 {
+		timeout = time.Second
 	}
-	// TCP: asked for (use-vc), or the UDP answer did not fit.
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c := &mdns.Client{Net: "tcp", Timeout: timeout}
 	m := q.Copy()
 	m.Id = mdns.Id()
-	resp, _, err = c.ExchangeContext(tctx, m, server)
+	resp, _, err := c.ExchangeContext(tctx, m, server)
 	if err != nil {
 		return nil, err
 	}

@@ -142,8 +142,17 @@ func (uc *udpConn) read(server string) {
 	}
 }
 
-// exchangeUDP sends q to server and waits for the matching answer.
-func exchangeUDP(ctx context.Context, q *mdns.Msg, server string, timeout time.Duration) (*mdns.Msg, error) {
+// udpCall is one question sent and not yet answered.
+type udpCall struct {
+	uc *udpConn
+	id uint16
+	w  *waiter
+}
+
+// sendUDP sends q to server under a fresh random id; wait collects the
+// answer. Sending several questions before waiting for any puts them on
+// the wire together.
+func sendUDP(q *mdns.Msg, server string) (*udpCall, error) {
 	uc, err := pool.get(server)
 	if err != nil {
 		return nil, err
@@ -168,32 +177,44 @@ func exchangeUDP(ctx context.Context, q *mdns.Msg, server string, timeout time.D
 	if retire {
 		pool.retire(server, uc)
 	}
-	drop := func() {
-		uc.mu.Lock()
-		if uc.pending[m.Id] == w {
-			delete(uc.pending, m.Id)
-		}
-		uc.closeIfIdleLocked()
-		uc.mu.Unlock()
-	}
+	call := &udpCall{uc, m.Id, w}
 	buf, err := m.Pack()
 	if err == nil {
 		_, err = uc.c.Write(buf)
 	}
 	if err != nil {
-		drop()
+		call.drop()
 		return nil, err
 	}
-	t := time.NewTimer(timeout)
+	return call, nil
+}
+
+func (c *udpCall) drop() {
+	uc := c.uc
+	uc.mu.Lock()
+	if uc.pending[c.id] == c.w {
+		delete(uc.pending, c.id)
+	}
+	uc.closeIfIdleLocked()
+	uc.mu.Unlock()
+}
+
+func (c *udpCall) wait(ctx context.Context, deadline time.Time) (*mdns.Msg, error) {
+	select {
+	case r := <-c.w.ch:
+		return r.msg, r.err
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
-	case r := <-w.ch:
+	case r := <-c.w.ch:
 		return r.msg, r.err
 	case <-t.C:
-		drop()
+		c.drop()
 		return nil, errTimeout
 	case <-ctx.Done():
-		drop()
+		c.drop()
 		return nil, ctx.Err()
 	}
 }

@@ -87,6 +87,7 @@ $TTL 300
   rrset-roundrobin: no
   minimal-responses: yes
   num-threads: 1
+  so-rcvbuf: 4m
   module-config: "iterator"
 auth-zone:
   name: "example."
