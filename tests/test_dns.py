@@ -155,6 +155,8 @@ BAD_ARGS = [
     ("localhost", 80, "x"), ("localhost", 80, 0, "x"), ("localhost", 80, 0, 0, 0, "x"),
     ("localhost", 80, 2 ** 40), ("localhost", 80, 0, 0, 0, -1),
     ("\udcff", 80), ("bad\u2028name..x", 80), ("xn--" + "a" * 70, 80),
+    ("name..example", 80), ("." + "z" * 10, 80), ("z" * 64, 80), ("zz." + "z" * 64, 80),
+    ("name\0.example", 80),
     ("localhost", "http", 0, socket.SOCK_RAW), ("localhost", 80, 0, 999),
     ("localhost", 80, 0, 0, 999), ("localhost", "no-such-service"),
     ("localhost", "80x", 0, 0, 0, socket.AI_NUMERICSERV),

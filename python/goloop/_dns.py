@@ -21,6 +21,7 @@ How a getaddrinfo call is answered:
 """
 import json
 import os
+import re
 from operator import index as _index
 from time import monotonic as _monotonic
 import socket
@@ -41,6 +42,7 @@ _nss_checked = [-10.0]     # when nsswitch.conf was last stat'ed (at most once a
 _AI_NUMERICHOST = int(socket.AI_NUMERICHOST)
 _EAI_NONAME = int(socket.EAI_NONAME)
 _NONAME_NOT_HOST = int(socket.AI_NUMERICSERV) | int(socket.AI_ADDRCONFIG)
+_AI_ADDRCONFIG = int(socket.AI_ADDRCONFIG)
 _NI_NUMERICHOST = int(socket.NI_NUMERICHOST)
 _NI_NUMERICSERV = int(socket.NI_NUMERICSERV)
 _NI_NAMEREQD = int(socket.NI_NAMEREQD)
@@ -94,6 +96,55 @@ def use_go_resolver():
     return _nss_state[1]
 
 
+_maybe_numeric_str = re.compile(r"[0-9a-fA-FxX.]*\Z").match
+_maybe_numeric_bytes = re.compile(rb"[0-9a-fA-FxX.]*\Z").match
+
+
+def _surely_a_name(host):
+    """True when host cannot be a numeric address for glibc (no colon, as
+    an IPv6 address has, and a character that inet_aton's decimal, octal
+    and 0x forms never have) and, for str, is ASCII with labels the IDNA
+    codec accepts (1 to 63 characters; the socket module encodes str hosts
+    with it). Anything else takes the slow path, which raises exactly."""
+    if isinstance(host, str):
+        if ":" in host or _maybe_numeric_str(host) or not host.isascii():
+            return False
+        labels = host.split(".")
+        last = labels.pop()
+        return len(last) < 64 and all(0 < len(l) < 64 for l in labels)
+    return b":" not in host and not _maybe_numeric_bytes(host)
+
+
+# (type(port), port, family, type, proto, flags) whose arguments the C
+# library accepts: for those, a name goes straight to Go without first
+# asking the C library (which would raise EAI_NONAME for it, and a raised
+# exception costs more than the rest of the call).
+_valid_args = set()
+
+
+def _arguments_valid(port, family, type, proto, flags):
+    """Whether getaddrinfo accepts everything but the host (which must be
+    a name): checked once with a numeric host of the family, and
+    remembered unless AI_ADDRCONFIG (the interfaces may change)."""
+    key = (port.__class__, port, family, type, proto, flags)
+    try:
+        if key in _valid_args:
+            return True
+    except TypeError:  # unhashable port: let the C library say why
+        return False
+    if flags & (_AI_ADDRCONFIG | _AI_NUMERICHOST):
+        return False
+    stand_in = "::1" if family == _AF_INET6 else "127.0.0.1"
+    try:
+        socket.getaddrinfo(stand_in, port, family, type, proto, flags | _AI_NUMERICHOST)
+    except Exception:
+        return False
+    if len(_valid_args) > 512:
+        _valid_args.clear()
+    _valid_args.add(key)
+    return True
+
+
 def _has_go(loop):
     return getattr(loop, "_go_call", None) is not None
 
@@ -145,22 +196,24 @@ async def getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0):
         # Not an integer: the C call rejects it while parsing its
         # arguments, before any lookup, with the exact exception.
         return socket.getaddrinfo(host, port, family, type, proto, flags)
-    try:
-        return socket.getaddrinfo(host, port, family, type, proto,
-                                  flags | _AI_NUMERICHOST)
-    except socket.gaierror as e:
-        if e.errno != _EAI_NONAME or flags & _AI_NUMERICHOST or host is None:
-            raise
-        if flags & _NONAME_NOT_HOST:
-            # EAI_NONAME may be about the service (AI_NUMERICSERV) or the
-            # interfaces (AI_ADDRCONFIG) rather than the host: it is the
-            # final answer if the host alone parses as numeric.
-            try:
-                socket.getaddrinfo(host, None, 0, 0, 0, _AI_NUMERICHOST)
-            except socket.gaierror:
-                pass
-            else:
+    if not (host.__class__ in (str, bytes) and _surely_a_name(host)
+            and _arguments_valid(port, family, type, proto, flags)):
+        try:
+            return socket.getaddrinfo(host, port, family, type, proto,
+                                      flags | _AI_NUMERICHOST)
+        except socket.gaierror as e:
+            if e.errno != _EAI_NONAME or flags & _AI_NUMERICHOST or host is None:
                 raise
+            if flags & _NONAME_NOT_HOST:
+                # EAI_NONAME may be about the service (AI_NUMERICSERV) or
+                # the interfaces (AI_ADDRCONFIG) rather than the host: it
+                # is the final answer if the host alone parses as numeric.
+                try:
+                    socket.getaddrinfo(host, None, 0, 0, 0, _AI_NUMERICHOST)
+                except socket.gaierror:
+                    pass
+                else:
+                    raise
     # host is a name (str or bytes; the probe rejected anything else, and
     # checked its IDNA encoding, which leaves ASCII text as it is). The C
     # library sees strings up to their first NUL.
