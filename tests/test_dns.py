@@ -476,6 +476,11 @@ def netns_cases():
                            (0, socket.AI_ADDRCONFIG)]:
             gai.append(["gai", [name, 80, fam, socket.SOCK_STREAM, 0, flags]])
         gai.append(["gai", [name, "http", 0, 0, 0, 0]])
+        gai.append(["gai", [name, "domain", 0, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE]])
+        gai.append(["gai", [name, None, socket.AF_INET6, 0, socket.IPPROTO_UDP,
+                            socket.AI_V4MAPPED | socket.AI_CANONNAME]])
+        gai.append(["gai", [name, "no-such-service", 0, 0, 0, 0]])
+        gai.append(["gai", [name, "80", 0, 0, 0, socket.AI_NUMERICSERV | socket.AI_NUMERICHOST]])
     gni = []
     for host in ["7.7.7.1", "7.7.7.2", "7.7.7.3", "192.0.2.50", "127.0.0.1", "::1", "2001:db8::50"]:
         for flags in [0, socket.NI_NAMEREQD, socket.NI_DGRAM, socket.NI_NOFQDN,
@@ -489,6 +494,8 @@ RESOLV_CONFS = {
     "plain": "nameserver 127.0.0.1\nsearch example\n",
     "failover": ("nameserver 127.0.0.2\nnameserver 127.0.0.1\nsearch other.example example\n"
                  "options ndots:2 timeout:1 attempts:2 edns0 single-request\n"),
+    "rotate": ("domain example\nnameserver 127.0.0.1\nnameserver 127.0.0.1\n"
+               "options rotate ndots:3\n"),
 }
 
 
