@@ -16,6 +16,12 @@ import (
 // into the completion record the epoll backend would have produced, or
 // swallowed when it is the backend's own business (cancellations,
 // re-arming, buffer exhaustion).
+//
+// Poll it from one OS thread, as the Python loop does through cgo: the
+// kernel runs a request's completion work (a multishot recv's copy, for
+// one) on the thread that submitted it, so a goroutine that moved to
+// another thread waits for the first one to be woken, which costs several
+// times the latency of a round trip. Any thread still works correctly.
 type uringBackend struct {
 	r    *ring
 	pool *bufPool
