@@ -239,9 +239,32 @@ func parseInetAtonExact(s string) (netip.Addr, bool) {
 	return netip.AddrFrom4([4]byte{byte(out >> 24), byte(out >> 16), byte(out >> 8), byte(out)}), true
 }
 
+// couldBeNumeric is false for names no address parser would accept: no
+// colon (IPv6) and a character outside inet_aton's digits, hex and dots.
+// It spares the common case two failing parses.
+func couldBeNumeric(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F', c == 'x', c == 'X', c == '.':
+		case c == ':':
+			return true
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // numericHost is glibc's text_to_binary_address. handled is false when
 // name is not numeric and a lookup must follow.
 func numericHost(name string, req *AddrinfoRequest) (addrs []netip.Addr, scope uint32, handled bool, err *Error) {
+	if !couldBeNumeric(name) {
+		if req.Flags&AI_NUMERICHOST != 0 {
+			return nil, 0, true, gaiError(EAI_NONAME)
+		}
+		return nil, 0, false, nil
+	}
 	if a, ok := parseInetAtonExact(name); ok {
 		switch {
 		case req.Family == afUnspec || req.Family == afInet:

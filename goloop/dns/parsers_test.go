@@ -165,6 +165,19 @@ func TestInetAtonExact(t *testing.T) {
 	}
 }
 
+func TestCouldBeNumeric(t *testing.T) {
+	for _, s := range []string{"127.0.0.1", "0x7f.1", "::1", "fe80::1%eth0", "deadbeef", "1"} {
+		if !couldBeNumeric(s) {
+			t.Errorf("%q", s)
+		}
+	}
+	for _, s := range []string{"localhost", "n1.bench.example", "1.2.3.4 ", "a-b"} {
+		if couldBeNumeric(s) {
+			t.Errorf("%q", s)
+		}
+	}
+}
+
 func FuzzHosts(f *testing.F) {
 	f.Add([]byte("127.0.0.1 localhost\n::1 localhost ip6-localhost\n"))
 	f.Add([]byte("# c\n10.0.0.1 a b c # d\n\n\t\n"))
