@@ -1,6 +1,7 @@
 package goloop
 
 import (
+	"sync"
 	"time"
 	"unsafe"
 
@@ -21,6 +22,9 @@ type epollBackend struct {
 	events  []unix.EpollEvent
 	dirty   []*epFd
 	starved []*epFd
+
+	wakeMu   sync.RWMutex // Close waits out Wakes in progress
+	wakeGone bool
 }
 
 type epFd struct {
@@ -78,6 +82,13 @@ func (b *epollBackend) Name() string  { return "epoll" }
 func (b *epollBackend) Pending() bool { return len(b.ready) > 0 }
 
 func (b *epollBackend) Wake() error {
+	// A goroutine finishing after Close (a DNS lookup posting its answer)
+	// must not write into whatever now has the eventfd's number.
+	b.wakeMu.RLock()
+	defer b.wakeMu.RUnlock()
+	if b.wakeGone {
+		return unix.EBADF
+	}
 	var one = [8]byte{1}
 	_, err := unix.Write(b.evfd, one[:])
 	if err == unix.EAGAIN {
@@ -93,7 +104,10 @@ func (b *epollBackend) Close() error {
 		}
 	}
 	b.fds = nil
+	b.wakeMu.Lock()
+	b.wakeGone = true
 	unix.Close(b.evfd)
+	b.wakeMu.Unlock()
 	b.pool.close()
 	return unix.Close(b.epfd)
 }
