@@ -1252,3 +1252,51 @@ func randomOps(t *testing.T, b Backend, seed int64) {
 		unix.Close(int(p.c))
 	}
 }
+
+// A Wake after Close (a goroutine posting a late result) fails instead of
+// writing into whatever file took the eventfd's number.
+func TestWakeAfterClose(t *testing.T) {
+	for _, kind := range []string{"epoll", "io_uring"} {
+		t.Run(kind, func(t *testing.T) {
+			b, err := NewBackend(kind, Options{BufSize: 4096, BufCount: 16, Entries: 64})
+			if err != nil {
+				t.Skip(err)
+			}
+			var evfd int
+			switch x := b.(type) {
+			case *epollBackend:
+				evfd = x.evfd
+			case *uringBackend:
+				evfd = x.evfd
+			}
+			b.Close()
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			// Another file now has the number: the pipe's write end.
+			if p[0] == evfd {
+				r, err := unix.Dup(p[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				unix.Close(p[0])
+				p[0] = r
+			}
+			if p[1] != evfd {
+				if err := unix.Dup3(p[1], evfd, unix.O_CLOEXEC); err != nil {
+					t.Fatal(err)
+				}
+				defer unix.Close(evfd)
+			}
+			defer unix.Close(p[0])
+			defer unix.Close(p[1])
+			if err := b.Wake(); err == nil {
+				t.Error("Wake after Close succeeded")
+			}
+			if n, _ := unix.Read(p[0], make([]byte, 16)); n > 0 {
+				t.Fatalf("Wake after Close wrote %d bytes into another file", n)
+			}
+		})
+	}
+}

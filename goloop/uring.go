@@ -3,6 +3,7 @@ package goloop
 import (
 	"errors"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -41,6 +42,8 @@ type uringBackend struct {
 	wakeArmed bool
 	woken     bool
 	closed    bool
+	wakeMu    sync.RWMutex // Close waits out Wakes in progress
+	wakeGone  bool
 
 	pinned  bool // ring bound to one thread (SINGLE_ISSUER|DEFER_TASKRUN)
 	enabled bool
@@ -110,11 +113,15 @@ func (b *uringBackend) Pending() bool {
 }
 
 func (b *uringBackend) Wake() error {
+	// A goroutine finishing after Close (a DNS lookup posting its answer)
+	// must not write into whatever now has the eventfd's number.
+	b.wakeMu.RLock()
+	defer b.wakeMu.RUnlock()
+	if b.wakeGone {
+		return unix.EBADF
+	}
 	var one = [8]byte{1}
 	_, err := unix.Write(b.evfd, one[:])
-	if err == unix.EAGAIN {
-		return nil // counter full: a wake-up is pending anyway
-	}
 	return err
 }
 
@@ -334,9 +341,10 @@ func (b *uringBackend) release() {
 		b.r = nil
 	}
 	if b.evfd >= 0 {
-		// The field stays as it is: Wake may read it from another
-		// goroutine, and a closed eventfd already makes Wake fail.
+		b.wakeMu.Lock()
+		b.wakeGone = true
 		unix.Close(b.evfd)
+		b.wakeMu.Unlock()
 	}
 	if b.pool != nil {
 		b.pool.close()
