@@ -235,6 +235,18 @@ def test_system_resolver_uses_executor(monkeypatch):
     assert calls and calls[0][0] is socket.getaddrinfo
 
 
+def test_resolver_checks_nameservers():
+    for good in ["192.0.2.1", "192.0.2.1:5353", "::1", "[::1]:53", "fe80::1%lo"]:
+        assert _dns.Resolver(nameservers=[good]).nameservers == [good]
+    for bad in ["bogus", "192.0.2.1:0", "192.0.2.1:x", "[::1", "[::1]x", "1.2.3.4:70000"]:
+        with pytest.raises(ValueError):
+            _dns.Resolver(nameservers=[bad])
+    with pytest.raises(ValueError):
+        _dns.Resolver(timeout=0)
+    with pytest.raises(ValueError):
+        _dns.Resolver(attempts=0)
+
+
 def test_import_is_light():
     code = ("import sys; sys.path.insert(0, %r); import goloop._dns; "
             "heavy = [m for m in ('goloop._core', 'asyncio', 'ctypes') if m in sys.modules]; "

@@ -334,6 +334,27 @@ def _record(t, r):
     return TXTRecord("".join(r.get("text") or ()), r["ttl"])
 
 
+def _check_nameserver(s):
+    """"addr", "v4addr:port" or "[v6addr]:port", else ValueError."""
+    import ipaddress
+    host, port = s, None
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad nameserver {s!r}")
+        port = rest[1:] or None
+    elif s.count(":") == 1:
+        host, port = s.split(":")
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        if port is not None and not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"bad nameserver {s!r}: want an IP address, "
+                         "optionally with a port ('192.0.2.1:53', '[2001:db8::1]:53')") from None
+    return s
+
+
 class Resolver:
     """DNS queries for aiodns users, answered by goloop's Go resolver.
 
@@ -352,7 +373,7 @@ class Resolver:
         if nameservers is not None:
             if isinstance(nameservers, str):
                 nameservers = [nameservers]
-            nameservers = [str(s) for s in nameservers]
+            nameservers = [_check_nameserver(str(s)) for s in nameservers]
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
         if attempts is not None and attempts < 1:
