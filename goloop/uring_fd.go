@@ -133,6 +133,11 @@ func (b *uringBackend) apply(s *Sub) {
 	if s.Op >= opCount {
 		return
 	}
+	if s.Op == OpClose && s.Arg&CloseUpgrade != 0 {
+		if f := b.fds[s.Fd]; f == nil || f.closing || !hasGraceful(f.out, s.Token) {
+			return
+		}
+	}
 	f := b.state(s.Fd)
 	if f.closing {
 		b.refuse(s)
@@ -237,6 +242,7 @@ func (b *uringBackend) armRecv(f *urFd) {
 		// A recv armed now would end at once with ENOBUFS.
 		f.recvStarved = true
 		b.starved = append(b.starved, f)
+		b.releaseHeld()
 		return
 	}
 	f.recvIdx = b.r.sqLocal
@@ -259,6 +265,28 @@ func (b *uringBackend) armRecv(f *urFd) {
 		f.recvKind = kRecvPoll
 	}
 	f.recvArmed = true
+}
+
+// releaseHeld hands C the chunks paused fds hold, when the pool has run
+// dry: otherwise enough paused connections could keep every buffer and
+// starve the active ones for good. The contract lets chunks arrive after
+// OpRecvStop (C holds them); an end of stream stays held, after them.
+func (b *uringBackend) releaseHeld() {
+	for _, f := range b.fds {
+		if len(f.held) == 0 || f.closing {
+			continue
+		}
+		keep := f.held[:0]
+		for _, c := range f.held {
+			if c.Res > 0 {
+				c.Token = f.recvTok
+				b.complete(c)
+			} else {
+				keep = append(keep, c)
+			}
+		}
+		f.held = keep
+	}
 }
 
 func (b *uringBackend) onRecvPoll(f *urFd, c *uringCQE) {
