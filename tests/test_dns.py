@@ -526,7 +526,15 @@ def test_same_answers_as_glibc_in_netns(tmp_path):
     mismatches = []
     with dns_support.netns(RESOLV_CONFS["plain"], hosts=NETNS_HOSTS) as ns:
         with dns_support.Unbound(port=53, netns=ns):
-            for label, rc in RESOLV_CONFS.items():
+            runs = list(RESOLV_CONFS.items())
+            # Last, with addresses on lo that make the answers routable, so
+            # that RFC 6724 sorting and AI_ADDRCONFIG have something to do.
+            runs.append(("routable", RESOLV_CONFS["plain"]))
+            for label, rc in runs:
+                if label == "routable":
+                    for addr in ("192.0.2.1/24", "198.51.100.1/24", "2001:db8::1/64", "fd00::1/64"):
+                        dns_support.netns_exec(ns, [dns_support.IP, "addr", "add", addr, "dev", "lo"],
+                                               check=True, capture_output=True)
                 dns_support.set_resolv_conf(ns, rc)
                 r = dns_support.netns_exec(ns, ["/usr/bin/python3", str(script), str(casefile), PYDIR],
                                            capture_output=True, text=True, env=env, timeout=120)
@@ -538,5 +546,12 @@ def test_same_answers_as_glibc_in_netns(tmp_path):
                         mismatches.append((label, kind, args, want, got))
                 # The data really came from unbound: a DNS-only name resolved.
                 assert any(a[0] == "c1.example" and w[0] == "ok" for _, a, w, _ in results)
+                if label == "routable":
+                    # Sorting had work to do: with both families routable,
+                    # glibc puts the IPv6 answer (precedence 40) before
+                    # the IPv4 ones (10) that DNS listed first.
+                    both = [w for _, a, w, _ in results
+                            if a == ["both.example", 80, 0, int(socket.SOCK_STREAM), 0, 0]]
+                    assert both and both[0][1][0][4][0] == "2001:db8::10", both
     assert not mismatches, "\n".join(map(repr, mismatches[:20])) + f"\n({len(mismatches)} in all)"
     del goloop
