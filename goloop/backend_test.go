@@ -1027,8 +1027,7 @@ func TestPinnedSecondThread(t *testing.T) {
 // (sends of every size, peer writes, receive paused and resumed, buffers
 // held back and returned late, graceful and aborting closes) keeps the
 // contract on both backends: every send answered once and in order, the
-// bytes in order both ways, nothing received while paused, nothing after
-// EvClosed.
+// bytes in order both ways, nothing after EvClosed.
 func TestRandomOps(t *testing.T) {
 	for seed := int64(1); seed <= 4; seed++ {
 		forEachBackend(t, func(t *testing.T, b Backend) { randomOps(t, b, seed) })
@@ -1165,9 +1164,9 @@ func randomOps(t *testing.T, b Backend, seed int64) {
 					t.Fatalf("seed %d: send answered %d, want %d (aborted %v)", seed, x.Res, want, p.aborted)
 				}
 			case EvRecv:
-				if !p.recvOn && !p.closing {
-					t.Fatalf("seed %d: EvRecv while paused: %+v", seed, x)
-				}
+				// A chunk may come after OpRecvStop (the contract allows
+				// it: io_uring hands over held chunks when the pool runs
+				// dry); it must still be the next bytes of the stream.
 				switch {
 				case x.Res > 0:
 					nrecv++
