@@ -201,6 +201,11 @@ func (b *epollBackend) apply(s *Sub) {
 		b.starved = b.starved[:0]
 		return
 	}
+	if s.Op == OpClose && s.Arg&CloseUpgrade != 0 {
+		if f := b.fds[s.Fd]; f == nil || !hasGraceful(f.out, s.Token) {
+			return
+		}
+	}
 	f := b.state(s.Fd)
 	switch s.Op {
 	case OpRecvStart:

@@ -98,8 +98,25 @@ const (
 	FlagMore uint8 = 1 // the operation is still armed
 )
 
-// OpClose argument.
-const CloseAbort uint32 = 1
+// OpClose arguments.
+const (
+	CloseAbort uint32 = 1
+	// CloseUpgrade (with CloseAbort) turns a graceful OpClose with the same
+	// Token that is still waiting behind sends into an abort. If that close
+	// already ran or is under way, the upgrade does nothing and completes
+	// nothing: the fd number may by then belong to someone else.
+	CloseUpgrade uint32 = 2
+)
+
+// hasGraceful reports whether out holds a graceful close named token.
+func hasGraceful(out []queued, token uint64) bool {
+	for _, q := range out {
+		if q.op == OpClose && q.token == token {
+			return true
+		}
+	}
+	return false
+}
 
 // Poll masks (the same bits as EPOLLIN/EPOLLOUT/EPOLLERR/EPOLLHUP).
 const (

@@ -38,6 +38,7 @@ enum {
 };
 #define GL_FLAG_MORE 1
 #define GL_CLOSE_ABORT 1
+#define GL_CLOSE_UPGRADE 2
 #define GL_POLL_IN 0x1
 #define GL_POLL_OUT 0x4
 #define GL_POLL_ERR 0x8

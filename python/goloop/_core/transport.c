@@ -258,17 +258,22 @@ static void disarm(Transport *t)
 }
 
 /* A graceful close may be followed by an abort (abort() after close(), or
- * the loop closing while the peer does not read): Go then drops what is
- * still queued and reports EvClosed once. */
+ * the loop closing while the peer does not read). The abort is sent as an
+ * upgrade: Go applies it only while that graceful close still waits behind
+ * sends, so EvClosed comes exactly once and a reused fd number is never
+ * touched. */
 static int send_close(Transport *t, int abort)
 {
     if (t->close_sent && (!abort || t->abort_sent))
         return 0;
+    uint32_t arg = abort ? GL_CLOSE_ABORT : 0;
+    if (abort && t->close_sent)
+        arg |= GL_CLOSE_UPGRADE;
     t->close_sent = 1;
     t->armed = 0;
     if (abort)
         t->abort_sent = 1;
-    return loop_submit(t->loop, GL_OP_CLOSE, t->fd, TOKEN(t), NULL, 0, abort ? GL_CLOSE_ABORT : 0);
+    return loop_submit(t->loop, GL_OP_CLOSE, t->fd, TOKEN(t), NULL, 0, arg);
 }
 
 static void maybe_pause_protocol(Transport *t)
@@ -491,6 +496,8 @@ static int on_send(Transport *t, gl_comp *c)
 
 static int on_closed(Transport *t)
 {
+    if (!t->go_open)
+        return 0;  /* never twice: Go names a transport in one EvClosed */
     t->go_open = 0;
     t->armed = 0;
     if (t->sock != NULL) {
