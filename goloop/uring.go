@@ -34,10 +34,11 @@ type uringBackend struct {
 	gens  []uint32 // generation of each slot, bumped when it is freed
 	free  []uint32
 
-	ready    []Comp
-	starved  []*urFd // recvs ended by ENOBUFS, re-armed when buffers return
-	rearm    []*urFd // polls delivered this call, re-armed at the next
-	inflight int     // requests whose last CQE has not come back
+	ready      []Comp
+	starved    []*urFd // recvs ended by ENOBUFS, re-armed when buffers return
+	rearm      []*urFd // polls delivered this call, re-armed at the next
+	inflight   int     // requests whose last CQE has not come back
+	heldChunks int     // chunks (buffers) held for paused fds
 
 	wakeArmed bool
 	woken     bool

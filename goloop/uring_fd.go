@@ -151,6 +151,8 @@ func (b *uringBackend) apply(s *Sub) {
 			b.complete(c)
 			if c.Res <= 0 {
 				f.recvOn = false
+			} else {
+				b.heldChunks--
 			}
 		}
 		f.held = nil
@@ -272,16 +274,23 @@ func (b *uringBackend) armRecv(f *urFd) {
 // starve the active ones for good. The contract lets chunks arrive after
 // OpRecvStop (C holds them); an end of stream stays held, after them.
 func (b *uringBackend) releaseHeld() {
+	if b.heldChunks == 0 {
+		return
+	}
+	b.heldChunks = 0
 	for _, f := range b.fds {
-		if len(f.held) == 0 || f.closing {
+		if len(f.held) == 0 {
 			continue
 		}
 		keep := f.held[:0]
 		for _, c := range f.held {
-			if c.Res > 0 {
+			switch {
+			case c.Res > 0 && f.closing:
+				b.pbuf.give(c.Buf) // nobody will read it
+			case c.Res > 0:
 				c.Token = f.recvTok
 				b.complete(c)
-			} else {
+			default:
 				keep = append(keep, c)
 			}
 		}
@@ -324,6 +333,7 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 			b.complete(ch)
 		} else {
 			f.held = append(f.held, ch)
+			b.heldChunks++
 		}
 	case f.closing:
 	case c.res == -int32(unix.ENOBUFS), c.res == -int32(unix.ECANCELED),
@@ -600,6 +610,7 @@ func (f *urFd) dropHeld(b *uringBackend) {
 	for _, c := range f.held {
 		if c.Res > 0 && b.pbuf != nil {
 			b.pbuf.give(c.Buf)
+			b.heldChunks--
 		}
 	}
 	f.held = nil
