@@ -1330,7 +1330,9 @@ func TestUringHeldChunksDoNotStarve(t *testing.T) {
 		f := b.state(a)
 		f.recvTok = tok
 		for _, x := range got {
-			f.held = append(f.held, x) // as onRecv keeps a chunk that raced the stop
+			// As onRecv keeps a chunk that raced the stop.
+			f.held = append(f.held, x)
+			b.heldChunks++
 		}
 	}
 	if b.pbuf.inRing != 0 {
