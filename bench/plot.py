@@ -95,9 +95,13 @@ def echo_ratio(results, path):
             xs, ys = [], []
             for j, (conns, size) in enumerate(cells):
                 ra, rb = by.get((a, v, conns, size)), by.get((b, v, conns, size))
+                x = j + (i - (len(pairs) - 1) / 2) * width
                 if ok(ra) and ok(rb):
-                    xs.append(j + (i - (len(pairs) - 1) / 2) * width)
+                    xs.append(x)
                     ys.append(ra["rps"] / rb["rps"])
+                elif ra is not None or rb is not None:
+                    ax.text(x, 0.02, "error", ha="center", va="bottom", fontsize=8,
+                            rotation=90, color="red", fontweight="bold")
             bars = ax.bar(xs, ys, width, label=f"{a} / {b}", color=colors[i])
             for bar, y in zip(bars, ys):
                 ax.text(bar.get_x() + bar.get_width() / 2, y, f"{y:.2f}",
