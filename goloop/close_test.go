@@ -91,3 +91,27 @@ func TestCloseUpgradeAfterDone(t *testing.T) {
 		}
 	})
 }
+
+// A graceful close that is under way (its cancellations in flight) when the
+// upgrade arrives in the same batch still reports EvClosed exactly once.
+func TestCloseUpgradeUnderWay(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, c := socketpair(t)
+		defer unix.Close(int(c))
+		subs := []Sub{
+			{Op: OpRecvStart, Fd: a, Token: 7},
+			{Op: OpPollStart, Fd: c, Token: 8, Arg: PollIn},
+		}
+		drainCount(t, b, subs, EvClosed, 7, 10*time.Millisecond)
+		subs = []Sub{
+			{Op: OpRecvStop, Fd: a, Token: 7},
+			{Op: OpClose, Fd: a, Token: 7},
+			{Op: OpClose, Fd: a, Token: 7, Arg: CloseAbort | CloseUpgrade},
+		}
+		n, all := drainCount(t, b, subs, EvClosed, 7, 30*time.Millisecond)
+		if n != 1 {
+			t.Fatalf("%d EvClosed: %+v", n, all)
+		}
+		drainCount(t, b, []Sub{{Op: OpPollStop, Fd: c, Token: 8}}, EvClosed, 8, 5*time.Millisecond)
+	})
+}

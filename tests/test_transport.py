@@ -766,3 +766,58 @@ def test_sock_sendall_to_closed_peer_raises(loop):
                 for _ in range(100):
                     await loop.sock_sendall(a, b"y" * 65536)
     run(loop, go())
+
+
+def test_abort_after_close_with_unsent_data(loop):
+    # close() waits for the write buffer to drain; a peer that never reads
+    # would hold the connection forever, and abort() is the way out: the
+    # buffer is dropped and connection_lost(None) comes, once.
+    async def go():
+        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            tr.write(b"x" * (16 << 20))
+            tr.close()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not pr.lost.done()
+            tr.abort()
+            assert await pr.lost is None
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert pr.events.count("lost") == 1
+        finally:
+            peer.close()
+    run(loop, go())
+
+
+def test_close_then_abort_at_once(loop):
+    # abort() right after close() with nothing buffered: one connection_lost,
+    # and nothing of the transport is used after it is gone (nobody keeps a
+    # reference here, so a late second "closed" from the I/O layer would
+    # touch freed memory), and the loop goes on serving new connections.
+    class Lost(asyncio.Protocol):
+        def __init__(self):
+            self.lost = loop.create_future()
+            self.count = 0
+
+        def connection_lost(self, exc):
+            self.count += 1
+            if not self.lost.done():
+                self.lost.set_result(exc)
+
+    async def go():
+        protos = []
+        for _ in range(30):
+            tr, pr, peer = await connect_to_peer(loop, Lost)
+            try:
+                tr.close()
+                tr.abort()
+                del tr
+                assert await pr.lost is None
+                protos.append(pr)
+            finally:
+                peer.close()
+        for _ in range(10):
+            await asyncio.sleep(0.001)
+        assert [p.count for p in protos] == [1] * len(protos)
+    run(loop, go())
