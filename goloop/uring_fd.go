@@ -227,9 +227,10 @@ func (b *uringBackend) unarm(f *urFd, idx uint32) bool {
 }
 
 // refuse answers an operation on an fd that is being closed, as the
-// syscalls would on a closed fd.
+// syscalls would on a closed fd. A second OpClose gets nothing: the close
+// under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
-	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpClose: EvClosed, OpConnect: EvConnect,
+	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect,
 		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll}[s.Op]
 	if kind != EvNone {
 		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
