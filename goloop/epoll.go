@@ -269,11 +269,20 @@ func (b *epollBackend) forgetIfIdle(f *epFd) {
 	delete(b.fds, f.fd)
 }
 
-// flush works through f's output queue until it blocks or empties.
+// flush works through f's output queue until it blocks or empties. The
+// queue keeps its array: a connection that writes once per request must
+// not allocate once per request.
 func (b *epollBackend) flush(f *epFd) {
 	f.blocked = false
-	for len(f.out) > 0 {
-		q := &f.out[0]
+	i := 0
+	defer func() {
+		if !f.closed {
+			n := copy(f.out, f.out[i:])
+			f.out = f.out[:n]
+		}
+	}()
+	for ; i < len(f.out); i++ {
+		q := &f.out[i]
 		switch q.op {
 		case OpSend:
 			done, e := sendSome(f.fd, q, &f.notSock)
@@ -294,14 +303,13 @@ func (b *epollBackend) flush(f *epFd) {
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: res})
 		case OpClose:
 			tok := q.token
-			f.out = f.out[1:]
+			f.out = f.out[i+1:]
+			i = 0
 			b.abort(f)
 			b.closeFd(f, tok)
 			return
 		}
-		f.out = f.out[1:]
 	}
-	f.out = nil
 }
 
 // abort ends every operation still pending on f with -ECANCELED.

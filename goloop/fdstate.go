@@ -63,3 +63,14 @@ func errnoOf(err error) int32 {
 	}
 	return -int32(unix.EIO)
 }
+
+// popOut drops the head of an output queue. The last entry is dropped by
+// truncating, not by slicing past it, so the array stays for the next
+// write: one write per request must not cost one allocation per request.
+func popOut(out []queued) []queued {
+	if len(out) == 1 {
+		out[0] = queued{}
+		return out[:0]
+	}
+	return out[1:]
+}

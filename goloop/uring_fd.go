@@ -473,14 +473,11 @@ func (b *uringBackend) pump(f *urFd) {
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: res})
 		case OpClose:
 			tok := q.token
-			f.out = f.out[1:]
+			f.popOut()
 			b.startClose(f, tok, false)
 			return
 		}
-		f.out = f.out[1:]
-	}
-	if len(f.out) == 0 {
-		f.out = nil
+		f.popOut()
 	}
 }
 
@@ -515,7 +512,7 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 			r = int32(q.n) // it went out whole before the abort reached it
 		}
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: r})
-		f.out = f.out[1:]
+		f.popOut()
 		b.cancelQueue(f)
 		return
 	}
@@ -543,7 +540,7 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 	default:
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
 	}
-	f.out = f.out[1:]
+	f.popOut()
 	b.pump(f)
 }
 
@@ -556,11 +553,11 @@ func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
 	switch {
 	case f.aborting:
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(unix.ECANCELED)})
-		f.out = f.out[1:]
+		f.popOut()
 		b.cancelQueue(f)
 	case c.res < 0:
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: c.res})
-		f.out = f.out[1:]
+		f.popOut()
 		b.pump(f)
 	default:
 		b.submitSend(f, q)
@@ -620,3 +617,5 @@ func (f *urFd) dropHeld(b *uringBackend) {
 	}
 	f.heldFds = nil
 }
+
+func (f *urFd) popOut() { f.out = popOut(f.out) }

@@ -10,6 +10,8 @@ package main
 import "C"
 
 import (
+	"os"
+	"runtime"
 	"sync"
 	"time"
 	"unsafe"
@@ -40,8 +42,26 @@ func putErr(err error, buf *C.char, n C.int) {
 	dst[k] = 0
 }
 
+var procsOnce sync.Once
+
+// atLeastTwoProcs keeps one P idle for the loop thread. Between two calls
+// the loop thread is in C (running Python), which Go counts as a syscall;
+// with a single P, sysmon takes that P away after 20 µs and starts another
+// thread to hold it, several times per iteration. With an idle P to spare
+// it leaves the loop's P alone (for up to 10 ms). A process pinned to one
+// CPU gets GOMAXPROCS=1 by default, so this matters most exactly where
+// servers are tuned; an explicit GOMAXPROCS is respected.
+func atLeastTwoProcs() {
+	procsOnce.Do(func() {
+		if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
+			runtime.GOMAXPROCS(2)
+		}
+	})
+}
+
 //export goloop_new
 func goloop_new(backend *C.char, errbuf *C.char, errlen C.int) C.int64_t {
+	atLeastTwoProcs()
 	kind := ""
 	if backend != nil {
 		kind = C.GoString(backend)

@@ -110,6 +110,7 @@ int init_handle_types(PyObject *m);
 
 /* transport.c */
 int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
+int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
 int init_transport_type(PyObject *m);
 

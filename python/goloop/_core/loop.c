@@ -500,6 +500,20 @@ static int dispatch(LoopCore *lp)
         int r = 0;
         switch (tag) {
         case TAG_TRANSPORT:
+            if (c.kind == GL_EV_RECV && c.res > 0) {
+                int start = lp->cpos - 1, k = 1;
+                while (start + k < lp->ncomps) {
+                    gl_comp *d = &lp->comps[start + k];
+                    if (d->token != c.token || d->kind != GL_EV_RECV || d->res <= 0)
+                        break;
+                    k++;
+                }
+                if (k > 1) {
+                    lp->cpos = start + k;
+                    r = transport_recv_run(lp, obj, &lp->comps[start], k);
+                    break;
+                }
+            }
             r = transport_dispatch(lp, obj, &c);
             break;
         case TAG_WATCHER:

@@ -519,6 +519,52 @@ static int on_closed(Transport *t)
     return 0;
 }
 
+/* Several chunks for one Protocol in a row (a large message arriving in
+ * more than one receive buffer) become one bytes object and one
+ * data_received call, as one large read would give them. Everything is
+ * copied and every buffer given back before Python runs. */
+int transport_recv_run(LoopCore *lp, PyObject *obj, gl_comp *c, int n)
+{
+    Transport *t = (Transport *)obj;
+    if (t->buffered || t->closing || t->conn_lost || t->paused || t->data_received == NULL ||
+        (t->held != NULL && PyList_GET_SIZE(t->held) > 0)) {
+        for (int i = 0; i < n; i++) {
+            gl_comp ci = c[i];
+            if (transport_dispatch(lp, obj, &ci) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    Py_ssize_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += c[i].res;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, total);
+    char *p = data ? PyBytes_AS_STRING(data) : NULL;
+    for (int i = 0; i < n; i++) {
+        if (p != NULL) {
+            memcpy(p, (const char *)(uintptr_t)c[i].ptr, c[i].res);
+            p += c[i].res;
+        }
+        loop_submit(lp, GL_OP_BUF_RETURN, 0, 0, NULL, 0, c[i].buf);
+    }
+    Py_INCREF(t);
+    int r;
+    if (data == NULL) {
+        r = fatal_from_current(t, "Fatal error: out of memory");
+    } else {
+        PyObject *res = PyObject_CallOneArg(t->data_received, data);
+        Py_DECREF(data);
+        if (res == NULL)
+            r = fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+        else {
+            Py_DECREF(res);
+            r = 0;
+        }
+    }
+    Py_DECREF(t);
+    return r;
+}
+
 int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
 {
     Transport *t = (Transport *)obj;
