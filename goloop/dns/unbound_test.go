@@ -65,7 +65,22 @@ $TTL 300
 @ IN NS ns.example.
 1 IN PTR one.example.
 `), 0o644)
-	// A port nobody holds for UDP or TCP right now.
+	// A free port is only free until someone takes it: if unbound finds
+	// it taken, start again on another.
+	for try := 0; ; try++ {
+		addr, err := runUnbound(t, bin, dir)
+		if err == nil {
+			return addr
+		}
+		if !strings.Contains(err.Error(), "already in use") || try == 4 {
+			t.Fatal(err)
+		}
+	}
+}
+
+// runUnbound starts unbound on a free port with the zones in dir and
+// waits until it answers.
+func runUnbound(t *testing.T, bin, dir string) (string, error) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -106,13 +121,20 @@ remote-control:
 `, port, dir, dir, dir)
 	cf := filepath.Join(dir, "unbound.conf")
 	os.WriteFile(cf, []byte(conf), 0o644)
+	logPath := filepath.Join(dir, fmt.Sprintf("unbound-%d.log", port))
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
 	cmd := exec.Command(bin, "-d", "-c", cf)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() { cmd.Process.Kill(); <-exited }
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// Ready when it answers.
 	deadline := time.Now().Add(10 * time.Second)
@@ -121,10 +143,19 @@ remote-control:
 		m.SetQuestion("both.example.", mdns.TypeA)
 		c := &mdns.Client{Timeout: 200 * time.Millisecond}
 		if r, _, err := c.Exchange(m, addr); err == nil && len(r.Answer) == 1 {
-			return addr
+			t.Cleanup(stop)
+			return addr, nil
+		}
+		select {
+		case <-exited:
+			out, _ := os.ReadFile(logPath)
+			return "", fmt.Errorf("unbound exited: %s", out)
+		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("unbound did not come up: %s", stderr.String())
+			stop()
+			out, _ := os.ReadFile(logPath)
+			return "", fmt.Errorf("unbound did not come up: %s", out)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
