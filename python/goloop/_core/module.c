@@ -6,6 +6,8 @@
 #include <unistd.h>
 #include <string.h>
 #include <pthread.h>
+#include <malloc.h>
+#include <stdlib.h>
 
 gl_api GL;
 hooks_t HOOKS;
@@ -39,6 +41,24 @@ int gl_check_fork(void)
         return -1;
     }
     return 0;
+}
+
+/* Received data lives in bytes objects until Go reports the echo or reply
+ * sent, one loop iteration later, so a server holds more large buffers at
+ * once than a loop that writes synchronously. With glibc's defaults each
+ * iteration then gives heap pages back to the kernel (trim) and faults them
+ * in again, and 128 KiB+ chunks are fresh mmaps: that doubled the kernel
+ * time per request for 100 KiB messages (docs/benchmarks.md). So the first
+ * loop raises the trim and mmap thresholds, unless the user tuned malloc
+ * already or sets GOLOOP_MALLOC_TUNING=0. */
+static void tune_malloc(void)
+{
+    const char *off = getenv("GOLOOP_MALLOC_TUNING");
+    if ((off != NULL && strcmp(off, "0") == 0) || getenv("MALLOC_TRIM_THRESHOLD_") ||
+        getenv("MALLOC_MMAP_THRESHOLD_") || getenv("GLIBC_TUNABLES"))
+        return;
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 8 << 20);
 }
 
 int gl_ensure_loaded(void)
@@ -76,6 +96,7 @@ int gl_ensure_loaded(void)
 #undef SYM
     gl_dl = dl;
     gl_pid = getpid();
+    tune_malloc();
     return 0;
 }
 
