@@ -119,6 +119,10 @@ int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);
 int listener_dispatch(LoopCore *lp, PyObject *l, gl_comp *c);
 int init_watch_types(PyObject *m);
 
+/* The pending exception, normalized, with its traceback attached; the
+ * error indicator is cleared. NULL only if none was set. */
+PyObject *take_exception(void);
+
 /* Report an exception that escaped a callback to the loop's exception
  * handler, as asyncio's Handle._run does. Returns -1 only for SystemExit
  * and KeyboardInterrupt, which must leave run_forever. */

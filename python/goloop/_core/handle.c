@@ -51,15 +51,23 @@ Handle *handle_new(PyTypeObject *tp, LoopCore *lp, PyObject *cb, PyObject *args,
     return h;
 }
 
-int report_callback_error(LoopCore *lp, const char *what, PyObject *obj_key, PyObject *obj)
+PyObject *take_exception(void)
 {
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-        return -1;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb != NULL && value != NULL)
         PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+int report_callback_error(LoopCore *lp, const char *what, PyObject *obj_key, PyObject *obj)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *value = take_exception();
     PyObject *ctx = PyDict_New();
     PyObject *msg = NULL;
     if (ctx == NULL)
@@ -87,18 +95,14 @@ int report_callback_error(LoopCore *lp, const char *what, PyObject *obj_key, PyO
             goto fail;
     }
     Py_DECREF(msg);
-    Py_XDECREF(type);
     Py_XDECREF(value);
-    Py_XDECREF(tb);
     int r = loop_call_exception_handler(lp, ctx);
     Py_DECREF(ctx);
     return r;
 fail:
     Py_XDECREF(msg);
     Py_XDECREF(ctx);
-    Py_XDECREF(type);
     Py_XDECREF(value);
-    Py_XDECREF(tb);
     PyErr_WriteUnraisable(obj);
     return 0;
 }

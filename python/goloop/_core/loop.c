@@ -239,32 +239,22 @@ static int debug_checks(LoopCore *lp, PyObject *cb, const char *method)
     return 0;
 }
 
-static PyObject *lc_call_soon(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+/* The positional arguments after the first `skip` as a tuple. */
+static PyObject *rest_tuple(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t skip)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    int err;
-    PyObject *ctx = get_context_kw(kwnames, args, nargs, &err);
-    if (err)
-        return NULL;
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "call_soon() missing 1 required positional argument: 'callback'");
-        return NULL;
-    }
-    if (loop_check_alive(lp) < 0 || debug_checks(lp, args[0], "call_soon") < 0)
-        return NULL;
-    PyObject *a = PyTuple_New(nargs - 1);
+    PyObject *a = PyTuple_New(nargs - skip);
     if (a == NULL)
         return NULL;
-    for (Py_ssize_t i = 1; i < nargs; i++) {
+    for (Py_ssize_t i = skip; i < nargs; i++) {
         Py_INCREF(args[i]);
-        PyTuple_SET_ITEM(a, i - 1, args[i]);
+        PyTuple_SET_ITEM(a, i - skip, args[i]);
     }
-    Handle *h = loop_call_soon(lp, args[0], a, ctx);
-    Py_DECREF(a);
-    return (PyObject *)h;
+    return a;
 }
 
-static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+/* call_soon(callback, *args, context=None) and its thread-safe twin. */
+static Handle *schedule_call(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf,
+                             PyObject *kwnames, const char *method)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     int err;
@@ -272,30 +262,30 @@ static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py
     if (err)
         return NULL;
     if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "call_soon_threadsafe() missing 1 required positional argument: 'callback'");
+        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: 'callback'", method);
         return NULL;
     }
-    if (loop_check_alive(lp) < 0)
+    if (loop_check_alive(lp) < 0 || debug_checks(lp, args[0], method) < 0)
         return NULL;
-    if (lp->debug) {
-        /* Only the callback check: the thread check is the point of this API. */
-        if (debug_checks(lp, args[0], "call_soon_threadsafe") < 0)
-            return NULL;
-    }
-    PyObject *a = PyTuple_New(nargs - 1);
+    PyObject *a = rest_tuple(args, nargs, 1);
     if (a == NULL)
         return NULL;
-    for (Py_ssize_t i = 1; i < nargs; i++) {
-        Py_INCREF(args[i]);
-        PyTuple_SET_ITEM(a, i - 1, args[i]);
-    }
-    /* Other threads hold the GIL while they call this, so the ready ring
-     * is safe to touch, and one queue keeps asyncio's global FIFO order. */
     Handle *h = loop_call_soon(lp, args[0], a, ctx);
     Py_DECREF(a);
-    if (h == NULL)
-        return NULL;
-    if (lp->h != 0 && lp->thread != PyThread_get_thread_ident() && !gl_forked())
+    return h;
+}
+
+static PyObject *lc_call_soon(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    return (PyObject *)schedule_call(lp, args, nargsf, kwnames, "call_soon");
+}
+
+/* Other threads hold the GIL while they call this, so the ready ring is
+ * safe to touch, and one queue keeps asyncio's global FIFO order. */
+static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Handle *h = schedule_call(lp, args, nargsf, kwnames, "call_soon_threadsafe");
+    if (h != NULL && lp->h != 0 && lp->thread != PyThread_get_thread_ident() && !gl_forked())
         GL.wake(lp->h);   /* ends a wait in progress; cheap and thread-safe */
     return (PyObject *)h;
 }
@@ -320,13 +310,9 @@ static PyObject *lc_call_at(LoopCore *lp, PyObject *const *args, Py_ssize_t narg
         return NULL;
     if (loop_check_alive(lp) < 0 || debug_checks(lp, args[1], "call_at") < 0)
         return NULL;
-    PyObject *a = PyTuple_New(nargs - 2);
+    PyObject *a = rest_tuple(args, nargs, 2);
     if (a == NULL)
         return NULL;
-    for (Py_ssize_t i = 2; i < nargs; i++) {
-        Py_INCREF(args[i]);
-        PyTuple_SET_ITEM(a, i - 2, args[i]);
-    }
     Handle *h = handle_new(TimerHandle_Type, lp, args[1], a, ctx, when);
     Py_DECREF(a);
     if (h == NULL)

@@ -205,15 +205,9 @@ static int fatal_from_current(Transport *t, const char *msg)
 {
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
+    PyObject *value = take_exception();
     fatal_error(t, value ? value : Py_None, msg);
-    Py_XDECREF(type);
     Py_XDECREF(value);
-    Py_XDECREF(tb);
     return 0;
 }
 
@@ -276,31 +270,41 @@ static int send_close(Transport *t, int abort)
     return loop_submit(t->loop, GL_OP_CLOSE, t->fd, TOKEN(t), NULL, 0, arg);
 }
 
+/* pause_writing()/resume_writing() failing goes to the exception handler,
+ * as asyncio's _FlowControlMixin does. -1 only for SystemExit and
+ * KeyboardInterrupt, left set for the caller. */
+static int call_flow_control(Transport *t, const char *method)
+{
+    PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *value = take_exception();
+    PyObject *msg = PyUnicode_FromFormat("protocol.%s() failed", method);
+    PyObject *ctx = msg ? Py_BuildValue("{s:O,s:O,s:O,s:O}", "message", msg,
+                                        "exception", value ? value : Py_None, "transport", t,
+                                        "protocol", t->protocol) : NULL;
+    Py_XDECREF(msg);
+    Py_XDECREF(value);
+    int rc = 0;
+    if (ctx != NULL) {
+        rc = loop_call_exception_handler(t->loop, ctx);
+        Py_DECREF(ctx);
+    } else {
+        PyErr_WriteUnraisable((PyObject *)t);
+    }
+    return rc;
+}
+
 static void maybe_pause_protocol(Transport *t)
 {
     if (t->wsize <= t->high || t->write_paused)
         return;
     t->write_paused = 1;
-    PyObject *r = PyObject_CallMethod(t->protocol, "pause_writing", NULL);
-    if (r != NULL) {
-        Py_DECREF(r);
-        return;
-    }
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-        return; /* leaves the exception set for the caller */
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", "protocol.pause_writing() failed",
-                                  "exception", value ? value : Py_None, "transport", t,
-                                  "protocol", t->protocol);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-    if (ctx != NULL) {
-        loop_call_exception_handler(t->loop, ctx);
-        Py_DECREF(ctx);
-    }
+    call_flow_control(t, "pause_writing");
 }
 
 static int maybe_resume_protocol(Transport *t)
@@ -308,28 +312,7 @@ static int maybe_resume_protocol(Transport *t)
     if (!t->write_paused || t->wsize > t->low)
         return 0;
     t->write_paused = 0;
-    PyObject *r = PyObject_CallMethod(t->protocol, "resume_writing", NULL);
-    if (r != NULL) {
-        Py_DECREF(r);
-        return 0;
-    }
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-        return -1;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", "protocol.resume_writing() failed",
-                                  "exception", value ? value : Py_None, "transport", t,
-                                  "protocol", t->protocol);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-    int rc = 0;
-    if (ctx != NULL) {
-        rc = loop_call_exception_handler(t->loop, ctx);
-        Py_DECREF(ctx);
-    }
-    return rc;
+    return call_flow_control(t, "resume_writing");
 }
 
 /* ---- delivery ---- */
