@@ -1264,9 +1264,9 @@ func TestWakeAfterClose(t *testing.T) {
 			var evfd int
 			switch x := b.(type) {
 			case *epollBackend:
-				evfd = x.evfd
+				evfd = x.wk.fd
 			case *uringBackend:
-				evfd = x.evfd
+				evfd = x.wk.fd
 			}
 			b.Close()
 			var p [2]int

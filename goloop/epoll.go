@@ -1,7 +1,6 @@
 package goloop
 
 import (
-	"sync"
 	"time"
 	"unsafe"
 
@@ -15,16 +14,13 @@ import (
 // is not done, so nothing is lost when a Poll call returns early.
 type epollBackend struct {
 	epfd    int
-	evfd    int
+	wk      waker
 	pool    *bufPool
 	fds     map[int32]*epFd
 	ready   []Comp
 	events  []unix.EpollEvent
 	dirty   []*epFd
 	starved []*epFd
-
-	wakeMu   sync.RWMutex // Close waits out Wakes in progress
-	wakeGone bool
 }
 
 type epFd struct {
@@ -72,7 +68,7 @@ func newEpoll(opt Options) (Backend, error) {
 		return nil, err
 	}
 	return &epollBackend{
-		epfd: epfd, evfd: evfd, pool: pool,
+		epfd: epfd, wk: waker{fd: evfd}, pool: pool,
 		fds:    make(map[int32]*epFd),
 		events: make([]unix.EpollEvent, 256),
 	}, nil
@@ -81,21 +77,7 @@ func newEpoll(opt Options) (Backend, error) {
 func (b *epollBackend) Name() string  { return "epoll" }
 func (b *epollBackend) Pending() bool { return len(b.ready) > 0 }
 
-func (b *epollBackend) Wake() error {
-	// A goroutine finishing after Close (a DNS lookup posting its answer)
-	// must not write into whatever now has the eventfd's number.
-	b.wakeMu.RLock()
-	defer b.wakeMu.RUnlock()
-	if b.wakeGone {
-		return unix.EBADF
-	}
-	var one = [8]byte{1}
-	_, err := unix.Write(b.evfd, one[:])
-	if err == unix.EAGAIN {
-		return nil // counter full: a wake-up is pending anyway
-	}
-	return err
-}
+func (b *epollBackend) Wake() error { return b.wk.wake() }
 
 func (b *epollBackend) Close() error {
 	for fd, f := range b.fds {
@@ -104,10 +86,7 @@ func (b *epollBackend) Close() error {
 		}
 	}
 	b.fds = nil
-	b.wakeMu.Lock()
-	b.wakeGone = true
-	unix.Close(b.evfd)
-	b.wakeMu.Unlock()
+	b.wk.close()
 	b.pool.close()
 	return unix.Close(b.epfd)
 }
@@ -428,9 +407,9 @@ func (b *epollBackend) failFd(f *epFd, res int32) {
 }
 
 func (b *epollBackend) handle(ev *unix.EpollEvent) {
-	if ev.Fd == int32(b.evfd) {
+	if ev.Fd == int32(b.wk.fd) {
 		var buf [8]byte
-		unix.Read(b.evfd, buf[:])
+		unix.Read(b.wk.fd, buf[:])
 		return
 	}
 	f := b.fds[ev.Fd]

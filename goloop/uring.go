@@ -3,7 +3,6 @@ package goloop
 import (
 	"errors"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -27,7 +26,7 @@ type uringBackend struct {
 	r    *ring
 	pool *bufPool
 	pbuf *pbufRing
-	evfd int
+	wk   waker
 
 	fds   map[int32]*urFd
 	slots []*urFd  // user_data names a slot; slot 0 is the backend's own
@@ -43,8 +42,6 @@ type uringBackend struct {
 	wakeArmed bool
 	woken     bool
 	closed    bool
-	wakeMu    sync.RWMutex // Close waits out Wakes in progress
-	wakeGone  bool
 
 	pinned  bool // ring bound to one thread (SINGLE_ISSUER|DEFER_TASKRUN)
 	enabled bool
@@ -81,7 +78,7 @@ func newUring(opt Options) (Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &uringBackend{r: r, evfd: -1, fds: make(map[int32]*urFd), slots: []*urFd{nil}, gens: []uint32{0}}
+	b := &uringBackend{r: r, wk: waker{fd: -1}, fds: make(map[int32]*urFd), slots: []*urFd{nil}, gens: []uint32{0}}
 	b.pinned = r.flags&iouSetupDeferTaskrun != 0
 	fail := func(err error) (Backend, error) {
 		b.release()
@@ -101,7 +98,7 @@ func newUring(opt Options) (Backend, error) {
 	// Blocking: io_uring answers a read of an O_NONBLOCK file with EAGAIN
 	// instead of waiting. Wake's write cannot block (the counter would
 	// have to near 2^64).
-	if b.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+	if b.wk.fd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
 		return fail(err)
 	}
 	return b, nil
@@ -113,18 +110,7 @@ func (b *uringBackend) Pending() bool {
 	return len(b.ready) > 0 || b.r.cqReady() || b.r.taskrunPending()
 }
 
-func (b *uringBackend) Wake() error {
-	// A goroutine finishing after Close (a DNS lookup posting its answer)
-	// must not write into whatever now has the eventfd's number.
-	b.wakeMu.RLock()
-	defer b.wakeMu.RUnlock()
-	if b.wakeGone {
-		return unix.EBADF
-	}
-	var one = [8]byte{1}
-	_, err := unix.Write(b.evfd, one[:])
-	return err
-}
+func (b *uringBackend) Wake() error { return b.wk.wake() }
 
 func (b *uringBackend) complete(c Comp) { b.ready = append(b.ready, c) }
 
@@ -143,7 +129,7 @@ func (b *uringBackend) sqe(op uint8, fd int32, ud uint64) *uringSQE {
 // armWake keeps one read of the eventfd in flight, so a Wake from any
 // goroutine completes it and ends the wait.
 func (b *uringBackend) armWake() {
-	s := b.sqe(iouOpRead, int32(b.evfd), uint64(kWake))
+	s := b.sqe(iouOpRead, int32(b.wk.fd), uint64(kWake))
 	s.addr = uint64(uintptr(unsafe.Pointer(&b.r.scratch[64])))
 	s.len = 8
 	b.wakeArmed = true
@@ -341,12 +327,7 @@ func (b *uringBackend) release() {
 		b.r.close()
 		b.r = nil
 	}
-	if b.evfd >= 0 {
-		b.wakeMu.Lock()
-		b.wakeGone = true
-		unix.Close(b.evfd)
-		b.wakeMu.Unlock()
-	}
+	b.wk.close()
 	if b.pool != nil {
 		b.pool.close()
 		b.pool = nil

@@ -27,9 +27,26 @@ sys.path.insert(0, os.path.dirname(__file__))
 import dns_support  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PYDIR = os.path.join(os.path.dirname(HERE), "python")
-if PYDIR not in sys.path:
-    sys.path.insert(0, PYDIR)
+
+
+def _goloop_dir():
+    # The directory the goloop under test comes from, for child interpreters:
+    # the installed package (make test's venv) when there is one, else the
+    # sources (a development build made with `make inplace`).
+    try:
+        import goloop
+    except ImportError:
+        goloop = None
+    path = getattr(goloop, "__file__", None)  # None: the Go package's folder
+    if path:
+        return os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    src = os.path.join(os.path.dirname(HERE), "python")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    return src
+
+
+PYDIR = _goloop_dir()
 
 from goloop import _dns  # noqa: E402  (pure Python: importing it starts nothing)
 
