@@ -15,10 +15,12 @@ import time
 
 _live = set()
 
-# Set by the harness: run servers and load generators SCHED_FIFO, so that on
-# a machine busy with other work they are not kept waiting behind it. While
-# they run, the rest of the machine gets only what the kernel's real-time
-# throttling leaves it (5% by default).
+# Set by the harness: run load generators SCHED_FIFO, so that on a machine
+# busy with other work they are not kept waiting behind it. Servers run at
+# the harness's nice level (-20) but not SCHED_FIFO: a multi-threaded server
+# pinned to one CPU can livelock under FIFO, one thread spinning on a lock
+# that a preempted thread of the same priority holds. goloop's Go runtime
+# threads did exactly that under aiohttp load (docs/benchmarks.md).
 realtime = False
 
 _PR_SET_PDEATHSIG = 1
@@ -41,6 +43,10 @@ def _child_setup():
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
 
 
+def _server_setup():
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 class ServerError(Exception):
     pass
 
@@ -57,7 +63,7 @@ class Server:
         self.proc = subprocess.Popen(
             ["taskset", "-c", str(cpu), *argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-            env=env, cwd=cwd, start_new_session=True, preexec_fn=_child_setup)
+            env=env, cwd=cwd, start_new_session=True, preexec_fn=_server_setup)
         _live.add(self)
         try:
             self._wait_ready(ready_timeout)
