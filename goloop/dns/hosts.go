@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"bytes"
 	"net/netip"
 	"strings"
 )
@@ -25,23 +24,13 @@ type Hosts struct {
 // skipped, as glibc skips them.
 func ParseHosts(data []byte) *Hosts {
 	h := &Hosts{byName: map[string][]int{}}
-	for len(data) > 0 {
-		var line []byte
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			line, data = data, nil
-		}
-		if i := bytes.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		f := strings.Fields(string(line))
+	eachFields(data, func(f []string) {
 		if len(f) < 2 {
-			continue
+			return
 		}
 		addr, err := netip.ParseAddr(f[0])
 		if err != nil || addr.Zone() != "" {
-			continue
+			return
 		}
 		idx := len(h.entries)
 		h.entries = append(h.entries, hostsEntry{addr: addr, names: f[1:]})
@@ -54,7 +43,7 @@ func ParseHosts(data []byte) *Hosts {
 			seen[k] = true
 			h.byName[k] = append(h.byName[k], idx)
 		}
-	}
+	})
 	return h
 }
 

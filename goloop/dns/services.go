@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"bytes"
 	"strconv"
 	"strings"
 )
@@ -15,27 +14,17 @@ type Services struct {
 // ParseServices parses services(5) text. Malformed lines are skipped.
 func ParseServices(data []byte) *Services {
 	s := &Services{byName: map[string]int{}, byPort: map[string]string{}}
-	for len(data) > 0 {
-		var line []byte
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			line, data = data, nil
-		}
-		if i := bytes.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		f := strings.Fields(string(line))
+	eachFields(data, func(f []string) {
 		if len(f) < 2 {
-			continue
+			return
 		}
 		slash := strings.IndexByte(f[1], '/')
 		if slash <= 0 || slash == len(f[1])-1 {
-			continue
+			return
 		}
 		port, err := strconv.Atoi(f[1][:slash])
 		if err != nil || port < 0 || port > 65535 {
-			continue
+			return
 		}
 		proto := f[1][slash+1:]
 		pk := strconv.Itoa(port) + "/" + proto
@@ -49,7 +38,7 @@ func ParseServices(data []byte) *Services {
 				s.byName[k] = port
 			}
 		}
-	}
+	})
 	return s
 }
 
