@@ -10,6 +10,19 @@ import socket
 PEER_TIMEOUT = 10.0
 
 
+class Echo(asyncio.Protocol):
+    """Server side of the echo tests: sends back what arrives, closes on EOF."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def eof_received(self):
+        self.transport.close()
+
+
 class Recorder(asyncio.Protocol):
     """Records every protocol callback in order; lets a test await bytes, EOF and
     connection loss."""

@@ -9,18 +9,7 @@ import subprocess
 import pytest
 
 from bounded import run
-from peers import Recorder, listener
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
-
-    def eof_received(self):
-        self.transport.close()
+from peers import Echo, Recorder, listener
 
 
 async def echo_roundtrip(loop, host, port, payload=b"ping", **kwargs):

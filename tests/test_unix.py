@@ -9,18 +9,7 @@ import tempfile
 import pytest
 
 from bounded import run
-from peers import Recorder
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
-
-    def eof_received(self):
-        self.transport.close()
+from peers import Echo, Recorder
 
 
 @pytest.fixture

@@ -161,27 +161,17 @@ def _gai_error(exc):
     return socket.gaierror(code, msg)
 
 
-def _family(n, _cache={}):
+def _enum(cls, n, _cache={}):
+    # socket.getaddrinfo gives AddressFamily/SocketKind members where the
+    # number has one, the plain int otherwise.
     try:
-        return _cache[n]
+        return _cache[cls, n]
     except KeyError:
         try:
-            v = socket.AddressFamily(n)
+            v = cls(n)
         except ValueError:
             v = n
-        _cache[n] = v
-        return v
-
-
-def _kind(n, _cache={}):
-    try:
-        return _cache[n]
-    except KeyError:
-        try:
-            v = socket.SocketKind(n)
-        except ValueError:
-            v = n
-        _cache[n] = v
+        _cache[cls, n] = v
         return v
 
 
@@ -244,7 +234,7 @@ async def getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0):
             sa = (_inet_ntop(_AF_INET6, _fromhex(raw)), prt, 0, scope)
         else:
             sa = (_inet_ntop(_AF_INET, _fromhex(raw)), prt)
-        out.append((_family(fam), _kind(kind), pr, canon, sa))
+        out.append((_enum(socket.AddressFamily, fam), _enum(socket.SocketKind, kind), pr, canon, sa))
     return out
 
 
