@@ -36,7 +36,7 @@ srv IN SRV 1 2 8080 both.example.
 txt IN TXT "hello" "world"
 `
 
-func startUnbound(t *testing.T) string {
+func startUnbound(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("unbound")
 	if err != nil {
@@ -80,7 +80,7 @@ $TTL 300
 
 // runUnbound starts unbound on a free port with the zones in dir and
 // waits until it answers.
-func runUnbound(t *testing.T, bin, dir string) (string, error) {
+func runUnbound(t testing.TB, bin, dir string) (string, error) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
