@@ -370,6 +370,67 @@ def test_cancel_and_loop_stays_responsive(gloop):
         hole.close()
 
 
+CANCEL_CHILD = r"""
+import asyncio, json, socket, sys, time
+sys.path.insert(0, sys.argv[1])
+resolv_conf = sys.argv[2]
+hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+hole.bind(("127.0.0.1", 0))
+hole.setblocking(False)
+with open(resolv_conf, "w") as f:
+    f.write("nameserver 127.0.0.1:%d\noptions timeout:5 attempts:1\n" % hole.getsockname()[1])
+import goloop
+from goloop import _dns
+loop = goloop.new_event_loop()
+
+async def main():
+    # From /etc/hosts (GOLOOP_HOSTS): teaches _dns that these arguments are
+    # valid, so the next name takes the C fast path, never _dns's.
+    await loop.getaddrinfo("warm.example", 80, type=socket.SOCK_STREAM)
+    async def no_python_path(*a):
+        raise AssertionError("took the Python path")
+    _dns.getaddrinfo = no_python_path
+    task = loop.create_task(loop.getaddrinfo("x.example", 80, type=socket.SOCK_STREAM))
+    await loop.sock_recv(hole, 512)  # the question reached the silent server
+    in_flight = len(loop._calls)
+    t0 = time.monotonic()
+    task.cancel()
+    try:
+        await task
+        cancelled = False
+    except asyncio.CancelledError:
+        cancelled = True
+    # Go posts the call's end once the lookup has stopped: within moments
+    # if the cancel reached it, after the 5 s timeout otherwise. Nothing
+    # signals it to Python code, so look.
+    while loop._calls and time.monotonic() - t0 < 4:
+        await asyncio.sleep(0.01)
+    return {"cancelled": cancelled, "in_flight": in_flight,
+            "go_done_after": time.monotonic() - t0, "left": len(loop._calls)}
+
+print(json.dumps(loop.run_until_complete(main())))
+"""
+
+
+def test_cancel_getaddrinfo_stops_go_lookup(tmp_path):
+    # goloop only: cancelling the awaiting task must end the lookup in Go
+    # too (asyncio and uvloop cannot stop a thread-pool getaddrinfo).
+    _goloop()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("192.0.2.1 warm.example\n")
+    script = tmp_path / "child.py"
+    script.write_text(CANCEL_CHILD)
+    rc = tmp_path / "resolv.conf"
+    env = dict(os.environ, GOLOOP_RESOLVER="go", GOLOOP_HOSTS=str(hosts),
+               GOLOOP_RESOLV_CONF=str(rc), PYTHONPATH=PYDIR)
+    r = subprocess.run(["/usr/bin/python3", str(script), PYDIR, str(rc)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["cancelled"] and got["in_flight"] == 1, got
+    assert got["left"] == 0 and got["go_done_after"] < 2.0, got
+
+
 def test_timeout_is_dns_error(gloop):
     hole = blackhole()
     r = _dns.Resolver(nameservers=["127.0.0.1:%d" % hole.getsockname()[1]], timeout=0.2,
@@ -465,19 +526,31 @@ async def acall(coro):
         return ["err", type(e).__name__, list(e.args)]
 
 loop = goloop.new_event_loop()
+# loop.getaddrinfo goes through the C fast path once _dns has seen the
+# arguments accepted; count the lookups it took so the test knows both
+# paths were compared.
+fast = [0]
+def counting_gai_start(*a, _start=loop._gai_start):
+    r = _start(*a)
+    fast[0] += r is not None
+    return r
+loop._gai_start = counting_gai_start
 out = []
 async def main():
     for kind, args in cases:
         if kind == "gai":
+            host, port, family, type, proto, flags = args
+            via_loop = await acall(loop.getaddrinfo(host, port, family=family, type=type,
+                                                    proto=proto, flags=flags))
             out.append([kind, args, call(socket.getaddrinfo, *args),
-                        await acall(_dns.getaddrinfo(loop, *args))])
+                        await acall(_dns.getaddrinfo(loop, *args)), via_loop])
         else:
             sa, flags = args
             sa = tuple(sa)
-            out.append([kind, args, call(socket.getnameinfo, sa, flags),
-                        await acall(_dns.getnameinfo(loop, sa, flags))])
+            got = await acall(_dns.getnameinfo(loop, sa, flags))
+            out.append([kind, args, call(socket.getnameinfo, sa, flags), got, got])
 loop.run_until_complete(main())
-print(json.dumps(out))
+print(json.dumps({"results": out, "fast": fast[0]}))
 """
 
 NETNS_HOSTS = """127.0.0.1 localhost
@@ -556,18 +629,24 @@ def test_same_answers_as_glibc_in_netns(tmp_path):
                 r = dns_support.netns_exec(ns, ["/usr/bin/python3", str(script), str(casefile), PYDIR],
                                            capture_output=True, text=True, env=env, timeout=120)
                 assert r.returncode == 0, r.stderr
-                results = json.loads(r.stdout)
+                reply = json.loads(r.stdout)
+                results = reply["results"]
                 assert len(results) == len(netns_cases())
-                for kind, args, want, got in results:
+                # Most lookups took the C fast path (loop.getaddrinfo); each
+                # was also asked through the Python path (_dns.getaddrinfo).
+                assert reply["fast"] > len(DNS_NAMES) * 5, reply["fast"]
+                for kind, args, want, got, via_loop in results:
                     if want != got:
                         mismatches.append((label, kind, args, want, got))
+                    if want != via_loop:
+                        mismatches.append((label, "loop." + kind, args, want, via_loop))
                 # The data really came from unbound: a DNS-only name resolved.
-                assert any(a[0] == "c1.example" and w[0] == "ok" for _, a, w, _ in results)
+                assert any(a[0] == "c1.example" and w[0] == "ok" for _, a, w, _, _ in results)
                 if label == "routable":
                     # Sorting had work to do: with both families routable,
                     # glibc puts the IPv6 answer (precedence 40) before
                     # the IPv4 ones (10) that DNS listed first.
-                    both = [w for _, a, w, _ in results
+                    both = [w for _, a, w, _, _ in results
                             if a == ["both.example", 80, 0, int(socket.SOCK_STREAM), 0, 0]]
                     assert both and both[0][1][0][4][0] == "2001:db8::10", both
     assert not mismatches, "\n".join(map(repr, mismatches[:20])) + f"\n({len(mismatches)} in all)"

@@ -2,7 +2,7 @@ package dns
 
 import (
 	"context"
-	"encoding/hex"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"net/netip"
@@ -117,47 +117,37 @@ func methodGetaddrinfo(ctx context.Context, req []byte) ([]byte, error) {
 	if err != nil {
 		return nil, replyError(err)
 	}
-	// Addresses go back as hex bytes: Python formats them with inet_ntop,
-	// which is what socket.getaddrinfo's tuples hold.
-	var b strings.Builder
-	b.WriteByte('[')
-	for i, ai := range res {
-		if i > 0 {
-			b.WriteByte(',')
-		}
+	return appendAddrinfoReply(make([]byte, 0, 64*len(res)), res), nil
+}
+
+// appendAddrinfoReply encodes getaddrinfo's answer for the C extension
+// (_core's addrinfo decoder), which builds the Python tuples from it
+// without a Python frame: per entry, little-endian,
+//
+//	u8 family, u8 address length (4 or 16), i32 socktype, i32 proto,
+//	u16 port, u32 scope id, u16 canonical name length, the name's bytes,
+//	the address bytes.
+//
+// The canonical name is non-empty on the first entry only, as glibc
+// sets ai_canonname.
+func appendAddrinfoReply(b []byte, res []Addrinfo) []byte {
+	for _, ai := range res {
 		raw := ai.Addr.AsSlice()
-		canon, _ := json.Marshal(ai.Canon)
-		b.WriteString("[")
-		writeInts(&b, ai.Family, ai.Socktype, ai.Proto)
-		b.WriteByte(',')
-		b.Write(canon)
-		b.WriteString(`,"`)
-		b.WriteString(hex.EncodeToString(raw))
-		b.WriteString(`",`)
-		writeInts(&b, ai.Port, int(ai.Scope))
-		b.WriteByte(']')
-	}
-	b.WriteByte(']')
-	return []byte(b.String()), nil
-}
-
-func writeInts(b *strings.Builder, vs ...int) {
-	for i, v := range vs {
-		if i > 0 {
-			b.WriteByte(',')
+		canon := ai.Canon
+		if len(canon) > 0xffff {
+			canon = canon[:0xffff]
 		}
-		b.WriteString(itoa(v))
+		b = append(b, byte(ai.Family), byte(len(raw)))
+		b = binary.LittleEndian.AppendUint32(b, uint32(int32(ai.Socktype)))
+		b = binary.LittleEndian.AppendUint32(b, uint32(int32(ai.Proto)))
+		b = binary.LittleEndian.AppendUint16(b, uint16(ai.Port))
+		b = binary.LittleEndian.AppendUint32(b, ai.Scope)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(canon)))
+		b = append(b, canon...)
+		b = append(b, raw...)
 	}
+	return b
 }
-
-func itoa(v int) string {
-	if v >= 0 && v < 10 {
-		return string(rune('0' + v))
-	}
-	return jsonInt(v)
-}
-
-func jsonInt(v int) string { s, _ := json.Marshal(v); return string(s) }
 
 type nameinfoRequest struct {
 	Addr  string `json:"addr"` // numeric, as getnameinfo(NI_NUMERICHOST) printed it

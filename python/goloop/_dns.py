@@ -16,8 +16,13 @@ How a getaddrinfo call is answered:
    the real call would for bad arguments, bad flags, unknown services or
    families. Only EAI_NONAME (the host is a name) goes on to step 3.
 3. The Go resolver looks the name up and shapes the result as glibc
-   does; addresses come back as raw bytes and are formatted with
-   inet_ntop, so the tuples are byte-for-byte what the C library gives.
+   does; addresses come back as raw bytes and _core builds the tuples
+   (inet_ntop, the socket module's enums), so they are byte-for-byte what
+   the C library gives.
+
+goloop.Loop.getaddrinfo skips steps 1-2 for the common case (a str name
+whose other arguments were already seen accepted): the C extension sends
+the request itself (LoopCore._gai_start) and settles the future in C.
 """
 import json
 import os
@@ -26,6 +31,8 @@ from operator import index as _index
 from time import monotonic as _monotonic
 import socket
 from collections import namedtuple
+
+from . import _core
 
 __all__ = (
     "getaddrinfo", "getnameinfo", "Resolver", "DNSError", "use_go_resolver",
@@ -48,9 +55,6 @@ _NI_NUMERICSERV = int(socket.NI_NUMERICSERV)
 _NI_NAMEREQD = int(socket.NI_NAMEREQD)
 _AF_INET = int(socket.AF_INET)
 _AF_INET6 = int(socket.AF_INET6)
-_inet_ntop = socket.inet_ntop
-_fromhex = bytes.fromhex
-_json_decode = json.JSONDecoder().decode
 
 
 def _hosts_sources(text):
@@ -161,18 +165,15 @@ def _gai_error(exc):
     return socket.gaierror(code, msg)
 
 
-def _enum(cls, n, _cache={}):
-    # socket.getaddrinfo gives AddressFamily/SocketKind members where the
-    # number has one, the plain int otherwise.
-    try:
-        return _cache[cls, n]
-    except KeyError:
-        try:
-            v = cls(n)
-        except ValueError:
-            v = n
-        _cache[cls, n] = v
-        return v
+def setup_fast_path(go_call_error):
+    """Hand the C fast path (LoopCore._gai_start and the completion that
+    builds the tuples) what it needs from here: the set of argument
+    combinations already accepted, the enum members socket.getaddrinfo
+    returns, and how a failed call's text becomes an exception."""
+    def error(kind, text):
+        return _gai_error(text) if kind == 1 else go_call_error(text)
+    _core._dns_setup(_valid_args, {int(m): m for m in socket.AddressFamily},
+                     {int(m): m for m in socket.SocketKind}, error)
 
 
 async def getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0):
@@ -228,14 +229,7 @@ async def getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0):
         if _type_name(e) == "GoCallError":
             raise _gai_error(e) from None
         raise
-    out = []
-    for fam, kind, pr, canon, raw, prt, scope in _json_decode(data.decode()):
-        if fam == _AF_INET6:
-            sa = (_inet_ntop(_AF_INET6, _fromhex(raw)), prt, 0, scope)
-        else:
-            sa = (_inet_ntop(_AF_INET, _fromhex(raw)), prt)
-        out.append((_enum(socket.AddressFamily, fam), _enum(socket.SocketKind, kind), pr, canon, sa))
-    return out
+    return _core.addrinfo_decode(data)
 
 
 def _type_name(e):

@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import weakref
-from asyncio import base_events, events, selector_events, unix_events
+from asyncio import base_events, events, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _core, _dns, _hooks
@@ -34,6 +34,9 @@ _Unix = unix_events._UnixSelectorEventLoop
 
 class GoCallError(Exception):
     """A method of the Go core (a DNS lookup, ...) failed; the text is Go's."""
+
+
+_dns.setup_fast_path(GoCallError)
 
 
 def _fileobj_to_fd(fileobj):
@@ -58,7 +61,6 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         self._transports = weakref.WeakValueDictionary()
         self._watchers = {}
         self._listeners = {}
-        self._calls = {}
         self._signal_handlers = {}
         self._ssock = self._csock = None
         self._sig_watch = False
@@ -309,7 +311,20 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
     # ---- names: goloop's resolver in Go (docs/dns.md) ----
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
-        return await _dns.getaddrinfo(self, host, port, family, type, proto, flags)
+        # The common case (a str name, arguments seen accepted before) goes
+        # from the C fast path straight to Go, and the tuples are built in
+        # C when the answer arrives; anything else takes _dns's Python path.
+        call = None
+        if _dns.use_go_resolver():
+            call = self._gai_start(host, port, family, type, proto, flags)
+        if call is None:
+            return await _dns.getaddrinfo(self, host, port, family, type, proto, flags)
+        token, fut = call
+        try:
+            return await fut
+        except exceptions.CancelledError:
+            self._go_call_cancel(token)  # the lookup stops in Go too
+            raise
 
     async def getnameinfo(self, sockaddr, flags=0):
         return await _dns.getnameinfo(self, sockaddr, flags)
@@ -317,23 +332,13 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
     # ---- Go calls (DNS, ...) ----
 
     def _go_call(self, method, req):
-        """Run a registered Go method in a goroutine; a future for its bytes."""
+        """Run a registered Go method in a goroutine; a future for its bytes
+        (GoCallError with Go's text when it fails)."""
         self._check_closed()
-        fut = self.create_future()
-        token = self._go_call_start(method, req)
-        self._calls[token] = fut
+        token, fut = self._go_call_start(method, req)
 
-        def cancel_go(f, token=token):
-            if f.cancelled() and self._calls.pop(token, None) is not None:
+        def cancel_go(f):
+            if f.cancelled():
                 self._go_call_cancel(token)
         fut.add_done_callback(cancel_go)
         return fut
-
-    def _call_done(self, token, ok, data):
-        fut = self._calls.pop(token, None)
-        if fut is None or fut.done():
-            return
-        if ok:
-            fut.set_result(data)
-        else:
-            fut.set_exception(GoCallError(data.decode('utf-8', 'replace')))

@@ -80,6 +80,7 @@ struct LoopCore {
     unsigned long thread;  /* the thread in _run, 0 when not running */
     PyObject *live;        /* set of transports Go still knows */
     PyObject *keep;        /* dict token -> watcher/listener kept alive */
+    PyObject *calls;       /* dict token -> future of a Go call in flight */
     uint64_t next_call;
     char stopping;
     char closed;
@@ -113,6 +114,13 @@ int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
 int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
 int init_transport_type(PyObject *m);
+
+/* calls.c */
+int call_dispatch(LoopCore *lp, gl_comp *c);
+PyObject *lc_go_call_start(LoopCore *lp, PyObject *args);
+PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg);
+PyObject *lc_gai_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+int init_calls(PyObject *m);
 
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);

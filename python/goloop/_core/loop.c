@@ -508,24 +508,9 @@ static int dispatch(LoopCore *lp)
         case TAG_LISTENER:
             r = listener_dispatch(lp, obj, &c);
             break;
-        case TAG_CALL: {
-            PyObject *data = NULL;
-            int n = c.res >= 0 ? c.res : GL.result(lp->h, c.token, NULL, 0);
-            if (n < 0)
-                n = 0;
-            data = PyBytes_FromStringAndSize(NULL, n);
-            if (data == NULL)
-                return -1;
-            GL.result(lp->h, c.token, PyBytes_AS_STRING(data), n);
-            PyObject *res = PyObject_CallMethod((PyObject *)lp, "_call_done", "KON",
-                                                (unsigned long long)c.token,
-                                                c.res >= 0 ? Py_True : Py_False, data);
-            if (res == NULL)
-                r = report_callback_error(lp, "Exception in Go call completion", NULL, NULL);
-            else
-                Py_DECREF(res);
+        case TAG_CALL:
+            r = call_dispatch(lp, &c);
             break;
-        }
         default:
             break;
         }
@@ -686,38 +671,6 @@ static PyObject *lc_backend(LoopCore *lp, PyObject *unused)
     return PyUnicode_FromString(buf);
 }
 
-/* _go_call_start(method, req) -> token: start a Go method in a goroutine;
- * its completion arrives as _call_done(token, ok, data). */
-static PyObject *lc_go_call_start(LoopCore *lp, PyObject *args)
-{
-    const char *method;
-    Py_buffer req;
-    if (!PyArg_ParseTuple(args, "sy*", &method, &req))
-        return NULL;
-    if (loop_check_alive(lp) < 0) {
-        PyBuffer_Release(&req);
-        return NULL;
-    }
-    uint64_t token = ((++lp->next_call) << 3) | TAG_CALL;
-    int r = GL.call(lp->h, token, method, req.buf, (int)req.len);
-    PyBuffer_Release(&req);
-    if (r < 0) {
-        PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
-        return NULL;
-    }
-    return PyLong_FromUnsignedLongLong(token);
-}
-
-static PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg)
-{
-    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
-    if (PyErr_Occurred())
-        return NULL;
-    if (lp->h != 0)
-        GL.cancel(lp->h, token);
-    Py_RETURN_NONE;
-}
-
 /* _close_core(): release everything Go holds for this loop: transports
  * still open are aborted (their fds closed), pending sends released, then
  * the Go loop and its fds and buffers are closed. */
@@ -800,9 +753,10 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     lp->live = PySet_New(NULL);
     lp->keep = PyDict_New();
+    lp->calls = PyDict_New();
     lp->capcomps = 1024;
     lp->comps = PyMem_Malloc(sizeof(gl_comp) * lp->capcomps);
-    if (lp->live == NULL || lp->keep == NULL || lp->comps == NULL) {
+    if (lp->live == NULL || lp->keep == NULL || lp->calls == NULL || lp->comps == NULL) {
         Py_DECREF(lp);
         return PyErr_NoMemory();
     }
@@ -824,6 +778,7 @@ static int lc_traverse(LoopCore *lp, visitproc visit, void *arg)
         Py_VISIT(lp->heap[i]);
     Py_VISIT(lp->live);
     Py_VISIT(lp->keep);
+    Py_VISIT(lp->calls);
     Py_VISIT(Py_TYPE(lp));
     return 0;
 }
@@ -832,6 +787,7 @@ static int lc_clear_gc(LoopCore *lp)
 {
     clear_queues(lp);
     Py_CLEAR(lp->keep);
+    Py_CLEAR(lp->calls);
     return 0;
 }
 
@@ -849,6 +805,7 @@ static void lc_dealloc(LoopCore *lp)
     }
     Py_CLEAR(lp->live);
     Py_CLEAR(lp->keep);
+    Py_CLEAR(lp->calls);
     PyMem_Free(lp->ready);
     PyMem_Free(lp->heap);
     PyMem_Free(lp->subs);
@@ -890,6 +847,7 @@ static PyMethodDef lc_methods[] = {
     {"_flush", (PyCFunction)lc_flush, METH_NOARGS, NULL},
     {"_go_call_start", (PyCFunction)lc_go_call_start, METH_VARARGS, NULL},
     {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
+    {"_gai_start", (PyCFunction)(void (*)(void))lc_gai_start, METH_FASTCALL, NULL},
     {"_close_core", (PyCFunction)lc_close_core, METH_NOARGS, NULL},
     {"_clear_queues", (PyCFunction)lc_clear, METH_NOARGS, NULL},
     {NULL}
@@ -907,6 +865,7 @@ static PyGetSetDef lc_getset[] = {
 static PyMemberDef lc_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopCore, weakreflist), READONLY},
     {"_live_transports", T_OBJECT, offsetof(LoopCore, live), READONLY},
+    {"_calls", T_OBJECT, offsetof(LoopCore, calls), READONLY},
     {NULL}
 };
 
