@@ -12,6 +12,11 @@ name once through loop.getaddrinfo(name, 80, type=SOCK_STREAM), as
 create_connection does, with --concurrency lookups in flight. Reported:
 lookups per second and latency percentiles (median of --rounds runs), the
 goloop/asyncio and goloop/uvloop ratios; JSON goes to bench/results/dns.json.
+
+Client and server run on different CPUs (the client on CPU 0, unbound and
+the delay proxy on CPU 1) unless --no-pin: otherwise the scheduler's
+placement decides much of the result, above all for asyncio, whose
+executor threads and loop pass the GIL between the two cores.
 """
 import argparse
 import json
@@ -127,7 +132,10 @@ def build_delay_proxy(workdir):
     return out
 
 
-def child(loop_name, names, concurrency):
+def child(loop_name, names, concurrency, cpu):
+    if cpu is not None:
+        # Before any thread starts (the executor's, Go's): they inherit it.
+        os.sched_setaffinity(0, {cpu})
     import asyncio
     import socket
     if loop_name == "goloop":
@@ -191,14 +199,20 @@ def main():
     ap.add_argument("--loops", default=",".join(LOOPS))
     ap.add_argument("--delay-ms", type=float, default=0.0,
                     help="hold each question this long in a proxy (a resolver farther away)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="let the scheduler place client and server (default: client on "
+                         "CPU 0, unbound and the proxy on CPU 1)")
     ap.add_argument("--child")
+    ap.add_argument("--cpu", type=int)
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.out is None:
         suffix = f"-delay{a.delay_ms:g}ms" if a.delay_ms else ""
         a.out = os.path.join(HERE, "results", f"dns{suffix}.json")
     if a.child:
-        return child(a.child, a.names, a.concurrency)
+        return child(a.child, a.names, a.concurrency, a.cpu)
+    pin = not a.no_pin and len(os.sched_getaffinity(0)) >= 2
+    client_cpu, server_cpu_set = (0, {1}) if pin else (None, None)
 
     import dns_support
     if dns_support.UNBOUND is None:
@@ -217,10 +231,14 @@ def main():
         # the proxy does and unbound sits behind it on another port.
         ub = stack.enter_context(dns_support.Unbound(
             port=53 if not a.delay_ms else 5353, netns=ns, bench_names=a.names))
+        if pin:
+            os.sched_setaffinity(ub.proc.pid, server_cpu_set)
         if a.delay_ms:
             workdir = stack.enter_context(tempfile.TemporaryDirectory())
             proxy = subprocess.Popen(
-                [dns_support.IP, "netns", "exec", ns, build_delay_proxy(workdir),
+                [dns_support.IP, "netns", "exec", ns]
+                + (["taskset", "-c", ",".join(map(str, server_cpu_set))] if pin else [])
+                + [build_delay_proxy(workdir),
                  "127.0.0.1:53", "127.0.0.1:5353", str(a.delay_ms)],
                 stdout=subprocess.PIPE, text=True)
             stack.callback(lambda: (proxy.kill(), proxy.wait()))
@@ -231,7 +249,8 @@ def main():
                 s0 = server_cpu(ub)
                 r = dns_support.netns_exec(
                     ns, [sys.executable, os.path.abspath(__file__), "--child", name,
-                         "--names", str(a.names), "--concurrency", str(a.concurrency)],
+                         "--names", str(a.names), "--concurrency", str(a.concurrency)]
+                    + (["--cpu", str(client_cpu)] if pin else []),
                     capture_output=True, text=True, env=env, timeout=900)
                 if r.returncode != 0:
                     sys.exit(f"{name} failed:\n{r.stderr}")
@@ -256,6 +275,8 @@ def main():
         }
     where = (f"unbound behind a proxy adding {a.delay_ms:g} ms" if a.delay_ms
              else "unbound on 127.0.0.1:53")
+    if pin:
+        where += ", client on CPU 0, server on CPU 1"
     print(f"\n{a.names} distinct names, concurrency {a.concurrency}, "
           f"median of {a.rounds} rounds ({where}, in a netns)\n")
     print(f"{'loop':10s} {'lookups/s':>12s} {'p50 ms':>9s} {'p99 ms':>9s} "
@@ -276,7 +297,7 @@ def main():
         json.dump({
             "command": "PYTHONPATH=python /usr/bin/python3 bench/dns_bench.py " + " ".join(sys.argv[1:]),
             "names": a.names, "concurrency": a.concurrency, "rounds": a.rounds,
-            "delay_ms": a.delay_ms,
+            "delay_ms": a.delay_ms, "pinned": pin,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "summary": summary, "ratios": ratios, "runs": runs,
         }, f, indent=2)
