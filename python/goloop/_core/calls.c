@@ -109,6 +109,23 @@ static int surely_a_name(const char *s, Py_ssize_t n)
     return !maybe_numeric && label < 64;
 }
 
+/* Decimal text of v at w; returns the end. */
+static char *put_long(char *w, long v)
+{
+    char tmp[24];
+    int k = 0;
+    unsigned long u = v < 0 ? 0UL - (unsigned long)v : (unsigned long)v;
+    do {
+        tmp[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *w++ = '-';
+    while (k > 0)
+        *w++ = tmp[--k];
+    return w;
+}
+
 /* _gai_start(host, port, family, type, proto, flags) -> (token, future),
  * or None when the arguments need the Python path (goloop._dns.getaddrinfo):
  * anything but an ASCII str name, a port that is not None, an int or an
@@ -166,19 +183,30 @@ PyObject *lc_gai_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
     }
-    /* host, service, family, type, proto, flags; see parseAddrinfoRequest */
+    /* host, service, family, type, proto, flags; see parseAddrinfoRequest
+     * (snprintf here cost more than the rest of the function) */
     char buf[1024 + 256 + 128];
-    int n = snprintf(buf, sizeof buf, "s%.*s", (int)hn, hs) + 1;
-    if (port == Py_None)
-        n += snprintf(buf + n, sizeof buf - n, "n") + 1;
-    else if (ps == NULL)
-        n += snprintf(buf + n, sizeof buf - n, "s%ld", pnum) + 1;
-    else
-        n += snprintf(buf + n, sizeof buf - n, "s%.*s", (int)pn, ps) + 1;
-    n += snprintf(buf + n, sizeof buf - n, "%ld", nums[0]) + 1;
-    n += snprintf(buf + n, sizeof buf - n, "%ld", nums[1]) + 1;
-    n += snprintf(buf + n, sizeof buf - n, "%ld", nums[2]) + 1;
-    n += snprintf(buf + n, sizeof buf - n, "%ld", nums[3]);
+    char *w = buf;
+    *w++ = 's';
+    memcpy(w, hs, hn);
+    w += hn;
+    *w++ = '\0';
+    if (port == Py_None) {
+        *w++ = 'n';
+    } else {
+        *w++ = 's';
+        if (ps == NULL) {
+            w = put_long(w, pnum);
+        } else {
+            memcpy(w, ps, pn);
+            w += pn;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        *w++ = '\0';
+        w = put_long(w, nums[i]);
+    }
+    Py_ssize_t n = w - buf;
     return start_call(lp, "dns.getaddrinfo", buf, n, CALL_ADDRINFO);
 }
 
