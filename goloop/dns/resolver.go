@@ -197,15 +197,7 @@ func (r *Resolver) ExchangeMulti(ctx context.Context, conf *ResolvConf, name str
 // the caller can tell SERVFAIL from silence.
 func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16) []exchangeResult {
 	out := make([]exchangeResult, len(qtypes))
-	qs := make([]*mdns.Msg, len(qtypes))
-	for i, qt := range qtypes {
-		q := new(mdns.Msg)
-		q.SetQuestion(name, qt)
-		q.RecursionDesired = true
-		if conf.EDNS0 {
-			q.SetEdns0(1232, false)
-		}
-		qs[i] = q
+	for i := range out {
 		out[i].err = errNoServer
 	}
 	n := len(conf.Servers)
@@ -216,12 +208,17 @@ func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name s
 	if conf.Rotate {
 		start = int(r.rr.Add(1)-1) % n
 	}
-	pending := make([]int, len(qtypes))
-	for i := range pending {
-		pending[i] = i
+	// Small fixed arrays back the bookkeeping of the usual one or two
+	// questions.
+	var pendBuf, stillBuf [maxBatch]int
+	var qtBuf [maxBatch]uint16
+	var lastBuf [maxBatch]*mdns.Msg
+	pending, still, askTypes := pendBuf[:0], stillBuf[:0], qtBuf[:0]
+	lastResp := lastBuf[:0]
+	for i := range qtypes {
+		pending = append(pending, i)
+		lastResp = append(lastResp, nil)
 	}
-	lastResp := make([]*mdns.Msg, len(qtypes))
-	calls := make([]*udpCall, len(qtypes))
 	for a := 0; a < conf.Attempts && len(pending) > 0; a++ {
 		for s := 0; s < n && len(pending) > 0; s++ {
 			if err := ctx.Err(); err != nil {
@@ -232,24 +229,37 @@ func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name s
 			}
 			server := conf.Servers[(start+s)%n]
 			deadline := time.Now().Add(conf.Timeout)
-			if !conf.UseVC {
-				for _, i := range pending {
-					calls[i], out[i].err = sendUDP(qs[i], server)
-				}
-			}
-			var still []int
+			askTypes = askTypes[:0]
 			for _, i := range pending {
-				var resp *mdns.Msg
+				askTypes = append(askTypes, qtypes[i])
+			}
+			var udp []udpResult
+			var batch *udpBatch
+			complete := false
+			if !conf.UseVC {
 				var err error
-				if conf.UseVC {
-					resp, err = exchangeTCP(ctx, qs[i], server, time.Until(deadline))
-				} else if calls[i] != nil {
-					resp, err = calls[i].wait(ctx, deadline)
-					calls[i] = nil
-					if err == nil && resp.Truncated {
-						resp, err = exchangeTCP(ctx, qs[i], server, time.Until(deadline))
+				batch, err = sendUDP(server, name, askTypes, conf.EDNS0, deadline)
+				if err != nil {
+					for _, i := range pending {
+						out[i].err = err
 					}
 				} else {
+					udp, complete = batch.wait(ctx)
+				}
+			}
+			still = still[:0]
+			for j, i := range pending {
+				var resp *mdns.Msg
+				var err error
+				switch {
+				case conf.UseVC:
+					resp, err = exchangeTCP(ctx, newQuestion(name, qtypes[i], conf.EDNS0), server, time.Until(deadline))
+				case udp != nil:
+					resp, err = udp[j].msg, udp[j].err
+					if err == nil && resp.Truncated {
+						resp, err = exchangeTCP(ctx, newQuestion(name, qtypes[i], conf.EDNS0), server, time.Until(deadline))
+					}
+				default:
 					err = out[i].err
 				}
 				if err != nil {
@@ -265,7 +275,10 @@ func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name s
 					still = append(still, i)
 				}
 			}
-			pending = still
+			if complete {
+				batch.release()
+			}
+			pending, still = still, pending
 		}
 	}
 	for _, i := range pending {

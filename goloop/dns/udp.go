@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -18,12 +19,19 @@ import (
 // Each socket is retired after retireAfter queries so that source ports
 // keep changing (a resolver on one fixed port is easier to spoof), and
 // query ids are random.
+//
+// The questions of one try (A and AAAA of a lookup) leave in one sendmmsg
+// and wait together on one channel; a reader goroutine per socket takes
+// answers in batches with recvmmsg (batch_linux.go) until the socket is
+// empty, and one timer per socket, armed for the earliest deadline,
+// fails the questions whose try has timed out.
 
 const (
 	socketsPerServer = 4
-	retireAfter      = 4096
-	maxUDPAnswer     = 65535
+	maxBatch         = 2 // questions per try that need no allocation
 )
+
+var retireAfter = 4096 // a variable for tests
 
 type udpPool struct {
 	mu    sync.Mutex
@@ -33,36 +41,46 @@ type udpPool struct {
 
 var pool = &udpPool{conns: map[string][]*udpConn{}}
 
+// waiter is one question sent and not yet answered.
 type waiter struct {
-	name  string
-	qtype uint16
-	ch    chan udpResult
+	name     string
+	qtype    uint16
+	idx      int
+	deadline time.Time
+	b        *udpBatch
 }
 
 type udpResult struct {
+	idx int
 	msg *mdns.Msg
 	err error
 }
 
 type udpConn struct {
-	c *net.UDPConn
+	c  *net.UDPConn
+	rc syscall.RawConn
 
 	mu      sync.Mutex
 	pending map[uint16]*waiter
 	uses    int
 	retired bool
 	closed  bool
+	timer   *time.Timer // fires at armedAt when armed
+	armed   bool
+	armedAt time.Time
 }
 
 // get returns a socket to server, opening one when the pool is short.
 func (p *udpPool) get(server string) (*udpConn, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	conns := p.conns[server]
 	p.next++
 	if len(conns) >= socketsPerServer {
-		return conns[int(p.next)%len(conns)], nil
+		uc := conns[int(p.next)%len(conns)]
+		p.mu.Unlock()
+		return uc, nil
 	}
+	defer p.mu.Unlock()
 	raddr, err := net.ResolveUDPAddr("udp", server)
 	if err != nil {
 		return nil, err
@@ -71,9 +89,14 @@ func (p *udpPool) get(server string) (*udpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	uc := &udpConn{c: c, pending: map[uint16]*waiter{}}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	uc := &udpConn{c: c, rc: rc, pending: map[uint16]*waiter{}}
 	p.conns[server] = append(conns, uc)
-	go uc.read(server)
+	go uc.read()
 	return uc, nil
 }
 
@@ -97,126 +120,262 @@ func (p *udpPool) retire(server string, uc *udpConn) {
 func (uc *udpConn) closeIfIdleLocked() {
 	if uc.retired && len(uc.pending) == 0 && !uc.closed {
 		uc.closed = true
+		if uc.timer != nil {
+			uc.timer.Stop()
+		}
 		uc.c.Close()
 	}
 }
 
-// read hands each answer to the query it answers. An error on a connected
-// UDP socket (ICMP port unreachable: nothing listens there) is no answer
-// to anything in particular, so every query waiting on it fails and moves
-// on to the next server, as glibc's do.
-func (uc *udpConn) read(server string) {
-	buf := make([]byte, maxUDPAnswer)
+// armLocked makes sure the timer fires no later than deadline.
+func (uc *udpConn) armLocked(deadline time.Time) {
+	if uc.armed && !deadline.Before(uc.armedAt) {
+		return
+	}
+	uc.armed, uc.armedAt = true, deadline
+	d := time.Until(deadline)
+	if uc.timer == nil {
+		uc.timer = time.AfterFunc(d, uc.expire)
+	} else {
+		uc.timer.Reset(d)
+	}
+}
+
+// expire fails the questions whose deadline has passed and arms the timer
+// for the earliest one left.
+func (uc *udpConn) expire() {
+	var late []*waiter
+	uc.mu.Lock()
+	now := time.Now()
+	uc.armed = false
+	var next time.Time
+	for id, w := range uc.pending {
+		if !now.Before(w.deadline) {
+			delete(uc.pending, id)
+			late = append(late, w)
+		} else if next.IsZero() || w.deadline.Before(next) {
+			next = w.deadline
+		}
+	}
+	if !next.IsZero() && !uc.closed {
+		uc.armLocked(next)
+	}
+	uc.closeIfIdleLocked()
+	uc.mu.Unlock()
+	for _, w := range late {
+		w.b.ch <- udpResult{idx: w.idx, err: errTimeout}
+	}
+}
+
+// read hands each answer to the question it answers. An error on a
+// connected UDP socket (ICMP port unreachable: nothing listens there) is
+// no answer to anything in particular, so every question waiting on it
+// fails and moves on to the next server, as glibc's do.
+func (uc *udpConn) read() {
+	rb := newReadBatch()
+	var got []*waiter
+	var msgs []*mdns.Msg
 	for {
-		n, err := uc.c.Read(buf)
+		n, err := rb.recv(uc.rc)
 		if err != nil {
+			err = uc.opError("read", err)
 			uc.mu.Lock()
 			closed := uc.closed
 			ws := uc.pending
 			uc.pending = map[uint16]*waiter{}
 			uc.mu.Unlock()
 			for _, w := range ws {
-				w.ch <- udpResult{err: err}
+				w.b.ch <- udpResult{idx: w.idx, err: err}
 			}
 			if closed || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		m := new(mdns.Msg)
-		if m.Unpack(buf[:n]) != nil || len(m.Question) != 1 {
+		got, msgs = got[:0], msgs[:0]
+		for i := 0; i < n; i++ {
+			if m := rb.answer(i); m != nil {
+				msgs = append(msgs, m)
+			}
+		}
+		if len(msgs) == 0 {
 			continue
 		}
 		uc.mu.Lock()
-		w := uc.pending[m.Id]
-		if w != nil && strings.EqualFold(w.name, m.Question[0].Name) && w.qtype == m.Question[0].Qtype {
-			delete(uc.pending, m.Id)
-		} else {
-			w = nil // a stray or forged answer: ignored
+		for _, m := range msgs {
+			q := m.Question[0]
+			w := uc.pending[m.Id]
+			if w != nil && w.qtype == q.Qtype && (w.name == q.Name || strings.EqualFold(w.name, q.Name)) {
+				delete(uc.pending, m.Id)
+			} else {
+				w = nil // a stray or forged answer: ignored
+			}
+			got = append(got, w)
 		}
 		uc.closeIfIdleLocked()
 		uc.mu.Unlock()
-		if w != nil {
-			w.ch <- udpResult{msg: m}
+		for i, w := range got {
+			if w != nil {
+				w.b.ch <- udpResult{idx: w.idx, msg: msgs[i]}
+			}
+			got[i], msgs[i] = nil, nil
 		}
 	}
 }
 
-// udpCall is one question sent and not yet answered.
-type udpCall struct {
-	uc *udpConn
-	id uint16
-	w  *waiter
+// udpBatch is the questions of one try, sent together to one socket.
+type udpBatch struct {
+	uc   *udpConn
+	n    int // questions
+	sent int // of them on the wire, awaited on ch
+	ws   []waiter
+	res  []udpResult
+	ch   chan udpResult
+	out  sendBatch
+
+	wbuf [maxBatch]waiter
+	rbuf [maxBatch]udpResult
 }
 
-// sendUDP sends q to server under a fresh random id; wait collects the
-// answer. Sending several questions before waiting for any puts them on
-// the wire together.
-func sendUDP(q *mdns.Msg, server string) (*udpCall, error) {
-	uc, err := pool.get(server)
-	if err != nil {
-		return nil, err
+// Batches that got every answer they waited for are reused: nobody else
+// can still hold them. A batch given up on (timeout handled by the
+// socket, cancellation) is left to the collector instead, since an answer
+// may still be on its way to its channel.
+var batchPool = sync.Pool{New: func() any {
+	b := &udpBatch{ch: make(chan udpResult, maxBatch)}
+	b.out.init()
+	return b
+}}
+
+// sendUDP sends the questions (name, each of qtypes) to server under fresh
+// random ids; wait collects the answers.
+func sendUDP(server, name string, qtypes []uint16, edns bool, deadline time.Time) (*udpBatch, error) {
+	var b *udpBatch
+	if len(qtypes) <= maxBatch {
+		b = batchPool.Get().(*udpBatch)
+		b.ws, b.res = b.wbuf[:len(qtypes)], b.rbuf[:len(qtypes)]
+	} else {
+		b = &udpBatch{ch: make(chan udpResult, len(qtypes)),
+			ws: make([]waiter, len(qtypes)), res: make([]udpResult, len(qtypes))}
+		b.out.init()
 	}
-	w := &waiter{name: q.Question[0].Name, qtype: q.Question[0].Qtype, ch: make(chan udpResult, 1)}
-	m := *q // shallow: only the id changes
-	uc.mu.Lock()
-	if uc.closed {
-		uc.mu.Unlock()
-		return nil, net.ErrClosed
+	b.n, b.sent = len(qtypes), 0
+	for i, qt := range qtypes {
+		b.ws[i] = waiter{name: name, qtype: qt, idx: i, deadline: deadline, b: b}
+		b.res[i] = udpResult{idx: i, err: errNotYet}
+		if err := b.out.pack(i, name, qt, edns); err != nil {
+			return nil, err
+		}
 	}
+	var uc *udpConn
 	for {
-		m.Id = uint16(rand.Uint32())
-		if _, busy := uc.pending[m.Id]; !busy {
+		var err error
+		if uc, err = pool.get(server); err != nil {
+			return nil, err
+		}
+		uc.mu.Lock()
+		if !uc.closed {
 			break
 		}
+		uc.mu.Unlock() // retired and closed since get: take another
 	}
-	uc.pending[m.Id] = w
-	uc.uses++
-	retire := uc.uses == retireAfter
+	b.uc = uc
+	for i := range b.ws {
+		var id uint16
+		for {
+			id = uint16(rand.Uint32())
+			if _, busy := uc.pending[id]; !busy {
+				break
+			}
+		}
+		uc.pending[id] = &b.ws[i]
+		b.out.setID(i, id)
+	}
+	before := uc.uses
+	uc.uses += b.n
+	retire := before < retireAfter && uc.uses >= retireAfter
+	uc.armLocked(deadline)
 	uc.mu.Unlock()
 	if retire {
 		pool.retire(server, uc)
 	}
-	call := &udpCall{uc, m.Id, w}
-	buf, err := m.Pack()
-	if err == nil {
-		_, err = uc.c.Write(buf)
+	sent, err := b.out.send(uc.rc, b.n)
+	b.sent = sent
+	if sent < b.n {
+		err = uc.opError("write", err)
+		uc.mu.Lock()
+		for i := sent; i < b.n; i++ {
+			id := b.out.id(i)
+			if uc.pending[id] == &b.ws[i] {
+				delete(uc.pending, id)
+			}
+			b.res[i].err = err
+		}
+		uc.closeIfIdleLocked()
+		uc.mu.Unlock()
+		if sent == 0 {
+			return nil, err
+		}
 	}
-	if err != nil {
-		call.drop()
-		return nil, err
-	}
-	return call, nil
+	return b, nil
 }
 
-func (c *udpCall) drop() {
-	uc := c.uc
+// wait returns the answer or the error of each question, in qtypes
+// order. complete says every answer arrived (the batch may be released).
+func (b *udpBatch) wait(ctx context.Context) (res []udpResult, complete bool) {
+	for got := 0; got < b.sent; got++ {
+		select {
+		case r := <-b.ch:
+			b.res[r.idx] = r
+		case <-ctx.Done():
+			b.drop(ctx.Err())
+			return b.res, false
+		}
+	}
+	return b.res, true
+}
+
+// drop gives up on the questions still unanswered: they fail with err.
+func (b *udpBatch) drop(err error) {
+	uc := b.uc
 	uc.mu.Lock()
-	if uc.pending[c.id] == c.w {
-		delete(uc.pending, c.id)
+	for i := 0; i < b.sent; i++ {
+		id := b.out.id(i)
+		if uc.pending[id] == &b.ws[i] {
+			delete(uc.pending, id)
+		}
 	}
 	uc.closeIfIdleLocked()
 	uc.mu.Unlock()
+	for i := range b.res {
+		if b.res[i].err == errNotYet {
+			b.res[i].err = err
+		}
+	}
 }
 
-func (c *udpCall) wait(ctx context.Context, deadline time.Time) (*mdns.Msg, error) {
-	select {
-	case r := <-c.w.ch:
-		return r.msg, r.err
-	default:
+// errNotYet marks a result not delivered (yet).
+var errNotYet = errors.New("no answer yet")
+
+func (uc *udpConn) opError(op string, err error) error {
+	if err == nil || errors.Is(err, net.ErrClosed) {
+		return err
 	}
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	select {
-	case r := <-c.w.ch:
-		return r.msg, r.err
-	case <-t.C:
-		c.drop()
-		return nil, errTimeout
-	case <-ctx.Done():
-		c.drop()
-		return nil, ctx.Err()
+	return &net.OpError{Op: op, Net: "udp", Source: uc.c.LocalAddr(), Addr: uc.c.RemoteAddr(), Err: err}
+}
+
+// release hands a batch whose answers all arrived back for reuse; the
+// results it returned must no longer be used.
+func (b *udpBatch) release() {
+	if b.n > maxBatch {
+		return
 	}
+	for i := range b.ws {
+		b.ws[i] = waiter{}
+		b.res[i] = udpResult{}
+	}
+	b.uc = nil
+	batchPool.Put(b)
 }
 
 var errTimeout = errors.New("timeout waiting for the server")

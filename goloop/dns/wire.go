@@ -101,8 +101,11 @@ func unpackAnswer(b []byte) (*mdns.Msg, error) {
 // already decoded, so that compression pointers to them (the owner of
 // nearly every answer record points at the question) share one string.
 type leanParser struct {
-	b     []byte
-	memo  [4]struct{ off int; s string }
+	b    []byte
+	memo [4]struct {
+		off int
+		s   string
+	}
 	nmemo int
 }
 
