@@ -106,6 +106,8 @@ type readBatch struct {
 	fn  func(fd uintptr) bool
 	n   int
 	err error
+
+	names nameTable
 }
 
 func newReadBatch() *readBatch {
@@ -156,7 +158,7 @@ func (rb *readBatch) answer(i int) *mdns.Msg {
 	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
 		return oversized(data)
 	}
-	m, err := unpackAnswer(data)
+	m, err := unpackAnswer(data, &rb.names)
 	if err != nil || len(m.Question) != 1 {
 		return nil
 	}

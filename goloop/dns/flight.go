@@ -19,7 +19,7 @@ type flights struct {
 }
 
 type flight struct {
-	done    chan struct{}
+	done    chan struct{} // made when the first follower joins
 	resp    *mdns.Msg
 	err     error
 	waiters int // askers so far, the leader included (for tests)
@@ -38,9 +38,12 @@ func (fs *flights) join(k cacheKey) (*flight, bool) {
 	}
 	if f, ok := fs.m[k]; ok {
 		f.waiters++
+		if f.done == nil {
+			f.done = make(chan struct{})
+		}
 		return f, false
 	}
-	f := &flight{done: make(chan struct{}), waiters: 1}
+	f := &flight{waiters: 1}
 	fs.m[k] = f
 	return f, true
 }
@@ -48,16 +51,19 @@ func (fs *flights) join(k cacheKey) (*flight, bool) {
 // finish publishes the leader's outcome. leaderCancelled says the leader
 // stopped because its own context ended.
 func (fs *flights) finish(k cacheKey, f *flight, resp *mdns.Msg, err error, leaderCancelled bool) {
+	if leaderCancelled {
+		resp, err = nil, errLeaderGone
+	}
 	fs.mu.Lock()
 	if fs.m[k] == f {
 		delete(fs.m, k)
 	}
-	fs.mu.Unlock()
-	if leaderCancelled {
-		resp, err = nil, errLeaderGone
-	}
 	f.resp, f.err = resp, err
-	close(f.done)
+	done := f.done
+	fs.mu.Unlock()
+	if done != nil {
+		close(done)
+	}
 }
 
 // wait is a follower's wait. retry is true when the leader gave up and the

@@ -93,23 +93,27 @@ func (r *Resolver) queryName(ctx context.Context, conf *ResolvConf, fqdn string,
 		canon string
 		oc    outcome
 	}
-	res := make([]one, len(qtypes))
-	record := func(i int, r exchangeResult) {
-		var addrs []net.IP
-		canon := fqdn
-		if r.err == nil {
-			addrs, canon = answerAddrs(r.msg, fqdn, qtypes[i])
-		}
-		res[i] = one{addrs, canon, classify(r.msg, r.err, addrs)}
+	var resBuf [maxBatch]one
+	var xBuf [maxBatch]exchangeResult
+	res, xs := resBuf[:0], xBuf[:0]
+	if len(qtypes) > maxBatch {
+		res, xs = make([]one, 0, len(qtypes)), make([]exchangeResult, 0, len(qtypes))
 	}
+	res, xs = res[:len(qtypes)], xs[:len(qtypes)]
 	if conf.SingleRequest {
 		for i := range qtypes {
-			record(i, r.ExchangeMulti(ctx, conf, fqdn, qtypes[i:i+1])[0])
+			r.exchangeMulti(ctx, conf, fqdn, qtypes[i:i+1], xs[i:i+1])
 		}
 	} else {
-		for i, x := range r.ExchangeMulti(ctx, conf, fqdn, qtypes) {
-			record(i, x)
+		r.exchangeMulti(ctx, conf, fqdn, qtypes, xs)
+	}
+	for i, x := range xs {
+		var addrs []net.IP
+		canon := fqdn
+		if x.err == nil {
+			addrs, canon = answerAddrs(x.msg, fqdn, qtypes[i])
 		}
+		res[i] = one{addrs, canon, classify(x.msg, x.err, addrs)}
 	}
 	var out famResult
 	out.oc = nxdomain

@@ -123,34 +123,46 @@ type exchangeResult struct {
 // goroutine is started), each through the cache and the in-flight table.
 func (r *Resolver) ExchangeMulti(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16) []exchangeResult {
 	out := make([]exchangeResult, len(qtypes))
+	r.exchangeMulti(ctx, conf, name, qtypes, out)
+	return out
+}
+
+// exchangeMulti is ExchangeMulti into out (len(qtypes) long). The usual
+// one or two questions need no allocation for the bookkeeping.
+func (r *Resolver) exchangeMulti(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16, out []exchangeResult) {
 	lname := strings.ToLower(name)
 	type follow struct {
 		i int
 		f *flight
 	}
-	var follows []follow
-	var lead []int
-	var led []*flight
+	var followBuf [maxBatch]follow
+	var leadBuf [maxBatch]int
+	var ledBuf [maxBatch]*flight
+	var qsBuf [maxBatch]uint16
+	follows, lead, led, qs := followBuf[:0], leadBuf[:0], ledBuf[:0], qsBuf[:0]
 	for i, qt := range qtypes {
 		k := cacheKey{lname, qt}
 		if m, _, ok := r.cache.Get(k); ok {
-			out[i].msg = m
+			out[i] = exchangeResult{m, nil}
 			continue
 		}
 		f, leader := r.flights.join(k)
 		if leader {
 			lead = append(lead, i)
 			led = append(led, f)
+			qs = append(qs, qt)
 		} else {
 			follows = append(follows, follow{i, f})
 		}
 	}
 	if len(lead) > 0 {
-		qs := make([]uint16, len(lead))
-		for j, i := range lead {
-			qs[j] = qtypes[i]
+		var resBuf [maxBatch]exchangeResult
+		res := resBuf[:0]
+		if len(lead) > maxBatch {
+			res = make([]exchangeResult, 0, len(lead))
 		}
-		res := r.exchangeServers(ctx, conf, name, qs)
+		res = res[:len(lead)]
+		r.exchangeServers(ctx, conf, name, qs, res)
 		cancelled := ctx.Err() != nil
 		for j, i := range lead {
 			k := cacheKey{lname, qtypes[i]}
@@ -173,7 +185,8 @@ func (r *Resolver) ExchangeMulti(ctx context.Context, conf *ResolvConf, name str
 			k := cacheKey{lname, qtypes[fl.i]}
 			nf, leader := r.flights.join(k)
 			if leader {
-				res := r.exchangeServers(ctx, conf, name, []uint16{qtypes[fl.i]})
+				var res [1]exchangeResult
+				r.exchangeServers(ctx, conf, name, qtypes[fl.i:fl.i+1], res[:])
 				if res[0].err == nil {
 					r.cache.Put(k, res[0].msg)
 				}
@@ -184,7 +197,6 @@ func (r *Resolver) ExchangeMulti(ctx context.Context, conf *ResolvConf, name str
 			f = nf
 		}
 	}
-	return out
 }
 
 // exchangeServers walks the servers as glibc's res_send does: attempts
@@ -195,14 +207,13 @@ func (r *Resolver) ExchangeMulti(ctx context.Context, conf *ResolvConf, name str
 // truncated UDP answer is asked again over TCP of the same server. When
 // every server failed with an rcode, the last such answer is returned so
 // the caller can tell SERVFAIL from silence.
-func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16) []exchangeResult {
-	out := make([]exchangeResult, len(qtypes))
+func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name string, qtypes []uint16, out []exchangeResult) {
 	for i := range out {
-		out[i].err = errNoServer
+		out[i] = exchangeResult{nil, errNoServer}
 	}
 	n := len(conf.Servers)
 	if n == 0 {
-		return out
+		return
 	}
 	start := 0
 	if conf.Rotate {
@@ -225,7 +236,7 @@ func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name s
 				for _, i := range pending {
 					out[i] = exchangeResult{nil, err}
 				}
-				return out
+				return
 			}
 			server := conf.Servers[(start+s)%n]
 			deadline := time.Now().Add(conf.Timeout)
@@ -288,7 +299,6 @@ func (r *Resolver) exchangeServers(ctx context.Context, conf *ResolvConf, name s
 			out[i] = exchangeResult{lastResp[i], nil}
 		}
 	}
-	return out
 }
 
 // exchangeTCP asks over TCP: when resolv.conf says use-vc, or when the

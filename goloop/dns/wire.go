@@ -86,8 +86,9 @@ var errUnpack = errors.New("malformed answer")
 
 // unpackAnswer parses an answer: by hand when it has one question and only
 // A, AAAA, CNAME, SOA and OPT records in their plain forms, else by miekg.
-func unpackAnswer(b []byte) (*mdns.Msg, error) {
-	if m, ok := leanUnpack(b); ok {
+// names (may be nil) shares the strings of names seen before.
+func unpackAnswer(b []byte, names *nameTable) (*mdns.Msg, error) {
+	if m, ok := leanUnpack(b, names); ok {
 		return m, nil
 	}
 	m := new(mdns.Msg)
@@ -101,16 +102,57 @@ func unpackAnswer(b []byte) (*mdns.Msg, error) {
 // already decoded, so that compression pointers to them (the owner of
 // nearly every answer record points at the question) share one string.
 type leanParser struct {
-	b    []byte
-	memo [4]struct {
+	b     []byte
+	names *nameTable
+	memo  [4]struct {
 		off int
 		s   string
 	}
 	nmemo int
 }
 
+// nameTable hands out one string per name for the names every answer of
+// a zone repeats (its SOA, CNAME targets), instead of one each time. It
+// belongs to one goroutine.
+type nameTable struct{ m map[string]string }
+
+const maxNameTable = 512
+
+func (t *nameTable) intern(b []byte) string {
+	if t == nil {
+		return string(b)
+	}
+	if s, ok := t.m[string(b)]; ok {
+		return s
+	}
+	if t.m == nil || len(t.m) >= maxNameTable {
+		t.m = make(map[string]string, maxNameTable)
+	}
+	s := string(b)
+	t.m[s] = s
+	return s
+}
+
+// An answer's message, question and first records come in one
+// allocation, and each address record with its address in another.
+type msgBlock struct {
+	m   mdns.Msg
+	q   [1]mdns.Question
+	rrs [3]mdns.RR
+}
+
+type aBlock struct {
+	rr mdns.A
+	ip [net.IPv4len]byte
+}
+
+type aaaaBlock struct {
+	rr mdns.AAAA
+	ip [net.IPv6len]byte
+}
+
 // leanUnpack is the hand parser; ok false means "ask miekg", never "bad".
-func leanUnpack(b []byte) (*mdns.Msg, bool) {
+func leanUnpack(b []byte, names *nameTable) (*mdns.Msg, bool) {
 	if len(b) < hdrLen {
 		return nil, false
 	}
@@ -122,8 +164,9 @@ func leanUnpack(b []byte) (*mdns.Msg, bool) {
 	if qd != 1 || an > 16 || ns > 4 || ar > 1 || len(b) == hdrLen {
 		return nil, false
 	}
-	p := leanParser{b: b}
-	m := new(mdns.Msg)
+	p := leanParser{b: b, names: names}
+	blk := new(msgBlock)
+	m := &blk.m
 	m.Id = binary.BigEndian.Uint16(b)
 	m.Response = bits&(1<<15) != 0
 	m.Opcode = int(bits>>11) & 0xF
@@ -136,20 +179,25 @@ func leanUnpack(b []byte) (*mdns.Msg, bool) {
 	m.CheckingDisabled = bits&(1<<4) != 0
 	m.Rcode = int(bits & 0xF)
 
-	name, off, ok := p.name(hdrLen)
+	name, off, ok := p.name(hdrLen, false)
 	if !ok || off+4 > len(b) {
 		return nil, false
 	}
-	m.Question = []mdns.Question{{Name: name,
-		Qtype: binary.BigEndian.Uint16(b[off:]), Qclass: binary.BigEndian.Uint16(b[off+2:])}}
+	blk.q[0] = mdns.Question{Name: name,
+		Qtype: binary.BigEndian.Uint16(b[off:]), Qclass: binary.BigEndian.Uint16(b[off+2:])}
+	m.Question = blk.q[:]
 	off += 4
-	if m.Answer, off, ok = p.records(off, an); !ok {
+	var rrs []mdns.RR
+	if an+ns+ar <= len(blk.rrs) {
+		rrs = blk.rrs[:0]
+	}
+	if m.Answer, rrs, off, ok = p.records(off, an, rrs); !ok {
 		return nil, false
 	}
-	if m.Ns, off, ok = p.records(off, ns); !ok {
+	if m.Ns, rrs, off, ok = p.records(off, ns, rrs); !ok {
 		return nil, false
 	}
-	if m.Extra, off, ok = p.records(off, ar); !ok {
+	if m.Extra, _, off, ok = p.records(off, ar, rrs); !ok {
 		return nil, false
 	}
 	if off != len(b) {
@@ -166,17 +214,22 @@ func leanUnpack(b []byte) (*mdns.Msg, bool) {
 }
 
 // records parses n records at off; nil when n is 0, as miekg leaves it.
-func (p *leanParser) records(off, n int) ([]mdns.RR, int, bool) {
+// They go at the end of room when it is not nil, which is returned
+// without them.
+func (p *leanParser) records(off, n int, room []mdns.RR) (rrs, rest []mdns.RR, end int, ok bool) {
 	if n == 0 {
-		return nil, off, true
+		return nil, room, off, true
 	}
-	rrs := make([]mdns.RR, 0, n)
+	if room != nil {
+		rrs, rest = room[:0:n], room[n:n]
+	} else {
+		rrs = make([]mdns.RR, 0, n)
+	}
 	for i := 0; i < n; i++ {
 		var h mdns.RR_Header
-		var ok bool
-		h.Name, off, ok = p.name(off)
+		h.Name, off, ok = p.name(off, true)
 		if !ok || off+10 > len(p.b) {
-			return nil, 0, false
+			return nil, nil, 0, false
 		}
 		b := p.b
 		h.Rrtype = binary.BigEndian.Uint16(b[off:])
@@ -186,37 +239,43 @@ func (p *leanParser) records(off, n int) ([]mdns.RR, int, bool) {
 		off += 10
 		end := off + int(h.Rdlength)
 		if end > len(b) {
-			return nil, 0, false
+			return nil, nil, 0, false
 		}
 		var rr mdns.RR
 		switch h.Rrtype {
 		case mdns.TypeA:
 			if h.Rdlength != net.IPv4len {
-				return nil, 0, false
+				return nil, nil, 0, false
 			}
-			rr = &mdns.A{Hdr: h, A: net.IP(append(make([]byte, 0, net.IPv4len), b[off:end]...))}
+			a := new(aBlock)
+			copy(a.ip[:], b[off:end])
+			a.rr = mdns.A{Hdr: h, A: a.ip[:]}
+			rr = &a.rr
 		case mdns.TypeAAAA:
 			if h.Rdlength != net.IPv6len {
-				return nil, 0, false
+				return nil, nil, 0, false
 			}
-			rr = &mdns.AAAA{Hdr: h, AAAA: net.IP(append(make([]byte, 0, net.IPv6len), b[off:end]...))}
+			a := new(aaaaBlock)
+			copy(a.ip[:], b[off:end])
+			a.rr = mdns.AAAA{Hdr: h, AAAA: a.ip[:]}
+			rr = &a.rr
 		case mdns.TypeCNAME:
 			// The rdata ends where rdlength says, so may its name.
-			sub := leanParser{b: b[:end], memo: p.memo, nmemo: p.nmemo}
-			target, o, ok := sub.name(off)
+			sub := leanParser{b: b[:end], names: p.names, memo: p.memo, nmemo: p.nmemo}
+			target, o, ok := sub.name(off, true)
 			if !ok || o != end {
-				return nil, 0, false
+				return nil, nil, 0, false
 			}
 			rr = &mdns.CNAME{Hdr: h, Target: target}
 		case mdns.TypeSOA:
-			sub := leanParser{b: b[:end], memo: p.memo, nmemo: p.nmemo}
-			ns, o, ok := sub.name(off)
+			sub := leanParser{b: b[:end], names: p.names, memo: p.memo, nmemo: p.nmemo}
+			ns, o, ok := sub.name(off, true)
 			if !ok {
-				return nil, 0, false
+				return nil, nil, 0, false
 			}
-			mbox, o, ok := sub.name(o)
+			mbox, o, ok := sub.name(o, true)
 			if !ok || o+20 != end {
-				return nil, 0, false
+				return nil, nil, 0, false
 			}
 			rr = &mdns.SOA{Hdr: h, Ns: ns, Mbox: mbox,
 				Serial:  binary.BigEndian.Uint32(b[o:]),
@@ -226,22 +285,23 @@ func (p *leanParser) records(off, n int) ([]mdns.RR, int, bool) {
 				Minttl:  binary.BigEndian.Uint32(b[o+16:])}
 		case mdns.TypeOPT:
 			if h.Rdlength != 0 {
-				return nil, 0, false
+				return nil, nil, 0, false
 			}
 			rr = &mdns.OPT{Hdr: h}
 		default:
-			return nil, 0, false
+			return nil, nil, 0, false
 		}
 		rrs = append(rrs, rr)
 		off = end
 	}
-	return rrs, off, true
+	return rrs, rest, off, true
 }
 
 // name decodes the domain name at off in miekg's presentation form and
 // returns the offset after it. Names needing escapes, pointers that do
 // not point backwards, and names near the length limit are left to miekg.
-func (p *leanParser) name(off int) (string, int, bool) {
+// shared names come from the name table.
+func (p *leanParser) name(off int, shared bool) (string, int, bool) {
 	b := p.b
 	if off < len(b) && b[off]&0xC0 == 0xC0 && off+1 < len(b) {
 		target := int(b[off]&0x3F)<<8 | int(b[off+1])
@@ -271,7 +331,12 @@ func (p *leanParser) name(off int) (string, int, bool) {
 				if n == 0 {
 					return ".", end, true
 				}
-				s := string(buf[:n])
+				var s string
+				if shared {
+					s = p.names.intern(buf[:n])
+				} else {
+					s = string(buf[:n])
+				}
 				p.remember(start, s)
 				return s, end, true
 			}
