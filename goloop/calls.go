@@ -54,18 +54,85 @@ func (l *Loop) Call(token uint64, method string, req []byte) bool {
 	}
 	l.calls.m[token] = c
 	l.calls.mu.Unlock()
-	go func() {
-		out, err := fn(ctx, req)
-		res := int32(len(out))
-		if err != nil {
-			out, res = []byte(err.Error()), -1
-		}
-		l.calls.mu.Lock()
-		c.result, c.done = out, true
-		l.calls.mu.Unlock()
-		l.Post(Comp{Token: token, Kind: EvPosted, Res: res})
-	}()
+	t := task{l: l, token: token, fn: fn, ctx: ctx, c: c, req: req}
+	if w := workers.take(); w != nil {
+		w <- t
+	} else {
+		go work(t)
+	}
 	return true
+}
+
+// Calls run on worker goroutines that wait for the next call when theirs
+// is done, up to maxIdleWorkers of them, instead of a goroutine per call:
+// a new goroutine grows its stack again for every lookup (the copying
+// showed in profiles), a parked worker keeps the stack it grew.
+const maxIdleWorkers = 256
+
+type task struct {
+	l     *Loop
+	token uint64
+	fn    Method
+	ctx   context.Context
+	c     *call
+	req   []byte
+}
+
+func (t *task) run() {
+	out, err := t.fn(t.ctx, t.req)
+	res := int32(len(out))
+	if err != nil {
+		out, res = []byte(err.Error()), -1
+	}
+	l := t.l
+	l.calls.mu.Lock()
+	t.c.result, t.c.done = out, true
+	l.calls.mu.Unlock()
+	l.Post(Comp{Token: t.token, Kind: EvPosted, Res: res})
+}
+
+type workerPool struct {
+	mu   sync.Mutex
+	idle []chan task // most recently parked last
+}
+
+var workers workerPool
+
+// take returns an idle worker's channel, or nil when none waits.
+func (p *workerPool) take() chan task {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.idle)
+	if n == 0 {
+		return nil
+	}
+	w := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	return w
+}
+
+// park offers ch for the next call; false means enough workers wait.
+func (p *workerPool) park(ch chan task) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) >= maxIdleWorkers {
+		return false
+	}
+	p.idle = append(p.idle, ch)
+	return true
+}
+
+func work(t task) {
+	ch := make(chan task, 1)
+	for {
+		t.run()
+		t = task{}
+		if !workers.park(ch) {
+			return
+		}
+		t = <-ch
+	}
 }
 
 // Result hands over the result of a finished call; with take it also
