@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"container/list"
 	"sync"
 	"time"
 
@@ -15,9 +14,10 @@ type cacheKey struct {
 }
 
 type cacheEntry struct {
-	key     cacheKey
-	msg     *mdns.Msg // shared, never modified after insertion
-	expires time.Time
+	key        cacheKey
+	msg        *mdns.Msg // shared, never modified after insertion
+	expires    time.Time
+	prev, next *cacheEntry // the LRU list, through the cache's root
 }
 
 // Cache holds DNS responses for as long as their TTL allows, and at most
@@ -30,13 +30,29 @@ type Cache struct {
 	max    int
 	maxTTL time.Duration
 	now    func() time.Time
-	lru    list.List // front = most recently used
-	m      map[cacheKey]*list.Element
+	root   cacheEntry // root.next = most recently used; the list links entries themselves, one allocation each
+	n      int
+	m      map[cacheKey]*cacheEntry
 }
 
 // NewCache makes a cache of at most max entries (max <= 0 disables it).
 func NewCache(max int) *Cache {
-	return &Cache{max: max, maxTTL: 24 * time.Hour, now: time.Now, m: map[cacheKey]*list.Element{}}
+	c := &Cache{max: max, maxTTL: 24 * time.Hour, now: time.Now, m: map[cacheKey]*cacheEntry{}}
+	c.root.prev, c.root.next = &c.root, &c.root
+	return c
+}
+
+func (c *Cache) unlink(e *cacheEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+	c.n--
+}
+
+func (c *Cache) pushFront(e *cacheEntry) {
+	e.prev, e.next = &c.root, c.root.next
+	c.root.next.prev = e
+	c.root.next = e
+	c.n++
 }
 
 // Get returns the cached response and how long it has left to live.
@@ -46,18 +62,18 @@ func (c *Cache) Get(k cacheKey) (*mdns.Msg, time.Duration, bool) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.m[k]
+	e, ok := c.m[k]
 	if !ok {
 		return nil, 0, false
 	}
-	e := el.Value.(*cacheEntry)
 	left := e.expires.Sub(c.now())
 	if left <= 0 {
-		c.lru.Remove(el)
+		c.unlink(e)
 		delete(c.m, k)
 		return nil, 0, false
 	}
-	c.lru.MoveToFront(el)
+	c.unlink(e)
+	c.pushFront(e)
 	return e.msg, left, true
 }
 
@@ -73,19 +89,19 @@ func (c *Cache) Put(k cacheKey, resp *mdns.Msg) bool {
 	if ttl > c.maxTTL {
 		ttl = c.maxTTL
 	}
+	e := &cacheEntry{key: k, msg: resp}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := &cacheEntry{key: k, msg: resp, expires: c.now().Add(ttl)}
-	if el, ok := c.m[k]; ok {
-		el.Value = e
-		c.lru.MoveToFront(el)
-		return true
+	e.expires = c.now().Add(ttl)
+	if old, ok := c.m[k]; ok {
+		c.unlink(old)
 	}
-	c.m[k] = c.lru.PushFront(e)
-	for c.lru.Len() > c.max {
-		old := c.lru.Back()
-		c.lru.Remove(old)
-		delete(c.m, old.Value.(*cacheEntry).key)
+	c.m[k] = e
+	c.pushFront(e)
+	for c.n > c.max {
+		old := c.root.prev
+		c.unlink(old)
+		delete(c.m, old.key)
 	}
 	return true
 }
@@ -94,14 +110,15 @@ func (c *Cache) Put(k cacheKey, resp *mdns.Msg) bool {
 func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Len()
+	return c.n
 }
 
 // Clear drops everything.
 func (c *Cache) Clear() {
 	c.mu.Lock()
-	c.lru.Init()
-	c.m = map[cacheKey]*list.Element{}
+	c.root.prev, c.root.next = &c.root, &c.root
+	c.n = 0
+	c.m = map[cacheKey]*cacheEntry{}
 	c.mu.Unlock()
 }
 
