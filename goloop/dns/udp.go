@@ -225,13 +225,13 @@ func (uc *udpConn) read() {
 
 // udpBatch is the questions of one try, sent together to one socket.
 type udpBatch struct {
-	uc   *udpConn
-	n    int // questions
-	sent int // of them on the wire, awaited on ch
-	ws   []waiter
-	res  []udpResult
-	ch   chan udpResult
-	out  sendBatch
+	uc     *udpConn
+	n      int // questions
+	expect int // results to come through ch
+	ws     []waiter
+	res    []udpResult
+	ch     chan udpResult
+	out    sendBatch
 
 	wbuf [maxBatch]waiter
 	rbuf [maxBatch]udpResult
@@ -259,7 +259,7 @@ func sendUDP(server, name string, qtypes []uint16, edns bool, deadline time.Time
 			ws: make([]waiter, len(qtypes)), res: make([]udpResult, len(qtypes))}
 		b.out.init()
 	}
-	b.n, b.sent = len(qtypes), 0
+	b.n, b.expect = len(qtypes), 0
 	for i, qt := range qtypes {
 		b.ws[i] = waiter{name: name, qtype: qt, idx: i, deadline: deadline, b: b}
 		b.res[i] = udpResult{idx: i, err: errNotYet}
@@ -299,22 +299,26 @@ func sendUDP(server, name string, qtypes []uint16, edns bool, deadline time.Time
 	if retire {
 		pool.retire(server, uc)
 	}
+	b.expect = b.n
 	sent, err := b.out.send(uc.rc, b.n)
-	b.sent = sent
 	if sent < b.n {
+		// The questions not sent fail with the error, unless the reader
+		// failed them first (an ICMP error): then their result is on
+		// its way to the channel and must be waited for.
 		err = uc.opError("write", err)
 		uc.mu.Lock()
 		for i := sent; i < b.n; i++ {
 			id := b.out.id(i)
 			if uc.pending[id] == &b.ws[i] {
 				delete(uc.pending, id)
+				b.res[i].err = err
+				b.expect--
 			}
-			b.res[i].err = err
 		}
 		uc.closeIfIdleLocked()
 		uc.mu.Unlock()
 		if sent == 0 {
-			return nil, err
+			return nil, err // not reused: see batchPool
 		}
 	}
 	return b, nil
@@ -323,7 +327,7 @@ func sendUDP(server, name string, qtypes []uint16, edns bool, deadline time.Time
 // wait returns the answer or the error of each question, in qtypes
 // order. complete says every answer arrived (the batch may be released).
 func (b *udpBatch) wait(ctx context.Context) (res []udpResult, complete bool) {
-	for got := 0; got < b.sent; got++ {
+	for got := 0; got < b.expect; got++ {
 		select {
 		case r := <-b.ch:
 			b.res[r.idx] = r
@@ -339,7 +343,7 @@ func (b *udpBatch) wait(ctx context.Context) (res []udpResult, complete bool) {
 func (b *udpBatch) drop(err error) {
 	uc := b.uc
 	uc.mu.Lock()
-	for i := 0; i < b.sent; i++ {
+	for i := 0; i < b.n; i++ {
 		id := b.out.id(i)
 		if uc.pending[id] == &b.ws[i] {
 			delete(uc.pending, id)
