@@ -239,3 +239,74 @@ func startServerFrom(t *testing.T, saw func(net.Addr)) string {
 	}()
 	return pc.LocalAddr().String()
 }
+
+func TestAnswersNeverCrossUnderTimeoutsAndCancels(t *testing.T) {
+	// Batches and their channels are reused once every answer they waited
+	// for arrived. Under lost, late and cancelled questions, no lookup may
+	// ever see an answer meant for another.
+	var mu sync.Mutex
+	rng := uint32(1)
+	next := func() uint32 { // a small LCG: the server's choices, not security
+		mu.Lock()
+		defer mu.Unlock()
+		rng = rng*1664525 + 1013904223
+		return rng >> 8
+	}
+	addrFor := func(name string) string {
+		var n int
+		fmt.Sscanf(name, "q%d.", &n)
+		return fmt.Sprintf("10.%d.%d.1", n/256, n%256)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			q := new(mdns.Msg)
+			if q.Unpack(buf[:n]) != nil {
+				continue
+			}
+			m := reply(q)
+			if q.Question[0].Qtype == mdns.TypeA {
+				m.Answer = []mdns.RR{rrA(q.Question[0].Name, addrFor(q.Question[0].Name), 60)}
+			}
+			b := mustPack(t, m)
+			switch c := next() % 10; {
+			case c < 2: // lost
+			case c < 4: // late, maybe after its try gave up, and twice
+				time.AfterFunc(time.Duration(next()%60)*time.Millisecond, func() {
+					pc.WriteTo(b, from)
+					pc.WriteTo(b, from)
+				})
+			default:
+				pc.WriteTo(b, from)
+			}
+		}
+	}()
+	addr := pc.LocalAddr().String()
+	r := New(Options{Nameservers: []string{addr}, Timeout: 40 * time.Millisecond, Attempts: 2, NoHosts: true, NoCache: true})
+	var wg sync.WaitGroup
+	for g := 0; g < 50; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				name := fmt.Sprintf("q%d.example.", g*20+i)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(next()%80)*time.Millisecond)
+				addrs, _, err := r.LookupHost(ctx, name)
+				cancel()
+				if err == nil && (len(addrs) != 1 || addrs[0].String() != addrFor(name)) {
+					t.Errorf("%s: got %v, want %s", name, addrs, addrFor(name))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
