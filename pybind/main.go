@@ -153,10 +153,15 @@ func goloop_call(h C.int64_t, token C.uint64_t, method *C.char, req *C.char, req
 		return -1
 	}
 	// C.GoBytes copies: the request may be freed when this call returns.
-	if !l.Call(uint64(token), C.GoString(method), C.GoBytes(unsafe.Pointer(req), reqlen)) {
-		return -2
+	switch l.Call(uint64(token), C.GoString(method), C.GoBytes(unsafe.Pointer(req), reqlen)) {
+	case goloop.CallStarted:
+		return 0
+	case goloop.CallAnswered:
+		return 1
+	case goloop.CallFailed:
+		return 2
 	}
-	return 0
+	return -2
 }
 
 // goloop_result copies a finished call's result into out; it returns the

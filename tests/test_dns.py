@@ -318,6 +318,25 @@ def test_hosts_file_parity(gloop):
     gloop.run_until_complete(main())
 
 
+def test_getaddrinfo_yields_to_the_loop(loop, monkeypatch):
+    # On goloop the second and third lookups are answered inside the call
+    # (from /etc/hosts, no goroutine); the awaiting task must still yield
+    # once, as the executor makes it yield on asyncio and uvloop, so that a
+    # task resolving cached names in a loop does not starve the others.
+    monkeypatch.setenv("GOLOOP_RESOLVER", "go")
+
+    async def main():
+        order = []
+        for _ in range(3):
+            loop.call_soon(order.append, "callback")
+            res = await loop.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+            order.append("answer")
+        return order, res
+    order, res = loop.run_until_complete(main())
+    assert order == ["callback", "answer"] * 3
+    assert res == socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+
+
 def test_getnameinfo_local_parity(gloop):
     cases = [(("127.0.0.1", 80), 0), (("127.0.0.1", 80), socket.NI_NUMERICHOST),
              (("127.0.0.1", 53), socket.NI_DGRAM), (("127.0.0.1", 80), socket.NI_NUMERICSERV),

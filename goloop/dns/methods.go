@@ -22,6 +22,7 @@ import (
 
 func init() {
 	goloop.RegisterMethod("dns.getaddrinfo", methodGetaddrinfo)
+	goloop.RegisterQuick("dns.getaddrinfo", quickGetaddrinfo)
 	goloop.RegisterMethod("dns.getnameinfo", methodGetnameinfo)
 	goloop.RegisterMethod("dns.query", methodQuery)
 	goloop.RegisterMethod("dns.clear_cache", methodClearCache)
@@ -106,6 +107,23 @@ func parseAddrinfoRequest(req []byte) (*AddrinfoRequest, error) {
 		}
 	}
 	return &r, nil
+}
+
+// quickGetaddrinfo answers from /etc/hosts and the cache when it can
+// (quick.go); ok false sends the request to methodGetaddrinfo.
+func quickGetaddrinfo(req []byte) ([]byte, error, bool) {
+	r, err := parseAddrinfoRequest(req)
+	if err != nil {
+		return nil, badRequest(err), true
+	}
+	res, err, ok := Default().GetaddrinfoQuick(r)
+	if !ok {
+		return nil, nil, false
+	}
+	if err != nil {
+		return nil, replyError(err), true
+	}
+	return appendAddrinfoReply(make([]byte, 0, 64*len(res)), res), nil, true
 }
 
 func methodGetaddrinfo(ctx context.Context, req []byte) ([]byte, error) {

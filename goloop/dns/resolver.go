@@ -146,6 +146,11 @@ func (r *Resolver) exchangeMulti(ctx context.Context, conf *ResolvConf, name str
 			out[i] = exchangeResult{m, nil}
 			continue
 		}
+		if co := cacheOnlyFrom(ctx); co != nil {
+			co.missed = true // a quick lookup: never the network (quick.go)
+			out[i] = exchangeResult{nil, errCacheMiss}
+			continue
+		}
 		f, leader := r.flights.join(k)
 		if leader {
 			lead = append(lead, i)

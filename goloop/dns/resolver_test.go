@@ -231,22 +231,7 @@ func TestSearchListAndNdots(t *testing.T) {
 func TestCacheAndCoalescingAgainstServer(t *testing.T) {
 	var queries atomic.Int32
 	release := make(chan struct{})
-	addr := startServer(t, func(w mdns.ResponseWriter, r *mdns.Msg) {
-		queries.Add(1)
-		<-release
-		q := r.Question[0]
-		m := reply(r)
-		switch {
-		case strings.HasPrefix(q.Name, "nx"):
-			m.Rcode = mdns.RcodeNameError
-			m.Ns = []mdns.RR{soa(60)}
-		case q.Qtype == mdns.TypeA:
-			m.Answer = []mdns.RR{rrA(q.Name, "192.0.2.9", 60)}
-		default:
-			m.Ns = []mdns.RR{soa(60)}
-		}
-		w.WriteMsg(m)
-	})
+	addr := countingServer(t, &queries, release)
 	r := testResolver(t, "nameserver "+addr+"\n", "")
 	const n = 50
 	var wg sync.WaitGroup

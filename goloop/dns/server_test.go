@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	mdns "github.com/miekg/dns"
@@ -42,6 +44,31 @@ func startServer(t *testing.T, h mdns.HandlerFunc) string {
 	<-tcpUp
 	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
 	return pc.LocalAddr().String()
+}
+
+// countingServer starts a server that counts the questions it gets and,
+// once release is closed (nil: at once), answers A with 192.0.2.9 for any
+// name, NXDOMAIN for names that start with "nx" and NODATA for other
+// types, with a 60 s TTL.
+func countingServer(t *testing.T, queries *atomic.Int32, release <-chan struct{}) string {
+	return startServer(t, func(w mdns.ResponseWriter, r *mdns.Msg) {
+		queries.Add(1)
+		if release != nil {
+			<-release
+		}
+		q := r.Question[0]
+		m := reply(r)
+		switch {
+		case strings.HasPrefix(q.Name, "nx"):
+			m.Rcode = mdns.RcodeNameError
+			m.Ns = []mdns.RR{soa(60)}
+		case q.Qtype == mdns.TypeA:
+			m.Answer = []mdns.RR{rrA(q.Name, "192.0.2.9", 60)}
+		default:
+			m.Ns = []mdns.RR{soa(60)}
+		}
+		w.WriteMsg(m)
+	})
 }
 
 // blackhole is a UDP address that receives and never answers.

@@ -27,6 +27,10 @@ static PyObject *kind_enum;    /* int -> socket.SocketKind member */
 static PyObject *error_hook;   /* (kind, text) -> exception instance */
 static PyObject *str_done, *str_set_result, *str_set_exception;
 
+static PyObject *take_result(LoopCore *lp, uint64_t token, int known_len);
+static PyObject *outcome_of(unsigned kind, int ok, PyObject *data, int *is_result);
+static PyObject *settle_later_fn;
+
 static unsigned call_kind(uint64_t token)
 {
     return (unsigned)(token >> 3) & ((1u << CALL_KIND_BITS) - 1);
@@ -48,12 +52,34 @@ static PyObject *start_call(LoopCore *lp, const char *method, const char *req, P
         Py_DECREF(fut);
         return NULL;
     }
-    if (GL.call(lp->h, token, method, req, (int)len) < 0) {
+    int state = GL.call(lp->h, token, method, req, (int)len);
+    if (state < 0) {
         PyDict_DelItem(lp->calls, key);
         Py_DECREF(key);
         Py_DECREF(fut);
         PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
         return NULL;
+    }
+    if (state == 1 || state == 2) {
+        /* Answered inside the call (from the cache, /etc/hosts): no
+         * completion will come. The future is settled by a callback of
+         * the next iteration, not now: the awaiting task still yields to
+         * the loop once, as it does on asyncio, so a task resolving cached
+         * names in a loop cannot starve the others. */
+        PyObject *data = take_result(lp, token, -1);
+        int is_result = 0;
+        PyObject *value = data ? outcome_of(kind, state == 1, data, &is_result) : NULL;
+        Py_XDECREF(data);
+        PyObject *args = value ? Py_BuildValue("(OOO)", fut, is_result ? Py_True : Py_False, value) : NULL;
+        Py_XDECREF(value);
+        Handle *h = args ? loop_call_soon(lp, settle_later_fn, args, NULL) : NULL;
+        Py_XDECREF(args);
+        Py_XDECREF(h);
+        if (PyDict_DelItem(lp->calls, key) < 0 || h == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(fut);
+            return NULL;
+        }
     }
     PyObject *out = PyTuple_Pack(2, key, fut);
     Py_DECREF(key);
@@ -307,17 +333,101 @@ static PyObject *mod_dns_setup(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Settle the future of a finished Go call. Returns -1 only for what must
- * leave the loop (the error hook raising SystemExit, say). */
-int call_dispatch(LoopCore *lp, gl_comp *c)
+/* Take a finished call's result (its bytes, or Go's error text) from Go. */
+static PyObject *take_result(LoopCore *lp, uint64_t token, int known_len)
 {
-    int n = c->res >= 0 ? c->res : GL.result(lp->h, c->token, NULL, 0);
+    int n = known_len >= 0 ? known_len : GL.result(lp->h, token, NULL, 0);
     if (n < 0)
         n = 0;
     PyObject *data = PyBytes_FromStringAndSize(NULL, n);
     if (data == NULL)
+        return NULL;
+    int got = GL.result(lp->h, token, PyBytes_AS_STRING(data), n);
+    if (got > n) {  /* cannot happen: results do not change once done */
+        Py_DECREF(data);
+        PyErr_SetString(PyExc_RuntimeError, "goloop: a Go call's result changed size");
+        return NULL;
+    }
+    return data;
+}
+
+/* What a call's outcome sets on its future: for ok, its bytes (decoded
+ * for kind) and *is_result 1; for a failure, the error hook's exception
+ * for Go's text and *is_result 0. A reply that cannot be decoded becomes
+ * its exception. NULL only if even that failed. */
+static PyObject *outcome_of(unsigned kind, int ok, PyObject *data, int *is_result)
+{
+    const char *p = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    PyObject *v = NULL;
+    *is_result = 0;
+    if (ok) {
+        v = kind == CALL_ADDRINFO ? decode_addrinfo((const unsigned char *)p, n) : Py_NewRef(data);
+        if (v != NULL) {
+            *is_result = 1;
+            return v;
+        }
+    } else {
+        PyObject *text = PyUnicode_DecodeUTF8(p, n, "replace");
+        if (text != NULL)
+            v = error_hook ? PyObject_CallFunction(error_hook, "IO", kind, text)
+                           : PyObject_CallOneArg(PyExc_OSError, text);
+        Py_XDECREF(text);
+        if (v != NULL)
+            return v;
+    }
+    return take_exception();
+}
+
+/* Set value on fut as its result or its exception, unless fut is done
+ * already (cancelled: nobody waits). 0, or -1 with an exception set. */
+static int apply(PyObject *fut, int is_result, PyObject *value)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(fut, str_done);
+    if (done == NULL)
         return -1;
-    GL.result(lp->h, c->token, PyBytes_AS_STRING(data), n);
+    int skip = done != Py_False;
+    Py_DECREF(done);
+    if (skip)
+        return 0;
+    PyObject *res = PyObject_CallMethodOneArg(fut, is_result ? str_set_result : str_set_exception, value);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+static int settle(PyObject *fut, unsigned kind, int ok, PyObject *data)
+{
+    int is_result;
+    PyObject *value = outcome_of(kind, ok, data, &is_result);
+    if (value == NULL)
+        return -1;
+    int r = apply(fut, is_result, value);
+    Py_DECREF(value);
+    return r;
+}
+
+/* The callback that settles a quickly answered call's future one
+ * iteration later: (future, is_result, value). */
+static PyObject *settle_later(PyObject *unused, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "_settle_later takes 3 arguments");
+    if (apply(args[0], PyObject_IsTrue(args[1]), args[2]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef settle_later_def = {"_settle_later", (PyCFunction)(void (*)(void))settle_later, METH_FASTCALL, NULL};
+
+/* Settle the future of a finished Go call. Returns -1 only for what must
+ * leave the loop (the error hook raising SystemExit, say). */
+int call_dispatch(LoopCore *lp, gl_comp *c)
+{
+    PyObject *data = take_result(lp, c->token, c->res >= 0 ? c->res : -1);
+    if (data == NULL)
+        return report_callback_error(lp, "Exception in Go call completion", NULL, NULL);
     PyObject *key = PyLong_FromUnsignedLongLong(c->token);
     PyObject *fut = key ? PyDict_GetItemWithError(lp->calls, key) : NULL;
     if (fut == NULL) {
@@ -328,42 +438,11 @@ int call_dispatch(LoopCore *lp, gl_comp *c)
     Py_INCREF(fut);
     PyDict_DelItem(lp->calls, key);
     Py_DECREF(key);
-    PyObject *done = PyObject_CallMethodNoArgs(fut, str_done), *res = NULL;
-    if (done == Py_False) {
-        unsigned kind = call_kind(c->token);
-        if (c->res >= 0) {
-            PyObject *v = kind == CALL_ADDRINFO
-                              ? decode_addrinfo((const unsigned char *)PyBytes_AS_STRING(data), n)
-                              : Py_NewRef(data);
-            if (v != NULL) {
-                res = PyObject_CallMethodOneArg(fut, str_set_result, v);
-                Py_DECREF(v);
-            } else {
-                PyObject *exc = take_exception();
-                res = exc ? PyObject_CallMethodOneArg(fut, str_set_exception, exc) : NULL;
-                Py_XDECREF(exc);
-            }
-        } else {
-            PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(data), n, "replace");
-            PyObject *exc = NULL;
-            if (text != NULL)
-                exc = error_hook ? PyObject_CallFunction(error_hook, "IO", kind, text)
-                                 : PyObject_CallOneArg(PyExc_OSError, text);
-            Py_XDECREF(text);
-            if (exc == NULL)
-                exc = take_exception();
-            res = exc ? PyObject_CallMethodOneArg(fut, str_set_exception, exc) : NULL;
-            Py_XDECREF(exc);
-        }
-    } else if (done != NULL) {
-        res = Py_NewRef(Py_None);  /* cancelled while Go worked: nobody waits */
-    }
-    Py_XDECREF(done);
+    int r = settle(fut, call_kind(c->token), c->res >= 0, data);
     Py_DECREF(fut);
     Py_DECREF(data);
-    if (res == NULL)
+    if (r < 0)
         return report_callback_error(lp, "Exception in Go call completion", NULL, NULL);
-    Py_DECREF(res);
     return 0;
 }
 
@@ -378,7 +457,8 @@ int init_calls(PyObject *m)
     str_done = PyUnicode_InternFromString("done");
     str_set_result = PyUnicode_InternFromString("set_result");
     str_set_exception = PyUnicode_InternFromString("set_exception");
-    if (str_done == NULL || str_set_result == NULL || str_set_exception == NULL)
+    settle_later_fn = PyCFunction_New(&settle_later_def, NULL);
+    if (str_done == NULL || str_set_result == NULL || str_set_exception == NULL || settle_later_fn == NULL)
         return -1;
     return PyModule_AddFunctions(m, calls_functions);
 }
