@@ -65,6 +65,16 @@ if [[ -n $plots ]]; then
     fi
 fi
 
+# Name resolution (docs/dns.md): the set-up (server on loopback,
+# client and server pinned to a CPU each), the same unpinned, the server
+# 2 ms away, and names asked a second time (goloop's cache; 4,000 names so
+# that A and AAAA of all fit its 10,000 entries).
 if [[ -f bench/dns_bench.py ]]; then
     "$PYTHON" bench/dns_bench.py
+    "$PYTHON" bench/dns_bench.py --no-pin --out bench/results/dns-nopin.json
+    "$PYTHON" bench/dns_bench.py --delay-ms 2
+    "$PYTHON" bench/dns_bench.py --repeat --names 4000
+    if [[ -n $plots ]] && "$PYTHON" -c 'import matplotlib' 2>/dev/null; then
+        MPLBACKEND=Agg "$PYTHON" bench/plot_dns.py "$plots"
+    fi
 fi
