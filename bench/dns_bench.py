@@ -210,6 +210,8 @@ def main():
                          "CPU 0, unbound and the proxy on CPU 1)")
     ap.add_argument("--repeat", action="store_true",
                     help="resolve every name once before the measured pass (repeat lookups)")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="run goloop's client under perf record -g, writing FILE")
     ap.add_argument("--child")
     ap.add_argument("--cpu", type=int)
     ap.add_argument("--out")
@@ -255,8 +257,10 @@ def main():
         for rnd in range(a.rounds):
             for name in loops:
                 s0 = server_cpu(ub)
+                profile = (["perf", "record", "-q", "-F", "4999", "-g", "-o", os.path.abspath(a.perf), "--"]
+                           if a.perf and name == "goloop" else [])
                 r = dns_support.netns_exec(
-                    ns, [sys.executable, os.path.abspath(__file__), "--child", name,
+                    ns, profile + [sys.executable, os.path.abspath(__file__), "--child", name,
                          "--names", str(a.names), "--concurrency", str(a.concurrency)]
                     + (["--cpu", str(client_cpu)] if pin else [])
                     + (["--repeat"] if a.repeat else []),
