@@ -80,9 +80,22 @@ func parseAddrinfoRequest(req []byte) (*AddrinfoRequest, error) {
 	if len(req) > 0 && req[0] == '{' {
 		return &r, json.Unmarshal(req, &r)
 	}
-	f := strings.Split(string(req), "\x00")
-	if len(f) != 6 {
-		return nil, errors.New("want 6 fields")
+	// Split by hand: this runs twice for every lookup (quick, then full).
+	var f [6]string
+	rest := string(req)
+	for i := range f {
+		j := strings.IndexByte(rest, 0)
+		if i == len(f)-1 {
+			if j >= 0 {
+				return nil, errors.New("want 6 fields")
+			}
+			f[i] = rest
+			break
+		}
+		if j < 0 {
+			return nil, errors.New("want 6 fields")
+		}
+		f[i], rest = rest[:j], rest[j+1:]
 	}
 	str := func(s string) (*string, error) {
 		switch {
