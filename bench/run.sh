@@ -70,10 +70,18 @@ fi
 # 2 ms away, and names asked a second time (goloop's cache; 4,000 names so
 # that A and AAAA of all fit its 10,000 entries).
 if [[ -f bench/dns_bench.py ]]; then
-    "$PYTHON" bench/dns_bench.py
-    "$PYTHON" bench/dns_bench.py --no-pin --out bench/results/dns-nopin.json
-    "$PYTHON" bench/dns_bench.py --delay-ms 2
-    "$PYTHON" bench/dns_bench.py --repeat --names 4000
+    # A smoke run: one round each, results beside the committed ones.
+    dns=(bench/dns_bench.py)
+    dnsout=bench/results
+    if [[ -z $plots ]]; then
+        dns+=(--rounds 1)
+        dnsout=bench/results/quick
+        mkdir -p "$dnsout"
+    fi
+    "$PYTHON" "${dns[@]}" --out "$dnsout/dns.json"
+    "$PYTHON" "${dns[@]}" --no-pin --out "$dnsout/dns-nopin.json"
+    "$PYTHON" "${dns[@]}" --delay-ms 2 --out "$dnsout/dns-delay2ms.json"
+    "$PYTHON" "${dns[@]}" --repeat --names 4000 --out "$dnsout/dns-repeat.json"
     if [[ -n $plots ]] && "$PYTHON" -c 'import matplotlib' 2>/dev/null; then
         MPLBACKEND=Agg "$PYTHON" bench/plot_dns.py "$plots"
     fi
