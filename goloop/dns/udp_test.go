@@ -11,9 +11,11 @@ import (
 	mdns "github.com/miekg/dns"
 )
 
-// rawUDPServer answers each query with whatever datagrams send returns,
-// so tests can send what a well-behaved server never would.
-func rawUDPServer(t *testing.T, send func(q *mdns.Msg) [][]byte) string {
+// udpServerFunc runs a bare UDP server on 127.0.0.1: saw (if not nil)
+// sees each datagram's sender, handle each query that parses with a
+// function that sends a datagram back to its sender (from any goroutine,
+// at any time), so tests can answer as a well-behaved server never would.
+func udpServerFunc(t *testing.T, saw func(net.Addr), handle func(q *mdns.Msg, send func([]byte))) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -27,16 +29,27 @@ func rawUDPServer(t *testing.T, send func(q *mdns.Msg) [][]byte) string {
 			if err != nil {
 				return
 			}
+			if saw != nil {
+				saw(from)
+			}
 			q := new(mdns.Msg)
 			if q.Unpack(buf[:n]) != nil {
 				continue
 			}
-			for _, d := range send(q) {
-				pc.WriteTo(d, from)
-			}
+			handle(q, func(d []byte) { pc.WriteTo(d, from) })
 		}
 	}()
 	return pc.LocalAddr().String()
+}
+
+// rawUDPServer answers each query with whatever datagrams send returns.
+func rawUDPServer(t *testing.T, send func(q *mdns.Msg) [][]byte) string {
+	t.Helper()
+	return udpServerFunc(t, nil, func(q *mdns.Msg, out func([]byte)) {
+		for _, d := range send(q) {
+			out(d)
+		}
+	})
 }
 
 func mustPack(t *testing.T, m *mdns.Msg) []byte {
@@ -212,32 +225,14 @@ func TestSourcePortChanges(t *testing.T) {
 // startServerFrom is a UDP server answering every A query with one
 // address and calling saw with each client address.
 func startServerFrom(t *testing.T, saw func(net.Addr)) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			saw(from)
-			q := new(mdns.Msg)
-			if q.Unpack(buf[:n]) != nil {
-				continue
-			}
-			m := reply(q)
-			if q.Question[0].Qtype == mdns.TypeA {
-				m.Answer = []mdns.RR{rrA(q.Question[0].Name, "192.0.2.1", 60)}
-			}
-			b, _ := m.Pack()
-			pc.WriteTo(b, from)
+	return udpServerFunc(t, saw, func(q *mdns.Msg, out func([]byte)) {
+		m := reply(q)
+		if q.Question[0].Qtype == mdns.TypeA {
+			m.Answer = []mdns.RR{rrA(q.Question[0].Name, "192.0.2.1", 60)}
 		}
-	}()
-	return pc.LocalAddr().String()
+		b, _ := m.Pack()
+		out(b)
+	})
 }
 
 func TestAnswersNeverCrossUnderTimeoutsAndCancels(t *testing.T) {
@@ -257,40 +252,23 @@ func TestAnswersNeverCrossUnderTimeoutsAndCancels(t *testing.T) {
 		fmt.Sscanf(name, "q%d.", &n)
 		return fmt.Sprintf("10.%d.%d.1", n/256, n%256)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			q := new(mdns.Msg)
-			if q.Unpack(buf[:n]) != nil {
-				continue
-			}
-			m := reply(q)
-			if q.Question[0].Qtype == mdns.TypeA {
-				m.Answer = []mdns.RR{rrA(q.Question[0].Name, addrFor(q.Question[0].Name), 60)}
-			}
-			b := mustPack(t, m)
-			switch c := next() % 10; {
-			case c < 2: // lost
-			case c < 4: // late, maybe after its try gave up, and twice
-				time.AfterFunc(time.Duration(next()%60)*time.Millisecond, func() {
-					pc.WriteTo(b, from)
-					pc.WriteTo(b, from)
-				})
-			default:
-				pc.WriteTo(b, from)
-			}
+	addr := udpServerFunc(t, nil, func(q *mdns.Msg, out func([]byte)) {
+		m := reply(q)
+		if q.Question[0].Qtype == mdns.TypeA {
+			m.Answer = []mdns.RR{rrA(q.Question[0].Name, addrFor(q.Question[0].Name), 60)}
 		}
-	}()
-	addr := pc.LocalAddr().String()
+		b := mustPack(t, m)
+		switch c := next() % 10; {
+		case c < 2: // lost
+		case c < 4: // late, maybe after its try gave up, and twice
+			time.AfterFunc(time.Duration(next()%60)*time.Millisecond, func() {
+				out(b)
+				out(b)
+			})
+		default:
+			out(b)
+		}
+	})
 	r := New(Options{Nameservers: []string{addr}, Timeout: 40 * time.Millisecond, Attempts: 2, NoHosts: true, NoCache: true})
 	var wg sync.WaitGroup
 	for g := 0; g < 50; g++ {
