@@ -5,6 +5,7 @@ The peer side deliberately uses no loop API beyond run_in_executor, so a transpo
 test fails only because of the transport under test."""
 
 import asyncio
+import contextlib
 import socket
 
 PEER_TIMEOUT = 10.0
@@ -118,6 +119,21 @@ async def connect_to_peer(loop, protocol_factory, **kwargs):
         peer, _ = lsock.accept()
     peer.settimeout(PEER_TIMEOUT)
     return transport, protocol, peer
+
+
+@contextlib.asynccontextmanager
+async def peer_connection(loop, protocol_factory, **kwargs):
+    """connect_to_peer as a context manager: on the way out the transport is
+    closed, its connection_lost awaited (protocol.lost) and the peer closed."""
+    transport, protocol, peer = await connect_to_peer(loop, protocol_factory, **kwargs)
+    try:
+        yield transport, protocol, peer
+    finally:
+        transport.close()
+        try:
+            await protocol.lost
+        finally:
+            peer.close()
 
 
 def recv_until_eof(sock, limit=None):

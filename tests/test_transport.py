@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bounded import run
-from peers import (Recorder, connect_to_peer, in_thread, recv_exactly,
+from peers import (Recorder, connect_to_peer, in_thread, peer_connection, recv_exactly,
                    recv_until_eof)
 
 
@@ -24,32 +24,22 @@ def _close(*socks):
 
 def test_write_reaches_peer(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             tr.write(b"hello ")
             tr.write(bytearray(b"bytearray "))
             tr.write(memoryview(b"memoryview"))
             tr.write(b"")
             got = await in_thread(loop, recv_exactly, peer, 26)
             assert got == b"hello bytearray memoryview"
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
 def test_writelines(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             tr.writelines([b"a", bytearray(b"bc"), memoryview(b"def"), b""])
             tr.writelines(iter([b"g", b"h"]))
             assert await in_thread(loop, recv_exactly, peer, 8) == b"abcdefgh"
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
@@ -57,14 +47,9 @@ def test_writelines(loop):
     "uvloop", reason="uvloop's write(None) is silently ignored"))])
 def test_write_rejects_non_bytes(loop, bad):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             with pytest.raises(TypeError):
                 tr.write(bad)
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
@@ -73,31 +58,21 @@ def test_write_rejects_non_bytes(loop, bad):
 def test_write_buffer_is_copied_or_kept(loop):
     # A bytearray changed right after write() must not change what is sent.
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             buf = bytearray(b"original")
             tr.write(buf)
             buf[:] = b"XXXXXXXX"
             assert await in_thread(loop, recv_exactly, peer, 8) == b"original"
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
 def test_data_reaches_protocol(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             assert pr.events[0] == "made"
             assert (await pr.made) is tr
             await in_thread(loop, peer.sendall, b"from peer")
             assert await pr.received(9) == b"from peer"
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
@@ -105,8 +80,7 @@ def test_data_reaches_protocol(loop):
 
 def test_write_eof_half_closes(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             assert tr.can_write_eof()
             tr.write(b"last words")
             tr.write_eof()
@@ -116,17 +90,12 @@ def test_write_eof_half_closes(loop):
             assert await pr.received(5) == b"reply"
             with pytest.raises(RuntimeError):
                 tr.write(b"after eof")
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
 def test_eof_received_then_connection_lost(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             await in_thread(loop, peer.sendall, b"data")
             peer.shutdown(socket.SHUT_WR)
             exc = await pr.lost
@@ -136,16 +105,12 @@ def test_eof_received_then_connection_lost(loop):
             assert tr.is_closing()
             # eof_received returned None: the transport closed itself; the peer sees it.
             assert await in_thread(loop, recv_until_eof, peer) == b""
-        finally:
-            tr.close()
-            peer.close()
     run(loop, go())
 
 
 def test_eof_received_true_keeps_half_open(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop, eof_result=True))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop, eof_result=True)) as (tr, pr, peer):
             peer.shutdown(socket.SHUT_WR)
             await pr.eof
             assert not tr.is_closing()
@@ -156,9 +121,6 @@ def test_eof_received_true_keeps_half_open(loop):
             assert await pr.lost is None
             assert pr.compact_events() == ["made", "eof", "lost"]
             assert await in_thread(loop, recv_until_eof, peer) == b""
-        finally:
-            tr.close()
-            peer.close()
     run(loop, go())
 
 
@@ -258,8 +220,7 @@ def test_exception_in_data_received_reaches_handler(loop):
 
 def test_pause_resume_reading(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             assert tr.is_reading()
             tr.pause_reading()
             assert not tr.is_reading()
@@ -275,18 +236,13 @@ def test_pause_resume_reading(loop):
             assert tr.is_reading()
             tr.resume_reading()
             assert await pr.received(12) == b"while paused"
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
 def test_pause_reading_holds_eof(loop):
     # EOF is not delivered while reading is paused either.
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             tr.pause_reading()
             await in_thread(loop, peer.sendall, b"tail")
             peer.shutdown(socket.SHUT_WR)
@@ -298,9 +254,6 @@ def test_pause_reading_holds_eof(loop):
             await pr.lost
             assert pr.compact_events() == ["made", "data", "eof", "lost"]
             assert bytes(pr.data) == b"tail"
-        finally:
-            tr.close()
-            peer.close()
     run(loop, go())
 
 
@@ -321,8 +274,7 @@ def test_pause_reading_on_closing_transport_is_harmless(loop):
 
 def test_write_buffer_limits(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             low, high = tr.get_write_buffer_limits()
             assert 0 <= low <= high
             tr.set_write_buffer_limits(high=1000, low=100)
@@ -336,10 +288,6 @@ def test_write_buffer_limits(loop):
             with pytest.raises(ValueError):
                 tr.set_write_buffer_limits(high=-1)
             assert tr.get_write_buffer_size() == 0
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
@@ -347,20 +295,14 @@ def test_write_buffer_limits(loop):
                         "bytes, asyncio's 16 KiB")
 def test_default_write_buffer_limits_match_asyncio(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
 def test_pause_and_resume_writing_against_slow_reader(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             tr.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
             chunk = b"y" * 65536
             written = 0
@@ -379,17 +321,12 @@ def test_pause_and_resume_writing_against_slow_reader(loop):
             assert pr.events.count("pause_writing") == 1
             assert pr.events.count("resume_writing") == 1
             assert pr.events.index("pause_writing") < pr.events.index("resume_writing")
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
 def test_write_buffer_size_counts_unsent_bytes(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             total = 48 << 20
             tr.write(b"z" * total)
             size = tr.get_write_buffer_size()
@@ -401,10 +338,6 @@ def test_write_buffer_size_counts_unsent_bytes(loop):
                     break
                 await asyncio.sleep(0.01)
             assert tr.get_write_buffer_size() == 0
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
@@ -414,22 +347,16 @@ def test_write_buffer_size_counts_unsent_bytes(loop):
                         "of asyncio.Transport")
 def test_transport_isinstance(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             assert isinstance(tr, asyncio.Transport)
             assert isinstance(tr, asyncio.ReadTransport)
             assert isinstance(tr, asyncio.WriteTransport)
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
 def test_get_extra_info(loop):
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             sock = tr.get_extra_info("socket")
             assert sock.family == socket.AF_INET
             assert sock.type == socket.SOCK_STREAM
@@ -438,10 +365,6 @@ def test_get_extra_info(loop):
             assert sock.getsockname() == tr.get_extra_info("sockname")
             assert tr.get_extra_info("no such key") is None
             assert tr.get_extra_info("no such key", "dflt") == "dflt"
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go())
 
 
@@ -539,15 +462,11 @@ def test_buffered_protocol_memoryview_buffer(loop):
             self.data += self.buf[:nbytes]
 
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: ViewCollector(loop, 16))
-        try:
+        async with peer_connection(loop, lambda: ViewCollector(loop, 16)) as (tr, pr, peer):
             await in_thread(loop, peer.sendall, b"0123456789abcdef")
             peer.shutdown(socket.SHUT_WR)
             assert await pr.lost is None
             assert bytes(pr.data) == b"0123456789abcdef"
-        finally:
-            tr.close()
-            peer.close()
     run(loop, go())
 
 
@@ -560,14 +479,10 @@ def test_buffered_protocol_empty_buffer_is_an_error(loop):
             return bytearray()
 
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Empty(loop, 16))
-        try:
+        async with peer_connection(loop, lambda: Empty(loop, 16)) as (tr, pr, peer):
             await in_thread(loop, peer.sendall, b"data")
             exc = await pr.lost
             assert exc is not None
-        finally:
-            tr.close()
-            peer.close()
     run(loop, go())
     assert seen and seen[0].get("exception") is not None
 
@@ -579,8 +494,7 @@ def test_large_transfer_both_ways(loop):
     down = os.urandom(5 << 20)
 
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             def peer_side():
                 peer.sendall(down)
                 peer.shutdown(socket.SHUT_WR)
@@ -594,9 +508,6 @@ def test_large_transfer_both_ways(loop):
             assert await pr.lost is None
             assert got_up == up
             assert bytes(pr.data) == down
-        finally:
-            tr.close()
-            peer.close()
     run(loop, go(), timeout=30)
 
 
@@ -608,8 +519,7 @@ def test_large_bytearray_write_is_not_affected_by_later_mutation(loop):
     size = 16 << 20
 
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Recorder(loop))
-        try:
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
             buf = bytearray(b"a" * size)
             tr.write(buf)
             buf[:] = b"b" * size
@@ -617,10 +527,6 @@ def test_large_bytearray_write_is_not_affected_by_later_mutation(loop):
             buf[:10] = b"c" * 10
             got = await in_thread(loop, recv_exactly, peer, size + 10)
             assert got.count(b"a") == size and got.endswith(b"b" * 10)
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go(), timeout=30)
 
 
@@ -639,8 +545,7 @@ def test_pause_reading_in_connection_made(loop):
     payload = os.urandom(1 << 20)
 
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: PausedAtStart(loop))
-        try:
+        async with peer_connection(loop, lambda: PausedAtStart(loop)) as (tr, pr, peer):
             sender = in_thread(loop, peer.sendall, payload)
             await asyncio.sleep(0.02)
             assert "data" not in pr.events
@@ -648,10 +553,6 @@ def test_pause_reading_in_connection_made(loop):
             tr.resume_reading()
             assert await pr.received(len(payload)) == payload
             await sender
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go(), timeout=30)
 
 
@@ -667,16 +568,11 @@ def test_pause_resume_in_every_data_received(loop):
             self.loop.call_soon(self.transport.resume_reading)
 
     async def go():
-        tr, pr, peer = await connect_to_peer(loop, lambda: Toggler(loop))
-        try:
+        async with peer_connection(loop, lambda: Toggler(loop)) as (tr, pr, peer):
             sender = in_thread(loop, peer.sendall, payload)
             got = await pr.received(len(payload))
             await sender
             assert len(got) == len(payload) and got == payload
-        finally:
-            tr.close()
-            await pr.lost
-            peer.close()
     run(loop, go(), timeout=30)
 
 
