@@ -33,102 +33,16 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 
 LOOPS = ("asyncio", "uvloop", "goloop")
 
-# --delay-ms puts this UDP proxy between the clients and unbound: it holds
-# every question for the given time before passing it on, as a resolver a
-# few milliseconds away would (a LAN or ISP resolver), which no local
-# server shows. It is built from this source with the Go toolchain.
-DELAY_PROXY_GO = r"""
-package main
-
-import (
-	"encoding/binary"
-	"net"
-	"os"
-	"strconv"
-	"sync"
-	"syscall"
-	"time"
-)
-
-type origin struct {
-	addr *net.UDPAddr
-	id   uint16
-}
-
-func main() {
-	listen, _ := net.ResolveUDPAddr("udp", os.Args[1])
-	upstream, _ := net.ResolveUDPAddr("udp", os.Args[2])
-	ms, _ := strconv.ParseFloat(os.Args[3], 64)
-	delay := time.Duration(ms * float64(time.Millisecond))
-	front, err := net.ListenUDP("udp", listen)
-	if err != nil {
-		panic(err)
-	}
-	back, err := net.DialUDP("udp", nil, upstream)
-	if err != nil {
-		panic(err)
-	}
-	// Bursts of a hundred questions must not overflow the buffers: force
-	// them past net.core.rmem_max (we run as root).
-	for _, c := range []*net.UDPConn{front, back} {
-		if rc, err := c.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) {
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 8<<20)
-			})
-		}
-	}
-	var mu sync.Mutex
-	table := make([]origin, 65536)
-	var next uint16
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, err := back.Read(buf)
-			if err != nil || n < 2 {
-				continue
-			}
-			id := binary.BigEndian.Uint16(buf)
-			mu.Lock()
-			o := table[id]
-			mu.Unlock()
-			if o.addr == nil {
-				continue
-			}
-			binary.BigEndian.PutUint16(buf, o.id)
-			front.WriteToUDP(buf[:n], o.addr)
-		}
-	}()
-	os.Stdout.WriteString("ready\n")
-	for {
-		buf := make([]byte, 4096)
-		n, addr, err := front.ReadFromUDP(buf)
-		if err != nil || n < 12 {
-			continue
-		}
-		mu.Lock()
-		next++
-		id := next
-		table[id] = origin{addr, binary.BigEndian.Uint16(buf)}
-		mu.Unlock()
-		binary.BigEndian.PutUint16(buf, id)
-		pkt := buf[:n]
-		time.AfterFunc(delay, func() { back.Write(pkt) })
-	}
-}
-"""
+# --delay-ms puts a UDP proxy (bench/delayproxy/delayproxy.c) between the
+# clients and unbound: it holds every question for the given time before
+# passing it on, as a resolver a few milliseconds away would (a LAN or ISP
+# resolver), which no local server shows. It is built with gcc.
 
 
 def build_delay_proxy(workdir):
-    import shutil as _shutil
-    go = _shutil.which("go") or "/usr/local/go/bin/go"
-    src = os.path.join(workdir, "main.go")
-    with open(src, "w") as f:
-        f.write(DELAY_PROXY_GO)
-    with open(os.path.join(workdir, "go.mod"), "w") as f:
-        f.write("module delayproxy\n\ngo 1.21\n")
     out = os.path.join(workdir, "delayproxy")
-    subprocess.run([go, "build", "-o", out, "."], cwd=workdir, check=True,
-                   env=dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local"))
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", out,
+                    os.path.join(HERE, "delayproxy", "delayproxy.c")], check=True)
     return out
 
 
