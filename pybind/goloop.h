@@ -51,10 +51,12 @@ typedef int (*gl_wake_fn)(int64_t h);
 typedef int (*gl_close_fn)(int64_t h);
 typedef int (*gl_backend_fn)(int64_t h, char *buf, int len);
 /* goloop_call: 0 started (a GL_EV_POSTED completion with the token will
- * follow), 1 answered at once, 2 failed at once (no completion follows:
- * take the answer or the error text with goloop_result now), -1 no such
- * loop, -2 no such method. */
-typedef int (*gl_call_fn)(int64_t h, uint64_t token, const char *method, const char *req, int reqlen);
+ * follow), 1 answered at once, 2 failed at once (no completion follows);
+ * -1 no such loop, -2 no such method. For 1 and 2, *outlen is the length
+ * of the answer or error text: if it is at most outcap, it is in out and
+ * nothing is left in Go; otherwise take it with goloop_result. */
+typedef int (*gl_call_fn)(int64_t h, uint64_t token, const char *method, const char *req, int reqlen,
+                          char *out, int outcap, int *outlen);
 typedef int (*gl_result_fn)(int64_t h, uint64_t token, char *out, int cap);
 typedef void (*gl_cancel_fn)(int64_t h, uint64_t token);
 

@@ -147,18 +147,31 @@ func goloop_backend_name(h C.int64_t, buf *C.char, n C.int) C.int {
 }
 
 //export goloop_call
-func goloop_call(h C.int64_t, token C.uint64_t, method *C.char, req *C.char, reqlen C.int) C.int {
+func goloop_call(h C.int64_t, token C.uint64_t, method *C.char, req *C.char, reqlen C.int,
+	out *C.char, outcap C.int, outlen *C.int) C.int {
 	l := lookup(h)
 	if l == nil {
 		return -1
 	}
 	// C.GoBytes copies: the request may be freed when this call returns.
-	switch l.Call(uint64(token), C.GoString(method), C.GoBytes(unsafe.Pointer(req), reqlen)) {
+	state := l.Call(uint64(token), C.GoString(method), C.GoBytes(unsafe.Pointer(req), reqlen))
+	switch state {
 	case goloop.CallStarted:
 		return 0
-	case goloop.CallAnswered:
-		return 1
-	case goloop.CallFailed:
+	case goloop.CallAnswered, goloop.CallFailed:
+		// Hand a quick answer over in this same call when it fits, rather
+		// than in two more (goloop_result to size, then to copy).
+		r, _ := l.Result(uint64(token), false)
+		*outlen = C.int(len(r))
+		if len(r) <= int(outcap) {
+			if len(r) > 0 {
+				copy(unsafe.Slice((*byte)(unsafe.Pointer(out)), int(outcap)), r)
+			}
+			l.Result(uint64(token), true)
+		}
+		if state == goloop.CallAnswered {
+			return 1
+		}
 		return 2
 	}
 	return -2

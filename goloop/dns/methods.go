@@ -133,10 +133,8 @@ func quickGetaddrinfo(req []byte) ([]byte, error, bool) {
 	if !ok {
 		return nil, nil, false
 	}
-	if err != nil {
-		return nil, replyError(err), true
-	}
-	return appendAddrinfoReply(make([]byte, 0, 64*len(res)), res), nil, true
+	out, err := addrinfoReply(res, err)
+	return out, err, true
 }
 
 func methodGetaddrinfo(ctx context.Context, req []byte) ([]byte, error) {
@@ -144,7 +142,12 @@ func methodGetaddrinfo(ctx context.Context, req []byte) ([]byte, error) {
 	if err != nil {
 		return nil, badRequest(err)
 	}
-	res, err := Default().Getaddrinfo(ctx, r)
+	return addrinfoReply(Default().Getaddrinfo(ctx, r))
+}
+
+// addrinfoReply is a lookup's outcome as the call returns it: the encoded
+// answer, or the JSON error text.
+func addrinfoReply(res []Addrinfo, err error) ([]byte, error) {
 	if err != nil {
 		return nil, replyError(err)
 	}

@@ -46,27 +46,30 @@ static PyObject *start_call(LoopCore *lp, const char *method, const char *req, P
     if (fut == NULL)
         return NULL;
     uint64_t token = ((((++lp->next_call) << CALL_KIND_BITS) | kind) << 3) | TAG_CALL;
-    PyObject *key = PyLong_FromUnsignedLongLong(token);
-    if (key == NULL || PyDict_SetItem(lp->calls, key, fut) < 0) {
-        Py_XDECREF(key);
-        Py_DECREF(fut);
-        return NULL;
-    }
-    int state = GL.call(lp->h, token, method, req, (int)len);
+    char quick[2048];
+    int qlen = 0;
+    int state = GL.call(lp->h, token, method, req, (int)len, quick, (int)sizeof quick, &qlen);
     if (state < 0) {
-        PyDict_DelItem(lp->calls, key);
-        Py_DECREF(key);
         Py_DECREF(fut);
         PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
         return NULL;
     }
-    if (state == 1 || state == 2) {
+    PyObject *key = PyLong_FromUnsignedLongLong(token);
+    if (key == NULL)
+        goto fail;
+    if (state == 0) {
+        /* Its completion is dispatched on this thread, by a later poll:
+         * registering the future now is in time. */
+        if (PyDict_SetItem(lp->calls, key, fut) < 0)
+            goto fail;
+    } else {
         /* Answered inside the call (from the cache, /etc/hosts): no
-         * completion will come. The future is settled by a callback of
-         * the next iteration, not now: the awaiting task still yields to
-         * the loop once, as it does on asyncio, so a task resolving cached
-         * names in a loop cannot starve the others. */
-        PyObject *data = take_result(lp, token, -1);
+         * completion will come. The future is settled by a call_soon
+         * callback, not now: the awaiting task still yields to the loop
+         * once, as it does on asyncio, so a task resolving cached names in
+         * a loop cannot starve the others. */
+        PyObject *data = qlen <= (int)sizeof quick ? PyBytes_FromStringAndSize(quick, qlen)
+                                                   : take_result(lp, token, qlen);
         int is_result = 0;
         PyObject *value = data ? outcome_of(kind, state == 1, data, &is_result) : NULL;
         Py_XDECREF(data);
@@ -74,20 +77,22 @@ static PyObject *start_call(LoopCore *lp, const char *method, const char *req, P
         Py_XDECREF(value);
         Handle *h = args ? loop_call_soon(lp, settle_later_fn, args, NULL) : NULL;
         Py_XDECREF(args);
-        Py_XDECREF(h);
-        if (PyDict_DelItem(lp->calls, key) < 0 || h == NULL) {
-            Py_DECREF(key);
-            Py_DECREF(fut);
-            return NULL;
-        }
+        if (h == NULL)
+            goto fail;
+        Py_DECREF(h);
     }
     PyObject *out = PyTuple_Pack(2, key, fut);
     Py_DECREF(key);
     Py_DECREF(fut);
     return out;
+fail:
+    Py_XDECREF(key);
+    Py_DECREF(fut);
+    return NULL;
 }
 
-/* _go_call_start(method, req, raw=True) -> (token, future). */
+/* _go_call_start(method, req) -> (token, future): the future gets the
+ * method's bytes, or GoCallError (the error hook's) when it fails. */
 PyObject *lc_go_call_start(LoopCore *lp, PyObject *args)
 {
     const char *method;
