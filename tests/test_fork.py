@@ -13,11 +13,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import loops
 
 
-def _run_script(body):
-    env = dict(os.environ)
+def _run_script(body, **env_overrides):
+    env = dict(os.environ, **env_overrides)
     pkg_dir = os.path.dirname(os.path.dirname(loops.goloop.__file__))
     env["PYTHONPATH"] = pkg_dir + os.pathsep + env.get("PYTHONPATH", "")
     script = textwrap.dedent("""
@@ -112,6 +114,48 @@ def test_inherited_loop_in_child_refuses_to_run(goloop):
     """)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "fork" in res.stdout.split("RuntimeError:", 1)[1].lower(), res.stdout
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_child_tearing_down_inherited_loop_leaves_parent_intact(goloop, backend):
+    # A child forked after the first loop that closes its inherited server and loop,
+    # or just looks at them (repr), must not call into Go: under io_uring its
+    # submission would land in the ring it shares with the parent, and the parent
+    # then spun forever in its next close.
+    res = _run_script("""
+        import goloop, socket
+        class Echo(asyncio.Protocol):
+            def connection_made(self, tr): self.tr = tr
+            def data_received(self, data): self.tr.write(data)
+        loop = goloop.new_event_loop()
+        server = loop.run_until_complete(loop.create_server(Echo, "127.0.0.1", 0))
+        addr = server.sockets[0].getsockname()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                repr(loop)
+                server.close()
+                loop.close()
+            except BaseException as e:
+                print("child:", repr(e))
+            child_exit(0)
+        code = wait_child(pid)
+        async def check():
+            r, w = await asyncio.open_connection(*addr)
+            w.write(b"ping")
+            data = await r.readexactly(4)
+            w.close()
+            await w.wait_closed()
+            server.close()
+            await server.wait_closed()
+            return data
+        print("parent:", loop.run_until_complete(asyncio.wait_for(check(), 10)))
+        loop.close()
+        print("parent closed")
+        sys.exit(code)
+    """, GOLOOP_BACKEND=backend)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "parent: b'ping'" in res.stdout and "parent closed" in res.stdout, res.stdout + res.stderr
 
 
 def test_import_does_not_start_go_runtime(goloop):
