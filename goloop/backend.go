@@ -45,9 +45,11 @@ func (o *Options) fill() {
 	}
 }
 
-// NewBackend makes the backend named by kind ("", "io_uring", "epoll"); ""
-// reads GOLOOP_BACKEND and otherwise prefers io_uring where the kernel
-// allows it.
+// NewBackend makes the backend named by kind: "io_uring", "epoll", "auto"
+// (io_uring where the kernel allows it, else epoll), or "" (GOLOOP_BACKEND
+// from Go's environment, else auto). The C ABI always names one: Go's copy
+// of the environment is the one the process had when Go started, and the
+// Python side chooses from os.environ as it is when the loop is made.
 func NewBackend(kind string, opt Options) (Backend, error) {
 	opt.fill()
 	if kind == "" {
@@ -58,7 +60,7 @@ func NewBackend(kind string, opt Options) (Backend, error) {
 		return newEpoll(opt)
 	case "io_uring":
 		return newUring(opt)
-	case "":
+	case "", "auto":
 		if b, err := newUring(opt); err == nil {
 			return b, nil
 		}

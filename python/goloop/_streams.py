@@ -6,6 +6,37 @@ import socket
 from asyncio import base_events, constants, futures, sslproto, trsock
 
 
+class _GoOwnedSocket(socket.socket):
+    """The socket object of a transport whose fd the Go core owns.
+
+    The program may keep and use it as with asyncio (fileno, getsockopt,
+    getpeername, ...), but closing it does not close the fd: only Go closes
+    an fd it was handed, when the transport closes, and the object is
+    detached when Go reports that close. Two owners of one fd number is how
+    a loop ends up closing a file the program opened later. In a child
+    forked after Go started, Go is gone and the child's copy of the fd is
+    the object's own to close."""
+    __slots__ = ()
+
+    def _real_close(self):
+        from . import _core
+        if _core._forked():
+            super()._real_close()
+
+
+def _go_owned(sock):
+    """sock, made a _GoOwnedSocket: the same object when it is a plain
+    socket.socket (so the program's reference keeps working), else a new
+    object for the same fd (the program's object is detached)."""
+    if isinstance(sock, _GoOwnedSocket):
+        return sock
+    if type(sock) is socket.socket:
+        sock.__class__ = _GoOwnedSocket
+        return sock
+    family, type_, proto = sock.family, sock.type, sock.proto
+    return _GoOwnedSocket(family, type_, proto, fileno=sock.detach())
+
+
 def _set_nodelay(sock):
     # asyncio sets TCP_NODELAY on every TCP transport; so do we.
     if (sock.family in (socket.AF_INET, socket.AF_INET6) and
@@ -23,7 +54,6 @@ class StreamsMixin:
         except OSError:
             pass
         extra = dict(extra) if extra else {}
-        extra['socket'] = trsock.TransportSocket(sock)
         if 'sockname' not in extra:
             try:
                 extra['sockname'] = sock.getsockname()
@@ -34,14 +64,29 @@ class StreamsMixin:
                 extra['peername'] = sock.getpeername()
             except OSError:
                 extra['peername'] = None
-        transport = _core.Transport(self, sock, protocol, extra, server)
-        self._transports[sock.fileno()] = transport
-        if server is not None:
-            server._attach()
-        self.call_soon(protocol.connection_made, transport)
-        self.call_soon(transport._start_reading)
-        if waiter is not None:
-            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        # From here on the fd is the transport's, and so Go's: the socket
+        # object can no longer close it (one owner per fd).
+        owned = _go_owned(sock)
+        extra['socket'] = trsock.TransportSocket(owned)
+        try:
+            transport = _core.Transport(self, owned, protocol, extra, server)
+        except BaseException:
+            # No transport: the fd is still Python's to close.
+            owned.__class__ = socket.socket
+            if owned is not sock:
+                owned.close()
+            raise
+        try:
+            self._transports[owned.fileno()] = transport
+            if server is not None:
+                server._attach()
+            self.call_soon(protocol.connection_made, transport)
+            self.call_soon(transport._start_reading)
+            if waiter is not None:
+                self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        except BaseException:
+            transport.abort()  # Go closes the fd
+            raise
         return transport
 
     def _make_ssl_transport(
@@ -68,7 +113,8 @@ class StreamsMixin:
         from . import _core
         fd = sock.fileno()
         old = self._listeners.get(fd)
-        if old is not None and old.armed:
+        if old is not None and not old.closed:
+            old.start()  # serving again after a pause (accept errors)
             return
 
         def on_accept(res):
@@ -96,7 +142,7 @@ class StreamsMixin:
                 'exception': OSError(err, errno.errorcode.get(err, str(err))),
                 'socket': trsock.TransportSocket(sock),
             })
-            listener = self._listeners.pop(sock.fileno(), None)
+            listener = self._listeners.get(sock.fileno())
             if listener is not None:
                 listener.stop()
             self.call_later(constants.ACCEPT_RETRY_DELAY, self._restart_serving, sock, *serving)
@@ -154,11 +200,12 @@ class StreamsMixin:
         self.call_exception_handler(context)
 
     def _stop_serving(self, sock):
+        # The listener hands the fd to Go, which stops accepting and closes it
+        # in the next batch, in order; connections accepted meanwhile are
+        # closed, never handed on. Nothing polls Go from here: a server may be
+        # closed from inside any callback, mid-batch.
         listener = self._listeners.pop(sock.fileno(), None)
-        if listener is not None:
-            listener.stop()
-            # asyncio closes the socket at once (a connect right after
-            # server.close() is refused), and io_uring's accept holds the
-            # file until its cancel is submitted: submit it now.
-            self._flush()
-        sock.close()
+        if listener is not None and listener.close():
+            sock.detach()
+        else:
+            sock.close()

@@ -56,8 +56,11 @@ def _fileobj_to_fd(fileobj):
 class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
     """A drop-in asyncio event loop whose I/O core is goloop's Go library."""
 
-    def __init__(self):
+    def __init__(self, *, backend=None):
+        # backend= (or GOLOOP_BACKEND in os.environ now) was taken by
+        # LoopCore.__new__, which made the Go loop.
         base_events.BaseEventLoop.__init__(self)
+        self._backend = self._backend_name()
         self._transports = weakref.WeakValueDictionary()
         self._watchers = {}
         self._listeners = {}
@@ -67,14 +70,14 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         self._old_wakeup = None
 
     def __repr__(self):
-        return (f'<{type(self).__name__} backend={self._backend_name()} '
+        return (f'<{type(self).__name__} backend={self._backend} '
                 f'running={self.is_running()} closed={self.is_closed()} '
                 f'debug={self.get_debug()}>')
 
     @property
     def backend(self):
         """'io_uring' or 'epoll': the Go backend this loop runs on."""
-        return self._backend_name()
+        return self._backend
 
     # ---- running ----
 
@@ -173,6 +176,8 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         old = w.reader
         w.set(None, ...)
         old.cancel()
+        if w.reader is None and w.writer is None:
+            del self._watchers[fd]  # its token dies with it (owners.c)
         return True
 
     def _remove_writer(self, fd):
@@ -185,6 +190,8 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         old = w.writer
         w.set(..., None)
         old.cancel()
+        if w.reader is None and w.writer is None:
+            del self._watchers[fd]  # its token dies with it (owners.c)
         return True
 
     # asyncio's selector loop implements the public reader/writer API and the

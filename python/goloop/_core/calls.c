@@ -48,7 +48,11 @@ static PyObject *start_call(LoopCore *lp, const char *method, const char *req, P
     uint64_t token = ((((++lp->next_call) << CALL_KIND_BITS) | kind) << 3) | TAG_CALL;
     char quick[2048];
     int qlen = 0;
-    int state = GL.call(lp->h, token, method, req, (int)len, quick, (int)sizeof quick, &qlen);
+    int state = go_call(lp, token, method, req, (int)len, quick, (int)sizeof quick, &qlen);
+    if (state == -3) {   /* Go cannot be entered: the exception says why */
+        Py_DECREF(fut);
+        return NULL;
+    }
     if (state < 0) {
         Py_DECREF(fut);
         PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
@@ -109,8 +113,7 @@ PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg)
     unsigned long long token = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred())
         return NULL;
-    if (lp->h != 0 && !gl_forked())
-        GL.cancel(lp->h, token);
+    go_cancel(lp, token);
     Py_RETURN_NONE;
 }
 
@@ -341,13 +344,13 @@ static PyObject *mod_dns_setup(PyObject *m, PyObject *args)
 /* Take a finished call's result (its bytes, or Go's error text) from Go. */
 static PyObject *take_result(LoopCore *lp, uint64_t token, int known_len)
 {
-    int n = known_len >= 0 ? known_len : GL.result(lp->h, token, NULL, 0);
+    int n = known_len >= 0 ? known_len : go_result(lp, token, NULL, 0);
     if (n < 0)
         n = 0;
     PyObject *data = PyBytes_FromStringAndSize(NULL, n);
     if (data == NULL)
         return NULL;
-    int got = GL.result(lp->h, token, PyBytes_AS_STRING(data), n);
+    int got = go_result(lp, token, PyBytes_AS_STRING(data), n);
     if (got > n) {  /* cannot happen: results do not change once done */
         Py_DECREF(data);
         PyErr_SetString(PyExc_RuntimeError, "goloop: a Go call's result changed size");

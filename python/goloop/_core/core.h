@@ -26,14 +26,24 @@ int gl_ensure_loaded(void);   /* 0, or -1 with an exception set */
 int gl_check_fork(void);      /* -1 in a child forked after Go started */
 int gl_forked(void);          /* 1 there: Go must not be called at all */
 
-/* Tokens are object addresses (aligned to 8) tagged in the low bits so a
- * completion finds its target without a lookup. Each tagged object stays
- * alive while Go may still name it. Calls use ids instead. */
+/* A token's low three bits say what kind of thing it names. Transports,
+ * watchers and listeners are named through the owner table (owners.c: slot
+ * and generation), calls by a counter (calls.c). TAG_ORPHAN is the close of
+ * an fd that no object owns any more (an fd accepted for a closed listener,
+ * a transport collected while open): its EvClosed is only counted. */
 #define TAG_MASK 7u
 #define TAG_TRANSPORT 1u
 #define TAG_WATCHER 2u
 #define TAG_LISTENER 3u
 #define TAG_CALL 4u
+#define TAG_ORPHAN 5u
+
+typedef struct {
+    PyObject *obj;         /* borrowed; NULL when the slot is free */
+    uint32_t gen;          /* bumped when the slot is freed */
+    uint32_t next;         /* free list */
+    unsigned tag;
+} owner_slot;
 
 /* Python-level helpers the package installs at import (off the hot path). */
 typedef struct {
@@ -78,11 +88,14 @@ struct LoopCore {
     gl_comp *comps;
     int ncomps, cpos, capcomps;
     unsigned long thread;  /* the thread in _run, 0 when not running */
-    PyObject *live;        /* set of transports Go still knows */
-    PyObject *keep;        /* dict token -> watcher/listener kept alive */
+    owner_slot *slots;     /* the owner table (owners.c) */
+    uint32_t nslots, capslots, free_slot;
+    Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
     uint64_t next_call;
     char stopping;
+    char iterating;        /* inside run_once or the close drain: no re-entry */
+    char draining;         /* _close_core: completions only give back what they carry */
     char closed;
     char debug;
     PyObject *weakreflist;
@@ -102,7 +115,28 @@ int loop_push_ready(LoopCore *lp, Handle *h);  /* steals nothing; increfs */
 Handle *loop_call_soon(LoopCore *lp, PyObject *cb, PyObject *args, PyObject *context);
 int loop_call_exception_handler(LoopCore *lp, PyObject *ctx);
 int loop_check_alive(LoopCore *lp);
+void loop_close_orphan(LoopCore *lp, int fd);
+int loop_apply_now(LoopCore *lp);    /* submit the batch, take no completion */
 int init_loop_type(PyObject *m);
+
+/* go.c: the one door into Go (fork guard and loop state checked there) */
+int go_enter(LoopCore *lp);          /* 0, or -1 with RuntimeError set */
+int go_usable(LoopCore *lp);         /* the same check, quiet: 1 or 0 */
+int64_t go_new(const char *backend, char *err, int errlen);
+int go_poll(LoopCore *lp, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64_t timeout_ns);
+void go_wake(LoopCore *lp);
+void go_close(LoopCore *lp);
+PyObject *go_backend_name(LoopCore *lp);
+int go_call(LoopCore *lp, uint64_t token, const char *method, const char *req, int reqlen,
+            char *out, int outcap, int *outlen);
+int go_result(LoopCore *lp, uint64_t token, char *out, int cap);
+void go_cancel(LoopCore *lp, uint64_t token);
+
+/* owners.c: token -> owner */
+int owners_bind(LoopCore *lp, PyObject *obj, unsigned tag, uint64_t *token);
+void owners_release(LoopCore *lp, uint64_t token);
+PyObject *owners_get(LoopCore *lp, uint64_t token);   /* borrowed, or NULL: stale */
+void owners_stale(LoopCore *lp, gl_comp *c);
 
 /* handle.c */
 Handle *handle_new(PyTypeObject *tp, LoopCore *lp, PyObject *cb, PyObject *args, PyObject *context, double when);
@@ -113,6 +147,7 @@ int init_handle_types(PyObject *m);
 int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
 int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
+int transport_is_open(PyObject *tr);
 int init_transport_type(PyObject *m);
 
 /* calls.c */
@@ -125,6 +160,7 @@ int init_calls(PyObject *m);
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);
 int listener_dispatch(LoopCore *lp, PyObject *l, gl_comp *c);
+void listener_loop_closing(LoopCore *lp, PyObject *l);
 int init_watch_types(PyObject *m);
 
 /* The pending exception, normalized, with its traceback attached; the

@@ -285,8 +285,8 @@ static PyObject *lc_call_soon(LoopCore *lp, PyObject *const *args, Py_ssize_t na
 static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     Handle *h = schedule_call(lp, args, nargsf, kwnames, "call_soon_threadsafe");
-    if (h != NULL && lp->h != 0 && lp->thread != PyThread_get_thread_ident() && !gl_forked())
-        GL.wake(lp->h);   /* ends a wait in progress; cheap and thread-safe */
+    if (h != NULL && lp->thread != PyThread_get_thread_ident())
+        go_wake(lp);   /* ends a wait in progress; cheap and thread-safe */
     return (PyObject *)h;
 }
 
@@ -476,13 +476,32 @@ static PyObject *lc_time(LoopCore *lp, PyObject *unused)
 }
 
 /* Run completions [cpos, ncomps). A completion is consumed before its
- * handler runs, so a KeyboardInterrupt leaves the rest for next time. */
+ * handler runs, so a KeyboardInterrupt leaves the rest for next time.
+ *
+ * The batch is dispatched as Go returned it: records never move while it
+ * is dispatched (run_once refuses re-entry; loop_apply_now only appends), so
+ * the records stay where they are. Each record reaches the owner its token
+ * names, if that owner still exists (owners.c); otherwise what it carries
+ * is given back. */
 static int dispatch(LoopCore *lp)
 {
     while (lp->cpos < lp->ncomps) {
         gl_comp c = lp->comps[lp->cpos++];
-        uint64_t tag = c.token & TAG_MASK;
-        PyObject *obj = (PyObject *)(uintptr_t)(c.token & ~(uint64_t)TAG_MASK);
+        unsigned tag = (unsigned)(c.token & TAG_MASK);
+        if (c.kind == GL_EV_CLOSED)
+            lp->closes_in_flight--;   /* Go answers every OpClose with one EvClosed */
+        if (tag == TAG_CALL) {
+            if (!lp->draining && call_dispatch(lp, &c) < 0)
+                return -1;
+            continue;
+        }
+        if (tag == TAG_ORPHAN || tag == 0)
+            continue;
+        PyObject *obj = owners_get(lp, c.token);
+        if (obj == NULL) {
+            owners_stale(lp, &c);
+            continue;
+        }
         int r = 0;
         switch (tag) {
         case TAG_TRANSPORT:
@@ -503,13 +522,11 @@ static int dispatch(LoopCore *lp)
             r = transport_dispatch(lp, obj, &c);
             break;
         case TAG_WATCHER:
-            r = watcher_dispatch(lp, obj, &c);
+            if (!lp->draining)
+                r = watcher_dispatch(lp, obj, &c);
             break;
         case TAG_LISTENER:
             r = listener_dispatch(lp, obj, &c);
-            break;
-        case TAG_CALL:
-            r = call_dispatch(lp, &c);
             break;
         default:
             break;
@@ -518,6 +535,36 @@ static int dispatch(LoopCore *lp)
             return -1;
     }
     return 0;
+}
+
+/* Hand the batch to Go now, for the few operations whose effect asyncio
+ * makes visible at once (a server's close must refuse the next connect),
+ * not for the hot path. What completes is appended after the batch being
+ * dispatched, in the array's free tail: no record already there moves or
+ * changes, so a dispatch in progress (and any pointer it holds into the
+ * batch) goes on over the same records, then over these. What does not fit
+ * stays queued in Go for the next poll. */
+int loop_apply_now(LoopCore *lp)
+{
+    if (lp->nsubs == 0 || !go_usable(lp))
+        return 0;
+    int nsubs = lp->nsubs;
+    lp->nsubs = 0;
+    int n = go_poll(lp, lp->subs, nsubs, lp->comps + lp->ncomps, lp->capcomps - lp->ncomps, 0);
+    if (n < 0)
+        return -1;
+    lp->ncomps += n;
+    return 0;
+}
+
+/* Close an fd nobody owns any more (Go handed it over, its owner is gone).
+ * Only Go closes fds it was handed, so this is a submission like any other. */
+void loop_close_orphan(LoopCore *lp, int fd)
+{
+    if (loop_submit(lp, GL_OP_CLOSE, fd, TAG_ORPHAN, NULL, 0, GL_CLOSE_ABORT) == 0)
+        lp->closes_in_flight++;
+    else
+        PyErr_Clear();
 }
 
 static int run_handle(LoopCore *lp, Handle *hd)
@@ -554,24 +601,11 @@ static int run_once(LoopCore *lp)
         timeout = dt <= 0 ? 0 : (int64_t)ceil(dt * 1e9);
     }
     Py_ssize_t ntodo = lp->rlen;
-    int n;
-    int64_t h = lp->h;
-    gl_sub *subs = lp->subs;
     int nsubs = lp->nsubs;
     lp->nsubs = 0;
-    if (timeout == 0) {
-        /* Nothing to wait for: keep the GIL, the call returns at once. */
-        n = GL.poll(h, subs, nsubs, lp->comps, lp->capcomps, 0);
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        n = GL.poll(h, subs, nsubs, lp->comps, lp->capcomps, timeout);
-        Py_END_ALLOW_THREADS
-    }
-    if (n < 0) {
-        errno = -n;
-        PyErr_SetFromErrno(PyExc_OSError);
+    int n = go_poll(lp, lp->subs, nsubs, lp->comps, lp->capcomps, timeout);
+    if (n < 0)
         return -1;
-    }
     lp->ncomps = n;
     lp->cpos = 0;
 
@@ -612,116 +646,105 @@ static int run_once(LoopCore *lp)
 
 /* _run(): iterate until stop() was called, as BaseEventLoop.run_forever's
  * inner loop does; the Python caller sets up and tears down around it. */
+static int check_not_iterating(LoopCore *lp)
+{
+    if (lp->iterating) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "goloop: the loop cannot run an iteration from inside one");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *lc_run(LoopCore *lp, PyObject *unused)
 {
-    if (loop_check_alive(lp) < 0 || gl_check_fork() < 0)
+    if (loop_check_alive(lp) < 0 || go_enter(lp) < 0 || check_not_iterating(lp) < 0)
         return NULL;
     lp->thread = PyThread_get_thread_ident();
+    lp->iterating = 1;
+    int r = 0;
     for (;;) {
         if (run_once(lp) < 0) {
-            lp->stopping = 0;
-            lp->thread = 0;
-            return NULL;
+            r = -1;
+            break;
         }
         if (lp->stopping)
             break;
     }
+    lp->iterating = 0;
     lp->stopping = 0;
     lp->thread = 0;
+    if (r < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *lc_run_once(LoopCore *lp, PyObject *unused)
 {
-    if (loop_check_alive(lp) < 0 || gl_check_fork() < 0 || run_once(lp) < 0)
+    if (loop_check_alive(lp) < 0 || go_enter(lp) < 0 || check_not_iterating(lp) < 0)
         return NULL;
-    Py_RETURN_NONE;
-}
-
-/* _flush(): hand the batch to Go now, without waiting, keeping whatever
- * completes for the next iteration's dispatch. For the few operations
- * whose effect asyncio makes visible at once (a server's close must refuse
- * the next connect), not for the hot path. */
-static PyObject *lc_flush(LoopCore *lp, PyObject *unused)
-{
-    if (lp->h == 0 || lp->nsubs == 0)
-        Py_RETURN_NONE;
-    int pending = lp->ncomps - lp->cpos;
-    if (pending > 0 && lp->cpos > 0)
-        memmove(lp->comps, lp->comps + lp->cpos, sizeof(gl_comp) * pending);
-    lp->cpos = 0;
-    lp->ncomps = pending;
-    int nsubs = lp->nsubs;
-    lp->nsubs = 0;
-    int n = GL.poll(lp->h, lp->subs, nsubs, lp->comps + pending, lp->capcomps - pending, 0);
-    if (n < 0) {
-        errno = -n;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    lp->ncomps += n;
+    lp->iterating = 1;
+    int r = run_once(lp);
+    lp->iterating = 0;
+    if (r < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *lc_backend(LoopCore *lp, PyObject *unused)
 {
-    char buf[32];
-    if (lp->h == 0)
-        Py_RETURN_NONE;
-    GL.backend(lp->h, buf, sizeof buf);
-    return PyUnicode_FromString(buf);
+    return go_backend_name(lp);
 }
 
-/* _close_core(): release everything Go holds for this loop: transports
- * still open are aborted (their fds closed), pending sends released, then
- * the Go loop and its fds and buffers are closed. */
+/* _close_core(): release everything Go holds for this loop. Transports
+ * still open are aborted (Go closes their fds after cancelling their sends),
+ * listeners stop handing out connections (Go closes any it still accepts),
+ * and the batch is driven until every close submitted has been answered;
+ * then the Go loop itself (ring or epoll fd, eventfd, buffers) is closed.
+ * In a forked child none of this may touch Go: the loop just lets go. */
 static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
 {
-    if (lp->h != 0 && gl_forked())
-        lp->h = 0;  /* the parent's Go runtime is not here to answer */
-    if (lp->h == 0)
+    if (!go_usable(lp)) {
+        lp->h = 0;
         Py_RETURN_NONE;
-    PyObject *live = PySequence_List(lp->live);
-    if (live == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(live); i++)
-        transport_loop_closing(lp, PyList_GET_ITEM(live, i));
-    Py_DECREF(live);
-    /* Drain: each aborted transport answers with EvClosed after its sends.
-     * Completions not yet dispatched (an iteration left by an exception)
-     * come first: an EvClosed among them would otherwise never be seen. */
-    int first = lp->cpos < lp->ncomps;
-    for (int rounds = 0; rounds < 1000 && (first || PySet_GET_SIZE(lp->live) > 0 || lp->nsubs > 0); rounds++) {
-        int from = 0, n;
-        if (first && lp->cpos < lp->ncomps) {
-            from = lp->cpos;
-            n = lp->ncomps;
-        } else {
-            int nsubs = lp->nsubs;
-            lp->nsubs = 0;
-            Py_BEGIN_ALLOW_THREADS
-            n = GL.poll(lp->h, lp->subs, nsubs, lp->comps, lp->capcomps, 10 * 1000 * 1000);
-            Py_END_ALLOW_THREADS
-        }
-        first = 0;
-        if (n < 0)
-            break;
-        for (int i = from; i < n; i++) {
-            gl_comp *c = &lp->comps[i];
-            if ((c->token & TAG_MASK) == TAG_TRANSPORT) {
-                PyObject *obj = (PyObject *)(uintptr_t)(c->token & ~(uint64_t)TAG_MASK);
-                transport_dispatch(lp, obj, c);
-                if (PyErr_Occurred())
-                    PyErr_WriteUnraisable(obj);
-            } else if (c->kind == GL_EV_ACCEPT && c->res >= 0) {
-                /* an fd Go accepted for a server that is gone: Go closes it */
-                loop_submit(lp, GL_OP_CLOSE, c->res, 0, NULL, 0, GL_CLOSE_ABORT);
-            }
-        }
     }
+    for (uint32_t i = 1; i < lp->nslots; i++) {
+        owner_slot *s = &lp->slots[i];
+        if (s->obj == NULL)
+            continue;
+        if (s->tag == TAG_TRANSPORT)
+            transport_loop_closing(lp, s->obj);
+        else if (s->tag == TAG_LISTENER)
+            listener_loop_closing(lp, s->obj);
+    }
+    /* What the last iteration left undispatched comes first: an EvClosed
+     * among it would otherwise never be counted. Python callbacks do not
+     * run from here: aborted transports and closed listeners only give
+     * back what completions carry. */
+    lp->draining = 1;
+    lp->iterating = 1;
+    for (int rounds = 0; rounds < 1000; rounds++) {
+        if (lp->cpos < lp->ncomps) {
+            if (dispatch(lp) < 0)
+                PyErr_WriteUnraisable((PyObject *)lp);
+            continue;
+        }
+        if (lp->closes_in_flight <= 0 && lp->nsubs == 0)
+            break;
+        int nsubs = lp->nsubs;
+        lp->nsubs = 0;
+        int n = go_poll(lp, lp->subs, nsubs, lp->comps, lp->capcomps, 10 * 1000 * 1000);
+        if (n < 0) {
+            PyErr_WriteUnraisable((PyObject *)lp);
+            break;
+        }
+        lp->ncomps = n;
+        lp->cpos = 0;
+    }
+    lp->iterating = 0;
+    lp->draining = 0;
     lp->ncomps = lp->cpos = 0;
-    GL.close(lp->h);
-    lp->h = 0;
-    PyDict_Clear(lp->keep);
+    go_close(lp);
     Py_RETURN_NONE;
 }
 
@@ -744,24 +767,73 @@ static PyObject *lc_clear(LoopCore *lp, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The backend a new loop runs on: the backend= argument, else
+ * GOLOOP_BACKEND as os.environ has it now (Go's own copy of the
+ * environment is the one it saw when it started), else the best one. */
+static PyObject *backend_choice(PyObject *kw)
+{
+    PyObject *b = kw ? PyDict_GetItemString(kw, "backend") : NULL;
+    if (b != NULL && b != Py_None) {
+        Py_INCREF(b);
+    } else {
+        PyObject *os = PyImport_ImportModule("os");
+        PyObject *env = os ? PyObject_GetAttrString(os, "environ") : NULL;
+        Py_XDECREF(os);
+        if (env == NULL)
+            return NULL;
+        b = PyObject_CallMethod(env, "get", "ss", "GOLOOP_BACKEND", "");
+        Py_DECREF(env);
+        if (b == NULL)
+            return NULL;
+    }
+    if (!PyUnicode_Check(b)) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_TypeError, "goloop: backend must be a str");
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(b);
+    if (name == NULL) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    if (strcmp(name, "") != 0 && strcmp(name, "io_uring") != 0 && strcmp(name, "epoll") != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "goloop: unknown backend %R (GOLOOP_BACKEND or backend= must be "
+                     "'io_uring' or 'epoll')", b);
+        Py_DECREF(b);
+        return NULL;
+    }
+    return b;
+}
+
 static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     if (gl_ensure_loaded() < 0)
         return NULL;
-    LoopCore *lp = (LoopCore *)tp->tp_alloc(tp, 0);
-    if (lp == NULL)
+    PyObject *backend = backend_choice(kw);
+    if (backend == NULL)
         return NULL;
-    lp->live = PySet_New(NULL);
-    lp->keep = PyDict_New();
+    LoopCore *lp = (LoopCore *)tp->tp_alloc(tp, 0);
+    if (lp == NULL) {
+        Py_DECREF(backend);
+        return NULL;
+    }
     lp->calls = PyDict_New();
     lp->capcomps = 1024;
     lp->comps = PyMem_Malloc(sizeof(gl_comp) * lp->capcomps);
-    if (lp->live == NULL || lp->keep == NULL || lp->calls == NULL || lp->comps == NULL) {
+    if (lp->calls == NULL || lp->comps == NULL) {
+        Py_DECREF(backend);
         Py_DECREF(lp);
         return PyErr_NoMemory();
     }
     char err[256] = {0};
-    lp->h = GL.new_(NULL, err, sizeof err);
+    const char *name = PyUnicode_AsUTF8(backend);
+    lp->h = go_new(name[0] ? name : "auto", err, sizeof err);
+    Py_DECREF(backend);
+    if (lp->h == 0 && PyErr_Occurred()) {
+        Py_DECREF(lp);
+        return NULL;
+    }
     if (lp->h == 0) {
         PyErr_Format(PyExc_OSError, "goloop: cannot start a loop: %s", err);
         Py_DECREF(lp);
@@ -776,8 +848,6 @@ static int lc_traverse(LoopCore *lp, visitproc visit, void *arg)
         Py_VISIT(lp->ready[(lp->rhead + i) % lp->rcap]);
     for (Py_ssize_t i = 0; i < lp->hlen; i++)
         Py_VISIT(lp->heap[i]);
-    Py_VISIT(lp->live);
-    Py_VISIT(lp->keep);
     Py_VISIT(lp->calls);
     Py_VISIT(Py_TYPE(lp));
     return 0;
@@ -786,7 +856,6 @@ static int lc_traverse(LoopCore *lp, visitproc visit, void *arg)
 static int lc_clear_gc(LoopCore *lp)
 {
     clear_queues(lp);
-    Py_CLEAR(lp->keep);
     Py_CLEAR(lp->calls);
     return 0;
 }
@@ -798,14 +867,10 @@ static void lc_dealloc(LoopCore *lp)
     if (lp->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)lp);
     clear_queues(lp);
-    if (lp->h != 0 && !gl_forked()) {
-        /* Never closed: at least give Go's fds and buffers back. */
-        GL.close(lp->h);
-        lp->h = 0;
-    }
-    Py_CLEAR(lp->live);
-    Py_CLEAR(lp->keep);
+    /* Never closed: at least give Go's fds and buffers back. */
+    go_close(lp);
     Py_CLEAR(lp->calls);
+    PyMem_Free(lp->slots);
     PyMem_Free(lp->ready);
     PyMem_Free(lp->heap);
     PyMem_Free(lp->subs);
@@ -844,7 +909,6 @@ static PyMethodDef lc_methods[] = {
     {"_run", (PyCFunction)lc_run, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)lc_run_once, METH_NOARGS, NULL},
     {"_backend_name", (PyCFunction)lc_backend, METH_NOARGS, NULL},
-    {"_flush", (PyCFunction)lc_flush, METH_NOARGS, NULL},
     {"_go_call_start", (PyCFunction)lc_go_call_start, METH_VARARGS, NULL},
     {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
     {"_gai_start", (PyCFunction)(void (*)(void))lc_gai_start, METH_FASTCALL, NULL},
@@ -864,7 +928,6 @@ static PyGetSetDef lc_getset[] = {
 
 static PyMemberDef lc_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopCore, weakreflist), READONLY},
-    {"_live_transports", T_OBJECT, offsetof(LoopCore, live), READONLY},
     {"_calls", T_OBJECT, offsetof(LoopCore, calls), READONLY},
     {NULL}
 };

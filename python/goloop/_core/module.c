@@ -114,6 +114,11 @@ static PyObject *runtime_started(PyObject *m, PyObject *unused)
     return PyBool_FromLong(gl_dl != NULL);
 }
 
+static PyObject *forked(PyObject *m, PyObject *unused)
+{
+    return PyBool_FromLong(gl_forked());
+}
+
 static PyObject *runtime_pid(PyObject *m, PyObject *unused)
 {
     return PyLong_FromLong(gl_dl ? (long)gl_pid : 0);
@@ -137,6 +142,7 @@ static PyMethodDef module_methods[] = {
     {"_set_library", set_library, METH_O, NULL},
     {"_runtime_started", runtime_started, METH_NOARGS, NULL},
     {"_runtime_pid", runtime_pid, METH_NOARGS, NULL},
+    {"_forked", forked, METH_NOARGS, NULL},
     {"_set_hooks", (PyCFunction)(void (*)(void))set_hooks, METH_VARARGS | METH_KEYWORDS, NULL},
     {NULL}
 };

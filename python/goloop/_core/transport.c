@@ -36,11 +36,34 @@ typedef struct {
     char close_sent;            /* OpClose submitted: no more ops for this fd */
     char abort_sent;
     char aborted;
-    char go_open;               /* in loop->live until EvClosed */
+    char go_open;               /* Go owns the fd: from construction until EvClosed */
+    char pinned;                /* holds a reference to itself (pin_update) */
+    char lost_scheduled;        /* _call_connection_lost is on its way */
+    uint64_t token;             /* owner table slot (owners.c) */
     PyObject *weakreflist;
 } Transport;
 
-#define TOKEN(t) ((uint64_t)(uintptr_t)(t) | TAG_TRANSPORT)
+#define TOKEN(t) ((t)->token)
+
+/* A transport keeps itself alive while Go has work that ends in a callback
+ * or holds its memory: receiving (data_received may follow), sends in
+ * flight (Go reads from bytes objects in sendq), or a close under way
+ * (connection_lost follows EvClosed). Otherwise only the program holds it,
+ * as asyncio's selector holds a transport only while reading or writing,
+ * and a transport the program drops is collected: tr_finalize warns and
+ * hands the fd to Go to close. Callers hold their own reference, so the
+ * unpin's DECREF never frees the object under them. */
+static void pin_update(Transport *t)
+{
+    int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent);
+    if (want && !t->pinned) {
+        t->pinned = 1;
+        Py_INCREF(t);
+    } else if (!want && t->pinned) {
+        t->pinned = 0;
+        Py_DECREF(t);
+    }
+}
 
 static int set_protocol(Transport *t, PyObject *protocol)
 {
@@ -126,7 +149,7 @@ static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         Py_DECREF(t);
         return NULL;
     }
-    if (PySet_Add(t->loop->live, (PyObject *)t) < 0) {
+    if (owners_bind(t->loop, (PyObject *)t, TAG_TRANSPORT, &t->token) < 0) {
         Py_DECREF(t);
         return NULL;
     }
@@ -171,17 +194,49 @@ static int tr_clear(Transport *t)
     return 0;
 }
 
+/* Collected while open: only possible when Go has nothing in flight for
+ * it (see pin_update). Warn as asyncio does, and hand the fd to Go to close
+ * (the socket object must not close it: Go owns it). In a forked child Go
+ * is not there; the child's copy of the fd is the socket object's to
+ * close. */
+static void tr_finalize(Transport *t)
+{
+    if (!t->go_open || t->close_sent || t->loop == NULL)
+        return;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R", t) < 0)
+        PyErr_WriteUnraisable((PyObject *)t);
+    t->go_open = 0;
+    t->close_sent = t->abort_sent = 1;
+    if (go_usable(t->loop)) {
+        if (t->sock != NULL) {
+            PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
+            if (r == NULL)
+                PyErr_WriteUnraisable(t->sock);
+            Py_XDECREF(r);
+        }
+        loop_close_orphan(t->loop, t->fd);
+    }
+    owners_release(t->loop, t->token);
+    PyErr_Restore(et, ev, etb);
+}
+
 static void tr_dealloc(Transport *t)
 {
     PyTypeObject *tp = Py_TYPE(t);
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)t) < 0)
+        return;   /* resurrected */
     PyObject_GC_UnTrack(t);
     if (t->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)t);
     tr_clear(t);
-    /* Only reachable once Go reported EvClosed, so no send is in flight. */
+    /* Unpinned, so no send is in flight: Go no longer reads these. */
     for (Py_ssize_t i = 0; i < t->slen; i++)
         Py_DECREF(t->sendq[(t->shead + i) % t->scap]);
     PyMem_Free(t->sendq);
+    if (t->loop != NULL)
+        owners_release(t->loop, t->token);
     Py_CLEAR(t->loop);
     tp->tp_free(t);
     Py_DECREF(tp);
@@ -240,6 +295,7 @@ static void arm(Transport *t)
     if (!t->armed && !t->close_sent && t->loop->h != 0) {
         if (loop_submit(t->loop, GL_OP_RECV_START, t->fd, TOKEN(t), NULL, 0, 0) == 0)
             t->armed = 1;
+        pin_update(t);
     }
 }
 
@@ -248,6 +304,7 @@ static void disarm(Transport *t)
     if (t->armed && !t->close_sent) {
         if (loop_submit(t->loop, GL_OP_RECV_STOP, t->fd, TOKEN(t), NULL, 0, 0) == 0)
             t->armed = 0;
+        pin_update(t);
     }
 }
 
@@ -261,13 +318,19 @@ static int send_close(Transport *t, int abort)
     if (t->close_sent && (!abort || t->abort_sent))
         return 0;
     uint32_t arg = abort ? GL_CLOSE_ABORT : 0;
-    if (abort && t->close_sent)
+    int upgrade = abort && t->close_sent;
+    if (upgrade)
         arg |= GL_CLOSE_UPGRADE;
+    if (loop_submit(t->loop, GL_OP_CLOSE, t->fd, TOKEN(t), NULL, 0, arg) < 0)
+        return -1;
+    if (!upgrade)
+        t->loop->closes_in_flight++;   /* an upgrade is answered by the first close's EvClosed */
     t->close_sent = 1;
     t->armed = 0;
     if (abort)
         t->abort_sent = 1;
-    return loop_submit(t->loop, GL_OP_CLOSE, t->fd, TOKEN(t), NULL, 0, arg);
+    pin_update(t);
+    return 0;
 }
 
 /* pause_writing()/resume_writing() failing goes to the exception handler,
@@ -317,40 +380,63 @@ static int maybe_resume_protocol(Transport *t)
 
 /* ---- delivery ---- */
 
+static int hold_front(Transport *t, const char *p, Py_ssize_t n);
+
 /* Hand n bytes at p to the protocol. Returns -1 only for exceptions that
- * must leave the loop. */
+ * must leave the loop.
+ *
+ * Any callback may change what the rest of the bytes are owed to: the
+ * protocol may switch (set_protocol), pause reading, or close the
+ * transport. So the protocol's methods are looked at again, and held by a
+ * reference of our own, for every piece: what asyncio would have read next
+ * from the socket goes to whatever protocol is there then, or waits (paused),
+ * or is dropped (closed). */
 static int deliver(Transport *t, const char *p, Py_ssize_t n)
 {
-    if (!t->buffered) {
-        PyObject *data = PyBytes_FromStringAndSize(p, n);
-        if (data == NULL)
-            return fatal_from_current(t, "Fatal error: out of memory");
-        if (t->data_received == NULL) {
+    while (n > 0) {
+        if (t->closing || t->conn_lost)
+            return 0;   /* asyncio stops reading at close() */
+        if (t->paused)
+            return hold_front(t, p, n) < 0 ? fatal_from_current(t, "Fatal error: out of memory") : 0;
+        if (!t->buffered) {
+            PyObject *dr = t->data_received;
+            if (dr == NULL) {
+                PyErr_SetString(PyExc_AttributeError, "protocol has no data_received()");
+                return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+            }
+            PyObject *data = PyBytes_FromStringAndSize(p, n);
+            if (data == NULL)
+                return fatal_from_current(t, "Fatal error: out of memory");
+            Py_INCREF(dr);
+            PyObject *r = PyObject_CallOneArg(dr, data);
+            Py_DECREF(dr);
             Py_DECREF(data);
-            PyErr_SetString(PyExc_AttributeError, "protocol has no data_received()");
-            return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+            if (r == NULL)
+                return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+            Py_DECREF(r);
+            return 0;
         }
-        PyObject *r = PyObject_CallOneArg(t->data_received, data);
-        Py_DECREF(data);
-        if (r == NULL)
-            return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
-        Py_DECREF(r);
-        return 0;
-    }
-    while (n > 0 && !t->conn_lost) {
+        PyObject *gb = t->get_buffer, *bu = t->buffer_updated;
+        Py_INCREF(gb);
+        Py_INCREF(bu);
         PyObject *hint = PyLong_FromSsize_t(n);
-        PyObject *buf = hint ? PyObject_CallOneArg(t->get_buffer, hint) : NULL;
+        PyObject *buf = hint ? PyObject_CallOneArg(gb, hint) : NULL;
         Py_XDECREF(hint);
-        if (buf == NULL)
+        Py_DECREF(gb);
+        if (buf == NULL) {
+            Py_DECREF(bu);
             return fatal_from_current(t, "Fatal error: protocol.get_buffer() call failed.");
+        }
         Py_buffer view;
         if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
             Py_DECREF(buf);
+            Py_DECREF(bu);
             return fatal_from_current(t, "Fatal error: protocol.get_buffer() call failed.");
         }
         Py_DECREF(buf);
         if (view.len == 0) {
             PyBuffer_Release(&view);
+            Py_DECREF(bu);
             PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
             return fatal_from_current(t, "Fatal error: protocol.get_buffer() call failed.");
         }
@@ -360,8 +446,9 @@ static int deliver(Transport *t, const char *p, Py_ssize_t n)
         p += k;
         n -= k;
         PyObject *kk = PyLong_FromSsize_t(k);
-        PyObject *r = kk ? PyObject_CallOneArg(t->buffer_updated, kk) : NULL;
+        PyObject *r = kk ? PyObject_CallOneArg(bu, kk) : NULL;
         Py_XDECREF(kk);
+        Py_DECREF(bu);
         if (r == NULL)
             return fatal_from_current(t, "Fatal error: protocol.buffer_updated() call failed.");
         Py_DECREF(r);
@@ -392,6 +479,20 @@ static int hold(Transport *t, PyObject *item)
     if (t->held == NULL && (t->held = PyList_New(0)) == NULL)
         return -1;
     return PyList_Append(t->held, item);
+}
+
+/* The rest of a piece whose delivery a callback paused: it goes before
+ * anything held after it. */
+static int hold_front(Transport *t, const char *p, Py_ssize_t n)
+{
+    if (t->held == NULL && (t->held = PyList_New(0)) == NULL)
+        return -1;
+    PyObject *b = PyBytes_FromStringAndSize(p, n);
+    if (b == NULL)
+        return -1;
+    int r = PyList_Insert(t->held, 0, b);
+    Py_DECREF(b);
+    return r;
 }
 
 /* Deliver what arrived while reading was paused, oldest first, for as long
@@ -437,6 +538,7 @@ static int on_recv(Transport *t, gl_comp *c)
         return r;
     }
     t->armed = 0;
+    pin_update(t);
     if (t->closing || t->conn_lost)
         return 0;
     if (c->res == 0) {
@@ -461,6 +563,7 @@ static int on_send(Transport *t, gl_comp *c)
     t->slen--;
     Py_ssize_t n = PyBytes_GET_SIZE(b);
     Py_DECREF(b);
+    pin_update(t);
     if (t->aborted)
         return 0;
     t->wsize -= n;
@@ -477,6 +580,23 @@ static int on_send(Transport *t, gl_comp *c)
     return maybe_resume_protocol(t);
 }
 
+/* connection_lost comes when the transport is done with the connection,
+ * as in asyncio: at once for an abort or a close with nothing left to send,
+ * after the last send for a graceful close (Go's EvClosed follows that send
+ * in the same batch). Go may close the fd a little later; that is its own
+ * business, and the fd is its own. */
+static int schedule_lost(Transport *t)
+{
+    if (t->lost_scheduled)
+        return 0;
+    t->lost_scheduled = 1;
+    PyObject *exc = t->lost_exc ? t->lost_exc : Py_None;
+    Py_INCREF(exc);
+    int r = schedule_method(t, "_call_connection_lost", exc);
+    Py_DECREF(exc);
+    return r;
+}
+
 static int on_closed(Transport *t)
 {
     if (!t->go_open)
@@ -490,13 +610,9 @@ static int on_closed(Transport *t)
             PyErr_WriteUnraisable(t->sock);
         Py_XDECREF(r);
     }
-    PyObject *exc = t->lost_exc ? t->lost_exc : Py_None;
-    Py_INCREF(exc);
-    int r = schedule_method(t, "_call_connection_lost", exc);
-    Py_DECREF(exc);
+    int r = schedule_lost(t);
     /* Go no longer names this transport: the loop may let it go. */
-    if (PySet_Discard(t->loop->live, (PyObject *)t) < 0)
-        r = -1;
+    pin_update(t);
     if (r < 0)
         PyErr_WriteUnraisable(NULL);
     return 0;
@@ -535,7 +651,10 @@ int transport_recv_run(LoopCore *lp, PyObject *obj, gl_comp *c, int n)
     if (data == NULL) {
         r = fatal_from_current(t, "Fatal error: out of memory");
     } else {
-        PyObject *res = PyObject_CallOneArg(t->data_received, data);
+        PyObject *dr = t->data_received;
+        Py_INCREF(dr);
+        PyObject *res = PyObject_CallOneArg(dr, data);
+        Py_DECREF(dr);
         Py_DECREF(data);
         if (res == NULL)
             r = fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
@@ -568,6 +687,11 @@ int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
     }
     Py_DECREF(t);
     return r;
+}
+
+int transport_is_open(PyObject *obj)
+{
+    return ((Transport *)obj)->go_open;
 }
 
 void transport_loop_closing(LoopCore *lp, PyObject *obj)
@@ -612,6 +736,7 @@ static int enqueue(Transport *t, PyObject *b)
     t->sendq[(t->shead + t->slen) % t->scap] = b;
     t->slen++;
     t->wsize += len;
+    pin_update(t);
     return 0;
 }
 
@@ -732,6 +857,8 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
         /* Graceful: Go closes the fd after the sends already queued. */
         if (send_close(t, 0) < 0)
             return NULL;
+        if (t->slen == 0 && schedule_lost(t) < 0)
+            return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -749,7 +876,7 @@ static PyObject *tr_force_close(Transport *t, PyObject *exc)
     t->conn_lost++;
     t->aborted = 1;
     t->wsize = 0;
-    if (send_close(t, 1) < 0)
+    if (send_close(t, 1) < 0 || schedule_lost(t) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -941,6 +1068,7 @@ static PyType_Slot tr_slots[] = {
     {Py_tp_new, tr_new},
     {Py_tp_init, tr_init},
     {Py_tp_dealloc, tr_dealloc},
+    {Py_tp_finalize, tr_finalize},
     {Py_tp_traverse, tr_traverse},
     {Py_tp_clear, tr_clear},
     {Py_tp_methods, tr_methods},

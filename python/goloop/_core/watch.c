@@ -1,7 +1,8 @@
 /* Watchers (add_reader/add_writer on any fd) and listeners (a server
- * socket accepting through Go). Both stay alive in loop->keep for as long as
- * the loop lives, so a completion that was already queued when they were
- * stopped can never name freed memory. */
+ * socket accepting through Go). Each is named in Go by its owner-table
+ * token (owners.c), so one that is freed while a completion for it is
+ * still on its way is simply not found: an EvPoll for it is dropped, an
+ * EvAccept's fd is closed. */
 #include "core.h"
 
 PyTypeObject *Watcher_Type;
@@ -14,7 +15,7 @@ typedef struct {
     Handle *writer;
     int fd;
     uint32_t mask;          /* what Go watches now */
-    char kept;
+    uint64_t token;
 } Watcher;
 
 typedef struct {
@@ -23,26 +24,13 @@ typedef struct {
     PyObject *callback;     /* callback(fd) for a new connection, callback(-errno) for an error */
     int fd;
     char armed;
-    char kept;
+    char closed;            /* close() ran: connections still arriving are closed, not handed on */
+    uint64_t token;
 } Listener;
-
-static int keep(LoopCore *lp, PyObject *obj, uint64_t token, char *kept)
-{
-    if (*kept)
-        return 0;
-    PyObject *k = PyLong_FromUnsignedLongLong(token);
-    if (k == NULL)
-        return -1;
-    int r = PyDict_SetItem(lp->keep, k, obj);
-    Py_DECREF(k);
-    if (r == 0)
-        *kept = 1;
-    return r;
-}
 
 /* ---- Watcher ---- */
 
-#define WTOKEN(w) ((uint64_t)(uintptr_t)(w) | TAG_WATCHER)
+#define WTOKEN(w) ((w)->token)
 
 static PyObject *w_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
@@ -56,6 +44,10 @@ static PyObject *w_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     Py_INCREF(loop);
     w->loop = (LoopCore *)loop;
     w->fd = fd;
+    if (owners_bind(w->loop, (PyObject *)w, TAG_WATCHER, &w->token) < 0) {
+        Py_DECREF(w);
+        return NULL;
+    }
     return (PyObject *)w;
 }
 
@@ -68,8 +60,6 @@ static int w_update(Watcher *w)
         want |= GL_POLL_OUT;
     if (want == w->mask)
         return 0;
-    if (want != 0 && keep(w->loop, (PyObject *)w, WTOKEN(w), &w->kept) < 0)
-        return -1;
     int r = loop_submit(w->loop, want ? GL_OP_POLL_START : GL_OP_POLL_STOP, w->fd, WTOKEN(w), NULL, 0, want);
     if (r == 0)
         w->mask = want;
@@ -152,6 +142,8 @@ static int w_clear(Watcher *w)
 {
     Py_CLEAR(w->reader);
     Py_CLEAR(w->writer);
+    if (w->loop != NULL)
+        owners_release(w->loop, w->token);   /* before the loop may go */
     Py_CLEAR(w->loop);
     return 0;
 }
@@ -160,6 +152,12 @@ static void w_dealloc(Watcher *w)
 {
     PyTypeObject *tp = Py_TYPE(w);
     PyObject_GC_UnTrack(w);
+    if (w->loop != NULL) {
+        /* Stop Go's watch; a poll completion already on its way finds no owner. */
+        if (w->mask != 0 && go_usable(w->loop))
+            loop_submit(w->loop, GL_OP_POLL_STOP, w->fd, w->token, NULL, 0, 0);
+        owners_release(w->loop, w->token);
+    }
     w_clear(w);
     tp->tp_free(w);
     Py_DECREF(tp);
@@ -193,7 +191,7 @@ static PyType_Spec w_spec = {
 
 /* ---- Listener ---- */
 
-#define LTOKEN(l) ((uint64_t)(uintptr_t)(l) | TAG_LISTENER)
+#define LTOKEN(l) ((l)->token)
 
 static PyObject *l_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
@@ -209,6 +207,10 @@ static PyObject *l_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     Py_INCREF(cb);
     l->callback = cb;
     l->fd = fd;
+    if (owners_bind(l->loop, (PyObject *)l, TAG_LISTENER, &l->token) < 0) {
+        Py_DECREF(l);
+        return NULL;
+    }
     return (PyObject *)l;
 }
 
@@ -216,10 +218,9 @@ static PyObject *l_start(Listener *l, PyObject *unused)
 {
     if (loop_check_alive(l->loop) < 0)
         return NULL;
-    if (l->armed)
+    if (l->armed || l->closed)
         Py_RETURN_NONE;
-    if (keep(l->loop, (PyObject *)l, LTOKEN(l), &l->kept) < 0 ||
-        loop_submit(l->loop, GL_OP_ACCEPT_START, l->fd, LTOKEN(l), NULL, 0, 0) < 0)
+    if (loop_submit(l->loop, GL_OP_ACCEPT_START, l->fd, LTOKEN(l), NULL, 0, 0) < 0)
         return NULL;
     l->armed = 1;
     Py_RETURN_NONE;
@@ -235,21 +236,45 @@ static PyObject *l_stop(Listener *l, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* close(): stop accepting and let Go close the listening fd after the
- * stop, in order; the Python socket is detached by the caller. Closing it
- * from Python instead would race the stop: io_uring keeps a multishot
- * accept alive on a file whose number is already gone. */
+/* close(): the server is done with this socket. From here on Go owns the
+ * listening fd: it stops accepting and closes it after the stop, in order
+ * (a connection the kernel queued meanwhile is reset by that close). Connections Go accepted before
+ * the stop but not yet handed over are closed by listener_dispatch.
+ * Returns True when Go took the fd (the caller detaches its socket object),
+ * False when Go is not there to take it (a closed loop, a forked child) and
+ * the socket object must close it itself. */
 static PyObject *l_close(Listener *l, PyObject *unused)
 {
-    if (l->loop->h == 0)
-        Py_RETURN_NONE;
+    if (l->closed)
+        Py_RETURN_FALSE;
+    l->closed = 1;
+    Py_CLEAR(l->callback);
+    if (!go_usable(l->loop))
+        Py_RETURN_FALSE;
     if (l->armed && loop_submit(l->loop, GL_OP_ACCEPT_STOP, l->fd, LTOKEN(l), NULL, 0, 0) < 0)
         return NULL;
     l->armed = 0;
-    Py_CLEAR(l->callback);
-    if (loop_submit(l->loop, GL_OP_CLOSE, l->fd, 0, NULL, 0, GL_CLOSE_ABORT) < 0)
+    if (loop_submit(l->loop, GL_OP_CLOSE, l->fd, LTOKEN(l), NULL, 0, GL_CLOSE_ABORT) < 0)
         return NULL;
-    Py_RETURN_NONE;
+    l->loop->closes_in_flight++;
+    /* asyncio closes a server's socket at once: a connect right after
+     * server.close() is refused. So the stop and the close go to Go now;
+     * their completions wait in Go for the iteration's own poll. */
+    if (loop_apply_now(l->loop) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* The loop is closing with this listener still serving: no more callbacks;
+ * the socket stays the server's (asyncio leaves closing it to server.close()). */
+void listener_loop_closing(LoopCore *lp, PyObject *obj)
+{
+    Listener *l = (Listener *)obj;
+    if (l->armed && !l->closed)
+        loop_submit(lp, GL_OP_ACCEPT_STOP, l->fd, LTOKEN(l), NULL, 0, 0);
+    l->armed = 0;
+    l->closed = 1;
+    Py_CLEAR(l->callback);
 }
 
 int listener_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
@@ -259,8 +284,12 @@ int listener_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
         return 0;
     if (!(c->flags & GL_FLAG_MORE))
         l->armed = 0;
-    if (c->res >= 0 && l->callback == NULL) {
-        return loop_submit(lp, GL_OP_CLOSE, c->res, 0, NULL, 0, GL_CLOSE_ABORT);
+    if (l->closed || l->callback == NULL || lp->draining) {
+        /* Accepted before the stop reached Go, for a server that is gone:
+         * nobody else may have it, and its client must not wait. */
+        if (c->res >= 0)
+            loop_close_orphan(lp, c->res);
+        return 0;
     }
     PyObject *arg = PyLong_FromLong(c->res);
     if (arg == NULL)
@@ -284,6 +313,8 @@ static int l_traverse(Listener *l, visitproc visit, void *arg)
 static int l_clear(Listener *l)
 {
     Py_CLEAR(l->callback);
+    if (l->loop != NULL)
+        owners_release(l->loop, l->token);   /* before the loop may go */
     Py_CLEAR(l->loop);
     return 0;
 }
@@ -292,12 +323,15 @@ static void l_dealloc(Listener *l)
 {
     PyTypeObject *tp = Py_TYPE(l);
     PyObject_GC_UnTrack(l);
+    if (l->loop != NULL)
+        owners_release(l->loop, l->token);
     l_clear(l);
     tp->tp_free(l);
     Py_DECREF(tp);
 }
 
 static PyObject *l_armed(Listener *l, void *c) { return PyBool_FromLong(l->armed); }
+static PyObject *l_closed(Listener *l, void *c) { return PyBool_FromLong(l->closed); }
 
 static PyMethodDef l_methods[] = {
     {"start", (PyCFunction)l_start, METH_NOARGS, NULL},
@@ -308,6 +342,7 @@ static PyMethodDef l_methods[] = {
 
 static PyGetSetDef l_getset[] = {
     {"armed", (getter)l_armed, NULL, NULL, NULL},
+    {"closed", (getter)l_closed, NULL, NULL, NULL},
     {NULL}
 };
 

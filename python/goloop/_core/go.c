@@ -1,0 +1,103 @@
+/* The one door into Go. Every call from C into libgoloop.so goes through a
+ * function here, and each checks the same two things first:
+ *
+ *   - this process is the one that started the Go runtime: a child forked
+ *     after that has no Go threads, and under io_uring it shares the
+ *     parent's ring memory, so a single submission from the child would
+ *     corrupt the parent's loop;
+ *   - the loop still has a Go half (lp->h != 0): after close(), or in a
+ *     forked child, it has none.
+ *
+ * Nothing else in the extension names GL: grep for it to check. */
+#include "core.h"
+
+/* -1 with RuntimeError set when Go cannot be entered for lp. */
+int go_enter(LoopCore *lp)
+{
+    if (gl_check_fork() < 0)
+        return -1;
+    if (lp->h == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* The quiet form, for paths that must not raise (wake-ups, teardown). */
+int go_usable(LoopCore *lp)
+{
+    return lp->h != 0 && !gl_forked();
+}
+
+int64_t go_new(const char *backend, char *err, int errlen)
+{
+    if (gl_check_fork() < 0)
+        return 0;
+    return GL.new_(backend, err, errlen);
+}
+
+int go_poll(LoopCore *lp, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64_t timeout_ns)
+{
+    if (go_enter(lp) < 0)
+        return -1;
+    int64_t h = lp->h;
+    int n;
+    if (timeout_ns == 0) {
+        /* Nothing to wait for: keep the GIL, the call returns at once. */
+        n = GL.poll(h, subs, nsubs, out, nout, 0);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        n = GL.poll(h, subs, nsubs, out, nout, timeout_ns);
+        Py_END_ALLOW_THREADS
+    }
+    if (n < 0) {
+        errno = -n;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return n;
+}
+
+void go_wake(LoopCore *lp)
+{
+    if (go_usable(lp))
+        GL.wake(lp->h);
+}
+
+void go_close(LoopCore *lp)
+{
+    if (go_usable(lp))
+        GL.close(lp->h);
+    lp->h = 0;
+}
+
+PyObject *go_backend_name(LoopCore *lp)
+{
+    char buf[32];
+    if (go_enter(lp) < 0)
+        return NULL;
+    if (GL.backend(lp->h, buf, sizeof buf) < 0)
+        return PyErr_Format(PyExc_RuntimeError, "goloop: no backend name");
+    return PyUnicode_FromString(buf);
+}
+
+int go_call(LoopCore *lp, uint64_t token, const char *method, const char *req, int reqlen,
+            char *out, int outcap, int *outlen)
+{
+    if (go_enter(lp) < 0)
+        return -3;
+    return GL.call(lp->h, token, method, req, reqlen, out, outcap, outlen);
+}
+
+int go_result(LoopCore *lp, uint64_t token, char *out, int cap)
+{
+    if (!go_usable(lp))
+        return -1;
+    return GL.result(lp->h, token, out, cap);
+}
+
+void go_cancel(LoopCore *lp, uint64_t token)
+{
+    if (go_usable(lp))
+        GL.cancel(lp->h, token);
+}
