@@ -87,6 +87,7 @@ func (l *Loop) Call(token uint64, method string, req []byte) CallState {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &call{cancel: cancel}
 	l.storeCall(token, c)
+	l.running.Add(1)
 	t := task{l: l, token: token, fn: fn, ctx: ctx, c: c, req: req}
 	if w := workers.take(); w != nil {
 		w <- t
@@ -131,6 +132,7 @@ func (t *task) run() {
 	t.c.result, t.c.done = out, true
 	l.calls.mu.Unlock()
 	l.Post(Comp{Token: t.token, Kind: EvPosted, Res: res})
+	l.running.Done()
 }
 
 type workerPool struct {

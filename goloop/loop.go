@@ -9,11 +9,17 @@ import (
 // goroutines (DNS lookups, TLS handshakes) hand results to the loop thread.
 // Posting wakes the backend, so a posted result ends a wait at once.
 type Loop struct {
-	b      Backend
-	mu     sync.Mutex
-	posted []Comp
-	calls  calls
+	b       Backend
+	mu      sync.Mutex
+	posted  []Comp
+	closed  bool // under mu: Post must not wake a backend that is gone
+	calls   calls
+	running sync.WaitGroup // calls whose goroutine has not returned
 }
+
+// closeWait bounds how long Close waits for cancelled calls to return: a
+// method that ignores its context must not hang the loop's close.
+const closeWait = 2 * time.Second
 
 func NewLoop(kind string, opt Options) (*Loop, error) {
 	b, err := NewBackend(kind, opt)
@@ -28,6 +34,11 @@ func (l *Loop) Backend() Backend { return l.b }
 // Post queues c for the loop thread; any goroutine may call it.
 func (l *Loop) Post(c Comp) {
 	l.mu.Lock()
+	if l.closed {
+		// Its eventfd is closed and the number may be another file's now.
+		l.mu.Unlock()
+		return
+	}
 	l.posted = append(l.posted, c)
 	first := len(l.posted) == 1
 	l.mu.Unlock()
@@ -56,6 +67,9 @@ func (l *Loop) Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error) 
 	return n + m, err
 }
 
+// Close cancels the calls still running and waits (a bounded time) for
+// them to return, so that what they hold (a DNS question's socket) is given
+// back before the loop is reported closed; then it closes the backend.
 func (l *Loop) Close() error {
 	l.calls.mu.Lock()
 	for _, c := range l.calls.m {
@@ -63,5 +77,15 @@ func (l *Loop) Close() error {
 	}
 	l.calls.m = nil
 	l.calls.mu.Unlock()
+	done := make(chan struct{})
+	go func() { l.running.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
+	}
+	l.mu.Lock()
+	l.closed = true
+	l.posted = nil
+	l.mu.Unlock()
 	return l.b.Close()
 }

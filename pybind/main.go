@@ -18,7 +18,7 @@ import (
 	"unsafe"
 
 	"github.com/goloop-dev/goloop/goloop"
-	_ "github.com/goloop-dev/goloop/goloop/dns" // registers the dns.* methods
+	"github.com/goloop-dev/goloop/goloop/dns" // also registers the dns.* methods
 )
 
 var (
@@ -128,7 +128,14 @@ func goloop_close(h C.int64_t) C.int {
 	if l == nil {
 		return -1
 	}
-	if l.Close() != nil {
+	err := l.Close()
+	mu.RLock()
+	last := len(loops) == 0
+	mu.RUnlock()
+	if last {
+		dns.ReleaseSockets() // no loop left to use them
+	}
+	if err != nil {
 		return -1
 	}
 	return 0

@@ -100,6 +100,26 @@ func (p *udpPool) get(server string) (*udpConn, error) {
 	return uc, nil
 }
 
+// ReleaseSockets retires every pooled socket: each closes now, or when the
+// last question waiting on it is answered or given up. The C ABI calls it
+// when the process's last loop closes, so a program that is done with its
+// loops holds no resolver sockets; the next lookup opens new ones.
+func ReleaseSockets() {
+	pool.mu.Lock()
+	var all []*udpConn
+	for server, conns := range pool.conns {
+		all = append(all, conns...)
+		delete(pool.conns, server)
+	}
+	pool.mu.Unlock()
+	for _, uc := range all {
+		uc.mu.Lock()
+		uc.retired = true
+		uc.closeIfIdleLocked()
+		uc.mu.Unlock()
+	}
+}
+
 // retire takes uc out of the pool; it closes once nothing waits on it.
 func (p *udpPool) retire(server string, uc *udpConn) {
 	p.mu.Lock()

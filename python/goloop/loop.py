@@ -338,6 +338,11 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
 
     # ---- Go calls (DNS, ...) ----
 
+    async def _runtime_stats(self):
+        """The Go runtime's heap and goroutine counts (for leak tests)."""
+        import json
+        return json.loads(await self._go_call("runtime.stats", b""))
+
     def _go_call(self, method, req):
         """Run a registered Go method in a goroutine; a future for its bytes
         (GoCallError with Go's text when it fails)."""
