@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The Python suite (goloop only, io_uring then epoll) against a build of the C
+# extension goloop._core under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Run by `make test-asan`; by hand: bash tests/asan_run.sh .venv/bin/python
+#
+# The sanitized package is built out of tree into build/asan/ (the Go library
+# in it is built normally) and imported through PYTHONPATH; .venv is untouched.
+# Exit status: non-zero if either pytest run fails or any sanitizer report was
+# written, by pytest itself or by any process it started.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+PY=${1:-.venv/bin/python}
+[[ $PY == /* ]] || PY=$ROOT/$PY
+[ -x "$PY" ] || { echo "asan_run.sh: no python at $PY (run make venv)"; exit 2; }
+
+LIB=$ROOT/build/asan          # the sanitized goloop package (import root)
+TMP=$ROOT/build/asan-temp     # its object files, apart from the normal build's
+LOGS=$ROOT/build/asan-logs    # ASAN reports (asan.PID), pytest and build output
+
+# Debian's gcc ships these (package libgcc-12-dev, a dependency of gcc).
+LIBASAN=$(gcc -print-file-name=libasan.so)
+[ -e "$LIBASAN" ] && [[ $LIBASAN == /* ]] || { echo "asan_run.sh: gcc has no libasan.so"; exit 2; }
+
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+# ---- build
+# -fno-wrapv undoes CPython's -fwrapv for this build only, so signed overflow in
+# the extension is reported. float-cast-overflow is not part of
+# -fsanitize=undefined in gcc. extra_compile_args' -O2 comes last and stays.
+SAN="-fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=undefined,float-cast-overflow"
+echo "asan: building goloop._core with $SAN into build/asan"
+if ! CFLAGS="$SAN -fno-wrapv -fno-omit-frame-pointer -g" LDFLAGS="$SAN" \
+        "$PY" setup.py build_py --build-lib "$LIB" \
+        build_ext --force --build-lib "$LIB" --build-temp "$TMP" >"$LOGS/build.log" 2>&1; then
+    cat "$LOGS/build.log"
+    echo "asan: build failed"
+    exit 1
+fi
+grep -E "(warning|error):" "$LOGS/build.log" | grep -v "^warning: build_py" || true
+
+CORE=$(ls "$LIB"/goloop/_core.*.so)
+syms=$(nm -D "$CORE")
+for sym in __asan_report_load __ubsan_handle_type_mismatch; do
+    grep -q "$sym" <<<"$syms" || { echo "asan: $CORE is not instrumented ($sym missing)"; exit 1; }
+done
+
+# ---- environment
+# detect_leaks=0: CPython leaves objects allocated at exit by design.
+# allow_user_segv_handler=1 (the default, spelled out): lets the Go runtime of
+#   libgoloop.so (and faulthandler) install their SIGSEGV/SIGBUS/SIGFPE handlers
+#   over ASAN's. Go needs them for its own nil-pointer panics and forwards faults
+#   in non-Go code to the handler it found (faulthandler, then ASAN). With 0 a Go
+#   nil dereference that Go would recover becomes a fatal ASAN SEGV report.
+#   ASAN's handlers use SA_ONSTACK with their own sigaltstack (use_sigaltstack=1),
+#   which Go's c-shared runtime accepts.
+# log_path: reports land in files, so one from a subprocess whose stderr a test
+#   captures (test_fork, test_dns) is still seen. UBSAN does not honour log_path
+#   when ASAN is loaded, so its reports go to stderr: pytest runs with
+#   --capture=sys (fd 2 is not captured and survives the process dying) and its
+#   output is searched afterwards.
+# PYTHONMALLOC=malloc: every Python object comes from malloc instead of pymalloc's
+#   arenas, so a PyObject freed too early (a missing Py_INCREF) is a
+#   heap-use-after-free that ASAN reports.
+export LD_PRELOAD=$LIBASAN
+export ASAN_OPTIONS="detect_leaks=0:allow_user_segv_handler=1:handle_segv=1:use_sigaltstack=1:detect_stack_use_after_return=1:halt_on_error=1:abort_on_error=0:log_path=$LOGS/asan"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:report_error_type=1"
+export PYTHONMALLOC=malloc
+export PYTHONPATH=$LIB
+export GOLOOP_TEST_LOOPS=goloop GOLOOP_REQUIRED=1
+
+where=$(cd tests && "$PY" -c 'import goloop, goloop._core as c; print(c.__file__)')
+[ "$where" = "$CORE" ] || { echo "asan: tests would import $where, not $CORE"; exit 1; }
+
+# ---- tests
+SANITIZER_LINE=": runtime error: |ERROR: (Address|Undefined|Leak)Sanitizer|SUMMARY: (Address|Undefined)Sanitizer"
+status=0
+for backend in io_uring epoll; do
+    log=$LOGS/pytest-$backend.log
+    echo "asan: pytest, goloop on $backend (-v output in build/asan-logs/${log##*/})"
+    # -v names each test before it runs, so the log's last test line is the one
+    # a sanitizer abort stopped in.
+    (cd tests && GOLOOP_BACKEND=$backend "$PY" -m pytest -v -p no:cacheprovider \
+        --timeout 120 --capture=sys .) >"$log" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "asan: last test started: $(grep -E '^[^ ]+\.py::' "$log" | tail -n 1 | cut -d' ' -f1)"
+        # the first sanitizer (or faulthandler) lines, else pytest's own summary
+        first=$(grep -nE "$SANITIZER_LINE|^Fatal Python error" "$log" | head -n 1 | cut -d: -f1)
+        if [ -n "$first" ]; then
+            sed -n "${first},$((first + 24))p" "$log"
+        else
+            tail -n 30 "$log"
+        fi
+        echo "asan: pytest on $backend exited $rc"
+        status=1
+    else
+        tail -n 1 "$log"
+    fi
+done
+
+# ---- reports
+unset LD_PRELOAD
+shopt -s nullglob
+reports=("$LOGS"/asan.*)
+if [ ${#reports[@]} -gt 0 ]; then
+    for f in "${reports[@]}"; do
+        echo "==== $f"
+        cat "$f"
+    done
+    status=1
+fi
+if grep -lE "$SANITIZER_LINE" "$LOGS"/pytest-*.log; then
+    echo "asan: sanitizer output in the pytest logs above"
+    status=1
+fi
+if [ $status -eq 0 ]; then
+    echo "asan: no sanitizer report (logs in build/asan-logs)"
+else
+    echo "asan: FAILED (logs in build/asan-logs)"
+fi
+exit $status
