@@ -28,7 +28,7 @@ type epFd struct {
 	registered uint32 // mask epoll knows, 0: not added
 	isDirty    bool
 	notSock    bool
-	closed     bool
+	state      closeState // epoll closes at once: fdOpen or fdClosed
 
 	recvOn   bool
 	starved  bool
@@ -40,7 +40,7 @@ type epFd struct {
 	connTok  uint64
 	connOn   bool
 
-	out []queued // sends, shutdowns and a graceful close, in order
+	out outQueue // sends, shutdowns and a graceful close, in order
 	// blocked is set while the head of out waits for EPOLLOUT.
 	blocked bool
 }
@@ -81,7 +81,7 @@ func (b *epollBackend) Wake() error { return b.wk.wake() }
 
 func (b *epollBackend) Close() error {
 	for fd, f := range b.fds {
-		if !f.closed {
+		if f.state == fdOpen {
 			unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 		}
 	}
@@ -181,7 +181,7 @@ func (b *epollBackend) apply(s *Sub) {
 		return
 	}
 	if s.Op == OpClose && s.Arg&CloseUpgrade != 0 {
-		if f := b.fds[s.Fd]; f == nil || !hasGraceful(f.out, s.Token) {
+		if f := b.fds[s.Fd]; f == nil || !f.out.upgradable(s.Token) {
 			return
 		}
 	}
@@ -211,23 +211,18 @@ func (b *epollBackend) apply(s *Sub) {
 		default:
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(e)})
 		}
-	case OpSend, OpShutdown:
-		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
-		if len(f.out) == 1 {
-			b.flush(f) // an idle socket sends at once: no wait for readiness
-		}
-	case OpClose:
-		if s.Arg&CloseAbort != 0 {
+	case OpSend, OpShutdown, OpClose:
+		if s.Op == OpClose && s.Arg&CloseAbort != 0 {
 			b.abort(f)
 			b.closeFd(f, s.Token)
 			return
 		}
-		f.out = append(f.out, queued{op: OpClose, token: s.Token})
+		f.out.push(s)
 		if len(f.out) == 1 {
-			b.flush(f)
+			b.flush(f) // an idle socket sends at once: no wait for readiness
 		}
 	}
-	if !f.closed {
+	if f.state == fdOpen {
 		b.markDirty(f)
 	}
 }
@@ -244,7 +239,7 @@ func (b *epollBackend) forgetIfIdle(f *epFd) {
 		unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(f.fd), nil) // EBADF/ENOENT: already gone
 	}
 	f.registered = 0
-	f.closed = true // a pending dirty entry must not resurrect it
+	f.state = fdClosed // a pending dirty entry must not resurrect it
 	delete(b.fds, f.fd)
 }
 
@@ -255,7 +250,7 @@ func (b *epollBackend) flush(f *epFd) {
 	f.blocked = false
 	i := 0
 	defer func() {
-		if !f.closed {
+		if f.state == fdOpen {
 			n := copy(f.out, f.out[i:])
 			f.out = f.out[:n]
 		}
@@ -275,11 +270,7 @@ func (b *epollBackend) flush(f *epFd) {
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
 		case OpShutdown:
-			var res int32
-			if err := unix.Shutdown(int(f.fd), unix.SHUT_WR); err != nil {
-				res = errnoOf(err)
-			}
-			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: res})
+			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
 			tok := q.token
 			f.out = f.out[i+1:]
@@ -293,17 +284,7 @@ func (b *epollBackend) flush(f *epFd) {
 
 // abort ends every operation still pending on f with -ECANCELED.
 func (b *epollBackend) abort(f *epFd) {
-	for _, q := range f.out {
-		kind := EvSend
-		switch q.op {
-		case OpShutdown:
-			kind = EvShutdown
-		case OpClose:
-			continue
-		}
-		b.complete(Comp{Token: q.token, Kind: kind, Res: -int32(unix.ECANCELED)})
-	}
-	f.out = nil
+	f.out.cancel(b.complete)
 	if f.connOn {
 		f.connOn = false
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
@@ -318,7 +299,7 @@ func (b *epollBackend) closeFd(f *epFd, token uint64) {
 	if err := unix.Close(int(f.fd)); err != nil {
 		res = errnoOf(err)
 	}
-	f.closed = true
+	f.state = fdClosed
 	delete(b.fds, f.fd)
 	b.complete(Comp{Token: token, Kind: EvClosed, Res: res})
 }
@@ -327,7 +308,7 @@ func (b *epollBackend) closeFd(f *epFd, token uint64) {
 func (b *epollBackend) sync() {
 	for _, f := range b.dirty {
 		f.isDirty = false
-		if f.closed {
+		if f.state != fdOpen {
 			continue
 		}
 		var want uint32
@@ -392,17 +373,7 @@ func (b *epollBackend) failFd(f *epFd, res int32) {
 		f.connOn = false
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
 	}
-	for _, q := range f.out {
-		kind := EvSend
-		switch q.op {
-		case OpShutdown:
-			kind = EvShutdown
-		case OpClose:
-			kind = EvClosed
-		}
-		b.complete(Comp{Token: q.token, Kind: kind, Res: res})
-	}
-	f.out = nil
+	f.out.fail(res, true, b.complete)
 	f.blocked = false
 }
 
@@ -413,7 +384,7 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 		return
 	}
 	f := b.fds[ev.Fd]
-	if f == nil || f.closed {
+	if f == nil || f.state != fdOpen {
 		return
 	}
 	in := ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0
@@ -459,7 +430,9 @@ func (b *epollBackend) acceptSome(f *epFd) {
 			continue
 		case unix.EAGAIN, unix.EINTR:
 			return
-		case unix.ECONNABORTED, unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EPROTO, unix.EPERM:
+		}
+		switch e, _ := err.(unix.Errno); {
+		case acceptTransient(e):
 			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: errnoOf(err), Flags: FlagMore})
 			return
 		default:

@@ -41,12 +41,15 @@ type urFd struct {
 	connOn  bool
 	connTok uint64
 
-	out     []queued // sends, shutdowns and a graceful close, in order
+	out     outQueue // sends, shutdowns and a graceful close, in order
 	sending bool     // the head of out is in the kernel
 
-	closing, aborting, closed bool
-	closeTok                  uint64
+	state    closeState
+	aborting bool // the close under way is an abort: the send in flight ends the queue
+	closeTok uint64
 }
+
+func (f *urFd) closing() bool { return f.state != fdOpen }
 
 func (b *uringBackend) state(fd int32) *urFd {
 	if f := b.fds[fd]; f != nil {
@@ -82,14 +85,14 @@ func (b *uringBackend) forget(f *urFd) {
 
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recvArmed && !f.accOn && !f.accArmed && f.pollMask == 0 && !f.pollArmed &&
-		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.closing
+		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && f.state == fdOpen
 }
 
 // settle finishes a close whose cancellations have all come back, and
 // forgets an fd nothing is pending on.
 func (b *uringBackend) settle(f *urFd) {
-	if f.closing {
-		if f.inflight == 0 && !f.closed {
+	if f.state == fdClosing {
+		if f.inflight == 0 {
 			b.finishClose(f)
 		}
 		return
@@ -134,12 +137,12 @@ func (b *uringBackend) apply(s *Sub) {
 		return
 	}
 	if s.Op == OpClose && s.Arg&CloseUpgrade != 0 {
-		if f := b.fds[s.Fd]; f == nil || f.closing || !hasGraceful(f.out, s.Token) {
+		if f := b.fds[s.Fd]; f == nil || f.closing() || !f.out.upgradable(s.Token) {
 			return
 		}
 	}
 	f := b.state(s.Fd)
-	if f.closing {
+	if f.closing() {
 		b.refuse(s)
 		return
 	}
@@ -238,7 +241,7 @@ func (b *uringBackend) refuse(s *Sub) {
 }
 
 func (b *uringBackend) armRecv(f *urFd) {
-	if !f.recvOn || f.recvArmed || f.recvStarved || f.closing {
+	if !f.recvOn || f.recvArmed || f.recvStarved || f.closing() {
 		return
 	}
 	if b.pbuf.inRing == 0 {
@@ -286,7 +289,7 @@ func (b *uringBackend) releaseHeld() {
 		keep := f.held[:0]
 		for _, c := range f.held {
 			switch {
-			case c.Res > 0 && f.closing:
+			case c.Res > 0 && f.closing():
 				b.pbuf.give(c.Buf) // nobody will read it
 			case c.Res > 0:
 				c.Token = f.recvTok
@@ -302,7 +305,7 @@ func (b *uringBackend) releaseHeld() {
 func (b *uringBackend) onRecvPoll(f *urFd, c *uringCQE) {
 	f.recvArmed, f.recvCancel = false, false
 	switch {
-	case f.closing:
+	case f.closing():
 	case c.res > 0:
 		f.recvRead = true // readable, or an error or hangup the read reports
 	case c.res < 0 && c.res != -int32(unix.ECANCELED) && f.recvOn:
@@ -318,7 +321,7 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 		f.recvArmed, f.recvCancel, f.recvRead = false, false, false
 	}
 	hasBuf := c.flags&cqeFBuffer != 0
-	if hasBuf && (f.closing || c.res <= 0) {
+	if hasBuf && (f.closing() || c.res <= 0) {
 		// A read may report end of file with a buffer picked: unused.
 		b.pbuf.recycle(uint16(c.flags >> 16))
 		hasBuf = false
@@ -336,7 +339,7 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 			f.held = append(f.held, ch)
 			b.heldChunks++
 		}
-	case f.closing:
+	case f.closing():
 	case c.res == -int32(unix.ENOBUFS), c.res == -int32(unix.ECANCELED),
 		c.res == -int32(unix.EINTR), c.res == -int32(unix.EAGAIN):
 		// Ours to handle: the re-arm below (or starving until buffers
@@ -357,7 +360,7 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 }
 
 func (b *uringBackend) armAccept(f *urFd) {
-	if !f.accOn || f.accArmed || f.closing {
+	if !f.accOn || f.accArmed || f.closing() {
 		return
 	}
 	f.accIdx = b.r.sqLocal
@@ -374,7 +377,7 @@ func (b *uringBackend) onAccept(f *urFd, c *uringCQE) {
 	}
 	res := c.res
 	switch {
-	case f.closing:
+	case f.closing():
 		if res >= 0 {
 			unix.Close(int(res))
 		}
@@ -400,18 +403,8 @@ func (b *uringBackend) onAccept(f *urFd, c *uringCQE) {
 	}
 }
 
-// acceptTransient lists the accept errors after which a listener still
-// works (the same list epoll.go keeps going on).
-func acceptTransient(e unix.Errno) bool {
-	switch e {
-	case unix.ECONNABORTED, unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EPROTO, unix.EPERM:
-		return true
-	}
-	return false
-}
-
 func (b *uringBackend) armPoll(f *urFd) {
-	if f.pollMask == 0 || f.pollArmed || f.pollQueued || f.closing {
+	if f.pollMask == 0 || f.pollArmed || f.pollQueued || f.closing() {
 		return
 	}
 	s := b.fdSQE(f, iouOpPollAdd, kPoll)
@@ -434,7 +427,7 @@ func (b *uringBackend) armPolls() {
 
 func (b *uringBackend) onPoll(f *urFd, c *uringCQE) {
 	f.pollArmed, f.pollRemoving = false, false
-	if f.closing || f.pollMask == 0 {
+	if f.closing() || f.pollMask == 0 {
 		return
 	}
 	if c.res > 0 {
@@ -456,7 +449,7 @@ func (b *uringBackend) onPoll(f *urFd, c *uringCQE) {
 // pump works through f's output queue: one send in the kernel at a time
 // keeps the bytes in order; shutdown and a graceful close wait their turn.
 func (b *uringBackend) pump(f *urFd) {
-	for len(f.out) > 0 && !f.sending && !f.closing {
+	for len(f.out) > 0 && !f.sending && !f.closing() {
 		q := &f.out[0]
 		switch q.op {
 		case OpSend:
@@ -466,18 +459,14 @@ func (b *uringBackend) pump(f *urFd) {
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
 		case OpShutdown:
-			var res int32
-			if err := unix.Shutdown(int(f.fd), unix.SHUT_WR); err != nil {
-				res = errnoOf(err)
-			}
-			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: res})
+			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
 			tok := q.token
-			f.popOut()
+			f.out.pop()
 			b.startClose(f, tok, false)
 			return
 		}
-		f.popOut()
+		f.out.pop()
 	}
 }
 
@@ -512,8 +501,8 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 			r = int32(q.n) // it went out whole before the abort reached it
 		}
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: r})
-		f.popOut()
-		b.cancelQueue(f)
+		f.out.pop()
+		f.out.cancel(b.complete)
 		return
 	}
 	switch {
@@ -540,7 +529,7 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 	default:
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
 	}
-	f.popOut()
+	f.out.pop()
 	b.pump(f)
 }
 
@@ -553,38 +542,25 @@ func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
 	switch {
 	case f.aborting:
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(unix.ECANCELED)})
-		f.popOut()
-		b.cancelQueue(f)
+		f.out.pop()
+		f.out.cancel(b.complete)
 	case c.res < 0:
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: c.res})
-		f.popOut()
+		f.out.pop()
 		b.pump(f)
 	default:
 		b.submitSend(f, q)
 	}
 }
 
-// cancelQueue ends every queued send and shutdown with -ECANCELED, in order.
-func (b *uringBackend) cancelQueue(f *urFd) {
-	for _, q := range f.out {
-		switch q.op {
-		case OpSend:
-			b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(unix.ECANCELED)})
-		case OpShutdown:
-			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: -int32(unix.ECANCELED)})
-		}
-	}
-	f.out = nil
-}
-
 // startClose cancels everything on f; finishClose closes the fd once the
 // last cancelled CQE is back, so EvClosed is the fd's last completion.
 func (b *uringBackend) startClose(f *urFd, token uint64, abort bool) {
-	f.closing, f.closeTok = true, token
+	f.state, f.closeTok = fdClosing, token
 	f.recvOn, f.accOn, f.pollMask = false, false, 0
 	f.aborting = abort
 	if !f.sending {
-		b.cancelQueue(f)
+		f.out.cancel(b.complete)
 	} // else the in-flight send's CQE ends the queue, in order
 	if f.inflight > 0 {
 		s := b.fdSQE(f, iouOpAsyncCancel, kCancel)
@@ -593,7 +569,7 @@ func (b *uringBackend) startClose(f *urFd, token uint64, abort bool) {
 }
 
 func (b *uringBackend) finishClose(f *urFd) {
-	f.closed = true
+	f.state = fdClosed
 	f.dropHeld(b)
 	var res int32
 	if err := unix.Close(int(f.fd)); err != nil {
@@ -617,5 +593,3 @@ func (f *urFd) dropHeld(b *uringBackend) {
 	}
 	f.heldFds = nil
 }
-
-func (f *urFd) popOut() { f.out = popOut(f.out) }

@@ -26,6 +26,9 @@ from bounded import run
 from peers import Recorder, connect_to_peer, in_thread, listener
 
 SCALE = float(os.environ.get("GOLOOP_STRESS_SCALE", "1"))
+# Under AddressSanitizer (make test-asan) freed memory sits in ASAN's quarantine,
+# so RSS says nothing about leaks there; every other bound still holds.
+RSS_BOUND_KIB = None if os.environ.get("GOLOOP_ASAN") == "1" else 8 * 1024
 
 
 def scaled(n):
@@ -88,7 +91,7 @@ def test_connect_close_cycles_leak_nothing(loop):
         await server.wait_closed()
         assert fds1 <= fds0, (fds0, fds1)
         assert objs1 - objs0 < 500, (objs0, objs1)
-        assert rss1 - rss0 < 8 * 1024, (rss0, rss1)  # KiB
+        assert RSS_BOUND_KIB is None or rss1 - rss0 < RSS_BOUND_KIB, (rss0, rss1)  # KiB
         assert heap1 - heap0 < 4 << 20, (heap0, heap1)
 
     run(loop, go(), timeout=280)
@@ -122,7 +125,7 @@ def test_many_requests_leak_nothing(loop):
         server.close()
         await server.wait_closed()
         assert objs1 - objs0 < 500, (objs0, objs1)
-        assert rss1 - rss0 < 8 * 1024, (rss0, rss1)
+        assert RSS_BOUND_KIB is None or rss1 - rss0 < RSS_BOUND_KIB, (rss0, rss1)
         assert heap1 - heap0 < 4 << 20, (heap0, heap1)
 
     run(loop, go(), timeout=280)
