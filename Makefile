@@ -13,7 +13,7 @@ DEBS := gcc python3-dev python3-venv python3-pip python3-setuptools python3-whee
         libpython3.11-testsuite unbound dnsmasq-base iproute2 util-linux procps \
         wrk python3-matplotlib
 
-.PHONY: all deps venv build inplace test go-test py-test test-asan bench clean
+.PHONY: all deps venv build inplace test go-test fuzz py-test test-asan stress bench clean
 
 all: build
 
@@ -46,7 +46,29 @@ py-test: build
 	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=io_uring ../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 .
 	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=epoll GOLOOP_TEST_LOOPS=goloop ../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 .
 
-test: go-test py-test
+# Every Go fuzz target for a bounded time (FUZZTIME each): the backends'
+# completion contract (FuzzContract) and the resolver's parsers.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./goloop:FuzzContract ./goloop/dns:FuzzLeanUnpack ./goloop/dns:FuzzAppendQuery \
+        ./goloop/dns:FuzzHosts ./goloop/dns:FuzzResolvConf ./goloop/dns:FuzzServices
+fuzz: deps
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t#*:}; echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		go test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
+test: go-test py-test test-asan fuzz
+
+# The reliability suite at full size (issue 7): a million requests and ten
+# thousand connect/close cycles (GOLOOP_STRESS_SCALE=10), 1 GiB soak, a longer
+# chaos run; both backends, all three loops on io_uring.
+stress: build
+	cd tests && GOLOOP_STRESS_SCALE=10 GOLOOP_SOAK_BYTES=1073741824 GOLOOP_CHAOS_SCALE=10 \
+		GOLOOP_REQUIRED=1 GOLOOP_BACKEND=io_uring ../$(PY) -m pytest -q -p no:cacheprovider \
+		--timeout 3600 test_reliability.py test_chaos.py test_lifecycle.py
+	cd tests && GOLOOP_STRESS_SCALE=10 GOLOOP_SOAK_BYTES=1073741824 GOLOOP_CHAOS_SCALE=10 \
+		GOLOOP_REQUIRED=1 GOLOOP_BACKEND=epoll GOLOOP_TEST_LOOPS=goloop ../$(PY) -m pytest -q \
+		-p no:cacheprovider --timeout 3600 test_reliability.py test_chaos.py test_lifecycle.py
 
 # The C extension under AddressSanitizer and UndefinedBehaviorSanitizer
 # (-fsanitize=address,undefined,float-cast-overflow, no recovery, -fno-wrapv),

@@ -570,6 +570,17 @@ static int on_send(Transport *t, gl_comp *c)
     if (c->res < 0) {
         if (c->res == -ECANCELED)
             return 0;
+        if (t->closing) {
+            /* The program wrote, then closed: for asyncio, whose write()
+             * hands bytes to the kernel at once, the connection ended there,
+             * and a peer that resets it afterwards is no error of the
+             * program's (connection_lost(None)). Go's graceful close still
+             * follows the failed sends and ends the connection. What this
+             * hides is the case asyncio would report, bytes the kernel had
+             * refused still queued at close(); telling the two apart needs
+             * asyncio's write accounting (send at once, queue the rest). */
+            return 0;
+        }
         PyObject *exc = oserror(-c->res);
         if (exc == NULL)
             return fatal_from_current(t, "Fatal write error on socket transport");

@@ -1,0 +1,230 @@
+package goloop
+
+import (
+	"bytes"
+	"runtime"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// FuzzContract drives both backends with random interleavings of what the C
+// side may submit for a few connections (receive start/stop, sends,
+// shutdowns, graceful closes, aborts and upgrades) and of what their peers
+// do (write, close, reset), following C's rules (nothing for a token after
+// its close but an upgrade), and checks the contract record.go promises:
+//
+//   - every OpSend and OpShutdown is answered exactly once, every OpClose by
+//     exactly one EvClosed, and nothing names a token after its EvClosed;
+//   - a receive buffer is never lent twice without being given back;
+//   - each connection receives a prefix of what its own peer wrote, in
+//     order, and its peer receives a prefix of what was sent on it: no byte
+//     reaches another connection, none is duplicated or reordered.
+func FuzzContract(f *testing.F) {
+	f.Add([]byte{0, 6, 2, 40, 9, 4, 8, 6, 7})
+	f.Add([]byte{0, 8, 16, 6, 14, 22, 2, 200, 10, 250, 18, 100, 4, 13, 21})
+	f.Add([]byte{0, 6, 1, 6, 0, 2, 255, 2, 255, 5, 4, 12, 20})
+	f.Add([]byte{8, 14, 9, 14, 8, 10, 3, 11, 7, 15, 12, 13})
+	f.Fuzz(func(t *testing.T, script []byte) {
+		if len(script) > 256 {
+			script = script[:256]
+		}
+		for _, kind := range []string{"epoll", "io_uring"} {
+			runContract(t, kind, script)
+		}
+	})
+}
+
+const contractConns = 3
+
+type contractConn struct {
+	fd, peer        int32
+	tok             uint64
+	recvOn          bool
+	closeSent       bool
+	gracefulSent    bool
+	closed          bool // EvClosed seen
+	peerGone        bool
+	sent, peerWrote []byte // what C sent on fd, what the peer wrote
+	got, peerGot    []byte // what arrived on fd, what arrived at the peer
+	sendsOut        int    // OpSend/OpShutdown not yet answered
+	bufs            [][]byte
+}
+
+func runContract(t *testing.T, kind string, script []byte) {
+	if kind == "io_uring" {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	b, err := NewBackend(kind, Options{BufSize: 512, BufCount: 8, Entries: 64})
+	if err != nil {
+		if kind == "io_uring" {
+			t.Skipf("io_uring unavailable: %v", err)
+		}
+		t.Fatal(err)
+	}
+	defer b.Close()
+	conns := make([]*contractConn, contractConns)
+	for i := range conns {
+		a, c := socketpair(t)
+		conns[i] = &contractConn{fd: a, peer: c, tok: uint64(i+1) << 8}
+	}
+	defer func() {
+		for _, c := range conns {
+			if !c.peerGone {
+				unix.Close(int(c.peer))
+			}
+		}
+	}()
+	lent := map[uint32]bool{}
+	var subs []Sub
+	out := make([]Comp, 64)
+	pattern := byte(1)
+
+	handle := func(comps []Comp) {
+		for _, x := range comps {
+			i := int(x.Token>>8) - 1
+			if i < 0 || i >= len(conns) {
+				t.Fatalf("%s: completion for an unknown token: %+v", kind, x)
+			}
+			c := conns[i]
+			if c.closed {
+				t.Fatalf("%s: conn %d: completion after EvClosed: %+v", kind, i, x)
+			}
+			switch x.Kind {
+			case EvRecv:
+				if x.Res > 0 {
+					if lent[x.Buf] {
+						t.Fatalf("%s: buffer %d lent twice", kind, x.Buf)
+					}
+					lent[x.Buf] = true
+					c.got = append(c.got, unsafe.Slice((*byte)(unsafe.Pointer(x.Ptr)), x.Res)...)
+					subs = append(subs, Sub{Op: OpBufReturn, Arg: x.Buf})
+				} else {
+					c.recvOn = false
+				}
+			case EvSend, EvShutdown:
+				c.sendsOut--
+				if c.sendsOut < 0 {
+					t.Fatalf("%s: conn %d: more send/shutdown answers than requests", kind, i)
+				}
+			case EvClosed:
+				if c.sendsOut != 0 {
+					t.Fatalf("%s: conn %d: EvClosed with %d sends unanswered", kind, i, c.sendsOut)
+				}
+				c.closed = true
+			default:
+				t.Fatalf("%s: unexpected completion %+v", kind, x)
+			}
+		}
+	}
+	poll := func(timeout time.Duration) {
+		for buf := range lent {
+			delete(lent, buf) // returned in this batch (appended by handle)
+		}
+		n, err := b.Poll(subs, out, timeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = subs[:0]
+		handle(out[:n])
+	}
+	drainPeer := func(c *contractConn) {
+		if c.peerGone {
+			return
+		}
+		var buf [4096]byte
+		for {
+			n, err := unix.Read(int(c.peer), buf[:])
+			if n <= 0 || err != nil {
+				return
+			}
+			c.peerGot = append(c.peerGot, buf[:n]...)
+		}
+	}
+
+	for k := 0; k < len(script); k++ {
+		op, c := script[k]%8, conns[int(script[k]/8)%len(conns)]
+		arg := byte(0)
+		if k+1 < len(script) {
+			arg = script[k+1]
+		}
+		switch {
+		case op == 0 && !c.closeSent && !c.recvOn:
+			subs = append(subs, Sub{Op: OpRecvStart, Fd: c.fd, Token: c.tok})
+			c.recvOn = true
+		case op == 1 && !c.closeSent && c.recvOn:
+			subs = append(subs, Sub{Op: OpRecvStop, Fd: c.fd, Token: c.tok})
+			c.recvOn = false
+		case op == 2 && !c.closeSent:
+			n := int(arg)*37 + 1
+			data := bytes.Repeat([]byte{pattern}, n)
+			pattern++
+			c.bufs = append(c.bufs, data) // alive until answered
+			c.sent = append(c.sent, data...)
+			subs = append(subs, Sub{Op: OpSend, Fd: c.fd, Token: c.tok, Ptr: ptrOf(data), Len: uint32(n)})
+			c.sendsOut++
+		case op == 3 && !c.closeSent:
+			subs = append(subs, Sub{Op: OpShutdown, Fd: c.fd, Token: c.tok})
+			c.sendsOut++
+		case op == 4 && !c.closeSent:
+			subs = append(subs, Sub{Op: OpClose, Fd: c.fd, Token: c.tok})
+			c.closeSent, c.gracefulSent, c.recvOn = true, true, false
+		case op == 5 && (!c.closeSent || c.gracefulSent):
+			arg := CloseAbort
+			if c.gracefulSent {
+				arg |= CloseUpgrade
+			}
+			subs = append(subs, Sub{Op: OpClose, Fd: c.fd, Token: c.tok, Arg: arg})
+			c.closeSent, c.gracefulSent, c.recvOn = true, false, false
+		case op == 6 && !c.peerGone:
+			data := bytes.Repeat([]byte{pattern}, int(arg)*11+1)
+			pattern++
+			if n, err := unix.Write(int(c.peer), data); err == nil && n > 0 {
+				c.peerWrote = append(c.peerWrote, data[:n]...)
+			}
+		case op == 7 && !c.peerGone:
+			drainPeer(c)
+			unix.Close(int(c.peer))
+			c.peerGone = true
+		}
+		if arg&1 == 1 || k == len(script)-1 {
+			poll(0)
+			for _, c := range conns {
+				drainPeer(c)
+			}
+		}
+	}
+	// Close whatever is still open and wait for every answer.
+	for _, c := range conns {
+		if !c.closeSent {
+			subs = append(subs, Sub{Op: OpClose, Fd: c.fd, Token: c.tok, Arg: CloseAbort})
+			c.closeSent = true
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		done := true
+		for _, c := range conns {
+			drainPeer(c)
+			done = done && c.closed
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not every close was answered", kind)
+		}
+		poll(10 * time.Millisecond)
+	}
+	for i, c := range conns {
+		if !bytes.HasPrefix(c.peerWrote, c.got) {
+			t.Fatalf("%s: conn %d received %d bytes that are not its peer's (peer wrote %d)", kind, i, len(c.got), len(c.peerWrote))
+		}
+		if !bytes.HasPrefix(c.sent, c.peerGot) {
+			t.Fatalf("%s: conn %d's peer received %d bytes that were not sent on it (%d sent)", kind, i, len(c.peerGot), len(c.sent))
+		}
+	}
+}
