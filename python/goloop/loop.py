@@ -9,8 +9,10 @@ writers, signals, and the glue that lets asyncio's own argument handling
 import asyncio
 import errno
 import os
+import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import weakref
@@ -51,6 +53,22 @@ def _fileobj_to_fd(fileobj):
     if fd < 0:
         raise ValueError(f"Invalid file descriptor: {fd}")
     return fd
+
+
+def _check_pollable(fd):
+    """Refuse an fd as asyncio's selector does when it registers one with
+    epoll: OSError EBADF for an fd that is not open, PermissionError EPERM
+    for one that cannot be polled (regular files, directories, /dev/null).
+    io_uring would poll those without complaint (always ready). Sockets and
+    pipes, the usual case, cost one fstat; anything else asks epoll itself."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+        return
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+    finally:
+        ep.close()
 
 
 class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
@@ -141,6 +159,7 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
     def _watcher(self, fd):
         w = self._watchers.get(fd)
         if w is None:
+            _check_pollable(fd)
             w = self._watchers[fd] = _core.Watcher(self, fd)
         return w
 
