@@ -64,6 +64,9 @@ class StreamsMixin:
                 extra['peername'] = sock.getpeername()
             except OSError:
                 extra['peername'] = None
+        # A protocol without connection_made fails here, as asyncio's
+        # transport constructor does, while the socket is still Python's.
+        connection_made = protocol.connection_made
         # From here on the fd is the transport's, and so Go's: the socket
         # object can no longer close it (one owner per fd).
         owned = _go_owned(sock)
@@ -80,7 +83,7 @@ class StreamsMixin:
             self._transports[owned.fileno()] = transport
             if server is not None:
                 server._attach()
-            self.call_soon(protocol.connection_made, transport)
+            self.call_soon(connection_made, transport)
             self.call_soon(transport._start_reading)
             if waiter is not None:
                 self.call_soon(futures._set_result_unless_cancelled, waiter, None)

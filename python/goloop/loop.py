@@ -195,8 +195,6 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         old = w.reader
         w.set(None, ...)
         old.cancel()
-        if w.reader is None and w.writer is None:
-            del self._watchers[fd]  # its token dies with it (owners.c)
         return True
 
     def _remove_writer(self, fd):
@@ -209,8 +207,6 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         old = w.writer
         w.set(..., None)
         old.cancel()
-        if w.reader is None and w.writer is None:
-            del self._watchers[fd]  # its token dies with it (owners.c)
         return True
 
     # asyncio's selector loop implements the public reader/writer API and the

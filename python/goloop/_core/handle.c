@@ -114,14 +114,32 @@ int handle_run(Handle *h)
         return 0;
     Py_INCREF(cb);
     Py_INCREF(args);
-    if (PyContext_Enter(h->context) < 0) {
-        Py_DECREF(cb);
-        Py_DECREF(args);
-        return report_callback_error(h->loop, "Exception in callback", NULL, (PyObject *)h);
+    PyObject *res;
+    if (PyContext_CheckExact(h->context)) {
+        if (PyContext_Enter(h->context) < 0) {
+            Py_DECREF(cb);
+            Py_DECREF(args);
+            return report_callback_error(h->loop, "Exception in callback", NULL, (PyObject *)h);
+        }
+        res = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args), NULL);
+        PyContext_Exit(h->context);
+    } else {
+        /* Not a contextvars.Context: do what asyncio's Handle does with any
+         * object, context.run(callback, *args), and fail as it fails. */
+        PyObject *run = PyObject_GetAttrString(h->context, "run");
+        PyObject *full = run ? PyTuple_New(PyTuple_GET_SIZE(args) + 1) : NULL;
+        if (full != NULL) {
+            Py_INCREF(cb);
+            PyTuple_SET_ITEM(full, 0, cb);
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); i++) {
+                Py_INCREF(PyTuple_GET_ITEM(args, i));
+                PyTuple_SET_ITEM(full, i + 1, PyTuple_GET_ITEM(args, i));
+            }
+        }
+        res = full ? PyObject_Call(run, full, NULL) : NULL;
+        Py_XDECREF(full);
+        Py_XDECREF(run);
     }
-    PyObject *res = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0),
-                                        PyTuple_GET_SIZE(args), NULL);
-    PyContext_Exit(h->context);
     Py_DECREF(cb);
     Py_DECREF(args);
     if (res != NULL) {

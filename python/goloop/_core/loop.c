@@ -103,11 +103,19 @@ static void heap_swap(Handle **a, Py_ssize_t i, Py_ssize_t j)
     a[j] = t;
 }
 
+/* When a timer is due, for ordering and waiting: a NaN time compares as
+ * "now" (asyncio runs such a timer at once, since no comparison with NaN
+ * holds), so it neither breaks the heap's order nor the wait's arithmetic. */
+static inline double due(const Handle *h)
+{
+    return isnan(h->when) ? -INFINITY : h->when;
+}
+
 static void heap_up(Handle **a, Py_ssize_t i)
 {
     while (i > 0) {
         Py_ssize_t p = (i - 1) / 2;
-        if (a[p]->when <= a[i]->when)
+        if (due(a[p]) <= due(a[i]))
             break;
         heap_swap(a, i, p);
         i = p;
@@ -118,9 +126,9 @@ static void heap_down(Handle **a, Py_ssize_t n, Py_ssize_t i)
 {
     for (;;) {
         Py_ssize_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && a[l]->when < a[m]->when)
+        if (l < n && due(a[l]) < due(a[m]))
             m = l;
-        if (r < n && a[r]->when < a[m]->when)
+        if (r < n && due(a[r]) < due(a[m]))
             m = r;
         if (m == i)
             return;
@@ -335,10 +343,19 @@ static PyObject *lc_call_later(LoopCore *lp, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "delay must not be None");
         return NULL;
     }
-    double delay = PyFloat_AsDouble(args[0]);
-    if (delay == -1.0 && PyErr_Occurred())
-        return NULL;
-    PyObject *when = PyFloat_FromDouble(loop_time() + delay);
+    PyObject *when;
+    if (PyFloat_Check(args[0]) || PyLong_Check(args[0])) {
+        double delay = PyFloat_AsDouble(args[0]);
+        if (delay == -1.0 && PyErr_Occurred())
+            return NULL;
+        when = PyFloat_FromDouble(loop_time() + delay);
+    } else {
+        /* asyncio computes self.time() + delay: whatever that does with
+         * this type (a Decimal: TypeError) is what happens here too. */
+        PyObject *now = PyFloat_FromDouble(loop_time());
+        when = now ? PyNumber_Add(now, args[0]) : NULL;
+        Py_XDECREF(now);
+    }
     if (when == NULL)
         return NULL;
     PyObject *stack[64];
@@ -597,7 +614,11 @@ static int run_once(LoopCore *lp)
     if (lp->rlen > 0 || lp->stopping) {
         timeout = 0;
     } else if (lp->hlen > 0) {
-        double dt = lp->heap[0]->when - loop_time();
+        double dt = due(lp->heap[0]) - loop_time();
+        /* asyncio waits at most a day at a time (MAXIMUM_SELECT_TIMEOUT);
+         * that also keeps an infinite time out of the integer conversion. */
+        if (dt > 86400.0)
+            dt = 86400.0;
         timeout = dt <= 0 ? 0 : (int64_t)ceil(dt * 1e9);
     }
     Py_ssize_t ntodo = lp->rlen;
@@ -633,7 +654,7 @@ static int run_once(LoopCore *lp)
             Py_DECREF(t);
             continue;
         }
-        if (t->when > now)
+        if (due(t) > now)
             break;
         heap_pop(lp);
         int e = run_handle(lp, t);

@@ -24,7 +24,8 @@ typedef struct {
     PyObject *held;             /* list: chunks (bytes) or None (EOF) that came while paused */
     PyObject **sendq;           /* bytes objects Go is sending, oldest first */
     Py_ssize_t shead, slen, scap;
-    Py_ssize_t wsize, high, low;
+    Py_ssize_t wsize, high, low;     /* high/low: the limits as C numbers, saturated */
+    PyObject *high_obj, *low_obj;   /* the limits as the program gave them (NULL: defaults) */
     int fd;
     int conn_lost;
     char buffered;
@@ -176,6 +177,8 @@ static int tr_traverse(Transport *t, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->lost_exc);
     Py_VISIT(t->held);
+    Py_VISIT(t->high_obj);
+    Py_VISIT(t->low_obj);
     Py_VISIT(Py_TYPE(t));
     return 0;
 }
@@ -191,6 +194,8 @@ static int tr_clear(Transport *t)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->lost_exc);
     Py_CLEAR(t->held);
+    Py_CLEAR(t->high_obj);
+    Py_CLEAR(t->low_obj);
     return 0;
 }
 
@@ -429,6 +434,11 @@ static int deliver(Transport *t, const char *p, Py_ssize_t n)
         }
         Py_buffer view;
         if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+            /* What asyncio's sock.recv_into(buf) raises for it. */
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "recv_into() argument 1 must be read-write bytes-like object, not %.200s",
+                         Py_TYPE(buf)->tp_name);
             Py_DECREF(buf);
             Py_DECREF(bu);
             return fatal_from_current(t, "Fatal error: protocol.get_buffer() call failed.");
@@ -757,7 +767,14 @@ static int write_one(Transport *t, PyObject *data)
     if (PyBytes_CheckExact(data)) {
         Py_INCREF(data);
         b = data;
-    } else if (PyObject_CheckBuffer(data) && !PyUnicode_Check(data)) {
+    } else if (PyBytes_Check(data) || PyByteArray_Check(data) || PyMemoryView_Check(data)) {
+        if (PyMemoryView_Check(data) && !PyBuffer_IsContiguous(PyMemoryView_GET_BUFFER(data), 'C') &&
+            !t->eof_written && !t->conn_lost && !t->close_sent) {
+            /* asyncio's write() accepts it and its send() then fails: a
+             * fatal write error, reported and the connection closed. */
+            PyErr_SetString(PyExc_BufferError, "memoryview: underlying buffer is not C-contiguous");
+            return fatal_from_current(t, "Fatal write error on socket transport");
+        }
         /* bytearray and memoryview can change under us: copy, as asyncio does. */
         b = PyBytes_FromObject(data);
         if (b == NULL)
@@ -906,6 +923,10 @@ static PyObject *tr_call_connection_lost(Transport *t, PyObject *exc)
         Py_INCREF(Py_None);
         r = Py_None;
     }
+    /* asyncio's finally: the transport lets go of the protocol and the
+     * server whether connection_lost() raised or not. */
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
     Py_CLEAR(t->protocol);
     Py_CLEAR(t->data_received);
     Py_CLEAR(t->get_buffer);
@@ -918,10 +939,14 @@ static PyObject *tr_call_connection_lost(Transport *t, PyObject *exc)
         Py_DECREF(server);
         if (d == NULL) {
             Py_XDECREF(r);
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(etb);
             return NULL;
         }
         Py_DECREF(d);
     }
+    PyErr_Restore(et, ev, etb);
     return r;
 }
 
@@ -959,44 +984,63 @@ static PyObject *tr_is_reading(Transport *t, PyObject *unused)
     return PyBool_FromLong(!t->paused && !t->closing);
 }
 
+/* A limit as a C number for the flow-control comparisons: saturated, so
+ * a huge one (2**70) means "never". */
+static int limit_value(PyObject *v, Py_ssize_t *out)
+{
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred())
+        return -1;
+    *out = d >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (d <= 0 ? 0 : (Py_ssize_t)d);
+    return 0;
+}
+
+/* asyncio's _set_write_buffer_limits, on Python objects as asyncio does it
+ * (floats and huge ints are accepted and given back as they came). */
 static PyObject *tr_set_write_buffer_limits(Transport *t, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"high", "low", NULL};
     PyObject *high = Py_None, *low = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high, &low))
         return NULL;
-    Py_ssize_t h, l;
-    if (high == Py_None) {
-        if (low == Py_None) {
-            h = DEFAULT_HIGH;
-        } else {
-            l = PyNumber_AsSsize_t(low, NULL);
-            if (l == -1 && PyErr_Occurred())
-                return NULL;
-            h = 4 * l;
-        }
-    } else {
-        h = PyNumber_AsSsize_t(high, NULL);
-        if (h == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    if (low == Py_None) {
-        l = h / 4;
-    } else {
-        l = PyNumber_AsSsize_t(low, NULL);
-        if (l == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    if (!(h >= l && l >= 0)) {
-        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", h, l);
+    PyObject *h = NULL, *l = NULL, *four = PyLong_FromLong(4);
+    if (four == NULL)
         return NULL;
+    if (high == Py_None)
+        h = low == Py_None ? PyLong_FromSsize_t(DEFAULT_HIGH) : PyNumber_Multiply(four, low);
+    else
+        h = (Py_INCREF(high), high);
+    if (h != NULL)
+        l = low == Py_None ? PyNumber_FloorDivide(h, four) : (Py_INCREF(low), low);
+    Py_DECREF(four);
+    if (h == NULL || l == NULL)
+        goto fail;
+    PyObject *zero = PyLong_FromLong(0);
+    int ok = zero ? PyObject_RichCompareBool(h, l, Py_GE) : -1;
+    if (ok == 1)
+        ok = PyObject_RichCompareBool(l, zero, Py_GE);
+    Py_XDECREF(zero);
+    if (ok < 0)
+        goto fail;
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", h, l);
+        goto fail;
     }
-    t->high = h;
-    t->low = l;
+    Py_ssize_t hv, lv;
+    if (limit_value(h, &hv) < 0 || limit_value(l, &lv) < 0)
+        goto fail;
+    Py_XSETREF(t->high_obj, h);
+    Py_XSETREF(t->low_obj, l);
+    t->high = hv;
+    t->low = lv;
     maybe_pause_protocol(t);
     if (PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;
+fail:
+    Py_XDECREF(h);
+    Py_XDECREF(l);
+    return NULL;
 }
 
 static PyObject *tr_get_write_buffer_size(Transport *t, PyObject *unused)
@@ -1006,6 +1050,8 @@ static PyObject *tr_get_write_buffer_size(Transport *t, PyObject *unused)
 
 static PyObject *tr_get_write_buffer_limits(Transport *t, PyObject *unused)
 {
+    if (t->high_obj != NULL)
+        return PyTuple_Pack(2, t->low_obj, t->high_obj);
     return Py_BuildValue("(nn)", t->low, t->high);
 }
 
