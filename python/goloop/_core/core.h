@@ -91,6 +91,7 @@ struct LoopCore {
     owner_slot *slots;     /* the owner table (owners.c) */
     uint32_t nslots, capslots, free_slot;
     Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
+    uint64_t polls;        /* goloop_poll calls made: batches handed to Go */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
     uint64_t next_call;
     char stopping;

@@ -568,6 +568,7 @@ int loop_apply_now(LoopCore *lp)
     int nsubs = lp->nsubs;
     lp->nsubs = 0;
     int n = go_poll(lp, lp->subs, nsubs, lp->comps + lp->ncomps, lp->capcomps - lp->ncomps, 0);
+    lp->polls++;
     if (n < 0)
         return -1;
     lp->ncomps += n;
@@ -625,6 +626,7 @@ static int run_once(LoopCore *lp)
     int nsubs = lp->nsubs;
     lp->nsubs = 0;
     int n = go_poll(lp, lp->subs, nsubs, lp->comps, lp->capcomps, timeout);
+    lp->polls++;
     if (n < 0)
         return -1;
     lp->ncomps = n;

@@ -40,6 +40,9 @@ typedef struct {
     char go_open;               /* Go owns the fd: from construction until EvClosed */
     char pinned;                /* holds a reference to itself (pin_update) */
     char lost_scheduled;        /* _call_connection_lost is on its way */
+    char quiet_send_errors;     /* close() found every pending send still unsubmitted */
+    uint64_t enq_poll;          /* lp->polls when the last send was queued */
+    Py_ssize_t enq_fresh;       /* sends queued since that poll: not yet handed to Go */
     uint64_t token;             /* owner table slot (owners.c) */
     PyObject *weakreflist;
 } Transport;
@@ -580,15 +583,16 @@ static int on_send(Transport *t, gl_comp *c)
     if (c->res < 0) {
         if (c->res == -ECANCELED)
             return 0;
-        if (t->closing) {
-            /* The program wrote, then closed: for asyncio, whose write()
-             * hands bytes to the kernel at once, the connection ended there,
-             * and a peer that resets it afterwards is no error of the
-             * program's (connection_lost(None)). Go's graceful close still
-             * follows the failed sends and ends the connection. What this
-             * hides is the case asyncio would report, bytes the kernel had
-             * refused still queued at close(); telling the two apart needs
-             * asyncio's write accounting (send at once, queue the rest). */
+        if (t->closing && t->quiet_send_errors) {
+            /* The program wrote, then closed, before Go had even been handed
+             * those bytes. asyncio's write() hands bytes to the kernel at
+             * once, so for it the connection ended cleanly at close(), and a
+             * peer that resets it afterwards is no error of the program's:
+             * connection_lost(None). Go's graceful close still follows the
+             * failed sends and ends the connection. Sends that were already
+             * with Go for a whole iteration and still unanswered at close()
+             * are bytes the kernel would not take: asyncio would still hold
+             * them too, and reports their failure. */
             return 0;
         }
         PyObject *exc = oserror(-c->res);
@@ -757,6 +761,11 @@ static int enqueue(Transport *t, PyObject *b)
     t->sendq[(t->shead + t->slen) % t->scap] = b;
     t->slen++;
     t->wsize += len;
+    if (t->enq_poll != t->loop->polls) {
+        t->enq_poll = t->loop->polls;
+        t->enq_fresh = 0;
+    }
+    t->enq_fresh++;
     pin_update(t);
     return 0;
 }
@@ -882,6 +891,8 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
     Py_CLEAR(t->held);
     if (!t->conn_lost) {
         t->conn_lost++;
+        Py_ssize_t fresh = t->enq_poll == t->loop->polls ? t->enq_fresh : 0;
+        t->quiet_send_errors = t->slen == fresh;
         /* Graceful: Go closes the fd after the sends already queued. */
         if (send_close(t, 0) < 0)
             return NULL;
