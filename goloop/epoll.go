@@ -424,6 +424,10 @@ func (b *epollBackend) acceptSome(f *epFd) {
 	// Bounded, so one busy listener cannot starve every other fd.
 	for i := 0; i < 64; i++ {
 		nfd, _, err := unix.Accept4(int(f.fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if e := faultAt(faultAccept); e != 0 && err == nil {
+			unix.Close(nfd)
+			err = e
+		}
 		switch err {
 		case nil:
 			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: int32(nfd), Flags: FlagMore})
@@ -454,6 +458,9 @@ func (b *epollBackend) recvOne(f *epFd) {
 	}
 	for {
 		n, err := unix.Read(int(f.fd), b.pool.buf(id))
+		if e := faultAt(faultRecv); e != 0 && err == nil {
+			err = e
+		}
 		switch {
 		case err == unix.EINTR:
 			continue

@@ -101,6 +101,10 @@ func sendSome(fd int32, q *queued, notSock *bool) (done bool, errno unix.Errno) 
 			// MSG_NOSIGNAL: a peer that went away must be an EPIPE for the
 			// transport, never a SIGPIPE for the process.
 			r, _, e = unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), p, uintptr(n), unix.MSG_NOSIGNAL, 0, 0)
+			if f := faultAt(faultSend); f != 0 && e == 0 {
+				e = f // as if nothing was sent
+				r = 0
+			}
 			if e == unix.ENOTSOCK {
 				*notSock = true
 				continue

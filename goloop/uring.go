@@ -256,6 +256,7 @@ func (b *uringBackend) handle(c *uringCQE) {
 	if c.flags&cqeFMore == 0 {
 		f.inflight--
 	}
+	c.res = faultCQE(kind, c.res)
 	switch kind {
 	case kRecv:
 		b.onRecv(f, c)
