@@ -2,6 +2,11 @@
 
     python bench/ab.py [--a goloop] [--b uvloop] [--variant protocol]
                        [--conns 10] [--size 1024] [--rounds 10] [--seconds 1]
+                       [--a-path DIR] [--b-path DIR]
+
+--a-path/--b-path put DIR first on that server's PYTHONPATH, so two builds
+of the same loop can be paired (a change's before and after: --a goloop
+--a-path OLD/python --b goloop --b-path NEW/python).
 
 Both servers stay up (pinned to CPU 0; the idle one costs nothing), and the
 load generator (CPU 1) alternates between them, one window each per round.
@@ -48,7 +53,13 @@ def main(argv):
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--a-path", default=None, help="PYTHONPATH entry for a's server")
+    p.add_argument("--b-path", default=None, help="PYTHONPATH entry for b's server")
     args = p.parse_args(argv)
+    # Sides are named by loop, or by loop and build when both run one loop.
+    name_a, name_b = args.a, args.b
+    if name_a == name_b:
+        name_a, name_b = f"{args.a}(a)", f"{args.b}(b)"
 
     python = os.environ.get("PYTHON") or sys.executable
     procs.realtime = (os.environ.get("BENCH_REALTIME", "1") not in ("", "0")
@@ -60,24 +71,29 @@ def main(argv):
 
     servers = {}
     try:
-        for loop in (args.a, args.b):
+        for name, loop, path in ((name_a, args.a, args.a_path), (name_b, args.b, args.b_path)):
             port = procs.free_port()
-            servers[loop] = procs.Server(
+            env = None
+            if path:
+                env = dict(os.environ)
+                env["PYTHONPATH"] = os.path.abspath(path) + (
+                    os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            servers[name] = procs.Server(
                 [python, "-X", "faulthandler", suite.ECHO_SERVER, "--loop", loop,
                  "--variant", args.variant, "--port", str(port)],
-                cpu=suite.SERVER_CPU, port=port, cwd=suite.SERVER_CWD)
-        ratios, rps = [], {args.a: [], args.b: []}
-        cpu = {args.a: [], args.b: []}
+                cpu=suite.SERVER_CPU, port=port, cwd=suite.SERVER_CWD, env=env)
+        ratios, rps = [], {name_a: [], name_b: []}
+        cpu = {name_a: [], name_b: []}
         for i in range(args.rounds):
             # Alternate who goes first, so neither always follows the other.
-            order = (args.a, args.b) if i % 2 == 0 else (args.b, args.a)
-            got = {loop: window(servers[loop], args) for loop in order}
-            for loop in order:
-                rps[loop].append(got[loop]["rps"])
-                cpu[loop].append(got[loop].get("server_cpu_us_per_req", 0.0))
-            ratios.append(got[args.a]["rps"] / got[args.b]["rps"])
-            print(f"round {i + 1:2}: {args.a} {got[args.a]['rps']:>9,.0f}  "
-                  f"{args.b} {got[args.b]['rps']:>9,.0f}  ratio {ratios[-1]:.3f}", file=sys.stderr)
+            order = (name_a, name_b) if i % 2 == 0 else (name_b, name_a)
+            got = {name: window(servers[name], args) for name in order}
+            for name in order:
+                rps[name].append(got[name]["rps"])
+                cpu[name].append(got[name].get("server_cpu_us_per_req", 0.0))
+            ratios.append(got[name_a]["rps"] / got[name_b]["rps"])
+            print(f"round {i + 1:2}: {name_a} {got[name_a]['rps']:>9,.0f}  "
+                  f"{name_b} {got[name_b]['rps']:>9,.0f}  ratio {ratios[-1]:.3f}", file=sys.stderr)
     finally:
         procs.stop_all()
 
@@ -86,7 +102,7 @@ def main(argv):
     summary = {
         "variant": args.variant, "conns": args.conns, "size": args.size,
         "rounds": args.rounds, "seconds": args.seconds,
-        "a": args.a, "b": args.b,
+        "a": name_a, "b": name_b, "a_path": args.a_path, "b_path": args.b_path,
         "ratio_median": round(med, 3), "ratio_q1": round(q[0], 3), "ratio_q3": round(q[2], 3),
         "rps_median": {k: round(statistics.median(v)) for k, v in rps.items()},
         "cpu_us_per_req_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},

@@ -446,3 +446,25 @@ def test_backend_follows_environment_at_loop_creation(goloop, monkeypatch):
     monkeypatch.setenv("GOLOOP_BACKEND", "kqueue")
     with pytest.raises(ValueError, match="kqueue"):
         goloop.new_event_loop()
+
+
+# The socket object of a transport is the transport's: closing it does not close
+# the fd under the transport (one owner per fd); a duplicate is the program's own.
+def test_transport_socket_close_does_not_take_the_fd(loop):
+    async def go():
+        transport, protocol, peer = await connect_to_peer(loop, lambda: Recorder(loop))
+        try:
+            sock = transport.get_extra_info("socket")
+            fd = sock.fileno()
+            dup = sock.dup()
+            assert dup.fileno() != fd
+            dup.close()
+            assert dup.fileno() == -1
+            transport.write(b"still mine")
+            assert await in_thread(loop, peer.recv, 100) == b"still mine"
+        finally:
+            transport.close()
+            await protocol.lost
+            peer.close()
+
+    run(loop, go())

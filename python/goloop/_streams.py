@@ -2,6 +2,7 @@
 (_make_socket_transport, _make_ssl_transport, _start_serving, _stop_serving),
 answered with goloop's C transport and Go's multishot accept."""
 import errno
+import os
 import socket
 from asyncio import base_events, constants, futures, sslproto, trsock
 
@@ -22,6 +23,10 @@ class _GoOwnedSocket(socket.socket):
         from . import _core
         if _core._forked():
             super()._real_close()
+
+    def dup(self):
+        # A duplicate is a new fd, the program's own: a plain socket.
+        return socket.socket(self.family, self.type, self.proto, fileno=os.dup(self.fileno()))
 
 
 def _go_owned(sock):
