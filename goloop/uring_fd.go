@@ -18,9 +18,10 @@ type urFd struct {
 	inflight int // requests on this fd whose last CQE has not come back
 	notSock  bool
 
-	recvOn, recvArmed, recvCancel, recvStarved bool
-	recvTok                                    uint64
-	recvIdx, accIdx                            uint32 // SQ index of the arming SQE
+	recvOn          bool     // C wants to receive
+	recv            armState // the receive in the kernel: unarmed, armed, cancelling or starved
+	recvTok         uint64
+	recvIdx, accIdx uint32 // SQ index of the arming SQE
 	// A non-socket (pipe, tty) cannot take a multishot recv, and a read of
 	// an O_NONBLOCK file fails with EAGAIN instead of waiting: it is
 	// received with a poll, then one read, in turn.
@@ -30,13 +31,14 @@ type urFd struct {
 	// recv cannot be stopped between two chunks); RecvStart delivers it.
 	held []Comp
 
-	accOn, accArmed, accCancel bool
-	accTok                     uint64
-	heldFds                    []int32 // connections accepted while stopped
+	accOn   bool     // C wants to accept
+	acc     armState // the accept in the kernel: unarmed, armed or cancelling
+	accTok  uint64
+	heldFds []int32 // connections accepted while stopped
 
-	pollMask, pollArmedMask             uint32
-	pollArmed, pollRemoving, pollQueued bool
-	pollTok                             uint64
+	pollMask, pollArmedMask uint32   // what C wants watched, what the armed poll watches
+	poll                    armState // unarmed, armed, cancelling (a removal in flight) or queued
+	pollTok                 uint64
 
 	connOn  bool
 	connTok uint64
@@ -50,6 +52,23 @@ type urFd struct {
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
+
+// armState is where one kind of an fd's requests stands in the kernel.
+// What C wants (recvOn, accOn, pollMask) is kept apart from it: the two
+// differ while a cancellation or a re-arm is on its way, and completions
+// are judged against what C wants now.
+type armState uint8
+
+const (
+	reqNone       armState = iota // nothing in the kernel
+	reqArmed                      // a request is in the kernel
+	reqCancelling                 // armed, and its cancellation (or poll removal) is in flight
+	reqStarved                    // receive only: not armed, the buffer ring is empty; re-armed when buffers come back
+	reqQueued                     // poll only: delivered in this call, re-armed at the next
+)
+
+// inKernel reports whether a request of this kind may still complete.
+func (s armState) inKernel() bool { return s == reqArmed || s == reqCancelling }
 
 func (b *uringBackend) state(fd int32) *urFd {
 	if f := b.fds[fd]; f != nil {
@@ -84,7 +103,7 @@ func (b *uringBackend) forget(f *urFd) {
 }
 
 func (f *urFd) idle() bool {
-	return !f.recvOn && !f.recvArmed && !f.accOn && !f.accArmed && f.pollMask == 0 && !f.pollArmed &&
+	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
 		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && f.state == fdOpen
 }
 
@@ -123,7 +142,9 @@ func (b *uringBackend) apply(s *Sub) {
 			st := b.starved
 			b.starved = nil
 			for _, f := range st {
-				f.recvStarved = false
+				if f.recv == reqStarved {
+					f.recv = reqNone
+				}
 				if b.slots[f.slot] == f {
 					b.armRecv(f)
 				}
@@ -162,11 +183,13 @@ func (b *uringBackend) apply(s *Sub) {
 		b.armRecv(f)
 	case OpRecvStop:
 		f.recvOn = false
-		if f.recvArmed && !f.recvCancel && b.unarm(f, f.recvIdx) {
-			f.recvArmed = false
-		} else if f.recvArmed && !f.recvCancel {
-			b.cancel(f, f.recvKind)
-			f.recvCancel = true
+		if f.recv == reqArmed {
+			if b.unarm(f, f.recvIdx) {
+				f.recv = reqNone
+			} else {
+				b.cancel(f, f.recvKind)
+				f.recv = reqCancelling
+			}
 		}
 	case OpAcceptStart:
 		f.accTok, f.accOn = s.Token, true
@@ -177,25 +200,27 @@ func (b *uringBackend) apply(s *Sub) {
 		b.armAccept(f)
 	case OpAcceptStop:
 		f.accOn = false
-		if f.accArmed && !f.accCancel && b.unarm(f, f.accIdx) {
-			f.accArmed = false
-		} else if f.accArmed && !f.accCancel {
-			b.cancel(f, kAccept)
-			f.accCancel = true
+		if f.acc == reqArmed {
+			if b.unarm(f, f.accIdx) {
+				f.acc = reqNone
+			} else {
+				b.cancel(f, kAccept)
+				f.acc = reqCancelling
+			}
 		}
 	case OpPollStart, OpPollStop:
 		f.pollMask = 0
 		if s.Op == OpPollStart {
 			f.pollTok, f.pollMask = s.Token, s.Arg&(PollIn|PollOut)
 		}
-		if !f.pollArmed {
+		if !f.poll.inKernel() {
 			b.armPoll(f)
-		} else if f.pollArmedMask != f.pollMask && !f.pollRemoving {
+		} else if f.pollArmedMask != f.pollMask && f.poll == reqArmed {
 			// The CQE of the removed poll re-arms with the new mask.
 			r := b.fdSQE(f, iouOpPollRemove, kPollRemove)
 			r.fd = -1
 			r.addr = b.ud(f, kPoll)
-			f.pollRemoving = true
+			f.poll = reqCancelling
 		}
 	case OpConnect:
 		f.connOn, f.connTok = true, s.Token
@@ -241,12 +266,12 @@ func (b *uringBackend) refuse(s *Sub) {
 }
 
 func (b *uringBackend) armRecv(f *urFd) {
-	if !f.recvOn || f.recvArmed || f.recvStarved || f.closing() {
+	if !f.recvOn || f.recv != reqNone || f.closing() {
 		return
 	}
 	if b.pbuf.inRing == 0 {
 		// A recv armed now would end at once with ENOBUFS.
-		f.recvStarved = true
+		f.recv = reqStarved
 		b.starved = append(b.starved, f)
 		b.releaseHeld()
 		return
@@ -270,7 +295,7 @@ func (b *uringBackend) armRecv(f *urFd) {
 		s.opFlags = PollIn
 		f.recvKind = kRecvPoll
 	}
-	f.recvArmed = true
+	f.recv = reqArmed
 }
 
 // releaseHeld hands C the chunks paused fds hold, when the pool has run
@@ -303,7 +328,7 @@ func (b *uringBackend) releaseHeld() {
 }
 
 func (b *uringBackend) onRecvPoll(f *urFd, c *uringCQE) {
-	f.recvArmed, f.recvCancel = false, false
+	f.recv = reqNone
 	switch {
 	case f.closing():
 	case c.res > 0:
@@ -318,7 +343,7 @@ func (b *uringBackend) onRecvPoll(f *urFd, c *uringCQE) {
 func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 	more := c.flags&cqeFMore != 0
 	if !more {
-		f.recvArmed, f.recvCancel, f.recvRead = false, false, false
+		f.recv, f.recvRead = reqNone, false
 	}
 	hasBuf := c.flags&cqeFBuffer != 0
 	if hasBuf && (f.closing() || c.res <= 0) {
@@ -360,20 +385,20 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 }
 
 func (b *uringBackend) armAccept(f *urFd) {
-	if !f.accOn || f.accArmed || f.closing() {
+	if !f.accOn || f.acc != reqNone || f.closing() {
 		return
 	}
 	f.accIdx = b.r.sqLocal
 	s := b.fdSQE(f, iouOpAccept, kAccept)
 	s.ioprio = iouAcceptMultishot
 	s.opFlags = unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
-	f.accArmed = true
+	f.acc = reqArmed
 }
 
 func (b *uringBackend) onAccept(f *urFd, c *uringCQE) {
 	more := c.flags&cqeFMore != 0
 	if !more {
-		f.accArmed, f.accCancel = false, false
+		f.acc = reqNone
 	}
 	res := c.res
 	switch {
@@ -404,12 +429,12 @@ func (b *uringBackend) onAccept(f *urFd, c *uringCQE) {
 }
 
 func (b *uringBackend) armPoll(f *urFd) {
-	if f.pollMask == 0 || f.pollArmed || f.pollQueued || f.closing() {
+	if f.pollMask == 0 || f.poll != reqNone || f.closing() {
 		return
 	}
 	s := b.fdSQE(f, iouOpPollAdd, kPoll)
 	s.opFlags = f.pollMask // poll32_events: one-shot, level
-	f.pollArmed, f.pollArmedMask = true, f.pollMask
+	f.poll, f.pollArmedMask = reqArmed, f.pollMask
 }
 
 // armPolls re-arms the polls delivered by the previous call. Re-arming
@@ -417,7 +442,9 @@ func (b *uringBackend) armPoll(f *urFd) {
 // they wait for the next call: one EvPoll per Poll call while ready.
 func (b *uringBackend) armPolls() {
 	for _, f := range b.rearm {
-		f.pollQueued = false
+		if f.poll == reqQueued {
+			f.poll = reqNone
+		}
 		if b.slots[f.slot] == f {
 			b.armPoll(f)
 		}
@@ -426,7 +453,7 @@ func (b *uringBackend) armPolls() {
 }
 
 func (b *uringBackend) onPoll(f *urFd, c *uringCQE) {
-	f.pollArmed, f.pollRemoving = false, false
+	f.poll = reqNone
 	if f.closing() || f.pollMask == 0 {
 		return
 	}
@@ -434,7 +461,7 @@ func (b *uringBackend) onPoll(f *urFd, c *uringCQE) {
 		mask := uint32(c.res) & (PollIn | PollOut | PollErr | PollHup) & (f.pollMask | PollErr | PollHup)
 		if mask != 0 {
 			b.complete(Comp{Token: f.pollTok, Kind: EvPoll, Aux: mask, Flags: FlagMore})
-			f.pollQueued = true
+			f.poll = reqQueued
 			b.rearm = append(b.rearm, f)
 			return
 		}
