@@ -353,10 +353,12 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
 
     # ---- Go calls (DNS, ...) ----
 
-    async def _runtime_stats(self):
-        """The Go runtime's heap and goroutine counts (for leak tests)."""
+    async def _runtime_stats(self, collect=False):
+        """The Go runtime's heap and goroutine counts (for leak tests); with
+        collect=True after a Go garbage collection that returns freed memory
+        to the OS."""
         import json
-        return json.loads(await self._go_call("runtime.stats", b""))
+        return json.loads(await self._go_call("runtime.stats", b"gc" if collect else b""))
 
     def _go_call(self, method, req):
         """Run a registered Go method in a goroutine; a future for its bytes
