@@ -167,14 +167,16 @@ def test_server_close_inside_callback_keeps_every_connection_s_bytes(loop):
         def factory():
             p = Collect(loop, on_chunk=close_other)
             protos.append(p)
+            if len(protos) == n:
+                all_made.set_result(None)
             return p
 
+        all_made = loop.create_future()
         server = await loop.create_server(factory, "127.0.0.1", 0)
         addr = server.sockets[0].getsockname()
         clients = [socket.create_connection(addr) for _ in range(n)]
         try:
-            while len(protos) < n:
-                await asyncio.sleep(0.001)
+            await all_made
             await asyncio.gather(*(p.made for p in protos))
             # The server side's order of acceptance is the clients' order.
             peers = {}
@@ -296,10 +298,15 @@ def test_peer_reset_logs_nothing(loop, side):
 
     async def go():
         lost = loop.create_future()
+        got_data = loop.create_future()
 
         class P(asyncio.Protocol):
             def connection_made(self, transport):
                 self.transport = transport
+
+            def data_received(self, data):
+                if not got_data.done():
+                    got_data.set_result(None)
 
             def connection_lost(self, exc):
                 if not lost.done():
@@ -337,14 +344,15 @@ def test_peer_reset_logs_nothing(loop, side):
                     async def handle(reader, writer):
                         try:
                             while await reader.read(10):
-                                pass
+                                if not got_data.done():
+                                    got_data.set_result(None)
                         except ConnectionResetError as exc:
                             done.set_result(exc)
                         writer.close()
                     server = await asyncio.start_server(handle, "127.0.0.1", 0)
                 c = socket.create_connection(server.sockets[0].getsockname())
                 c.sendall(b"x")
-                await asyncio.sleep(0.05)
+                await got_data  # the server side is reading: the reset reaches it there
                 _reset(c)
                 if side == "create_server":
                     assert isinstance(await lost, ConnectionResetError)

@@ -274,6 +274,7 @@ def test_receive_buffers_run_dry_and_recover(loop):
         def __init__(self):
             self.h = hashlib.blake2b()
             self.n = 0
+            self.first = loop.create_future()
             self.done = loop.create_future()
 
         def connection_made(self, transport):
@@ -284,6 +285,7 @@ def test_receive_buffers_run_dry_and_recover(loop):
             # filling receive buffers that Go must hold for this connection.
             if self.n == 0:
                 self.transport.pause_reading()
+                self.first.set_result(None)
             self.h.update(data)
             self.n += len(data)
             if self.n >= size and not self.done.done():
@@ -295,7 +297,11 @@ def test_receive_buffers_run_dry_and_recover(loop):
         def factory():
             p = Paused()
             protos.append(p)
+            if len(protos) == n:
+                all_made.set_result(None)
             return p
+
+        all_made = loop.create_future()
 
         # The clients connect from this thread while the loop waits: the backlog
         # must hold all of them.
@@ -309,12 +315,10 @@ def test_receive_buffers_run_dry_and_recover(loop):
             payload = rnd.randbytes(size)
             payloads.append(payload)
             clients.append(c)
-        while len(protos) < n:
-            await asyncio.sleep(0.01)
         for c, p in zip(clients, payloads):
             await loop.sock_sendall(c, p)
-        while any(p.n == 0 for p in protos):
-            await asyncio.sleep(0.01)
+        await all_made  # accepted while the clients sent
+        await asyncio.gather(*(p.first for p in protos))
         # An active connection on the same loop, while every buffer may be held.
         echo = await loop.create_server(Echo, "127.0.0.1", 0)
         r, w = await asyncio.open_connection(*echo.sockets[0].getsockname())
