@@ -36,6 +36,7 @@ type uringBackend struct {
 	ready      []Comp
 	starved    []*urFd // recvs ended by ENOBUFS, re-armed when buffers return
 	rearm      []*urFd // polls delivered this call, re-armed at the next
+	eofHeld    []*urFd // ends of stream held until this call's send completions (releaseEOFs)
 	inflight   int     // requests whose last CQE has not come back
 	heldChunks int     // chunks (buffers) held for paused fds
 
@@ -190,6 +191,7 @@ func (b *uringBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 			return 0, err
 		}
 	}
+	b.releaseEOFs()
 	k := copy(out, b.ready)
 	rest := copy(b.ready, b.ready[k:])
 	b.ready = b.ready[:rest]

@@ -30,6 +30,13 @@ type urFd struct {
 	// held keeps what arrived while receiving was stopped (a multishot
 	// recv cannot be stopped between two chunks); RecvStart delivers it.
 	held []Comp
+	// eofHeld: the receive ended (0) while a send was in the kernel, in this
+	// Poll call. A peer's reset is reported once, to whichever request
+	// sees it first; when that was the send, the receive reads a plain end
+	// of stream. A reset is no EOF (asyncio's read sees ECONNRESET), so the
+	// EOF waits for the send's completion in the same call: if the send
+	// failed with EPIPE or ECONNRESET, C gets the reset instead.
+	eofHeld bool
 
 	accOn   bool     // C wants to accept
 	acc     armState // the accept in the kernel: unarmed, armed or cancelling
@@ -104,7 +111,7 @@ func (b *uringBackend) forget(f *urFd) {
 
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
-		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && f.state == fdOpen
+		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.eofHeld && f.state == fdOpen
 }
 
 // settle finishes a close whose cancellations have all come back, and
@@ -369,6 +376,9 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 		c.res == -int32(unix.EINTR), c.res == -int32(unix.EAGAIN):
 		// Ours to handle: the re-arm below (or starving until buffers
 		// come back) is all C would have wanted.
+	case c.res == 0 && f.recvOn && f.sending:
+		f.recvOn, f.eofHeld = false, true
+		b.eofHeld = append(b.eofHeld, f)
 	default:
 		// End of stream or an error: receiving is over.
 		end := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res}
@@ -517,6 +527,10 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 
 func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 	f.sending = false
+	if f.eofHeld && (c.res == -int32(unix.EPIPE) || c.res == -int32(unix.ECONNRESET)) && !f.closing() {
+		f.eofHeld = false
+		b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: -int32(unix.ECONNRESET)})
+	}
 	if len(f.out) == 0 {
 		return
 	}
@@ -604,6 +618,18 @@ func (b *uringBackend) finishClose(f *urFd) {
 	}
 	b.complete(Comp{Token: f.closeTok, Kind: EvClosed, Res: res})
 	b.forget(f)
+}
+
+// releaseEOFs hands C the ends of stream held in this call whose send did
+// not turn out to be a reset (see eofHeld).
+func (b *uringBackend) releaseEOFs() {
+	for _, f := range b.eofHeld {
+		if f.eofHeld && b.slots[f.slot] == f && !f.closing() {
+			b.complete(Comp{Token: f.recvTok, Kind: EvRecv})
+		}
+		f.eofHeld = false
+	}
+	b.eofHeld = b.eofHeld[:0]
 }
 
 // dropHeld gives back what was received for C but will never reach it.
