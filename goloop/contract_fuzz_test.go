@@ -21,7 +21,9 @@ import (
 //   - a receive buffer is never lent twice without being given back;
 //   - each connection receives a prefix of what its own peer wrote, in
 //     order, and its peer receives a prefix of what was sent on it: no byte
-//     reaches another connection, none is duplicated or reordered.
+//     reaches another connection, none is duplicated or reordered;
+//   - a connection still receiving whose peer went away is told so (an
+//     EvRecv with Res <= 0): an end of stream is never lost.
 func FuzzContract(f *testing.F) {
 	f.Add([]byte{0, 6, 2, 40, 9, 4, 8, 6, 7})
 	f.Add([]byte{0, 8, 16, 6, 14, 22, 2, 200, 10, 250, 18, 100, 4, 13, 21})
@@ -43,6 +45,7 @@ type contractConn struct {
 	fd, peer        int32
 	tok             uint64
 	recvOn          bool
+	recvEnded       bool // an EvRecv with Res <= 0 arrived
 	closeSent       bool
 	gracefulSent    bool
 	closed          bool // EvClosed seen
@@ -103,7 +106,7 @@ func runContract(t *testing.T, kind string, script []byte) {
 					c.got = append(c.got, unsafe.Slice((*byte)(unsafe.Pointer(x.Ptr)), x.Res)...)
 					subs = append(subs, Sub{Op: OpBufReturn, Arg: x.Buf})
 				} else {
-					c.recvOn = false
+					c.recvOn, c.recvEnded = false, true
 				}
 			case EvSend, EvShutdown:
 				c.sendsOut--
@@ -197,6 +200,23 @@ func runContract(t *testing.T, kind string, script []byte) {
 			}
 		}
 	}
+	// A connection still receiving from a peer that went away must hear of it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		waiting := -1
+		for i, c := range conns {
+			if c.recvOn && c.peerGone && !c.closeSent && !c.recvEnded {
+				waiting = i
+			}
+		}
+		if waiting < 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: conn %d: its peer is gone but no end of stream arrived", kind, waiting)
+		}
+		poll(10 * time.Millisecond)
+	}
 	// Close whatever is still open and wait for every answer.
 	for _, c := range conns {
 		if !c.closeSent {
@@ -204,7 +224,7 @@ func runContract(t *testing.T, kind string, script []byte) {
 			c.closeSent = true
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for {
 		done := true
 		for _, c := range conns {
