@@ -17,7 +17,7 @@ import warnings
 import pytest
 
 from bounded import run
-from peers import Recorder, connect_to_peer, in_thread, listener, recv_until_eof
+from peers import Echo, Recorder, connect_to_peer, in_thread, listener, recv_until_eof
 
 
 class Collect(asyncio.BufferedProtocol):
@@ -83,14 +83,6 @@ def _answer_or_end(sock, timeout=5.0):
     except (ConnectionResetError, BrokenPipeError):
         return "reset"
     return "echo" if data == b"ping" else ("eof" if data == b"" else repr(data))
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
 
 
 # 1. set_protocol() inside buffer_updated(), with the rest of the chunk still to

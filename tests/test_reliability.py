@@ -23,7 +23,7 @@ import pytest
 
 import loops
 from bounded import run
-from peers import Recorder, connect_to_peer, in_thread, listener
+from peers import Echo, Recorder, connect_to_peer, in_thread, listener
 
 SCALE = float(os.environ.get("GOLOOP_STRESS_SCALE", "1"))
 # Under AddressSanitizer (make test-asan) freed memory sits in ASAN's quarantine,
@@ -41,17 +41,6 @@ def rss_kib():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
-
-    def eof_received(self):
-        self.transport.close()
 
 
 async def _go_heap(loop):

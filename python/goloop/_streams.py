@@ -209,9 +209,10 @@ class StreamsMixin:
 
     def _stop_serving(self, sock):
         # The listener hands the fd to Go, which stops accepting and closes it
-        # in the next batch, in order; connections accepted meanwhile are
-        # closed, never handed on. Nothing polls Go from here: a server may be
-        # closed from inside any callback, mid-batch.
+        # at once (asyncio refuses a connect right after server.close()), in
+        # order; connections accepted meanwhile are closed, never handed on.
+        # Their completions only join the end of the batch being dispatched,
+        # so a server may be closed from inside any callback, mid-batch.
         listener = self._listeners.pop(sock.fileno(), None)
         if listener is not None and listener.close():
             sock.detach()

@@ -148,7 +148,6 @@ int init_handle_types(PyObject *m);
 int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
 int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
-int transport_is_open(PyObject *tr);
 int init_transport_type(PyObject *m);
 
 /* calls.c */

@@ -714,11 +714,6 @@ int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
     return r;
 }
 
-int transport_is_open(PyObject *obj)
-{
-    return ((Transport *)obj)->go_open;
-}
-
 void transport_loop_closing(LoopCore *lp, PyObject *obj)
 {
     Transport *t = (Transport *)obj;

@@ -152,12 +152,10 @@ static void w_dealloc(Watcher *w)
 {
     PyTypeObject *tp = Py_TYPE(w);
     PyObject_GC_UnTrack(w);
-    if (w->loop != NULL) {
-        /* Stop Go's watch; a poll completion already on its way finds no owner. */
-        if (w->mask != 0 && go_usable(w->loop))
-            loop_submit(w->loop, GL_OP_POLL_STOP, w->fd, w->token, NULL, 0, 0);
-        owners_release(w->loop, w->token);
-    }
+    /* Stop Go's watch; a poll completion already on its way finds no owner
+     * (w_clear gives the token back). */
+    if (w->loop != NULL && w->mask != 0 && go_usable(w->loop))
+        loop_submit(w->loop, GL_OP_POLL_STOP, w->fd, w->token, NULL, 0, 0);
     w_clear(w);
     tp->tp_free(w);
     Py_DECREF(tp);
@@ -238,8 +236,9 @@ static PyObject *l_stop(Listener *l, PyObject *unused)
 
 /* close(): the server is done with this socket. From here on Go owns the
  * listening fd: it stops accepting and closes it after the stop, in order
- * (a connection the kernel queued meanwhile is reset by that close). Connections Go accepted before
- * the stop but not yet handed over are closed by listener_dispatch.
+ * (a connection the kernel queued meanwhile is reset by that close).
+ * Connections Go accepted before the stop but not yet handed over are
+ * closed by listener_dispatch.
  * Returns True when Go took the fd (the caller detaches its socket object),
  * False when Go is not there to take it (a closed loop, a forked child) and
  * the socket object must close it itself. */
@@ -323,9 +322,7 @@ static void l_dealloc(Listener *l)
 {
     PyTypeObject *tp = Py_TYPE(l);
     PyObject_GC_UnTrack(l);
-    if (l->loop != NULL)
-        owners_release(l->loop, l->token);
-    l_clear(l);
+    l_clear(l);   /* gives the token back */
     tp->tp_free(l);
     Py_DECREF(tp);
 }
