@@ -36,6 +36,7 @@ type uringBackend struct {
 	ready      []Comp
 	starved    []*urFd // recvs ended by ENOBUFS, re-armed when buffers return
 	rearm      []*urFd // polls delivered this call, re-armed at the next
+	pumps      []*urFd // output queues to pump once the batch is applied
 	eofHeld    []*urFd // ends of stream held until this call's send completions (releaseEOFs)
 	inflight   int     // requests whose last CQE has not come back
 	heldChunks int     // chunks (buffers) held for paused fds
@@ -148,6 +149,7 @@ func (b *uringBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 	for i := range subs {
 		b.apply(&subs[i])
 	}
+	b.pumpDue()
 	b.armPolls()
 	b.woken = false
 	if !b.wakeArmed {

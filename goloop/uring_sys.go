@@ -62,6 +62,7 @@ const (
 	iouOpNop         = 0
 	iouOpPollAdd     = 6
 	iouOpPollRemove  = 7
+	iouOpSendmsg     = 9
 	iouOpAccept      = 13
 	iouOpAsyncCancel = 14
 	iouOpConnect     = 16

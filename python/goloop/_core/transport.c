@@ -765,6 +765,49 @@ static int enqueue(Transport *t, PyObject *b)
     return 0;
 }
 
+/* asyncio's write() hands the bytes to the kernel at once and counts as
+ * buffered only what the kernel did not take. goloop hands Go the
+ * iteration's writes in one batch at its end (as uvloop also defers small
+ * writes), so until then they count as buffered. Past the high-water mark
+ * that lag would pause a writer the kernel would not have paused, and
+ * drain() would wait for nothing: so there the batch goes to Go at once,
+ * and the sends that completed in it (every byte taken) are accounted for
+ * before the caller decides whether to pause. Also when the program asks
+ * for the buffer size, so it reads what asyncio would read.
+ *
+ * Their records, appended after the batch being dispatched, are consumed
+ * here (token 0: dispatch skips them). The send queue is in Go's order, so
+ * a completion taken here may release a bytes object whose own record is
+ * still ahead in the batch: Go completing a later send means the earlier
+ * ones were sent. A failed send is left for dispatch to report. */
+static int flush_now(Transport *t)
+{
+    LoopCore *lp = t->loop;
+    int from = lp->ncomps;
+    if (loop_apply_now(lp) < 0)
+        return -1;
+    for (int i = from; i < lp->ncomps && t->slen > 0; i++) {
+        gl_comp *c = &lp->comps[i];
+        if (c->token != TOKEN(t) || c->kind != GL_EV_SEND)
+            continue;
+        if (c->res < 0)
+            break;
+        c->token = 0;
+        PyObject *b = t->sendq[t->shead];
+        t->shead = (t->shead + 1) % t->scap;
+        t->slen--;
+        t->wsize -= PyBytes_GET_SIZE(b);
+        Py_DECREF(b);
+    }
+    pin_update(t);
+    return 0;
+}
+
+static int unsubmitted(Transport *t)
+{
+    return t->enq_poll == t->loop->polls && t->enq_fresh > 0;
+}
+
 static int write_one(Transport *t, PyObject *data)
 {
     PyObject *b;
@@ -831,6 +874,8 @@ static int write_one(Transport *t, PyObject *data)
         return -1;
     }
     Py_DECREF(b);
+    if (t->wsize > t->high && !t->write_paused && unsubmitted(t) && flush_now(t) < 0)
+        return -1;
     maybe_pause_protocol(t);
     return PyErr_Occurred() ? -1 : 0;
 }
@@ -1051,6 +1096,8 @@ fail:
 
 static PyObject *tr_get_write_buffer_size(Transport *t, PyObject *unused)
 {
+    if (unsubmitted(t) && !t->aborted && !t->write_paused && flush_now(t) < 0)
+        return NULL;
     return PyLong_FromSsize_t(t->wsize);
 }
 
