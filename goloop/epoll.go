@@ -211,6 +211,12 @@ func (b *epollBackend) apply(s *Sub) {
 		default:
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(e)})
 		}
+	case OpConnectStop:
+		if f.connOn && f.connTok == s.Token {
+			f.connOn = false
+			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
+		}
+		b.forgetIfIdle(f)
 	case OpSend, OpShutdown, OpClose:
 		if s.Op == OpClose && s.Arg&CloseAbort != 0 {
 			b.abort(f)

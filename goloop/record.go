@@ -66,7 +66,8 @@ const (
 	// (EMFILE, ECONNABORTED...) are reported with FlagMore: still armed.
 	OpAcceptStart
 	OpAcceptStop
-	// OpConnect connects Fd to the sockaddr at Ptr/Len: EvConnect, Res 0 or -errno.
+	// OpConnect connects Fd to the sockaddr at Ptr/Len: EvConnect, Res 0 or
+	// -errno, once. Fd stays its owner's; Go uses it until EvConnect.
 	OpConnect
 	// OpPollStart watches Fd for readiness (Arg = PollIn|PollOut), level
 	// triggered like select(): EvPoll with Aux = ready mask, every Poll call
@@ -76,6 +77,11 @@ const (
 	OpPollStop
 	// OpBufReturn gives pool buffer Arg back.
 	OpBufReturn
+	// OpConnectStop gives up the OpConnect with this Token on Fd (its
+	// caller was cancelled): its EvConnect comes at once with -ECANCELED,
+	// unless it had already come. From then on Go does not touch Fd for it,
+	// so its owner may close the fd before the next Poll.
+	OpConnectStop
 	opCount
 )
 

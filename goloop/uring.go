@@ -269,8 +269,7 @@ func (b *uringBackend) handle(c *uringCQE) {
 	case kPoll:
 		b.onPoll(f, c)
 	case kConnect:
-		f.connOn = false
-		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: c.res})
+		b.onConnect(f, c)
 	case kSend:
 		b.onSend(f, c)
 	case kRecvPoll:

@@ -48,8 +48,13 @@ type urFd struct {
 	poll                    armState // unarmed, armed, cancelling (a removal in flight) or queued
 	pollTok                 uint64
 
-	connOn  bool
+	connOn  bool     // C wants a connect: the one in the kernel, or the next
+	conn    armState // the connect in the kernel: unarmed, armed or cancelling
 	connTok uint64
+	// The sockaddr of a connect asked for while a stopped one is still in
+	// the kernel: submitted when that one's CQE is back.
+	connPtr uintptr
+	connLen uint32
 
 	out     outQueue // sends, shutdowns and a graceful close, in order
 	sending bool     // the head of out (and the sends gathered with it) is in the kernel
@@ -119,7 +124,7 @@ func (b *uringBackend) forget(f *urFd) {
 
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
-		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.eofHeld && f.state == fdOpen
+		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.eofHeld && f.state == fdOpen
 }
 
 // settle finishes a close whose cancellations have all come back, and
@@ -238,10 +243,17 @@ func (b *uringBackend) apply(s *Sub) {
 			f.poll = reqCancelling
 		}
 	case OpConnect:
-		f.connOn, f.connTok = true, s.Token
-		c := b.fdSQE(f, iouOpConnect, kConnect)
-		c.addr = uint64(s.Ptr) // the kernel copies the sockaddr at submission
-		c.off = uint64(s.Len)
+		f.connOn, f.connTok, f.connPtr, f.connLen = true, s.Token, s.Ptr, s.Len
+		b.armConnect(f)
+	case OpConnectStop:
+		if f.connOn && f.connTok == s.Token {
+			f.connOn = false
+			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
+			if f.conn == reqArmed {
+				b.cancel(f, kConnect)
+				f.conn = reqCancelling
+			}
+		}
 	case OpSend, OpShutdown:
 		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
 		b.pumpLater(f)
@@ -267,6 +279,31 @@ func (b *uringBackend) unarm(f *urFd, idx uint32) bool {
 	s := b.r.sqeAt(idx)
 	*s = uringSQE{opcode: iouOpNop, fd: -1, userData: b.ud(f, kCancel)}
 	return true
+}
+
+// armConnect starts the connect C wants, unless a stopped one is still in
+// the kernel: its CQE must not be taken for the new one's.
+func (b *uringBackend) armConnect(f *urFd) {
+	if !f.connOn || f.conn != reqNone {
+		return
+	}
+	c := b.fdSQE(f, iouOpConnect, kConnect)
+	c.addr = uint64(f.connPtr) // the kernel copies the sockaddr at submission
+	c.off = uint64(f.connLen)
+	f.conn = reqArmed
+}
+
+func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
+	stopped := f.conn == reqCancelling
+	f.conn = reqNone
+	if stopped {
+		b.armConnect(f) // one asked for since the stop, if any
+		return
+	}
+	if f.connOn {
+		f.connOn = false
+		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: c.res})
+	}
 }
 
 // refuse answers an operation on an fd that is being closed, as the

@@ -93,6 +93,7 @@ struct LoopCore {
     Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
     uint64_t polls;        /* goloop_poll calls made: batches handed to Go */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
+    PyObject *connects;    /* dict token -> (future, sockaddr, address): connects in Go (connect.c) */
     uint64_t next_call;
     char stopping;
     char iterating;        /* inside run_once or the close drain: no re-entry */
@@ -156,6 +157,11 @@ PyObject *lc_go_call_start(LoopCore *lp, PyObject *args);
 PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg);
 PyObject *lc_gai_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 int init_calls(PyObject *m);
+
+/* connect.c */
+PyObject *lc_connect_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_connect_stop(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+int connect_dispatch(LoopCore *lp, gl_comp *c);
 
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);

@@ -508,7 +508,7 @@ static int dispatch(LoopCore *lp)
         if (c.kind == GL_EV_CLOSED)
             lp->closes_in_flight--;   /* Go answers every OpClose with one EvClosed */
         if (tag == TAG_CALL) {
-            if (!lp->draining && call_dispatch(lp, &c) < 0)
+            if (!lp->draining && (c.kind == GL_EV_CONNECT ? connect_dispatch(lp, &c) : call_dispatch(lp, &c)) < 0)
                 return -1;
             continue;
         }
@@ -842,9 +842,10 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     lp->calls = PyDict_New();
+    lp->connects = PyDict_New();
     lp->capcomps = 1024;
     lp->comps = PyMem_Malloc(sizeof(gl_comp) * lp->capcomps);
-    if (lp->calls == NULL || lp->comps == NULL) {
+    if (lp->calls == NULL || lp->connects == NULL || lp->comps == NULL) {
         Py_DECREF(backend);
         Py_DECREF(lp);
         return PyErr_NoMemory();
@@ -872,6 +873,7 @@ static int lc_traverse(LoopCore *lp, visitproc visit, void *arg)
     for (Py_ssize_t i = 0; i < lp->hlen; i++)
         Py_VISIT(lp->heap[i]);
     Py_VISIT(lp->calls);
+    Py_VISIT(lp->connects);
     Py_VISIT(Py_TYPE(lp));
     return 0;
 }
@@ -880,6 +882,7 @@ static int lc_clear_gc(LoopCore *lp)
 {
     clear_queues(lp);
     Py_CLEAR(lp->calls);
+    Py_CLEAR(lp->connects);
     return 0;
 }
 
@@ -893,6 +896,7 @@ static void lc_dealloc(LoopCore *lp)
     /* Never closed: at least give Go's fds and buffers back. */
     go_close(lp);
     Py_CLEAR(lp->calls);
+    Py_CLEAR(lp->connects);  /* sockaddrs Go read: only after go_close */
     PyMem_Free(lp->slots);
     PyMem_Free(lp->ready);
     PyMem_Free(lp->heap);
@@ -934,6 +938,8 @@ static PyMethodDef lc_methods[] = {
     {"_backend_name", (PyCFunction)lc_backend, METH_NOARGS, NULL},
     {"_go_call_start", (PyCFunction)lc_go_call_start, METH_VARARGS, NULL},
     {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
+    {"_connect_start", (PyCFunction)(void (*)(void))lc_connect_start, METH_FASTCALL, NULL},
+    {"_connect_stop", (PyCFunction)(void (*)(void))lc_connect_stop, METH_FASTCALL, NULL},
     {"_gai_start", (PyCFunction)(void (*)(void))lc_gai_start, METH_FASTCALL, NULL},
     {"_close_core", (PyCFunction)lc_close_core, METH_NOARGS, NULL},
     {"_clear_queues", (PyCFunction)lc_clear, METH_NOARGS, NULL},
@@ -952,6 +958,7 @@ static PyGetSetDef lc_getset[] = {
 static PyMemberDef lc_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopCore, weakreflist), READONLY},
     {"_calls", T_OBJECT, offsetof(LoopCore, calls), READONLY},
+    {"_connects", T_OBJECT, offsetof(LoopCore, connects), READONLY},
     {NULL}
 };
 
