@@ -4,9 +4,11 @@ BufferedProtocol, and large transfers arriving intact."""
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import sys
+import time
 
 import pytest
 
@@ -771,4 +773,29 @@ def test_close_then_abort_at_once(loop):
         for _ in range(10):
             await asyncio.sleep(0.001)
         assert [p.count for p in protos] == [1] * len(protos)
+    run(loop, go())
+
+
+# -- debug mode --------------------------------------------------------------------
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop times handles only, not the stream "
+                        "read callbacks that call data_received")
+def test_debug_mode_warns_about_a_slow_data_received(loop, caplog):
+    # asyncio's debug mode logs a callback that holds the loop longer than
+    # slow_callback_duration; data_received runs inside one (_read_ready).
+    class Slow(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            time.sleep(0.12)  # the blocking callback under test, not a wait
+
+    async def go():
+        loop.set_debug(True)
+        loop.slow_callback_duration = 0.05
+        async with peer_connection(loop, lambda: Slow(loop)) as (tr, pr, peer):
+            with caplog.at_level(logging.WARNING, logger="asyncio"):
+                peer.sendall(b"x")
+                await pr.received(1)
+                await asyncio.sleep(0)
+        slow = [r for r in caplog.records if "took" in r.getMessage()]
+        assert slow, [r.getMessage() for r in caplog.records]
     run(loop, go())

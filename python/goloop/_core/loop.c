@@ -520,6 +520,9 @@ static int dispatch(LoopCore *lp)
             continue;
         }
         int r = 0;
+        double t0 = lp->debug ? loop_time() : 0;
+        if (lp->debug)
+            Py_INCREF(obj);   /* named in the slow-callback warning below */
         switch (tag) {
         case TAG_TRANSPORT:
             if (c.kind == GL_EV_RECV && c.res > 0) {
@@ -547,6 +550,20 @@ static int dispatch(LoopCore *lp)
             break;
         default:
             break;
+        }
+        if (lp->debug) {
+            /* asyncio warns about a slow _read_ready handle, in which its
+             * data_received runs; here protocol callbacks run from the
+             * completion itself, so the completion is what is timed. */
+            if (r == 0 && HOOKS.slow_callback != NULL) {
+                PyObject *what = PyUnicode_FromFormat("<I/O completion for %R>", obj);
+                PyObject *res = what ? PyObject_CallFunction(HOOKS.slow_callback, "OOd", lp, what,
+                                                             loop_time() - t0) : NULL;
+                Py_XDECREF(res);
+                Py_XDECREF(what);
+                PyErr_Clear();
+            }
+            Py_DECREF(obj);
         }
         if (r < 0)
             return -1;
