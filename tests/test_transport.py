@@ -398,6 +398,28 @@ def test_streams_drain_does_not_wait_while_the_kernel_takes_everything(loop):
     run(loop, go())
 
 
+def test_write_after_close_while_sends_are_pending_is_sent(loop):
+    # asyncio's close() with bytes still buffered lets write() go on
+    # buffering until they are out (resume_writing may write the last
+    # bytes: the SSL protocol's close_notify). goloop dropped them.
+    class Tail(Recorder):
+        def resume_writing(self):
+            super().resume_writing()
+            self.transport.write(b"tail")
+
+    async def go():
+        async with peer_connection(loop, lambda: Tail(loop)) as (tr, pr, peer):
+            big = os.urandom(8 << 20)
+            tr.write(big)
+            assert pr.pauses == 1  # the kernel cannot take 8 MiB at once
+            tr.close()
+            assert tr.is_closing()
+            got = await in_thread(loop, recv_until_eof, peer)
+            assert got == big + b"tail"
+            assert await pr.lost is None
+    run(loop, go())
+
+
 # -- what a transport is -----------------------------------------------------------
 
 @pytest.mark.xfail_loop("uvloop", reason="uvloop's transports are not subclasses "

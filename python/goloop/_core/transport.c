@@ -41,6 +41,7 @@ typedef struct {
     char pinned;                /* holds a reference to itself (pin_update) */
     char lost_scheduled;        /* _call_connection_lost is on its way */
     char quiet_send_errors;     /* close() found every pending send still unsubmitted */
+    char close_pending;         /* close() came with sends pending: OpClose follows the last */
     uint64_t enq_poll;          /* lp->polls when the last send was queued */
     Py_ssize_t enq_fresh;       /* sends queued since that poll: not yet handed to Go */
     uint64_t token;             /* owner table slot (owners.c) */
@@ -341,6 +342,20 @@ static int send_close(Transport *t, int abort)
     return 0;
 }
 
+/* A close() that found sends pending leaves the transport open for writes
+ * until they are done, as asyncio's does: its write() still buffers after
+ * close() while the buffer drains (resume_writing may write the last
+ * bytes: SSL's close_notify). So the graceful OpClose goes to Go once the
+ * send queue is empty, not at close(). */
+static int maybe_finish_close(Transport *t)
+{
+    if (!t->close_pending || t->slen > 0 || t->close_sent)
+        return 0;
+    t->close_pending = 0;
+    t->conn_lost++;
+    return send_close(t, 0);
+}
+
 /* pause_writing()/resume_writing() failing goes to the exception handler,
  * as asyncio's _FlowControlMixin does. -1 only for SystemExit and
  * KeyboardInterrupt, left set for the caller. */
@@ -593,7 +608,7 @@ static int on_send(Transport *t, gl_comp *c)
              * with Go for a whole iteration and still unanswered at close()
              * are bytes the kernel would not take: asyncio would still hold
              * them too, and reports their failure. */
-            return 0;
+            return maybe_finish_close(t);
         }
         PyObject *exc = oserror(-c->res);
         if (exc == NULL)
@@ -602,7 +617,11 @@ static int on_send(Transport *t, gl_comp *c)
         Py_DECREF(exc);
         return 0;
     }
-    return maybe_resume_protocol(t);
+    /* resume_writing may write more (asyncio: "May append to buffer"):
+     * a pending close waits for that too. */
+    if (maybe_resume_protocol(t) < 0)
+        return -1;
+    return maybe_finish_close(t);
 }
 
 /* connection_lost comes when the transport is done with the connection,
@@ -800,7 +819,7 @@ static int flush_now(Transport *t)
         Py_DECREF(b);
     }
     pin_update(t);
-    return 0;
+    return maybe_finish_close(t);
 }
 
 static int unsubmitted(Transport *t)
@@ -930,14 +949,18 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
     disarm(t);
     Py_CLEAR(t->held);
     if (!t->conn_lost) {
-        t->conn_lost++;
         Py_ssize_t fresh = t->enq_poll == t->loop->polls ? t->enq_fresh : 0;
         t->quiet_send_errors = t->slen == fresh;
-        /* Graceful: Go closes the fd after the sends already queued. */
-        if (send_close(t, 0) < 0)
-            return NULL;
-        if (t->slen == 0 && schedule_lost(t) < 0)
-            return NULL;
+        if (t->slen > 0) {
+            /* Writes are still taken until the queue is empty; then Go
+             * closes the fd (maybe_finish_close) and EvClosed brings
+             * connection_lost. */
+            t->close_pending = 1;
+        } else {
+            t->conn_lost++;
+            if (send_close(t, 0) < 0 || schedule_lost(t) < 0)
+                return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
