@@ -20,6 +20,7 @@ from asyncio import base_events, events, exceptions, selector_events, unix_event
 from asyncio.log import logger
 
 from . import _core, _dns, _hooks
+from ._datagram import DatagramMixin
 from ._streams import StreamsMixin
 
 _core._set_hooks(
@@ -71,7 +72,7 @@ def _check_pollable(fd):
         ep.close()
 
 
-class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
+class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
     """A drop-in asyncio event loop whose I/O core is goloop's Go library."""
 
     def __init__(self, *, backend=None):
