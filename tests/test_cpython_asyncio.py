@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import loops  # noqa: E402
 
 try:
+    from test.test_asyncio import test_base_events
     from test.test_asyncio import test_buffered_proto
     from test.test_asyncio import test_events
     from test.test_asyncio import test_server
@@ -125,6 +126,48 @@ UVLOOP_HANGS = {
 }
 
 
+# test_base_events.BaseEventLoopWithSelectorTests runs on asyncio's selector loop
+# alone; these of its datagram tests use only the public API (or patch a public
+# loop method on the instance), so they also run on any loop. The others patch the
+# socket module under asyncio's feet or read transport._sock.
+BASE_EVENTS_DATAGRAM = (
+    "test_create_datagram_endpoint_wrong_sock",
+    "test_create_datagram_endpoint_addr_error",
+    "test_create_datagram_endpoint_connect_err",
+    "test_create_datagram_endpoint_allow_broadcast",
+    "test_create_datagram_endpoint_no_matching_family",
+    "test_create_datagram_endpoint_noaddr_nofamily",
+    "test_create_datagram_endpoint_sock",
+    "test_create_datagram_endpoint_existing_sock_unix",
+    "test_create_datagram_endpoint_sock_sockopts",
+    "test_create_datagram_endpoint_sockopts",
+)
+UVLOOP_BASE_EVENTS_FAILURES = {
+    "test_create_datagram_endpoint_connect_err":
+        "uvloop's create_datagram_endpoint does not connect through loop.sock_connect",
+    "test_create_datagram_endpoint_no_matching_family":
+        "uvloop raises OSError (could not bind to remote_addr), not ValueError",
+    "test_create_datagram_endpoint_existing_sock_unix":
+        "uvloop 0.17 takes no str address for a Unix datagram endpoint",
+}
+
+
+def _base_events_datagram(factory, uvloop):
+    def setUp(self):
+        test_utils.TestCase.setUp(self)
+        self.loop = factory()
+        self.set_event_loop(self.loop)
+
+    ns = {"setUp": setUp, "close_loop": staticmethod(_close_loop)}
+    cls = test_base_events.BaseEventLoopWithSelectorTests
+    for test_name in BASE_EVENTS_DATAGRAM:
+        test = getattr(cls, test_name)
+        if uvloop and test_name in UVLOOP_BASE_EVENTS_FAILURES:
+            test = _expect_failure(test)
+        ns[test_name] = test
+    return ns
+
+
 def _make_classes(name):
     prefix = name.capitalize()
     skip_all = loops.unavailable(name)
@@ -174,6 +217,9 @@ def _make_classes(name):
             f"Test{prefix}BufferedProtocol",
             (test_buffered_proto.BaseTestBufferedProtocol, unittest.TestCase),
             body(test_buffered_proto.BaseTestBufferedProtocol, {"new_loop": new_loop})),
+        f"Test{prefix}BaseEventsDatagram": type(
+            f"Test{prefix}BaseEventsDatagram", (test_utils.TestCase,),
+            _base_events_datagram(factory, name == "uvloop")),
     }
     if skip_all:
         classes = {k: unittest.skip(skip_all)(v) for k, v in classes.items()}
