@@ -64,6 +64,9 @@ type urFd struct {
 	state    closeState
 	aborting bool // the close under way is an abort: the send in flight ends the queue
 	closeTok uint64
+
+	dgram   bool        // the receive is a datagram receive (dgram_uring.go)
+	sendMsg *urSendMsg // the msghdr of the datagram send in flight
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
@@ -153,6 +156,10 @@ func (b *uringBackend) cancel(f *urFd, kind uint8) {
 func (b *uringBackend) apply(s *Sub) {
 	switch s.Op {
 	case OpBufReturn:
+		if s.Arg&DgramBufBit != 0 {
+			b.dgramBufReturn(s.Arg)
+			return
+		}
 		if b.pbuf.give(s.Arg) && len(b.starved) > 0 {
 			st := b.starved
 			b.starved = nil
@@ -242,7 +249,9 @@ func (b *uringBackend) apply(s *Sub) {
 		c := b.fdSQE(f, iouOpConnect, kConnect)
 		c.addr = uint64(s.Ptr) // the kernel copies the sockaddr at submission
 		c.off = uint64(s.Len)
-	case OpSend, OpShutdown:
+	case OpDgramRecvStart:
+		b.dgramRecvStart(f, s)
+	case OpSend, OpSendTo, OpShutdown:
 		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
 		b.pumpLater(f)
 	case OpClose:
@@ -274,13 +283,18 @@ func (b *uringBackend) unarm(f *urFd, idx uint32) bool {
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect,
-		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll}[s.Op]
+		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
+		OpSendTo: EvSend, OpDgramRecvStart: EvDgram}[s.Op]
 	if kind != EvNone {
 		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
 	}
 }
 
 func (b *uringBackend) armRecv(f *urFd) {
+	if f.dgram {
+		b.armRecvMsg(f)
+		return
+	}
 	if !f.recvOn || f.recv != reqNone || f.closing() {
 		return
 	}
@@ -524,6 +538,9 @@ func (b *uringBackend) pump(f *urFd) {
 				return
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+		case OpSendTo:
+			b.submitSendTo(f, q)
+			return
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
@@ -540,6 +557,10 @@ func (b *uringBackend) pump(f *urFd) {
 const maxGather = 64
 
 func (b *uringBackend) submitSend(f *urFd, q *queued) {
+	if q.op == OpSendTo {
+		b.submitSendTo(f, q) // a retry after EINTR or POLLOUT
+		return
+	}
 	if f.notSock {
 		s := b.fdSQE(f, iouOpWrite, kSend)
 		s.addr = uint64(q.ptr + uintptr(q.off))
@@ -593,6 +614,10 @@ func (b *uringBackend) sent(f *urFd, n int) {
 }
 
 func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
+	if len(f.out) > 0 && f.out[0].op == OpSendTo {
+		b.onSendTo(f, c)
+		return
+	}
 	f.sending = false
 	if f.eofHeld && (c.res == -int32(unix.EPIPE) || c.res == -int32(unix.ECONNRESET)) && !f.closing() {
 		f.eofHeld = false

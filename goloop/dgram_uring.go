@@ -1,0 +1,227 @@
+package goloop
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The io_uring backend's datagrams: a multishot recvmsg that takes buffers
+// from the datagram pool's own provided-buffer ring (group dgramGroup), and
+// one sendmsg in flight per fd, in the order of the fd's output queue.
+
+type urDgram struct {
+	pool    *bufPool
+	pbuf    *pbufRing
+	starved []*urFd // receives ended by an empty ring, re-armed when buffers come back
+	// recvHdr is the multishot recvmsg's template: room for the source
+	// address, no control data. The kernel reads it when the request starts.
+	recvHdr unix.Msghdr
+}
+
+// urSendMsg is the msghdr of an fd's datagram send in flight; it lives as
+// long as the fd's state, so the kernel may read it until the send's CQE.
+// Its pointers are C memory (the gl_sendto block, the bytes it names), kept
+// as plain numbers: they are not Go's to follow.
+type urSendMsg struct {
+	hdr rawMsghdr
+	iov [2]uint64 // struct iovec: base, length
+}
+
+// rawMsghdr is struct msghdr on 64-bit Linux.
+type rawMsghdr struct {
+	name       uint64
+	namelen    uint32
+	_          uint32
+	iov        uint64
+	iovlen     uint64
+	control    uint64
+	controllen uint64
+	flags      int32
+	_          int32
+}
+
+// recvmsgOut is struct io_uring_recvmsg_out, at the start of each buffer a
+// multishot recvmsg fills.
+type recvmsgOut struct {
+	namelen, controllen, payloadlen, flags uint32
+}
+
+func (b *uringBackend) dgramInit() error {
+	if b.dg != nil {
+		return nil
+	}
+	pool, err := newBufPool(dgramBufSize, dgramBufCount)
+	if err != nil {
+		return err
+	}
+	pbuf, err := newPbufRingGroup(b.r.fd, pool, dgramGroup)
+	if err != nil {
+		pool.close()
+		return err
+	}
+	b.dg = &urDgram{pool: pool, pbuf: pbuf}
+	b.dg.recvHdr.Namelen = DgramNameCap
+	return nil
+}
+
+func (b *uringBackend) dgramRecvStart(f *urFd, s *Sub) {
+	if err := b.dgramInit(); err != nil {
+		b.complete(Comp{Token: s.Token, Kind: EvDgram, Res: -int32(unix.ENOMEM)})
+		return
+	}
+	f.dgram = true
+	f.recvTok, f.recvOn = s.Token, true
+	b.armRecvMsg(f)
+}
+
+func (b *uringBackend) armRecvMsg(f *urFd) {
+	if !f.recvOn || f.recv != reqNone || f.closing() || b.dg == nil {
+		return
+	}
+	if b.dg.pbuf.inRing == 0 {
+		// A recvmsg armed now would end at once with ENOBUFS.
+		f.recv = reqStarved
+		b.dg.starved = append(b.dg.starved, f)
+		return
+	}
+	f.recvIdx = b.r.sqLocal
+	s := b.fdSQE(f, iouOpRecvmsg, kRecvMsg)
+	s.addr = uint64(uintptr(unsafe.Pointer(&b.dg.recvHdr)))
+	s.len = 1
+	s.ioprio = iouRecvMultishot
+	s.flags = iosqeBufferSelect
+	s.bufIndex = dgramGroup
+	f.recvKind = kRecvMsg
+	f.recv = reqArmed
+}
+
+func (b *uringBackend) onRecvMsg(f *urFd, c *uringCQE) {
+	if c.flags&cqeFMore == 0 {
+		f.recv = reqNone
+	}
+	switch {
+	case c.flags&cqeFBuffer != 0:
+		bid := uint16(c.flags >> 16)
+		if f.closing() || !f.recvOn || c.res < dgramHead {
+			// Nobody will read it (closing, stopped), or it holds no datagram.
+			b.dg.pbuf.recycle(bid)
+			break
+		}
+		b.dg.pbuf.taken(bid)
+		out := (*recvmsgOut)(unsafe.Pointer(&b.dg.pool.buf(uint32(bid))[0]))
+		n, namelen := out.payloadlen, out.namelen
+		if n > DgramMax {
+			n = DgramMax
+		}
+		if namelen > DgramNameCap {
+			namelen = DgramNameCap
+		}
+		b.complete(Comp{Token: f.recvTok, Kind: EvDgram, Res: int32(n),
+			Ptr: b.dg.pool.addr(uint32(bid)) + dgramHead, Buf: uint32(bid) | DgramBufBit,
+			Aux: namelen, Flags: FlagMore})
+	case f.closing() || !f.recvOn:
+	case c.res >= 0, c.res == -int32(unix.ENOBUFS), c.res == -int32(unix.ECANCELED),
+		c.res == -int32(unix.EINTR), c.res == -int32(unix.EAGAIN):
+		// Ours: the re-arm below (or starving until buffers come back).
+	case dgramFatal(unix.Errno(-c.res)):
+		f.recvOn = false
+		b.complete(Comp{Token: f.recvTok, Kind: EvDgram, Res: c.res})
+	default:
+		// An error for this socket (ECONNREFUSED from an ICMP message): the
+		// multishot request ends with it; report it and receive on.
+		b.complete(Comp{Token: f.recvTok, Kind: EvDgram, Res: c.res, Flags: FlagMore})
+	}
+	if f.recv == reqNone {
+		b.armRecvMsg(f)
+	}
+}
+
+func (b *uringBackend) dgramBufReturn(id uint32) {
+	if b.dg == nil || !b.dg.pbuf.give(id&^DgramBufBit) || len(b.dg.starved) == 0 {
+		return
+	}
+	st := b.dg.starved
+	b.dg.starved = nil
+	for _, f := range st {
+		if f.recv == reqStarved {
+			f.recv = reqNone
+		}
+		if b.slots[f.slot] == f {
+			b.armRecvMsg(f)
+		}
+	}
+}
+
+// dgramOrphan gives back the buffer of a datagram nobody waits for.
+func (b *uringBackend) dgramOrphan(c *uringCQE) {
+	if c.flags&cqeFBuffer != 0 && b.dg != nil {
+		b.dg.pbuf.recycle(uint16(c.flags >> 16))
+	}
+}
+
+func (b *uringBackend) submitSendTo(f *urFd, q *queued) {
+	blk := sendtoAt(q.ptr)
+	m := f.sendMsg
+	if m == nil {
+		m = new(urSendMsg)
+		f.sendMsg = m
+	}
+	name, namelen := blk.sendtoName()
+	m.iov = [2]uint64{uint64(blk.data), uint64(q.n)}
+	m.hdr = rawMsghdr{name: uint64(name), namelen: namelen,
+		iov: uint64(uintptr(unsafe.Pointer(&m.iov))), iovlen: 1}
+	s := b.fdSQE(f, iouOpSendmsg, kSend)
+	s.addr = uint64(uintptr(unsafe.Pointer(&m.hdr)))
+	s.len = 1
+	// MSG_DONTWAIT: a full socket answers EAGAIN and the datagram goes out
+	// again as a new request once the socket is writable (onSendTo),
+	// rather than by the kernel's own retry. On a Unix datagram socket whose
+	// peer is full, that retry was seen to send an empty datagram first (the
+	// failed attempt had consumed the request's iovec; kernel 6.18).
+	s.opFlags = unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT
+	f.sending = true
+}
+
+// onSendTo completes the datagram at the head of f's queue. A datagram
+// leaves whole or not at all: one EvSend, with its length or its own error,
+// and the queue goes on; a full socket (EAGAIN) waits for POLLOUT, after
+// which onSendPoll sends it again.
+func (b *uringBackend) onSendTo(f *urFd, c *uringCQE) {
+	f.sending = false
+	q := &f.out[0]
+	switch res := c.res; {
+	case f.aborting:
+		r := -int32(unix.ECANCELED)
+		if res >= 0 {
+			r = int32(q.n) // it left before the abort reached it
+		}
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: r})
+		f.out.pop()
+		f.out.cancel(b.complete)
+		return
+	case res == -int32(unix.EAGAIN):
+		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
+		p.opFlags = PollOut
+		f.sending = true
+		return
+	case res == -int32(unix.EINTR):
+		b.submitSendTo(f, q)
+		return
+	case res >= 0:
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+	default:
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+	}
+	f.out.pop()
+	b.pump(f)
+}
+
+func (b *uringBackend) dgramRelease() {
+	if b.dg == nil {
+		return
+	}
+	b.dg.pbuf.close()
+	b.dg.pool.close()
+	b.dg = nil
+}
