@@ -103,8 +103,10 @@ func (b *uringBackend) onRecvMsg(f *urFd, c *uringCQE) {
 	switch {
 	case c.flags&cqeFBuffer != 0:
 		bid := uint16(c.flags >> 16)
-		if f.closing() || !f.recvOn || c.res < dgramHead {
-			// Nobody will read it (closing, stopped), or it holds no datagram.
+		if f.closing() || c.res < dgramHead {
+			// Nobody will read it (the fd is closing), or it holds no
+			// datagram. One received after OpRecvStop still goes to C,
+			// which holds it: the kernel had it, as the socket would.
 			b.dg.pbuf.recycle(bid)
 			break
 		}

@@ -86,7 +86,8 @@ const (
 	// A receive error (an ICMP error reported on a connected socket:
 	// ECONNREFUSED...) is EvDgram with Res < 0 and FlagMore: still armed;
 	// without FlagMore (EBADF, ENOTSOCK...) receiving is over. OpRecvStop
-	// disarms; datagrams already received for it then are dropped.
+	// disarms; as with OpRecvStart, datagrams already in flight may still
+	// be delivered after it, and C holds them.
 	OpDgramRecvStart
 	// OpSendTo sends one datagram, ordered with the other sends on Fd, to
 	// the address in the gl_sendto block at Ptr (Arg = the address length,
