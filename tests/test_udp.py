@@ -14,7 +14,22 @@ import zlib
 
 import pytest
 
+import loops
 from bounded import run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def go_resolver_warm():
+    """One name lookup through goloop's Go resolver before the first fd snapshot:
+    create_datagram_endpoint resolves its addresses with loop.getaddrinfo, and the
+    Go runtime opens its own netpoller (an epoll fd and an eventfd) the first time
+    Go code uses the network, once per process (as in test_bad_input.py)."""
+    if "goloop" in loops.SELECTED and loops.unavailable("goloop") is None:
+        lp = loops.factory("goloop")()
+        try:
+            lp.run_until_complete(asyncio.wait_for(lp.getaddrinfo("localhost", 80), 10))
+        finally:
+            lp.close()
 
 
 def _has_ipv6():
@@ -229,6 +244,100 @@ def test_reuse_port_and_broadcast(loop):
                             asyncio.ensure_future(p2.datagrams(1))],
                            return_when=asyncio.FIRST_COMPLETED)
         await _close((t1, p1), (t2, p2), (t3, p3))
+    run(loop, go())
+
+
+def test_empty_datagram_received(loop):
+    # A zero-length datagram is a datagram (not an end of anything).
+    async def go():
+        tr, pr = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        addr = tr.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.sendto(b"", addr)
+            s.sendto(b"after", addr)
+            got = await pr.datagrams(2)
+            assert got == [(b"", s.getsockname()), (b"after", s.getsockname())]
+        await _close((tr, pr))
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop's sendto() takes only resolved addresses "
+                        "(ValueError for a host name)")
+def test_sendto_host_name(loop):
+    # A name is resolved as socket.sendto resolves it.
+    async def go():
+        st, sp = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        port = st.get_extra_info("sockname")[1]
+        ct, cp = await loop.create_datagram_endpoint(lambda: Dgram(loop), family=socket.AF_INET)
+        ct.sendto(b"by name", ("localhost", port))
+        (d, _), = await sp.datagrams(1)
+        assert d == b"by name"
+        await _close((ct, cp), (st, sp))
+    run(loop, go())
+
+
+@UVLOOP_UNIX
+def test_unix_sender_addresses(loop):
+    # What recvfrom gives: None for an unnamed sender, bytes for an abstract name.
+    async def go():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _unix_path(tmp)
+            tr, pr = await loop.create_datagram_endpoint(
+                lambda: Dgram(loop, echo=False), local_addr=path, family=socket.AF_UNIX)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unnamed, \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as abstract:
+                abstract.bind(b"\0goloop-test-%d" % os.getpid())
+                unnamed.sendto(b"a", path)
+                abstract.sendto(b"b", path)
+                got = await pr.datagrams(2)
+                assert got == [(b"a", None), (b"b", abstract.getsockname())]
+                tr.sendto(b"back", abstract.getsockname())
+                abstract.settimeout(5)
+                assert await loop.run_in_executor(None, abstract.recv, 10) == b"back"
+            await _close((tr, pr))
+    run(loop, go())
+
+
+def test_datagram_received_raises(loop):
+    # An exception from the protocol goes to the exception handler, and the
+    # endpoint keeps receiving.
+    async def go():
+        seen = []
+        loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+
+        class Raising(Dgram):
+            def datagram_received(self, data, addr):
+                super().datagram_received(data, addr)
+                if data == b"boom":
+                    raise ZeroDivisionError
+
+        tr, pr = await loop.create_datagram_endpoint(lambda: Raising(loop), local_addr=("127.0.0.1", 0))
+        addr = tr.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"boom", addr)
+            await pr.datagrams(1)
+            s.sendto(b"fine", addr)
+            got = await pr.datagrams(2)
+        assert [d for d, _ in got] == [b"boom", b"fine"]
+        assert len(seen) == 1 and isinstance(seen[0]["exception"], ZeroDivisionError)
+        assert not tr.is_closing()
+        await _close((tr, pr))
+    run(loop, go())
+
+
+def test_set_protocol(loop):
+    async def go():
+        tr, first = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        second = Dgram(loop)
+        tr.set_protocol(second)
+        assert tr.get_protocol() is second
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x", tr.get_extra_info("sockname"))
+            await second.datagrams(1)
+        assert not first.received
+        tr.close()
+        await second.lost
     run(loop, go())
 
 

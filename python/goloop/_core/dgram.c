@@ -34,7 +34,6 @@ typedef struct {
     PyObject *sock;             /* the Python socket: detached when Go closes the fd */
     PyObject *address;          /* the peer create_datagram_endpoint connected to, or NULL */
     PyObject *lost_exc;
-    PyObject *held;             /* list of (data, addr) received while reading was paused */
     PyObject *high_obj, *low_obj;
     dsend *sendq;               /* datagrams Go is sending, oldest first */
     Py_ssize_t shead, slen, scap;
@@ -44,7 +43,6 @@ typedef struct {
     int conn_lost;
     char connected;             /* extra['peername'] is set: sends name no address */
     char closing;
-    char paused;                /* pause_reading() */
     char armed;                 /* Go is receiving for us */
     char write_paused;
     char close_sent;            /* OpClose submitted: no more ops for this fd */
@@ -60,7 +58,8 @@ typedef struct {
 
 /* A transport keeps itself alive while Go has work that ends in a callback
  * or reads its memory: receiving, datagrams in flight, a close under way. An
- * open endpoint is always receiving unless paused, so, as with asyncio's
+ * open endpoint is always receiving (asyncio's datagram transports cannot
+ * pause reading), so, as with asyncio's
  * selector (whose reader holds the transport), a dropped open endpoint
  * lives until it is closed or its loop is. */
 static void pin_update(Dgram *t)
@@ -149,7 +148,6 @@ static int dg_traverse(Dgram *t, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->address);
     Py_VISIT(t->lost_exc);
-    Py_VISIT(t->held);
     Py_VISIT(t->high_obj);
     Py_VISIT(t->low_obj);
     Py_VISIT(Py_TYPE(t));
@@ -163,15 +161,15 @@ static int dg_clear(Dgram *t)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->address);
     Py_CLEAR(t->lost_exc);
-    Py_CLEAR(t->held);
     Py_CLEAR(t->high_obj);
     Py_CLEAR(t->low_obj);
     return 0;
 }
 
 /* Collected before connection_lost: warn as asyncio does. If Go still owns
- * the fd with nothing in flight (a paused endpoint the program dropped), it
- * closes it; in a forked child the socket object closes its own copy. */
+ * the fd with nothing in flight (an endpoint whose receive failed, dropped by
+ * the program), Go closes it; in a forked child the socket object closes its
+ * own copy. */
 static void dg_finalize(Dgram *t)
 {
     if (t->lost_done || t->loop == NULL)
@@ -548,13 +546,6 @@ static int error_received(Dgram *t, PyObject *exc)
     return 0;
 }
 
-static int hold(Dgram *t, PyObject *item)
-{
-    if (t->held == NULL && (t->held = PyList_New(0)) == NULL)
-        return -1;
-    return PyList_Append(t->held, item);
-}
-
 static int on_dgram(Dgram *t, gl_comp *c)
 {
     if (c->res >= 0) {
@@ -564,16 +555,10 @@ static int on_dgram(Dgram *t, gl_comp *c)
             /* Copy both out before the buffer goes back in the next batch. */
             PyObject *data = PyBytes_FromStringAndSize((const char *)p, c->res);
             PyObject *addr = data ? from_sockaddr(t, p - GL_DGRAM_NAME_CAP, c->aux) : NULL;
-            if (addr == NULL) {
+            if (addr == NULL)
                 r = fatal_from_current(t, "Fatal read error on datagram transport");
-            } else if (t->paused || (t->held != NULL && PyList_GET_SIZE(t->held) > 0)) {
-                PyObject *item = PyTuple_Pack(2, data, addr);
-                if (item == NULL || hold(t, item) < 0)
-                    r = fatal_from_current(t, "Fatal error: out of memory");
-                Py_XDECREF(item);
-            } else {
+            else
                 r = deliver(t, data, addr);
-            }
             Py_XDECREF(data);
             Py_XDECREF(addr);
         }
@@ -584,7 +569,7 @@ static int on_dgram(Dgram *t, gl_comp *c)
         t->armed = 0;
         pin_update(t);
     }
-    if (t->closing || t->conn_lost || t->paused)
+    if (t->closing || t->conn_lost)
         return 0;
     PyObject *exc = oserror(-c->res);
     if (exc == NULL)
@@ -596,23 +581,6 @@ static int on_dgram(Dgram *t, gl_comp *c)
         fatal_error(t, exc, "Fatal read error on datagram transport");
     Py_DECREF(exc);
     return r;
-}
-
-static PyObject *dg_deliver_held(Dgram *t, PyObject *unused)
-{
-    while (t->held != NULL && PyList_GET_SIZE(t->held) > 0 && !t->paused && !t->closing) {
-        PyObject *item = PyList_GET_ITEM(t->held, 0);
-        Py_INCREF(item);
-        if (PySequence_DelItem(t->held, 0) < 0) {
-            Py_DECREF(item);
-            return NULL;
-        }
-        int r = deliver(t, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1));
-        Py_DECREF(item);
-        if (r < 0)
-            return NULL;
-    }
-    Py_RETURN_NONE;
 }
 
 /* ---- sending ---- */
@@ -709,7 +677,7 @@ void dgram_loop_closing(LoopCore *lp, PyObject *obj)
 
 static PyObject *dg_start_reading(Dgram *t, PyObject *unused)
 {
-    if (!t->paused && !t->closing)
+    if (!t->closing)
         arm(t);
     Py_RETURN_NONE;
 }
@@ -850,7 +818,6 @@ static PyObject *dg_close(Dgram *t, PyObject *unused)
         Py_RETURN_NONE;
     t->closing = 1;
     disarm(t);
-    Py_CLEAR(t->held);
     if (!t->conn_lost) {
         t->conn_lost++;
         /* Graceful: Go closes the fd after the datagrams already queued. */
@@ -871,7 +838,6 @@ static PyObject *dg_force_close(Dgram *t, PyObject *exc)
         t->lost_exc = exc;
     }
     t->closing = 1;
-    Py_CLEAR(t->held);
     t->conn_lost++;
     t->aborted = 1;
     if (send_close(t, 1) < 0 || schedule_lost(t) < 0)
@@ -906,31 +872,6 @@ static PyObject *dg_call_connection_lost(Dgram *t, PyObject *exc)
 static PyObject *dg_is_closing(Dgram *t, PyObject *unused)
 {
     return PyBool_FromLong(t->closing);
-}
-
-static PyObject *dg_pause_reading(Dgram *t, PyObject *unused)
-{
-    if (t->closing || t->paused)
-        Py_RETURN_NONE;
-    t->paused = 1;
-    disarm(t);
-    Py_RETURN_NONE;
-}
-
-static PyObject *dg_resume_reading(Dgram *t, PyObject *unused)
-{
-    if (t->closing || !t->paused)
-        Py_RETURN_NONE;
-    t->paused = 0;
-    if (t->held != NULL && PyList_GET_SIZE(t->held) > 0 && schedule_method(t, "_deliver_held", NULL) < 0)
-        return NULL;
-    arm(t);
-    Py_RETURN_NONE;
-}
-
-static PyObject *dg_is_reading(Dgram *t, PyObject *unused)
-{
-    return PyBool_FromLong(!t->paused && !t->closing);
 }
 
 static int limit_value(PyObject *v, Py_ssize_t *out)
@@ -1018,7 +959,7 @@ static PyObject *dg_repr(Dgram *t)
 {
     const char *state = t->go_open ? (t->closing ? " closing" : "") : " closed";
     return PyUnicode_FromFormat("<goloop.DatagramTransport fd=%d%s read=%s bufsize=%zd>", t->fd, state,
-                                t->paused ? "paused" : (t->armed ? "polling" : "idle"), t->wsize);
+                                t->armed ? "polling" : "idle", t->wsize);
 }
 
 static PyObject *get_fd(Dgram *t, void *c) { return PyLong_FromLong(t->go_open ? t->fd : -1); }
@@ -1041,16 +982,12 @@ static PyMethodDef dg_methods[] = {
     {"close", (PyCFunction)dg_close, METH_NOARGS, NULL},
     {"abort", (PyCFunction)dg_abort, METH_NOARGS, NULL},
     {"is_closing", (PyCFunction)dg_is_closing, METH_NOARGS, NULL},
-    {"pause_reading", (PyCFunction)dg_pause_reading, METH_NOARGS, NULL},
-    {"resume_reading", (PyCFunction)dg_resume_reading, METH_NOARGS, NULL},
-    {"is_reading", (PyCFunction)dg_is_reading, METH_NOARGS, NULL},
     {"set_write_buffer_limits", (PyCFunction)(void (*)(void))dg_set_write_buffer_limits, METH_VARARGS | METH_KEYWORDS, NULL},
     {"get_write_buffer_size", (PyCFunction)dg_get_write_buffer_size, METH_NOARGS, NULL},
     {"get_write_buffer_limits", (PyCFunction)dg_get_write_buffer_limits, METH_NOARGS, NULL},
     {"get_protocol", (PyCFunction)dg_get_protocol, METH_NOARGS, NULL},
     {"set_protocol", (PyCFunction)dg_set_protocol, METH_O, NULL},
     {"_start_reading", (PyCFunction)dg_start_reading, METH_NOARGS, NULL},
-    {"_deliver_held", (PyCFunction)dg_deliver_held, METH_NOARGS, NULL},
     {"_force_close", (PyCFunction)dg_force_close, METH_O, NULL},
     {"_call_connection_lost", (PyCFunction)dg_call_connection_lost, METH_O, NULL},
     {NULL}
