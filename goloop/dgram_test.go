@@ -3,6 +3,8 @@ package goloop
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -307,5 +309,67 @@ func TestDgramAbortAndReuse(t *testing.T) {
 		subs = append(returns(got), Sub{Op: OpDgramRecvStart, Fd: int32(fds2[0]), Token: 2})
 		got = collect(t, b, subs, func(cs []Comp) bool { return len(dgrams(cs, 2)) >= dgramBufCount })
 		collect(t, b, append(returns(got), Sub{Op: OpClose, Fd: int32(fds2[0]), Token: 2}), hasKind(EvClosed, 2))
+	})
+}
+
+// Datagrams that wait for a full Unix datagram peer go out whole, once each,
+// in order, when it reads: no empty datagram, nothing twice.
+func TestDgramSendBlockedInOrder(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		// A peer that is not connected back takes net.unix.max_dgram_qlen
+		// datagrams, then its sender waits (a socketpair's is bounded by bytes).
+		peer, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(peer)
+		name := &unix.SockaddrUnix{Name: fmt.Sprintf("@goloop-dgram-test-%d-%d", os.Getpid(), time.Now().UnixNano())}
+		if err := unix.Bind(peer, name); err != nil {
+			t.Fatal(err)
+		}
+		afd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Connect(afd, name); err != nil {
+			t.Fatal(err)
+		}
+		a := int32(afd)
+		const total = 60 // several times the peer's queue
+		var subs []Sub
+		var msgs [][]byte
+		for i := 0; i < total; i++ {
+			m := bytes.Repeat([]byte{byte(i)}, 100+i)
+			msgs = append(msgs, m)
+			s, _ := sendtoSub(a, 1, m, 0)
+			subs = append(subs, s)
+		}
+		got := pollFor(t, b, subs, 50*time.Millisecond)
+		if n := countKind(got, EvSend, 1); n >= total {
+			t.Fatalf("all %d sends done with the peer not reading: %+v", n, got[len(got)-3:])
+		}
+		recvd := make(chan [][]byte, 1)
+		go func() {
+			var out [][]byte
+			buf := make([]byte, 1000)
+			unix.SetNonblock(peer, false)
+			for len(out) < total {
+				n, err := unix.Read(peer, buf)
+				if err != nil {
+					break
+				}
+				out = append(out, append([]byte{}, buf[:n]...))
+			}
+			recvd <- out
+		}()
+		collect(t, b, nil, func(cs []Comp) bool { return countKind(got, EvSend, 1)+countKind(cs, EvSend, 1) == total })
+		runtime.KeepAlive(msgs)
+		out := <-recvd
+		for i, m := range out {
+			if !bytes.Equal(m, msgs[i]) {
+				t.Fatalf("datagram %d: %d bytes, want %d", i, len(m), len(msgs[i]))
+			}
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 1}}, hasKind(EvClosed, 1))
 	})
 }
