@@ -666,6 +666,43 @@ def test_unclosed_transport_warns_and_closes_fd(loop):
     assert ref() is None
 
 
+@UVLOOP_UNIX
+@pytest.mark.xfail_loop("uvloop", reason="uvloop's UDPTransport gives no ResourceWarning "
+                        "when collected open")
+def test_loop_close_with_queued_datagrams(loop):
+    # A loop closed under an endpoint whose datagrams wait for a full peer: the
+    # close neither hangs nor leaks the fd (the fixture checks), and the endpoint,
+    # never closed by the program, warns when collected.
+    async def go(tmp):
+        peer, path = _unix_pair_with_plain_peer(tmp)
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Dgram(loop), remote_addr=path, family=socket.AF_UNIX)
+        for i in range(200):
+            tr.sendto(_datagram(i))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert tr.get_write_buffer_size() > 0
+        return peer, weakref.ref(tr)
+    with tempfile.TemporaryDirectory() as tmp:
+        peer, ref = run(loop, go(tmp))
+        with peer:
+            loop.close()
+            with pytest.warns(ResourceWarning, match="unclosed"):
+                gc.collect()
+            assert ref() is None
+
+
+def test_transport_socket_is_taken(loop):
+    # The endpoint's socket is the transport's: the sock_* coroutines refuse it,
+    # as asyncio's do.
+    async def go():
+        tr, pr = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        with pytest.raises(RuntimeError, match="used by transport"):
+            loop.add_reader(tr.get_extra_info("socket").fileno(), lambda: None)
+        await _close((tr, pr))
+    run(loop, go())
+
+
 # -- sock_* coroutines ----------------------------------------------------------------------
 
 @pytest.mark.xfail_loop("uvloop", reason="uvloop 0.17 has no sock_recvfrom/sock_sendto "
