@@ -514,6 +514,25 @@ def test_large_datagram(loop, family, size):
     run(loop, go())
 
 
+@UVLOOP_UNIX
+def test_datagram_longer_than_max_size_is_cut(loop):
+    # asyncio receives with recvfrom(256 KiB): a longer Unix datagram is cut there.
+    async def go():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _unix_path(tmp)
+            tr, pr = await loop.create_datagram_endpoint(
+                lambda: Dgram(loop), local_addr=path, family=socket.AF_UNIX)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+                payload = os.urandom(300000)
+                s.sendto(payload, path)
+                s.sendto(b"next", path)
+                got = await pr.datagrams(2)
+            assert [d for d, _ in got] == [payload[:256 * 1024], b"next"]
+            await _close((tr, pr))
+    run(loop, go())
+
+
 def _unix_pair_with_plain_peer(tmp):
     path = _unix_path(tmp)
     peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
