@@ -744,3 +744,47 @@ def test_sock_recvfrom_into_and_sendto(loop):
             n, frm = await recv
             assert (n, bytes(buf[:n]), frm) == (4, b"abcd", a.getsockname())
     run(loop, go())
+
+
+# -- fork (goloop only: a Go runtime does not survive fork) --------------------------
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_fork_child_closing_endpoint_leaves_parent_intact(goloop, backend):
+    # A child forked after the first loop that closes its inherited endpoint and
+    # loop must not reach Go (its submissions would land in the parent's ring); the
+    # parent's endpoint goes on echoing and closes cleanly.
+    from test_fork import _run_script
+    res = _run_script("""
+        import goloop, socket
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, tr): self.tr = tr
+            def datagram_received(self, data, addr): self.tr.sendto(data, addr)
+        loop = goloop.new_event_loop()
+        tr, _ = loop.run_until_complete(loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0)))
+        addr = tr.get_extra_info("sockname")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                repr(tr)
+                tr.sendto(b"from child", addr)
+                tr.close()
+                loop.close()
+            except BaseException as e:
+                print("child:", repr(e))
+            child_exit(0)
+        code = wait_child(pid)
+        async def check():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(addr)
+                s.setblocking(False)
+                s.send(b"ping")
+                return await loop.sock_recv(s, 100)
+        print("parent:", loop.run_until_complete(asyncio.wait_for(check(), 10)))
+        tr.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        print("parent closed")
+        sys.exit(code)
+    """, GOLOOP_BACKEND=backend)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "parent: b'ping'" in res.stdout and "parent closed" in res.stdout, res.stdout + res.stderr
