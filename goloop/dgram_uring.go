@@ -8,7 +8,7 @@ import (
 
 // The io_uring backend's datagrams: a multishot recvmsg that takes buffers
 // from the datagram pool's own provided-buffer ring (group dgramGroup), and
-// one sendmsg in flight per fd, in the order of the fd's output queue.
+// sends in the order of the fd's output queue, each at once (sendToNow).
 
 type urDgram struct {
 	pool    *bufPool
@@ -17,28 +17,6 @@ type urDgram struct {
 	// recvHdr is the multishot recvmsg's template: room for the source
 	// address, no control data. The kernel reads it when the request starts.
 	recvHdr unix.Msghdr
-}
-
-// urSendMsg is the msghdr of an fd's datagram send in flight; it lives as
-// long as the fd's state, so the kernel may read it until the send's CQE.
-// Its pointers are C memory (the gl_sendto block, the bytes it names), kept
-// as plain numbers: they are not Go's to follow.
-type urSendMsg struct {
-	hdr rawMsghdr
-	iov [2]uint64 // struct iovec: base, length
-}
-
-// rawMsghdr is struct msghdr on 64-bit Linux.
-type rawMsghdr struct {
-	name       uint64
-	namelen    uint32
-	_          uint32
-	iov        uint64
-	iovlen     uint64
-	control    uint64
-	controllen uint64
-	flags      int32
-	_          int32
 }
 
 // recvmsgOut is struct io_uring_recvmsg_out, at the start of each buffer a
@@ -162,61 +140,27 @@ func (b *uringBackend) dgramOrphan(c *uringCQE) {
 	}
 }
 
-func (b *uringBackend) submitSendTo(f *urFd, q *queued) {
-	blk := sendtoAt(q.ptr)
-	m := f.sendMsg
-	if m == nil {
-		m = new(urSendMsg)
-		f.sendMsg = m
-	}
-	name, namelen := blk.sendtoName()
-	m.iov = [2]uint64{uint64(blk.data), uint64(q.n)}
-	m.hdr = rawMsghdr{name: uint64(name), namelen: namelen,
-		iov: uint64(uintptr(unsafe.Pointer(&m.iov))), iovlen: 1}
-	s := b.fdSQE(f, iouOpSendmsg, kSend)
-	s.addr = uint64(uintptr(unsafe.Pointer(&m.hdr)))
-	s.len = 1
-	// MSG_DONTWAIT: a full socket answers EAGAIN and the datagram goes out
-	// again as a new request once the socket is writable (onSendTo),
-	// rather than by the kernel's own retry. On a Unix datagram socket whose
-	// peer is full, that retry was seen to send an empty datagram first (the
-	// failed attempt had consumed the request's iovec; kernel 6.18).
-	s.opFlags = unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT
-	f.sending = true
-}
-
-// onSendTo completes the datagram at the head of f's queue. A datagram
-// leaves whole or not at all: one EvSend, with its length or its own error,
-// and the queue goes on; a full socket (EAGAIN) waits for POLLOUT, after
-// which onSendPoll sends it again.
-func (b *uringBackend) onSendTo(f *urFd, c *uringCQE) {
-	f.sending = false
-	q := &f.out[0]
-	switch res := c.res; {
-	case f.aborting:
-		r := -int32(unix.ECANCELED)
-		if res >= 0 {
-			r = int32(q.n) // it left before the abort reached it
-		}
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: r})
-		f.out.pop()
-		f.out.cancel(b.complete)
-		return
-	case res == -int32(unix.EAGAIN):
+// sendToNow sends the datagram at the head of f's queue with one sendto,
+// as the epoll backend does: a datagram leaves whole or not at all, at once,
+// so a request in the ring would only add a completion to wait for. It
+// reports false when the socket is full; then a POLLOUT wait is armed, and
+// onSendPoll pumps again. (A SENDMSG left to the kernel's own EAGAIN retry
+// was also seen to send an empty datagram first, on a Unix datagram socket
+// whose peer had been full: kernel 6.18.)
+func (b *uringBackend) sendToNow(f *urFd, q *queued) bool {
+	done, e := sendDgram(f.fd, q)
+	if !done {
 		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
 		p.opFlags = PollOut
 		f.sending = true
-		return
-	case res == -int32(unix.EINTR):
-		b.submitSendTo(f, q)
-		return
-	case res >= 0:
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
-	default:
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+		return false
 	}
-	f.out.pop()
-	b.pump(f)
+	res := int32(q.n)
+	if e != 0 {
+		res = -int32(e)
+	}
+	b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+	return true
 }
 
 func (b *uringBackend) dgramRelease() {

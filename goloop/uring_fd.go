@@ -65,8 +65,7 @@ type urFd struct {
 	aborting bool // the close under way is an abort: the send in flight ends the queue
 	closeTok uint64
 
-	dgram   bool        // the receive is a datagram receive (dgram_uring.go)
-	sendMsg *urSendMsg // the msghdr of the datagram send in flight
+	dgram bool // the receive is a datagram receive (dgram_uring.go)
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
@@ -539,8 +538,9 @@ func (b *uringBackend) pump(f *urFd) {
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
 		case OpSendTo:
-			b.submitSendTo(f, q)
-			return
+			if !b.sendToNow(f, q) {
+				return // the socket is full: wait for POLLOUT
+			}
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
@@ -558,7 +558,7 @@ const maxGather = 64
 
 func (b *uringBackend) submitSend(f *urFd, q *queued) {
 	if q.op == OpSendTo {
-		b.submitSendTo(f, q) // a retry after EINTR or POLLOUT
+		b.pump(f) // writable again (onSendPoll): send the datagrams now
 		return
 	}
 	if f.notSock {
@@ -614,10 +614,6 @@ func (b *uringBackend) sent(f *urFd, n int) {
 }
 
 func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
-	if len(f.out) > 0 && f.out[0].op == OpSendTo {
-		b.onSendTo(f, c)
-		return
-	}
 	f.sending = false
 	if f.eofHeld && (c.res == -int32(unix.EPIPE) || c.res == -int32(unix.ECONNRESET)) && !f.closing() {
 		f.eofHeld = false

@@ -533,6 +533,22 @@ def test_datagram_longer_than_max_size_is_cut(loop):
     run(loop, go())
 
 
+def test_write_buffer_counts_only_what_waits(loop):
+    # As asyncio's sendto hands a datagram to the kernel at once, the write buffer
+    # holds only what the socket refused for now: nothing, with room to spare.
+    async def go():
+        st, sp = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        ct, cp = await loop.create_datagram_endpoint(
+            lambda: Dgram(loop), remote_addr=st.get_extra_info("sockname"))
+        for i in range(5):
+            ct.sendto(_datagram(i))
+        assert ct.get_write_buffer_size() == 0
+        await sp.datagrams(5)
+        assert cp.pauses == 0
+        await _close((ct, cp), (st, sp))
+    run(loop, go())
+
+
 def _unix_pair_with_plain_peer(tmp):
     path = _unix_path(tmp)
     peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -52,6 +52,8 @@ typedef struct {
     char pinned;
     char lost_scheduled;
     char lost_done;             /* connection_lost() was called */
+    uint64_t enq_poll;          /* lp->polls when the last datagram was queued */
+    Py_ssize_t enq_fresh;       /* datagrams queued since that poll: not yet handed to Go */
     uint64_t token;
     PyObject *weakreflist;
 } Dgram;
@@ -709,8 +711,52 @@ static int enqueue(Dgram *t, PyObject *b, gl_sendto *blk)
     s->blk = blk;
     t->slen++;
     t->wsize += len;
+    if (t->enq_poll != t->loop->polls) {
+        t->enq_poll = t->loop->polls;
+        t->enq_fresh = 0;
+    }
+    t->enq_fresh++;
     pin_update(t);
     return 0;
+}
+
+/* asyncio's sendto() hands the datagram to the kernel at once and counts as
+ * buffered only what the socket refused for now. goloop hands Go the
+ * iteration's datagrams in one batch at its end, so until then they count
+ * as buffered. Past the high-water mark that lag would pause a writer the
+ * kernel would not have paused: so there the batch goes to Go at once, and
+ * the datagrams that left in it are accounted for before the caller decides
+ * whether to pause; also when the program asks for the buffer size. As the
+ * stream transport's flush_now (transport.c): their records, appended after
+ * the batch being dispatched, are consumed here (token 0: dispatch skips
+ * them); a refused datagram's record is left for dispatch to report. */
+static int flush_now(Dgram *t)
+{
+    LoopCore *lp = t->loop;
+    int from = lp->ncomps;
+    if (loop_apply_now(lp) < 0)
+        return -1;
+    for (int i = from; i < lp->ncomps && t->slen > 0; i++) {
+        gl_comp *c = &lp->comps[i];
+        if (c->token != t->token || c->kind != GL_EV_SEND)
+            continue;
+        if (c->res < 0)
+            break;
+        c->token = 0;
+        dsend s = t->sendq[t->shead];
+        t->shead = (t->shead + 1) % t->scap;
+        t->slen--;
+        t->wsize -= PyBytes_GET_SIZE(s.data);
+        Py_DECREF(s.data);
+        PyMem_Free(s.blk);
+    }
+    pin_update(t);
+    return 0;
+}
+
+static int unsubmitted(Dgram *t)
+{
+    return t->enq_poll == t->loop->polls && t->enq_fresh > 0;
 }
 
 /* asyncio's DatagramTransport.sendto: the same checks and errors, in the
@@ -807,6 +853,8 @@ static PyObject *dg_sendto(Dgram *t, PyObject *args, PyObject *kw)
         PyMem_Free(blk);
         return NULL;
     }
+    if (t->wsize > t->high && !t->write_paused && unsubmitted(t) && flush_now(t) < 0)
+        return NULL;
     if (maybe_pause_protocol(t) < 0 || PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;
@@ -931,6 +979,8 @@ fail:
 
 static PyObject *dg_get_write_buffer_size(Dgram *t, PyObject *unused)
 {
+    if (unsubmitted(t) && !t->aborted && !t->write_paused && flush_now(t) < 0)
+        return NULL;
     return PyLong_FromSsize_t(t->wsize);
 }
 
