@@ -41,6 +41,8 @@ type uringBackend struct {
 	inflight   int     // requests whose last CQE has not come back
 	heldChunks int     // chunks (buffers) held for paused fds
 
+	dg *urDgram // datagram buffers and their ring (dgram_uring.go), made on first use
+
 	wakeArmed bool
 	woken     bool
 	closed    bool
@@ -64,6 +66,7 @@ const (
 	kCancel
 	kRecvPoll // readiness wait before a read of a non-socket
 	kSendPoll // readiness wait before a write to a full non-socket
+	kRecvMsg  // multishot recvmsg of datagrams (dgram_uring.go)
 )
 
 // UringPinned makes io_uring backends created afterwards bind their ring to
@@ -276,6 +279,8 @@ func (b *uringBackend) handle(c *uringCQE) {
 		b.onRecvPoll(f, c)
 	case kSendPoll:
 		b.onSendPoll(f, c)
+	case kRecvMsg:
+		b.onRecvMsg(f, c)
 	case kCancel, kPollRemove:
 	}
 	b.settle(f)
@@ -284,6 +289,10 @@ func (b *uringBackend) handle(c *uringCQE) {
 // orphan disposes of a CQE nobody waits for any more without leaking what
 // it carries: a buffer goes back to the ring, an accepted fd is closed.
 func (b *uringBackend) orphan(kind uint8, c *uringCQE) {
+	if kind == kRecvMsg {
+		b.dgramOrphan(c)
+		return
+	}
 	if c.flags&cqeFBuffer != 0 && b.pbuf != nil {
 		b.pbuf.recycle(uint16(c.flags >> 16))
 	}
@@ -323,6 +332,7 @@ func (b *uringBackend) Close() error {
 }
 
 func (b *uringBackend) release() {
+	b.dgramRelease()
 	if b.pbuf != nil {
 		b.pbuf.close()
 		b.pbuf = nil

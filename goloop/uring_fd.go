@@ -69,6 +69,8 @@ type urFd struct {
 	state    closeState
 	aborting bool // the close under way is an abort: the send in flight ends the queue
 	closeTok uint64
+
+	dgram bool // the receive is a datagram receive (dgram_uring.go)
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
@@ -158,6 +160,10 @@ func (b *uringBackend) cancel(f *urFd, kind uint8) {
 func (b *uringBackend) apply(s *Sub) {
 	switch s.Op {
 	case OpBufReturn:
+		if s.Arg&DgramBufBit != 0 {
+			b.dgramBufReturn(s.Arg)
+			return
+		}
 		if b.pbuf.give(s.Arg) && len(b.starved) > 0 {
 			st := b.starved
 			b.starved = nil
@@ -254,7 +260,9 @@ func (b *uringBackend) apply(s *Sub) {
 				f.conn = reqCancelling
 			}
 		}
-	case OpSend, OpShutdown:
+	case OpDgramRecvStart:
+		b.dgramRecvStart(f, s)
+	case OpSend, OpSendTo, OpShutdown:
 		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
 		b.pumpLater(f)
 	case OpClose:
@@ -311,13 +319,18 @@ func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect,
-		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll}[s.Op]
+		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
+		OpSendTo: EvSend, OpDgramRecvStart: EvDgram}[s.Op]
 	if kind != EvNone {
 		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
 	}
 }
 
 func (b *uringBackend) armRecv(f *urFd) {
+	if f.dgram {
+		b.armRecvMsg(f)
+		return
+	}
 	if !f.recvOn || f.recv != reqNone || f.closing() {
 		return
 	}
@@ -561,6 +574,10 @@ func (b *uringBackend) pump(f *urFd) {
 				return
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+		case OpSendTo:
+			if !b.sendToNow(f, q) {
+				return // the socket is full: wait for POLLOUT
+			}
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
@@ -577,6 +594,10 @@ func (b *uringBackend) pump(f *urFd) {
 const maxGather = 64
 
 func (b *uringBackend) submitSend(f *urFd, q *queued) {
+	if q.op == OpSendTo {
+		b.pump(f) // writable again (onSendPoll): send the datagrams now
+		return
+	}
 	if f.notSock {
 		s := b.fdSQE(f, iouOpWrite, kSend)
 		s.addr = uint64(q.ptr + uintptr(q.off))

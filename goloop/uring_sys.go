@@ -70,6 +70,7 @@ const (
 	iouOpWrite       = 23
 	iouOpSend        = 26
 	iouOpRecv        = 27
+	iouOpRecvmsg     = 10
 	iouOpSendZC      = 47 // not used; its presence marks a 6.0+ kernel (multishot recv)
 )
 

@@ -21,6 +21,7 @@ from asyncio import base_events, events, exceptions, selector_events, unix_event
 from asyncio.log import logger
 
 from . import _core, _dns, _hooks
+from ._datagram import DatagramMixin
 from ._streams import StreamsMixin
 
 _core._set_hooks(
@@ -102,7 +103,7 @@ def _sockaddr(family, address):
     return None
 
 
-class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
+class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
     """A drop-in asyncio event loop whose I/O core is goloop's Go library."""
 
     def __init__(self, *, backend=None):

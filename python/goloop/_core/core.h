@@ -37,6 +37,7 @@ int gl_forked(void);          /* 1 there: Go must not be called at all */
 #define TAG_LISTENER 3u
 #define TAG_CALL 4u
 #define TAG_ORPHAN 5u
+#define TAG_DGRAM 6u
 
 typedef struct {
     PyObject *obj;         /* borrowed; NULL when the slot is free */
@@ -150,6 +151,12 @@ int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
 int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
 int init_transport_type(PyObject *m);
+
+/* dgram.c */
+extern PyTypeObject *DatagramTransport_Type;
+int dgram_dispatch(LoopCore *lp, PyObject *t, gl_comp *c);
+void dgram_loop_closing(LoopCore *lp, PyObject *t);
+int init_dgram_type(PyObject *m);
 
 /* calls.c */
 int call_dispatch(LoopCore *lp, gl_comp *c);

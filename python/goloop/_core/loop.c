@@ -548,6 +548,9 @@ static int dispatch(LoopCore *lp)
         case TAG_LISTENER:
             r = listener_dispatch(lp, obj, &c);
             break;
+        case TAG_DGRAM:
+            r = dgram_dispatch(lp, obj, &c);
+            break;
         default:
             break;
         }
@@ -756,6 +759,8 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
             transport_loop_closing(lp, s->obj);
         else if (s->tag == TAG_LISTENER)
             listener_loop_closing(lp, s->obj);
+        else if (s->tag == TAG_DGRAM)
+            dgram_loop_closing(lp, s->obj);
     }
     /* What the last iteration left undispatched comes first: an EvClosed
      * among it would otherwise never be counted. Python callbacks do not
