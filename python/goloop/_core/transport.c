@@ -951,6 +951,12 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
     if (!t->conn_lost) {
         Py_ssize_t fresh = t->enq_poll == t->loop->polls ? t->enq_fresh : 0;
         t->quiet_send_errors = t->slen == fresh;
+        /* asyncio's close() finds its buffer empty when the kernel took
+         * every write: then connection_lost is on its way at once. So the
+         * writes still waiting for the batch go to Go now, and what the
+         * kernel took at once is accounted for before deciding. */
+        if (fresh > 0 && !t->aborted && flush_now(t) < 0)
+            return NULL;
         if (t->slen > 0) {
             /* Writes are still taken until the queue is empty; then Go
              * closes the fd (maybe_finish_close) and EvClosed brings
