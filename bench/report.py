@@ -186,6 +186,30 @@ def _connect_ratio(by, key, other):
     return g[key] / o[key]
 
 
+def paired_ratio(a, b):
+    """Median over interleaved rounds of a's rate over b's in the same round.
+
+    Rounds ran the loops one after another, so a pass that other work on the
+    machine slowed down slowed both; the ratio inside a pass cancels most of
+    that, and is steadier than the ratio of the two medians.
+    """
+    if not a or not b or a.get("error") or b.get("error"):
+        return None
+    rs = sorted(x / y for x, y in zip(a.get("rounds_rps", []), b.get("rounds_rps", []))
+                if x and y)
+    if not rs:
+        return None
+    n = len(rs)
+    return rs[n // 2] if n % 2 else (rs[n // 2 - 1] + rs[n // 2]) / 2
+
+
+def cpu_ratio(a, b):
+    """b's server CPU per connection over a's: the rate ratio a CPU-bound server would reach."""
+    if not a or not b or a.get("error") or b.get("error") or not a.get("cpu_us_per_conn"):
+        return None
+    return b["cpu_us_per_conn"] / a["cpu_us_per_conn"]
+
+
 def churn_table(results):
     churn = results.get("churn", [])
     if not churn:
@@ -196,6 +220,8 @@ def churn_table(results):
     head = ["conns", "C epoll"] + loops
     if "goloop" in loops:
         head += [f"go/{lp[:3]}" for lp in loops if lp != "goloop"]
+        head += [f"go/{lp[:3]} paired" for lp in loops if lp != "goloop"]
+        head += [f"go/{lp[:3]} by CPU" for lp in loops if lp != "goloop"]
     lhead = ["conns"]
     for name in ["c"] + loops:
         lhead += [f"{LOOP_NAMES[name]} p50/p99 us", "cpu us/conn", "errors"]
@@ -205,7 +231,10 @@ def churn_table(results):
         rs = {lp: by.get((lp, conns)) for lp in loops}
         row = [str(conns), _fmt_rps(c)] + [_fmt_rps(rs[lp]) for lp in loops]
         if "goloop" in loops:
-            row += [_fmt_ratio(ratio(rs["goloop"], rs[lp])) for lp in loops if lp != "goloop"]
+            others = [lp for lp in loops if lp != "goloop"]
+            row += [_fmt_ratio(ratio(rs["goloop"], rs[lp])) for lp in others]
+            row += [_fmt_ratio(paired_ratio(rs["goloop"], rs[lp])) for lp in others]
+            row += [_fmt_ratio(cpu_ratio(rs["goloop"], rs[lp])) for lp in others]
         rows.append(row)
         lrow = [str(conns)]
         for name, r in [("c", c)] + [(lp, rs[lp]) for lp in loops]:
@@ -221,8 +250,8 @@ def churn_table(results):
     out = [f"== New connections/s, server side (connect, {size_name(churn[0]['size'])} echo, "
            "reset close; median of interleaved rounds) ==", _table(head, rows)]
     if "goloop" in loops and "uvloop" in loops:
-        out += [f"target goloop/uvloop >= {CHURN_TARGET}: " + ", ".join(
-            f"{conns} conns {_met(ratio(by.get(('goloop', conns)), by.get(('uvloop', conns))), CHURN_TARGET, True)}"
+        out += [f"target goloop/uvloop >= {CHURN_TARGET} (paired): " + ", ".join(
+            f"{conns} conns {_met(paired_ratio(by.get(('goloop', conns)), by.get(('uvloop', conns))), CHURN_TARGET, True)}"
             for conns in cells)]
     out += ["", "-- New connections: latency of connect->echo->close, server CPU per connection --",
             _table(lhead, lat)]
@@ -271,8 +300,14 @@ def tables(results):
     m = results.get("meta", {})
     head = (f"machine: {m.get('machine', '?')}\n"
             f"date: {m.get('date', '?')}  commit: {m.get('goloop_commit', '?')}  "
-            f"echo over {m.get('transport', '?')}; each cell: {m.get('warmup_s')} s warm-up, "
-            f"fastest of {m.get('windows')} x {m.get('window_s')} s windows\n")
+            f"load average at the start: {m.get('loadavg', '?')}\n")
+    if results.get("echo"):
+        head += (f"echo over {m.get('transport', '?')}; each cell: {m.get('warmup_s')} s warm-up, "
+                 f"fastest of {m.get('windows')} x {m.get('window_s')} s windows\n")
+    if results.get("churn"):
+        head += (f"new connections: {m.get('churn_rounds')} interleaved rounds per cell, each "
+                 f"{m.get('churn_warmup_s')} s warm-up and the fastest of {m.get('churn_windows')} x "
+                 f"{m.get('window_s')} s windows\n")
     return "\n".join(p for p in (head, echo_tables(results), http_table(results),
                                   churn_table(results), connect_table(results)) if p)
 
@@ -328,7 +363,8 @@ def markdown(results):
         out.append(f"**New connections per second** (server: `echo_server.py --variant protocol`; "
                    f"each connection: connect, {size_name(churn[0]['size'])} echo, reset close; "
                    "median of interleaved rounds)\n")
-        out.append("| concurrent | C epoll | asyncio | uvloop | goloop | goloop/uvloop | goloop/asyncio "
+        out.append("| concurrent | C epoll | asyncio | uvloop | goloop | goloop/uvloop (medians / paired "
+                   "/ by CPU) | goloop/asyncio (medians / paired / by CPU) "
                    "| server CPU us/conn (C/aio/uv/go) | p50/p99 us (aio/uv/go) | errors |")
         out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for conns in sorted({r["conns"] for r in churn}):
@@ -340,7 +376,9 @@ def markdown(results):
             cpus = " / ".join(f"{r['cpu_us_per_conn']:.1f}" if ok(r) else "-" for r in (c, a, u, g))
             errs = sum(r.get("errors", 0) for r in (c, a, u, g) if ok(r))
             out.append(f"| {conns} | {rps(c)} | {rps(a)} | {rps(u)} | {rps(g)} "
-                       f"| {_fmt_ratio(ratio(g, u))} | {_fmt_ratio(ratio(g, a))} | {cpus} | {lat} | {errs} |")
+                       f"| {_fmt_ratio(ratio(g, u))} / {_fmt_ratio(paired_ratio(g, u))} / {_fmt_ratio(cpu_ratio(g, u))} "
+                       f"| {_fmt_ratio(ratio(g, a))} / {_fmt_ratio(paired_ratio(g, a))} / {_fmt_ratio(cpu_ratio(g, a))} "
+                       f"| {cpus} | {lat} | {errs} |")
         out.append("")
     conn = {r["loop"]: r for r in results.get("connect", [])}
     if conn:

@@ -91,6 +91,8 @@ class Suite:
         self.churn_rounds = int(env_float("BENCH_CHURN_ROUNDS", 1 if args.quick else 3))
         self.connect_rounds = int(env_float("BENCH_CONNECT_ROUNDS", 1 if args.quick else 3))
         self.connect_count = int(env_float("BENCH_CONNECT_COUNT", 300 if args.quick else 1000))
+        self.churn_warmup = 0.25 if args.quick else 0.5
+        self.churn_windows = 1 if args.quick else 2
         self.tmp = tempfile.mkdtemp(prefix="goloop-bench-")
         self.unavailable = {}
 
@@ -279,8 +281,6 @@ class Suite:
         rotating), and each loop's median round is reported: other work on
         the machine then weighs on all loops alike.
         """
-        self.churn_warmup = 0.25 if self.args.quick else 0.5
-        self.churn_windows = 1 if self.args.quick else 2
         cells = CHURN_CONNS[:1] if self.args.quick else CHURN_CONNS
         servers = ["c"] + list(self.args.loops)
         rows = []
@@ -395,9 +395,10 @@ class Suite:
             "window_s": self.window, "windows": self.windows, "warmup_s": self.warmup,
             "http_seconds": self.http_seconds, "http_windows": self.http_windows,
             "churn_rounds": self.churn_rounds, "churn_size": CHURN_SIZE,
+            "churn_warmup_s": self.churn_warmup, "churn_windows": self.churn_windows,
             "connect_rounds": self.connect_rounds, "connect_count": self.connect_count,
             "loadavg": [round(x, 2) for x in os.getloadavg()],
-            "quick": self.args.quick,
+            "quick": self.args.quick, "sections": self.args.only,
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "realtime": procs.realtime,
             "goloop_backend": os.environ.get("GOLOOP_BACKEND", "auto"),
@@ -456,7 +457,9 @@ def churn_row(loop, conns, runs):
         row["failed_rounds"] = [r["error"] for r in bad]
     row.update(
         rps=round(_median(r["rps"] for r in good)),
-        rounds_rps=[round(r["rps"]) for r in good],
+        # Round by round, None for a failed one, so that the report can pair
+        # each loop's round with the other loops' rounds of the same pass.
+        rounds_rps=[None if r.get("error") else round(r["rps"]) for r in runs],
         p50_us=round(_median(r["p50_us"] for r in good), 1),
         p99_us=round(_median(r["p99_us"] for r in good), 1),
         cpu_us_per_conn=round(_median(r.get("server_cpu_us_per_req", 0.0) for r in good), 2),
