@@ -164,7 +164,6 @@ func runChurn(res *result, addr, unixPath string, warmup, duration time.Duration
 				if st.lastErr != nil {
 					res.LastError = st.lastErr.Error()
 				}
-				res.BytesPerSec = 2 * float64(res.Size) * res.RPS
 				return nil
 			}
 			if win, err = openWindow(serverPid); err != nil {
@@ -224,13 +223,13 @@ func (u *churner) open(ep, family int, sa syscall.Sockaddr, out []byte, now time
 			st.fail(err)
 			u.abort()
 		}
-	case syscall.EINPROGRESS, syscall.EAGAIN:
-		// EAGAIN: a Unix socket's backlog is full; the connect proceeds
-		// as for TCP once the server accepts.
+	case syscall.EINPROGRESS:
 		u.connecting = true
 	default:
-		// Refused or out of ports: counted, and the unit is left without
-		// a connection for the next scan to reopen.
+		// Refused, out of ports, or (EAGAIN) a Unix socket's backlog
+		// full, where unlike TCP the connect does not go on: counted, and
+		// the unit is left without a connection for the next scan to
+		// reopen.
 		st.fail(fmt.Errorf("connect: %w", err))
 		u.abort()
 	}
