@@ -3,7 +3,9 @@
 Writes echo_rps.png (requests/s per loop per cell, C epoll as the ceiling),
 echo_cpu.png (server CPU time per request, the same layout),
 echo_ratio.png (goloop/uvloop and goloop/asyncio per cell, or uvloop/asyncio
-while goloop has no numbers) and aiohttp.png.
+while goloop has no numbers), aiohttp.png and connections.png (new
+connections per second with each round's spread, server CPU per connection,
+and the client's create_connection cost).
 """
 
 import json
@@ -154,6 +156,65 @@ def aiohttp_plot(results, path):
     plt.close(fig)
 
 
+def connections_plot(results, path):
+    churn = [r for r in results.get("churn", []) if ok(r)]
+    conn = {r["loop"]: r for r in results.get("connect", []) if not r.get("error")}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.9))
+    cells = sorted({r["conns"] for r in churn})
+    loops = [lp for lp in ("c", "asyncio", "uvloop", "goloop") if any(r["loop"] == lp for r in churn)]
+    by = {(r["loop"], r["conns"]): r for r in churn}
+    width = 0.8 / max(len(loops), 1)
+    for ax, metric in ((axes[0], "rps"), (axes[1], "cpu")):
+        for i, lp in enumerate(loops):
+            xs, ys, lo, hi = [], [], [], []
+            for j, conns in enumerate(cells):
+                r = by.get((lp, conns))
+                if r is None:
+                    continue
+                xs.append(j + (i - (len(loops) - 1) / 2) * width)
+                if metric == "rps":
+                    rounds = [x for x in r.get("rounds_rps", []) if x] or [r["rps"]]
+                    ys.append(r["rps"] / 1000)
+                    lo.append((r["rps"] - min(rounds)) / 1000)
+                    hi.append((max(rounds) - r["rps"]) / 1000)
+                else:
+                    ys.append(r["cpu_us_per_conn"])
+            ax.bar(xs, ys, width, label=NAMES[lp], color=COLORS[lp],
+                   yerr=[lo, hi] if metric == "rps" else None, capsize=3,
+                   error_kw={"elinewidth": 0.8, "ecolor": "#333"})
+        ax.set_xticks(range(len(cells)))
+        ax.set_xticklabels([f"{c} concurrent" for c in cells], fontsize=8)
+        ax.set_ylabel("thousand connections/s (median, rounds' range)" if metric == "rps"
+                      else "server CPU per connection, us (lower is better)")
+        ax.set_title("new connections/s: connect, 64 B echo, reset close" if metric == "rps"
+                     else "new connections: server CPU per connection")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    if loops:
+        axes[0].legend(fontsize=8, frameon=False)
+    ax = axes[2]
+    names = [lp for lp in ("asyncio", "uvloop", "goloop") if lp in conn]
+    ways = [("close_us", "close, wall"), ("lost_us", "close + connection_lost, wall"),
+            ("close_cpu_us", "close, CPU"), ("lost_cpu_us", "close + connection_lost, CPU")]
+    width = 0.8 / len(ways)
+    shades = ["#4c72b0", "#8172b3", "#55a868", "#8fbf9f"]
+    for i, (key, label) in enumerate(ways):
+        xs = [j + (i - (len(ways) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, [conn[lp][key] for lp in names], width, label=label, color=shades[i])
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, fontsize=8)
+    ax.set_ylabel("us per connection (lower is better)")
+    ax.set_title("client on CPU 0: create_connection + close, C echo on CPU 1", fontsize=10)
+    ax.margins(y=0.4)
+    ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper center")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.suptitle(_subtitle(results), y=0.005, va="bottom", fontsize=8, color="#555")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _subtitle(results):
     m = results.get("meta", {})
     return f"{m.get('machine', '')}; {m.get('date', '')}; server on CPU 0, load generator on CPU 1"
@@ -173,6 +234,9 @@ def main(src, outdir):
     if results.get("aiohttp"):
         aiohttp_plot(results, os.path.join(outdir, "aiohttp.png"))
         written.append("aiohttp.png")
+    if results.get("churn") or results.get("connect"):
+        connections_plot(results, os.path.join(outdir, "connections.png"))
+        written.append("connections.png")
     print("plots: " + ", ".join(os.path.join(outdir, w) for w in written))
 
 

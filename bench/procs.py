@@ -116,6 +116,14 @@ class Server:
         fatal = [ln for ln in lines if ln.startswith("Fatal Python error")]
         return (fatal[0] if fatal else lines[-1] if lines else "no output")[-limit:]
 
+    def stderr_text(self):
+        """Everything the server wrote to stderr so far."""
+        try:
+            self.stderr.seek(0)
+            return self.stderr.read().decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+
     def echo_probe(self, timeout=3.0):
         """One byte echoed on a fresh connection: the server still serves."""
         try:
@@ -179,7 +187,13 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def run_bounded(argv, timeout, cwd=None):
-    """Run a client to completion; a hung client is killed, never waited on forever."""
+def run_bounded(argv, timeout, cwd=None, fifo=True):
+    """Run a client to completion; a hung client is killed, never waited on forever.
+
+    fifo=False keeps the client under the normal scheduler even when load
+    generators run SCHED_FIFO: a client that is itself an event loop with
+    threads (goloop's Go runtime) risks the livelock described above.
+    """
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, preexec_fn=_child_setup)
+                          text=True, timeout=timeout, cwd=cwd,
+                          preexec_fn=_child_setup if fifo else _server_setup)

@@ -38,6 +38,29 @@ def progress(row, kind="echo"):
               file=sys.stderr, flush=True)
 
 
+def progress_churn(loop, conns, rnd, out):
+    what = f"churn {LOOP_NAMES[loop]:<8} {conns:>3} conns  round {rnd + 1}"
+    if out.get("error"):
+        print(f"  {what}  ERROR {out['error']}", file=sys.stderr, flush=True)
+        return
+    print(f"  {what}  {out['rps']:>9,.0f} conn/s  p50 {out['p50_us']:>7,.0f} us  "
+          f"p99 {out['p99_us']:>7,.0f} us  cpu {out.get('server_cpu_us_per_req', 0):6.1f} us/conn  "
+          f"errors {out.get('errors', 0)}  other {out.get('other_cpu', 0):.2f} CPU"
+          + (f"  LOG {out['server_log']}" if out.get("server_log") else ""),
+          file=sys.stderr, flush=True)
+
+
+def progress_connect(loop, rnd, out):
+    what = f"create_connection {LOOP_NAMES[loop]:<8} round {rnd + 1}"
+    if out.get("error"):
+        print(f"  {what}  ERROR {out['error']}", file=sys.stderr, flush=True)
+        return
+    def us(key):
+        return "/".join(f"{x:.0f}" for x in out.get(key, []))
+    print(f"  {what}  close {us('close_us')} us (cpu {us('close_cpu_us')})  "
+          f"lost {us('lost_us')} us (cpu {us('lost_cpu_us')})", file=sys.stderr, flush=True)
+
+
 def _fmt_rps(row):
     if row is None:
         return "-"
@@ -144,13 +167,149 @@ def http_table(results):
     return "\n".join(out)
 
 
+# Issue 8's targets for the new-connection cells.
+CHURN_TARGET = 1.3    # goloop's connections/s at least 1.3x uvloop's
+CONNECT_TARGET = 1.0  # goloop's create_connection cost at most uvloop's
+
+
+def _met(r, target, higher_is_better):
+    if r is None:
+        return "-"
+    ok = r >= target if higher_is_better else r <= target
+    return "met" if ok else "NOT met"
+
+
+def _connect_ratio(by, key, other):
+    g, o = by.get("goloop"), by.get(other)
+    if not g or not o or g.get("error") or o.get("error") or not o.get(key):
+        return None
+    return g[key] / o[key]
+
+
+def paired_ratio(a, b):
+    """Median over interleaved rounds of a's rate over b's in the same round.
+
+    Rounds ran the loops one after another, so a pass that other work on the
+    machine slowed down slowed both; the ratio inside a pass cancels most of
+    that, and is steadier than the ratio of the two medians.
+    """
+    if not a or not b or a.get("error") or b.get("error"):
+        return None
+    rs = sorted(x / y for x, y in zip(a.get("rounds_rps", []), b.get("rounds_rps", []))
+                if x and y)
+    if not rs:
+        return None
+    n = len(rs)
+    return rs[n // 2] if n % 2 else (rs[n // 2 - 1] + rs[n // 2]) / 2
+
+
+def cpu_ratio(a, b):
+    """b's server CPU per connection over a's: the rate ratio a CPU-bound server would reach."""
+    if not a or not b or a.get("error") or b.get("error") or not a.get("cpu_us_per_conn"):
+        return None
+    return b["cpu_us_per_conn"] / a["cpu_us_per_conn"]
+
+
+def churn_table(results):
+    churn = results.get("churn", [])
+    if not churn:
+        return ""
+    by = {(r["loop"], r["conns"]): r for r in churn}
+    cells = sorted({r["conns"] for r in churn})
+    loops = [lp for lp in LOOP_ORDER if any(r["loop"] == lp for r in churn)]
+    head = ["conns", "C epoll"] + loops
+    if "goloop" in loops:
+        head += [f"go/{lp[:3]}" for lp in loops if lp != "goloop"]
+        head += [f"go/{lp[:3]} paired" for lp in loops if lp != "goloop"]
+        head += [f"go/{lp[:3]} by CPU" for lp in loops if lp != "goloop"]
+    lhead = ["conns"]
+    for name in ["c"] + loops:
+        lhead += [f"{LOOP_NAMES[name]} p50/p99 us", "cpu us/conn", "errors"]
+    rows, lat, notes = [], [], []
+    for conns in cells:
+        c = by.get(("c", conns))
+        rs = {lp: by.get((lp, conns)) for lp in loops}
+        row = [str(conns), _fmt_rps(c)] + [_fmt_rps(rs[lp]) for lp in loops]
+        if "goloop" in loops:
+            others = [lp for lp in loops if lp != "goloop"]
+            row += [_fmt_ratio(ratio(rs["goloop"], rs[lp])) for lp in others]
+            row += [_fmt_ratio(paired_ratio(rs["goloop"], rs[lp])) for lp in others]
+            row += [_fmt_ratio(cpu_ratio(rs["goloop"], rs[lp])) for lp in others]
+        rows.append(row)
+        lrow = [str(conns)]
+        for name, r in [("c", c)] + [(lp, rs[lp]) for lp in loops]:
+            if r is None or r.get("error"):
+                lrow += ["-", "-", "-"]
+            else:
+                lrow += [f"{r['p50_us']:,.0f}/{r['p99_us']:,.0f}", f"{r['cpu_us_per_conn']:.1f}",
+                         str(r.get("errors", 0))]
+            for key in ("error", "crash", "server_log", "last_error"):
+                if r is not None and r.get(key):
+                    notes.append(f"  {LOOP_NAMES[name]} {conns} conns: {key}: {r[key]}")
+        lat.append(lrow)
+    out = [f"== New connections/s, server side (connect, {size_name(churn[0]['size'])} echo, "
+           "reset close; median of interleaved rounds) ==", _table(head, rows)]
+    if "goloop" in loops and "uvloop" in loops:
+        out += [f"target goloop/uvloop >= {CHURN_TARGET} (paired): " + ", ".join(
+            f"{conns} conns {_met(paired_ratio(by.get(('goloop', conns)), by.get(('uvloop', conns))), CHURN_TARGET, True)}"
+            for conns in cells)]
+    out += ["", "-- New connections: latency of connect->echo->close, server CPU per connection --",
+            _table(lhead, lat)]
+    if notes:
+        out += ["Notes:"] + notes
+    return "\n".join(out) + "\n"
+
+
+def connect_table(results):
+    conn = results.get("connect", [])
+    if not conn:
+        return ""
+    by = {r["loop"]: r for r in conn}
+    head = ["loop", "close us", "close+lost us", "cpu close", "cpu close+lost", "go/this", "go/this cpu"]
+    rows, notes = [], []
+    for lp in LOOP_ORDER:
+        r = by.get(lp)
+        if r is None:
+            continue
+        if r.get("error"):
+            rows.append([lp, "ERROR", "-", "-", "-", "-", "-"])
+            notes.append(f"  {lp}: {r['error']}")
+            continue
+        rel = "" if lp == "goloop" else "/".join(
+            _fmt_ratio(_connect_ratio(by, k, lp)) for k in ("close_us", "lost_us"))
+        relc = "" if lp == "goloop" else "/".join(
+            _fmt_ratio(_connect_ratio(by, k, lp)) for k in ("close_cpu_us", "lost_cpu_us"))
+        rows.append([lp, f"{r['close_us']:.1f}", f"{r['lost_us']:.1f}", f"{r['close_cpu_us']:.1f}",
+                     f"{r['lost_cpu_us']:.1f}", rel, relc])
+        if r.get("client_log"):
+            notes.append(f"  {lp}: client printed: {r['client_log']}")
+    count = conn[0].get("count", "?")
+    out = [f"== create_connection + close, client side: us per connection (median of rounds of "
+           f"{count}; close = close() then on, close+lost = waits for connection_lost) ==",
+           _table(head, rows)]
+    if "goloop" in by and "uvloop" in by:
+        r1, r2 = _connect_ratio(by, "close_us", "uvloop"), _connect_ratio(by, "lost_us", "uvloop")
+        out.append(f"target goloop/uvloop <= {CONNECT_TARGET}: close {_met(r1, CONNECT_TARGET, False)}, "
+                   f"close+lost {_met(r2, CONNECT_TARGET, False)}")
+    if notes:
+        out += ["Notes:"] + notes
+    return "\n".join(out) + "\n"
+
+
 def tables(results):
     m = results.get("meta", {})
     head = (f"machine: {m.get('machine', '?')}\n"
             f"date: {m.get('date', '?')}  commit: {m.get('goloop_commit', '?')}  "
-            f"echo over {m.get('transport', '?')}; each cell: {m.get('warmup_s')} s warm-up, "
-            f"fastest of {m.get('windows')} x {m.get('window_s')} s windows\n")
-    return head + "\n" + echo_tables(results) + "\n" + http_table(results)
+            f"load average at the start: {m.get('loadavg', '?')}\n")
+    if results.get("echo"):
+        head += (f"echo over {m.get('transport', '?')}; each cell: {m.get('warmup_s')} s warm-up, "
+                 f"fastest of {m.get('windows')} x {m.get('window_s')} s windows\n")
+    if results.get("churn"):
+        head += (f"new connections: {m.get('churn_rounds')} interleaved rounds per cell, each "
+                 f"{m.get('churn_warmup_s')} s warm-up and the fastest of {m.get('churn_windows')} x "
+                 f"{m.get('window_s')} s windows\n")
+    return "\n".join(p for p in (head, echo_tables(results), http_table(results),
+                                  churn_table(results), connect_table(results)) if p)
 
 
 def markdown(results):
@@ -198,12 +357,63 @@ def markdown(results):
             out.append(f"| {lp} | {_fmt_rps(r)} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} "
                        f"| {r['cpu_us_per_req']:.1f} | {rel} |")
         out.append("")
+    churn = results.get("churn", [])
+    if churn:
+        cby = {(r["loop"], r["conns"]): r for r in churn}
+        out.append(f"**New connections per second** (server: `echo_server.py --variant protocol`; "
+                   f"each connection: connect, {size_name(churn[0]['size'])} echo, reset close; "
+                   "median of interleaved rounds)\n")
+        out.append("| concurrent | C epoll | asyncio | uvloop | goloop | goloop/uvloop (medians / paired "
+                   "/ by CPU) | goloop/asyncio (medians / paired / by CPU) "
+                   "| server CPU us/conn (C/aio/uv/go) | p50/p99 us (aio/uv/go) | errors |")
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for conns in sorted({r["conns"] for r in churn}):
+            c = cby.get(("c", conns))
+            a, u, g = (cby.get((lp, conns)) for lp in LOOP_ORDER)
+            def ok(r):
+                return r is not None and not r.get("error")
+            lat = " / ".join(f"{r['p50_us']:,.0f}/{r['p99_us']:,.0f}" if ok(r) else "-" for r in (a, u, g))
+            cpus = " / ".join(f"{r['cpu_us_per_conn']:.1f}" if ok(r) else "-" for r in (c, a, u, g))
+            errs = sum(r.get("errors", 0) for r in (c, a, u, g) if ok(r))
+            out.append(f"| {conns} | {rps(c)} | {rps(a)} | {rps(u)} | {rps(g)} "
+                       f"| {_fmt_ratio(ratio(g, u))} / {_fmt_ratio(paired_ratio(g, u))} / {_fmt_ratio(cpu_ratio(g, u))} "
+                       f"| {_fmt_ratio(ratio(g, a))} / {_fmt_ratio(paired_ratio(g, a))} / {_fmt_ratio(cpu_ratio(g, a))} "
+                       f"| {cpus} | {lat} | {errs} |")
+        out.append("")
+    conn = {r["loop"]: r for r in results.get("connect", [])}
+    if conn:
+        count = next(iter(conn.values())).get("count", "?")
+        out.append(f"**create_connection + close, client side** (us per connection, median of "
+                   f"rounds of {count}; C echo server)\n")
+        out.append("| loop | close | close + await connection_lost | CPU close | CPU close + lost "
+                   "| goloop/this (wall) | goloop/this (CPU) |")
+        out.append("|---|--:|--:|--:|--:|--:|--:|")
+        for lp in LOOP_ORDER:
+            r = conn.get(lp)
+            if r is None:
+                continue
+            if r.get("error"):
+                out.append(f"| {lp} | error: {r['error']} | | | | | |")
+                continue
+            rel = "" if lp == "goloop" else " / ".join(
+                _fmt_ratio(_connect_ratio(conn, k, lp)) for k in ("close_us", "lost_us"))
+            relc = "" if lp == "goloop" else " / ".join(
+                _fmt_ratio(_connect_ratio(conn, k, lp)) for k in ("close_cpu_us", "lost_cpu_us"))
+            out.append(f"| {lp} | {r['close_us']:.1f} | {r['lost_us']:.1f} | {r['close_cpu_us']:.1f} "
+                       f"| {r['lost_cpu_us']:.1f} | {rel} | {relc} |")
+        out.append("")
+
     def where(r):
+        if "count" in r and "conns" not in r:
+            return f"{LOOP_NAMES[r['loop']]} create_connection"
+        if "variant" not in r and "conns" in r:
+            return f"{LOOP_NAMES[r['loop']]} churn {r['conns']} conns"
         if "size" not in r:
             return f"{LOOP_NAMES[r['loop']]} aiohttp"
         return f"{LOOP_NAMES[r['loop']]} {r['variant']} {r['conns']} conns x {size_name(r['size'])}"
     errors = sorted({f"{where(r)}: {r.get('error') or r['crash']}"
-                     for r in echo + results.get("aiohttp", []) if r.get("error") or r.get("crash")})
+                     for r in echo + results.get("aiohttp", []) + churn + results.get("connect", [])
+                     if r.get("error") or r.get("crash")})
     if errors:
         out.append("Errors and crashes:\n")
         out += [f"- {e}" for e in errors]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# goloop's side-by-side benchmark (`make bench`): echo on four asyncio APIs
-# and aiohttp, on goloop, uvloop and asyncio, against a C epoll ceiling.
+# goloop's side-by-side benchmark (`make bench`): echo on four asyncio APIs,
+# aiohttp, and new connections (server: connections/s; client: the cost of
+# create_connection), on goloop, uvloop and asyncio, against a C epoll ceiling.
 #
 #   bash bench/run.sh [--quick] [suite options, see bench/suite.py --help]
 #
 # PYTHON picks the interpreter the servers run on (default: the project's
 # venv, else /usr/bin/python3 with PYTHONPATH=python). BENCH_SECONDS,
-# BENCH_WINDOWS, BENCH_WARMUP, BENCH_HTTP_SECONDS tune the cell length.
+# BENCH_WINDOWS, BENCH_WARMUP, BENCH_HTTP_SECONDS tune the cell length;
+# BENCH_CHURN_ROUNDS, BENCH_CONNECT_ROUNDS, BENCH_CONNECT_COUNT the
+# new-connection cells (see bench/suite.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
-"""goloop's side-by-side benchmark: echo (four asyncio APIs) and aiohttp.
+"""goloop's side-by-side benchmark: echo (four asyncio APIs), aiohttp, new connections.
 
     python bench/suite.py [--quick] [--unix] [--loops goloop,uvloop,asyncio]
-                          [--variants protocol,...] [--out FILE]
+                          [--variants protocol,...] [--only echo,http,churn,connect]
+                          [--out FILE]
 
 Servers run pinned to CPU 0, load generators (bench/bin/loadgen, wrk) to
 CPU 1. All traffic stays on 127.0.0.1 or Unix sockets. Results go to a JSON
@@ -9,7 +10,10 @@ file (bench/results/latest.json by default) and tables to stdout.
 
 Environment: BENCH_SECONDS (one timed window, default 1), BENCH_WINDOWS
 (windows per cell, the fastest reported, default 5), BENCH_WARMUP (default 1),
-BENCH_HTTP_SECONDS (default 5), BENCH_NICE (priority of the servers and
+BENCH_HTTP_SECONDS (default 5), BENCH_CHURN_ROUNDS (interleaved rounds of
+the new-connection server cells, default 3), BENCH_CONNECT_ROUNDS (client
+processes per loop for create_connection, interleaved, default 3),
+BENCH_CONNECT_COUNT (connections per timed round there, default 1000), BENCH_NICE (priority of the servers and
 load generators, default -20), BENCH_REALTIME (default 1: run them
 SCHED_FIFO so that other work on the machine cannot delay them; 0 to leave
 them under the normal scheduler), PYTHON (interpreter for the servers, default
@@ -40,10 +44,16 @@ LOOPS = ["asyncio", "uvloop", "goloop"]
 VARIANTS = ["protocol", "buffered", "streams", "sockets"]
 CONNS = [10, 100]
 SIZES = [1024, 10 * 1024, 100 * 1024]
+# New connections: concurrency of the churn cells, and the one message each
+# connection echoes.
+CHURN_CONNS = [10, 50]
+CHURN_SIZE = 64
+SECTIONS = ["echo", "http", "churn", "connect"]
 LOADGEN = os.path.join(HERE, "bin", "loadgen")
 CECHO = os.path.join(HERE, "bin", "cecho")
 ECHO_SERVER = os.path.join(HERE, "servers", "echo_server.py")
 HTTP_SERVER = os.path.join(HERE, "servers", "http_server.py")
+CONNECT_CLIENT = os.path.join(HERE, "servers", "connect_client.py")
 # Servers run from their own directory: from the repository root, the Go
 # package directory goloop/ would shadow the Python package as a namespace
 # package.
@@ -78,6 +88,11 @@ class Suite:
         self.warmup = env_float("BENCH_WARMUP", 0.5 if args.quick else 1.0)
         self.http_seconds = int(env_float("BENCH_HTTP_SECONDS", 2 if args.quick else 5))
         self.http_windows = 1 if args.quick else 3
+        self.churn_rounds = int(env_float("BENCH_CHURN_ROUNDS", 1 if args.quick else 3))
+        self.connect_rounds = int(env_float("BENCH_CONNECT_ROUNDS", 1 if args.quick else 3))
+        self.connect_count = int(env_float("BENCH_CONNECT_COUNT", 300 if args.quick else 1000))
+        self.churn_warmup = 0.25 if args.quick else 0.5
+        self.churn_windows = 1 if args.quick else 2
         self.tmp = tempfile.mkdtemp(prefix="goloop-bench-")
         self.unavailable = {}
 
@@ -214,6 +229,125 @@ class Suite:
             report.progress(row, kind="aiohttp")
         return rows
 
+    # -- new connections, server side ------------------------------------
+
+    def churn_run(self, loop, conns):
+        """One server process, one load generator run in -churn mode."""
+        out = {}
+        if loop in self.unavailable:
+            return {"error": "unavailable: " + self.unavailable[loop]}
+        try:
+            # Always TCP: a new-connection rate over Unix sockets is another
+            # benchmark, and the reset close is TCP's.
+            where = {"port": procs.free_port()}
+            argv = [CECHO] if loop == "c" else [
+                self.python, "-X", "faulthandler", ECHO_SERVER,
+                "--loop", loop, "--variant", "protocol"]
+            server = procs.Server(argv + ["--port", str(where["port"])],
+                                  cpu=SERVER_CPU, cwd=SERVER_CWD, **where)
+        except procs.ServerError as e:
+            return {"error": f"server did not start: {e}"}
+        with server:
+            argv = ["taskset", "-c", str(CLIENT_CPU), LOADGEN, "-churn",
+                    "-addr", f"127.0.0.1:{server.port}",
+                    "-conns", str(conns), "-size", str(CHURN_SIZE),
+                    "-warmup", f"{self.churn_warmup}s", "-duration", f"{self.window}s",
+                    "-windows", str(self.churn_windows), "-server-pid", str(server.pid)]
+            budget = self.churn_warmup + self.window * self.churn_windows + 30
+            try:
+                r = procs.run_bounded(argv, timeout=budget)
+                out = json.loads(r.stdout.strip().splitlines()[-1])
+            except subprocess.TimeoutExpired:
+                out = {"error": f"load generator exceeded {budget:.0f}s"}
+            except (ValueError, IndexError):
+                out = {"error": f"load generator failed: {r.stderr.strip()[-200:]}"}
+            if not server.alive():
+                out["error"] = f"server died (exit {server.proc.returncode}): {server.stderr_tail()}"
+            elif not out.get("error"):
+                server.echo_probe()
+            # Every connection ends in a reset, which the servers must take
+            # as a peer going away, silently; anything they print is shown.
+            log = [ln for ln in server.stderr_text().splitlines() if ln.strip()]
+        if log:
+            out["server_log"] = f"{len(log)} lines, first: {log[0][:160]}"
+        if server.died is not None:
+            out["crash"] = f"server died after the load (exit {server.died}): {server.last_words}"
+        return out
+
+    def churn_matrix(self):
+        """Connections per second: each loop's echo server taking new ones.
+
+        Rounds are interleaved (every server once per round, the order
+        rotating), and each loop's median round is reported: other work on
+        the machine then weighs on all loops alike.
+        """
+        cells = CHURN_CONNS[:1] if self.args.quick else CHURN_CONNS
+        servers = ["c"] + list(self.args.loops)
+        rows = []
+        for conns in cells:
+            runs = {lp: [] for lp in servers}
+            for rnd in range(self.churn_rounds):
+                k = rnd % len(servers)
+                for loop in servers[k:] + servers[:k]:
+                    out = self.churn_run(loop, conns)
+                    runs[loop].append(out)
+                    report.progress_churn(loop, conns, rnd, out)
+            for loop in servers:
+                rows.append(churn_row(loop, conns, runs[loop]))
+        return rows
+
+    # -- new connections, client side ------------------------------------
+
+    def connect_suite(self):
+        """create_connection + close on each loop, against the C echo.
+
+        The client (the loop under test) is pinned to CPU 0 as the servers
+        are elsewhere, the C echo to CPU 1. Client processes are interleaved
+        (each loop once per round, the order rotating); each runs three
+        timed rounds of each way, and the median of all of a loop's rounds
+        is reported.
+        """
+        loops = [lp for lp in self.args.loops if lp not in self.unavailable]
+        rows = [{"loop": lp, "error": "unavailable: " + self.unavailable[lp]}
+                for lp in self.args.loops if lp in self.unavailable]
+        if not loops:
+            return rows
+        port = procs.free_port()
+        try:
+            server = procs.Server([CECHO, "--port", str(port)], cpu=CLIENT_CPU, port=port,
+                                  cwd=SERVER_CWD)
+        except procs.ServerError as e:
+            return rows + [{"loop": lp, "error": f"C echo did not start: {e}"} for lp in loops]
+        inner = 1 if self.args.quick else 3
+        runs = {lp: [] for lp in loops}
+        with server:
+            for rnd in range(self.connect_rounds):
+                k = rnd % len(loops)
+                for loop in loops[k:] + loops[:k]:
+                    argv = ["taskset", "-c", str(SERVER_CPU), self.python, "-X", "faulthandler",
+                            CONNECT_CLIENT, "--loop", loop, "--port", str(port),
+                            "--count", str(self.connect_count), "--rounds", str(inner),
+                            "--warmup", str(min(200, self.connect_count))]
+                    try:
+                        # Not SCHED_FIFO: the client is an event loop with
+                        # threads, like a server (procs.realtime).
+                        r = procs.run_bounded(argv, timeout=120, cwd=SERVER_CWD, fifo=False)
+                        out = json.loads(r.stdout.strip().splitlines()[-1])
+                        if r.stderr.strip():
+                            out["client_log"] = r.stderr.strip().splitlines()[-1][:200]
+                    except subprocess.TimeoutExpired:
+                        out = {"error": "client exceeded 120s"}
+                    except (ValueError, IndexError):
+                        out = {"error": f"client failed: {r.stderr.strip()[-200:]}"}
+                    runs[loop].append(out)
+                    report.progress_connect(loop, rnd, out)
+            if not server.alive():
+                for lp in loops:
+                    runs[lp].append({"error": f"C echo died: {server.stderr_tail()}"})
+        for loop in loops:
+            rows.append(connect_row(loop, self.connect_count, runs[loop]))
+        return rows
+
     # -- all --------------------------------------------------------------
 
     def run(self):
@@ -223,9 +357,12 @@ class Suite:
                 self.unavailable[loop] = why
                 print(f"note: {loop} unavailable: {why}", file=sys.stderr)
         meta = self.meta()
-        echo = self.echo_matrix() if not self.args.skip_echo else []
-        http = self.http_suite() if not self.args.skip_http else []
-        return {"meta": meta, "echo": echo, "aiohttp": http}
+        only = self.args.only
+        echo = self.echo_matrix() if "echo" in only else []
+        http = self.http_suite() if "http" in only else []
+        churn = self.churn_matrix() if "churn" in only else []
+        connect = self.connect_suite() if "connect" in only else []
+        return {"meta": meta, "echo": echo, "aiohttp": http, "churn": churn, "connect": connect}
 
     def meta(self):
         def out(argv):
@@ -257,7 +394,11 @@ class Suite:
             "transport": "unix" if self.args.unix else "tcp 127.0.0.1",
             "window_s": self.window, "windows": self.windows, "warmup_s": self.warmup,
             "http_seconds": self.http_seconds, "http_windows": self.http_windows,
-            "quick": self.args.quick,
+            "churn_rounds": self.churn_rounds, "churn_size": CHURN_SIZE,
+            "churn_warmup_s": self.churn_warmup, "churn_windows": self.churn_windows,
+            "connect_rounds": self.connect_rounds, "connect_count": self.connect_count,
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "quick": self.args.quick, "sections": self.args.only,
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "realtime": procs.realtime,
             "goloop_backend": os.environ.get("GOLOOP_BACKEND", "auto"),
@@ -292,11 +433,67 @@ def parse_wrk(text):
     return res
 
 
+def _median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def churn_row(loop, conns, runs):
+    """One loop's churn cell: medians over its interleaved rounds."""
+    row = {"loop": loop, "conns": conns, "size": CHURN_SIZE}
+    good = [r for r in runs if not r.get("error")]
+    bad = [r for r in runs if r.get("error")]
+    for key in ("crash", "server_log"):
+        msgs = [r[key] for r in runs if r.get(key)]
+        if msgs:
+            row[key] = msgs[0]
+    if not good:
+        row["error"] = bad[0]["error"] if bad else "no runs"
+        return row
+    if bad:
+        row["failed_rounds"] = [r["error"] for r in bad]
+    row.update(
+        rps=round(_median(r["rps"] for r in good)),
+        # Round by round, None for a failed one, so that the report can pair
+        # each loop's round with the other loops' rounds of the same pass.
+        rounds_rps=[None if r.get("error") else round(r["rps"]) for r in runs],
+        p50_us=round(_median(r["p50_us"] for r in good), 1),
+        p99_us=round(_median(r["p99_us"] for r in good), 1),
+        cpu_us_per_conn=round(_median(r.get("server_cpu_us_per_req", 0.0) for r in good), 2),
+        errors=sum(r.get("errors", 0) for r in good),
+        loadgen_cpu=round(_median(r.get("loadgen_cpu_util", 0.0) for r in good), 2),
+        other_cpu=round(_median(r.get("other_cpu", 0.0) for r in good), 2))
+    last = [r["last_error"] for r in good if r.get("last_error")]
+    if last:
+        row["last_error"] = last[-1]
+    return row
+
+
+def connect_row(loop, count, runs):
+    """One loop's create_connection cost: medians over all its timed rounds."""
+    row = {"loop": loop, "count": count}
+    good = [r for r in runs if not r.get("error")]
+    if not good:
+        row["error"] = runs[0]["error"] if runs else "no runs"
+        return row
+    for key in ("close_us", "lost_us", "close_cpu_us", "lost_cpu_us"):
+        every = [x for r in good for x in r.get(key, [])]
+        row[key] = round(_median(every), 1)
+        row["rounds_" + key] = every
+    logs = [r["client_log"] for r in good if r.get("client_log")]
+    if logs:
+        row["client_log"] = logs[0]
+    return row
+
+
 def compact_json(results):
     """JSON with one line per measurement: small, and a rerun diffs cell by cell."""
     parts = ['{\n "meta": ' + json.dumps(results["meta"], indent=1).replace("\n", "\n ")]
-    for key in ("echo", "aiohttp"):
-        rows = ",\n  ".join(json.dumps(r) for r in results[key])
+    for key in ("echo", "aiohttp", "churn", "connect"):
+        rows = ",\n  ".join(json.dumps(r) for r in results.get(key, []))
         parts.append(f' "{key}": [\n  {rows}\n ]' if rows else f' "{key}": []')
     return ",\n".join(parts) + "\n}\n"
 
@@ -307,12 +504,22 @@ def parse_args(argv):
     p.add_argument("--unix", action="store_true", help="echo over Unix sockets instead of TCP")
     p.add_argument("--loops", default=",".join(LOOPS))
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help="sections to run: echo, http (aiohttp), churn (new connections per "
+                        "second, server side), connect (create_connection cost, client side)")
     p.add_argument("--skip-echo", action="store_true")
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--skip-churn", action="store_true")
+    p.add_argument("--skip-connect", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
     args = p.parse_args(argv)
     args.loops = [x for x in args.loops.split(",") if x]
     args.variants = [x for x in args.variants.split(",") if x]
+    args.only = [x for x in args.only.split(",") if x]
+    for x in args.only:
+        if x not in SECTIONS:
+            p.error(f"unknown section {x}")
+    args.only = [x for x in args.only if not getattr(args, f"skip_{x}")]
     for x in args.loops:
         if x not in LOOPS:
             p.error(f"unknown loop {x}")

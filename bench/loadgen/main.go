@@ -9,6 +9,11 @@
 // the edges of each window, so CPU per request covers exactly the requests
 // counted.
 //
+// With -churn, every unit of -conns instead makes a new connection per
+// message: connect, send, read the echo, close (with a reset, see churn.go),
+// and rps is then connections per second, the latencies those of a whole
+// connection, and errors counts connections that failed (the run goes on).
+//
 // It only talks to loopback addresses or Unix sockets: it is a benchmark
 // tool, not a load-testing tool for other machines.
 package main
@@ -28,6 +33,7 @@ import (
 )
 
 type result struct {
+	Mode           string    `json:"mode"`
 	Conns          int       `json:"conns"`
 	Size           int       `json:"size"`
 	Seconds        float64   `json:"seconds"`
@@ -43,6 +49,10 @@ type result struct {
 	ServerCPUs     float64   `json:"server_cpu_s,omitempty"`
 	ServerCPUperRq float64   `json:"server_cpu_us_per_req,omitempty"`
 	LoadgenCPUUtil float64   `json:"loadgen_cpu_util"`
+	Errors         uint64    `json:"errors"`
+	Refused        uint64    `json:"refused,omitempty"`
+	Timeouts       uint64    `json:"timeouts,omitempty"`
+	LastError      string    `json:"last_error,omitempty"`
 	Error          string    `json:"error,omitempty"`
 }
 
@@ -58,6 +68,7 @@ func main() {
 	cpus := flag.String("cpus", "0,1", "CPUs whose time other programs take is reported (other_cpu)")
 	serverPid := flag.Int("server-pid", 0, "server process whose CPU time to measure")
 	ioTimeout := flag.Duration("io-timeout", 10*time.Second, "a request taking longer than this is an error")
+	churn := flag.Bool("churn", false, "a new connection per message: connect, send, read the echo, close")
 	flag.Parse()
 
 	// One thread drives every connection through epoll, as the servers do:
@@ -71,8 +82,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	res := result{Conns: *conns, Size: *size}
-	if err := run(&res, *addr, *unixPath, *warmup, *duration, *windows, *spin, *serverPid, *ioTimeout); err != nil {
+	res := result{Mode: "echo", Conns: *conns, Size: *size}
+	drive := run
+	if *churn {
+		res.Mode, drive = "churn", runChurn
+	}
+	if err := drive(&res, *addr, *unixPath, *warmup, *duration, *windows, *spin, *serverPid, *ioTimeout); err != nil {
 		res.Error = err.Error()
 	}
 	out, _ := json.Marshal(res)
