@@ -165,6 +165,13 @@ PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg);
 PyObject *lc_gai_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 int init_calls(PyObject *m);
 
+/* flow.c: write flow control of the transports that send through Go */
+#define FLOW_DEFAULT_HIGH (64 * 1024)
+int flow_parse_limits(PyObject *args, PyObject *kw, PyObject **h, PyObject **l,
+                      Py_ssize_t *hv, Py_ssize_t *lv);
+PyObject *flow_limits(PyObject *high_obj, PyObject *low_obj, Py_ssize_t high, Py_ssize_t low);
+int flow_call(LoopCore *lp, PyObject *transport, PyObject *protocol, const char *method);
+
 /* connect.c */
 PyObject *lc_connect_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_connect_stop(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);

@@ -18,7 +18,6 @@
 
 PyTypeObject *DatagramTransport_Type;
 
-#define DEFAULT_HIGH (64 * 1024)
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
 typedef struct {
@@ -104,8 +103,8 @@ static PyObject *dg_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     t->family = family;
     Py_INCREF(sock);
     t->sock = sock;
-    t->high = DEFAULT_HIGH;
-    t->low = DEFAULT_HIGH / 4;
+    t->high = FLOW_DEFAULT_HIGH;
+    t->low = FLOW_DEFAULT_HIGH / 4;
     Py_INCREF(loop);
     t->loop = (LoopCore *)loop;
     Py_INCREF(protocol);
@@ -330,28 +329,7 @@ static int send_close(Dgram *t, int abort)
 
 static int call_flow_control(Dgram *t, const char *method)
 {
-    PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
-    if (r != NULL) {
-        Py_DECREF(r);
-        return 0;
-    }
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-        return -1;
-    PyObject *value = take_exception();
-    PyObject *msg = PyUnicode_FromFormat("protocol.%s() failed", method);
-    PyObject *ctx = msg ? Py_BuildValue("{s:O,s:O,s:O,s:O}", "message", msg,
-                                        "exception", value ? value : Py_None, "transport", t,
-                                        "protocol", t->protocol) : NULL;
-    Py_XDECREF(msg);
-    Py_XDECREF(value);
-    int rc = 0;
-    if (ctx != NULL) {
-        rc = loop_call_exception_handler(t->loop, ctx);
-        Py_DECREF(ctx);
-    } else {
-        PyErr_WriteUnraisable((PyObject *)t);
-    }
-    return rc;
+    return flow_call(t->loop, (PyObject *)t, t->protocol, method);
 }
 
 static int maybe_pause_protocol(Dgram *t)
@@ -922,48 +900,13 @@ static PyObject *dg_is_closing(Dgram *t, PyObject *unused)
     return PyBool_FromLong(t->closing);
 }
 
-static int limit_value(PyObject *v, Py_ssize_t *out)
-{
-    double d = PyFloat_AsDouble(v);
-    if (d == -1.0 && PyErr_Occurred())
-        return -1;
-    *out = d >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (d <= 0 ? 0 : (Py_ssize_t)d);
-    return 0;
-}
-
 /* asyncio's _set_write_buffer_limits, as the stream transport has it. */
 static PyObject *dg_set_write_buffer_limits(Dgram *t, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"high", "low", NULL};
-    PyObject *high = Py_None, *low = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high, &low))
-        return NULL;
-    PyObject *h = NULL, *l = NULL, *four = PyLong_FromLong(4);
-    if (four == NULL)
-        return NULL;
-    if (high == Py_None)
-        h = low == Py_None ? PyLong_FromSsize_t(DEFAULT_HIGH) : PyNumber_Multiply(four, low);
-    else
-        h = (Py_INCREF(high), high);
-    if (h != NULL)
-        l = low == Py_None ? PyNumber_FloorDivide(h, four) : (Py_INCREF(low), low);
-    Py_DECREF(four);
-    if (h == NULL || l == NULL)
-        goto fail;
-    PyObject *zero = PyLong_FromLong(0);
-    int ok = zero ? PyObject_RichCompareBool(h, l, Py_GE) : -1;
-    if (ok == 1)
-        ok = PyObject_RichCompareBool(l, zero, Py_GE);
-    Py_XDECREF(zero);
-    if (ok < 0)
-        goto fail;
-    if (!ok) {
-        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", h, l);
-        goto fail;
-    }
+    PyObject *h, *l;
     Py_ssize_t hv, lv;
-    if (limit_value(h, &hv) < 0 || limit_value(l, &lv) < 0)
-        goto fail;
+    if (flow_parse_limits(args, kw, &h, &l, &hv, &lv) < 0)
+        return NULL;
     Py_XSETREF(t->high_obj, h);
     Py_XSETREF(t->low_obj, l);
     t->high = hv;
@@ -971,10 +914,6 @@ static PyObject *dg_set_write_buffer_limits(Dgram *t, PyObject *args, PyObject *
     if (maybe_pause_protocol(t) < 0 || PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;
-fail:
-    Py_XDECREF(h);
-    Py_XDECREF(l);
-    return NULL;
 }
 
 static PyObject *dg_get_write_buffer_size(Dgram *t, PyObject *unused)
@@ -986,9 +925,7 @@ static PyObject *dg_get_write_buffer_size(Dgram *t, PyObject *unused)
 
 static PyObject *dg_get_write_buffer_limits(Dgram *t, PyObject *unused)
 {
-    if (t->high_obj != NULL)
-        return PyTuple_Pack(2, t->low_obj, t->high_obj);
-    return Py_BuildValue("(nn)", t->low, t->high);
+    return flow_limits(t->high_obj, t->low_obj, t->high, t->low);
 }
 
 static PyObject *dg_get_protocol(Dgram *t, PyObject *unused)

@@ -8,7 +8,6 @@
 
 PyTypeObject *Transport_Type;
 
-#define DEFAULT_HIGH (64 * 1024)
 
 typedef struct {
     PyObject_HEAD
@@ -135,8 +134,8 @@ static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     t->fd = fd;
     Py_INCREF(sock);
     t->sock = sock;
-    t->high = DEFAULT_HIGH;
-    t->low = DEFAULT_HIGH / 4;
+    t->high = FLOW_DEFAULT_HIGH;
+    t->low = FLOW_DEFAULT_HIGH / 4;
     t->paused = 0;
     Py_INCREF(loop);
     t->loop = (LoopCore *)loop;
@@ -361,28 +360,7 @@ static int maybe_finish_close(Transport *t)
  * KeyboardInterrupt, left set for the caller. */
 static int call_flow_control(Transport *t, const char *method)
 {
-    PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
-    if (r != NULL) {
-        Py_DECREF(r);
-        return 0;
-    }
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-        return -1;
-    PyObject *value = take_exception();
-    PyObject *msg = PyUnicode_FromFormat("protocol.%s() failed", method);
-    PyObject *ctx = msg ? Py_BuildValue("{s:O,s:O,s:O,s:O}", "message", msg,
-                                        "exception", value ? value : Py_None, "transport", t,
-                                        "protocol", t->protocol) : NULL;
-    Py_XDECREF(msg);
-    Py_XDECREF(value);
-    int rc = 0;
-    if (ctx != NULL) {
-        rc = loop_call_exception_handler(t->loop, ctx);
-        Py_DECREF(ctx);
-    } else {
-        PyErr_WriteUnraisable((PyObject *)t);
-    }
-    return rc;
+    return flow_call(t->loop, (PyObject *)t, t->protocol, method);
 }
 
 static void maybe_pause_protocol(Transport *t)
@@ -1064,51 +1042,14 @@ static PyObject *tr_is_reading(Transport *t, PyObject *unused)
     return PyBool_FromLong(!t->paused && !t->closing);
 }
 
-/* A limit as a C number for the flow-control comparisons: saturated, so
- * a huge one (2**70) means "never". */
-static int limit_value(PyObject *v, Py_ssize_t *out)
-{
-    double d = PyFloat_AsDouble(v);
-    if (d == -1.0 && PyErr_Occurred())
-        return -1;
-    *out = d >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (d <= 0 ? 0 : (Py_ssize_t)d);
-    return 0;
-}
-
 /* asyncio's _set_write_buffer_limits, on Python objects as asyncio does it
  * (floats and huge ints are accepted and given back as they came). */
 static PyObject *tr_set_write_buffer_limits(Transport *t, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"high", "low", NULL};
-    PyObject *high = Py_None, *low = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high, &low))
-        return NULL;
-    PyObject *h = NULL, *l = NULL, *four = PyLong_FromLong(4);
-    if (four == NULL)
-        return NULL;
-    if (high == Py_None)
-        h = low == Py_None ? PyLong_FromSsize_t(DEFAULT_HIGH) : PyNumber_Multiply(four, low);
-    else
-        h = (Py_INCREF(high), high);
-    if (h != NULL)
-        l = low == Py_None ? PyNumber_FloorDivide(h, four) : (Py_INCREF(low), low);
-    Py_DECREF(four);
-    if (h == NULL || l == NULL)
-        goto fail;
-    PyObject *zero = PyLong_FromLong(0);
-    int ok = zero ? PyObject_RichCompareBool(h, l, Py_GE) : -1;
-    if (ok == 1)
-        ok = PyObject_RichCompareBool(l, zero, Py_GE);
-    Py_XDECREF(zero);
-    if (ok < 0)
-        goto fail;
-    if (!ok) {
-        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", h, l);
-        goto fail;
-    }
+    PyObject *h, *l;
     Py_ssize_t hv, lv;
-    if (limit_value(h, &hv) < 0 || limit_value(l, &lv) < 0)
-        goto fail;
+    if (flow_parse_limits(args, kw, &h, &l, &hv, &lv) < 0)
+        return NULL;
     Py_XSETREF(t->high_obj, h);
     Py_XSETREF(t->low_obj, l);
     t->high = hv;
@@ -1117,10 +1058,6 @@ static PyObject *tr_set_write_buffer_limits(Transport *t, PyObject *args, PyObje
     if (PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;
-fail:
-    Py_XDECREF(h);
-    Py_XDECREF(l);
-    return NULL;
 }
 
 static PyObject *tr_get_write_buffer_size(Transport *t, PyObject *unused)
@@ -1132,9 +1069,7 @@ static PyObject *tr_get_write_buffer_size(Transport *t, PyObject *unused)
 
 static PyObject *tr_get_write_buffer_limits(Transport *t, PyObject *unused)
 {
-    if (t->high_obj != NULL)
-        return PyTuple_Pack(2, t->low_obj, t->high_obj);
-    return Py_BuildValue("(nn)", t->low, t->high);
+    return flow_limits(t->high_obj, t->low_obj, t->high, t->low);
 }
 
 static PyObject *tr_get_protocol(Transport *t, PyObject *unused)
