@@ -26,6 +26,7 @@ try:
     from test.test_asyncio import test_events
     from test.test_asyncio import test_server
     from test.test_asyncio import test_sock_lowlevel
+    from test.test_asyncio import test_sslproto
     from test.test_asyncio import utils as test_utils
 except ImportError as exc:  # pragma: no cover - Debian's libpython3.11-testsuite
     pytest.skip(f"CPython's test suite is not installed: {exc}",
@@ -117,6 +118,12 @@ UVLOOP_EXPECTED_FAILURES = {
     "test_start_unix_server_1": "uvloop's Server.sockets is [] after close, not ()",
 }
 UVLOOP_HANGS = {
+    "test_start_tls_client_reg_proto_1":
+        "uvloop: loop.start_tls right behind a 100 KiB plain write never completes (30 s)",
+    "test_create_connection_memory_leak":
+        "uvloop: loop.start_tls right behind a 100 KiB plain write never completes (30 s)",
+    "test_start_tls_client_buf_proto_1":
+        "uvloop: loop.start_tls right behind a 100 KiB plain write never completes",
     "test_sock_client_racing":
         "uvloop: sock_recv racing with add_reader on the same fd never completes",
     "test_add_signal_handler":
@@ -173,6 +180,10 @@ def _make_classes(name):
             f"Test{prefix}BufferedProtocol",
             (test_buffered_proto.BaseTestBufferedProtocol, unittest.TestCase),
             body(test_buffered_proto.BaseTestBufferedProtocol, {"new_loop": new_loop})),
+        f"Test{prefix}StartTLS": type(
+            f"Test{prefix}StartTLS",
+            (test_sslproto.BaseStartTLS, unittest.TestCase),
+            body(test_sslproto.BaseStartTLS, {"new_loop": new_loop})),
     }
     if skip_all:
         classes = {k: unittest.skip(skip_all)(v) for k, v in classes.items()}

@@ -30,6 +30,10 @@ _core._set_hooks(
     check_call=_hooks.check_call,
 )
 
+# asyncio's start_tls() accepts a transport that says it can be upgraded:
+# ours switches protocols keeping every byte that arrived (docs/tls.md).
+_core.Transport._start_tls_compatible = True
+
 _Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
 

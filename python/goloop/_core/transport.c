@@ -1068,10 +1068,44 @@ static PyObject *tr_get_protocol(Transport *t, PyObject *unused)
     return p;
 }
 
+/* A switch (start_tls puts an SSLProtocol in) keeps every held chunk for
+ * the new protocol. A write pause belongs to the protocol it was given to:
+ * the old one is resumed now (else a drain() of its would wait forever),
+ * and the new one, which never saw pause_writing, is paused at its first
+ * write while the buffer is still above the high-water mark. asyncio's
+ * SSLProtocol asserts that pause_writing and resume_writing come in pairs. */
 static PyObject *tr_set_protocol(Transport *t, PyObject *protocol)
 {
-    if (set_protocol(t, protocol) < 0)
+    PyObject *old = t->protocol;
+    Py_XINCREF(old);
+    if (set_protocol(t, protocol) < 0) {
+        Py_XDECREF(old);
         return NULL;
+    }
+    if (t->write_paused && old != NULL && old != protocol) {
+        t->write_paused = 0;
+        PyObject *r = PyObject_CallMethod(old, "resume_writing", NULL);
+        if (r == NULL && (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+                          PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))) {
+            Py_DECREF(old);
+            return NULL;
+        }
+        if (r == NULL) {
+            PyObject *value = take_exception();
+            PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message",
+                                          "protocol.resume_writing() failed", "exception",
+                                          value ? value : Py_None, "transport", t, "protocol", old);
+            Py_XDECREF(value);
+            if (ctx == NULL || loop_call_exception_handler(t->loop, ctx) < 0) {
+                Py_XDECREF(ctx);
+                Py_DECREF(old);
+                return NULL;
+            }
+            Py_DECREF(ctx);
+        }
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(old);
     Py_RETURN_NONE;
 }
 
