@@ -234,8 +234,8 @@ func (b *uringBackend) apply(s *Sub) {
 		c := b.fdSQE(f, iouOpConnect, kConnect)
 		c.addr = uint64(s.Ptr) // the kernel copies the sockaddr at submission
 		c.off = uint64(s.Len)
-	case OpSend, OpShutdown:
-		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
+	case OpSend, OpShutdown, OpSendfile:
+		f.out = append(f.out, queuedOf(s))
 		b.pump(f)
 	case OpClose:
 		if s.Arg&CloseAbort != 0 {
@@ -266,7 +266,7 @@ func (b *uringBackend) unarm(f *urFd, idx uint32) bool {
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect,
-		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll}[s.Op]
+		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll, OpSendfile: EvSendfile}[s.Op]
 	if kind != EvNone {
 		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
 	}
@@ -495,6 +495,10 @@ func (b *uringBackend) pump(f *urFd) {
 				return
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+		case OpSendfile:
+			if !b.sendfile(f, q) {
+				return
+			}
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
@@ -505,6 +509,26 @@ func (b *uringBackend) pump(f *urFd) {
 		}
 		f.out.pop()
 	}
+}
+
+// sendfile does OpSendfile's I/O at the head of the queue: sendfile(2)
+// while the socket takes bytes, then a poll for writability in the kernel
+// (the head stays "sending", so later entries keep their place). It
+// reports whether the entry is finished (and completed).
+func (b *uringBackend) sendfile(f *urFd, q *queued) bool {
+	done, e := sendfileSome(f.fd, q)
+	if !done {
+		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
+		p.opFlags = PollOut
+		f.sending = true
+		return false
+	}
+	res := int32(q.off)
+	if e != 0 {
+		res = -int32(e)
+	}
+	b.complete(q.result(res))
+	return true
 }
 
 func (b *uringBackend) submitSend(f *urFd, q *queued) {
@@ -582,13 +606,18 @@ func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
 	q := &f.out[0]
 	switch {
 	case f.aborting:
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(unix.ECANCELED)})
+		b.complete(q.result(-int32(unix.ECANCELED)))
 		f.out.pop()
 		f.out.cancel(b.complete)
 	case c.res < 0:
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: c.res})
+		b.complete(q.result(c.res))
 		f.out.pop()
 		b.pump(f)
+	case q.op == OpSendfile:
+		if b.sendfile(f, q) {
+			f.out.pop()
+			b.pump(f)
+		}
 	default:
 		b.submitSend(f, q)
 	}
