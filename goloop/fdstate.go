@@ -152,11 +152,17 @@ func sendSome(fd int32, q *queued, notSock *bool) (done bool, errno unix.Errno) 
 	return true, 0
 }
 
-// sendfileSome sends from the file of q until done, the end of the file,
-// or the socket would block. It reports done=true with err=0 when q is
-// finished (q.off < q.n then means the file ended early). sendfile(2) has
-// no MSG_NOSIGNAL; a vanished peer is still EPIPE, since Python ignores
-// SIGPIPE and Go's handler ignores it on its own threads.
+// sendfileSome makes one sendfile(2) call for q that moves bytes (or
+// finds the end of the file, or an error): asyncio's selector loop makes
+// one per writability event, and so does goloop. Looping until EAGAIN
+// would let a peer that drains as fast as it is fed (an io_uring receive
+// in this same process) take a whole file before any other callback ran,
+// where asyncio lets the peer's protocol see the first bytes (and perhaps
+// close) in between. It reports done=true with err=0 when q is finished
+// (q.off < q.n then means the file ended early); done=false when q waits
+// for writability. sendfile(2) has no MSG_NOSIGNAL; a vanished peer is
+// still EPIPE, since Python ignores SIGPIPE and Go's handler ignores it on
+// its own threads.
 func sendfileSome(fd int32, q *queued) (done bool, errno unix.Errno) {
 	for q.off < q.n {
 		off := int64(q.ptr) + int64(q.off)
@@ -170,6 +176,9 @@ func sendfileSome(fd int32, q *queued) (done bool, errno unix.Errno) {
 				return true, 0 // end of file
 			}
 			q.off += n
+			if q.off < q.n {
+				return false, 0 // the rest at the next writability
+			}
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return false, 0

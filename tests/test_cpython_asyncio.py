@@ -25,6 +25,7 @@ try:
     from test.test_asyncio import test_buffered_proto
     from test.test_asyncio import test_events
     from test.test_asyncio import test_server
+    from test.test_asyncio import test_sendfile
     from test.test_asyncio import test_sock_lowlevel
     from test.test_asyncio import test_sslproto
     from test.test_asyncio import utils as test_utils
@@ -49,6 +50,8 @@ SKIPPED = {
     "test_write_pty": _PIPE,
     "test_bidirectional_pty": _PIPE,
     "test_timeout_rounding": _PRIVATE + " (counts loop._run_once calls)",
+    # SendfileMixin
+    "test_sendfile_not_supported": _UDP + " (sendfile on a datagram transport)",
     # BaseSockTestsMixin
     "test_recvfrom": _UDP + " (sock_recvfrom)",
     "test_recvfrom_into": _UDP + " (sock_recvfrom_into)",
@@ -180,11 +183,19 @@ def _make_classes(name):
             f"Test{prefix}BufferedProtocol",
             (test_buffered_proto.BaseTestBufferedProtocol, unittest.TestCase),
             body(test_buffered_proto.BaseTestBufferedProtocol, {"new_loop": new_loop})),
+        f"Test{prefix}Sendfile": type(
+            f"Test{prefix}Sendfile",
+            (test_sendfile.SendfileTestsBase, test_utils.TestCase),
+            body(test_sendfile.SendfileTestsBase, {"create_event_loop": create_event_loop})),
         f"Test{prefix}StartTLS": type(
             f"Test{prefix}StartTLS",
             (test_sslproto.BaseStartTLS, unittest.TestCase),
             body(test_sslproto.BaseStartTLS, {"new_loop": new_loop})),
     }
+    if name == "uvloop":
+        # Not a reference here: every test would fail the same way.
+        key = f"Test{prefix}Sendfile"
+        classes[key] = unittest.skip("uvloop 0.17 has no loop.sendfile (NotImplementedError)")(classes[key])
     if skip_all:
         classes = {k: unittest.skip(skip_all)(v) for k, v in classes.items()}
     return classes

@@ -22,6 +22,8 @@ typedef struct {
     PyObject *sock;             /* the Python socket: user-visible, detached when Go closes the fd */
     PyObject *lost_exc;
     PyObject *held;             /* list: chunks (bytes) or None (EOF) that came while paused */
+    PyObject *sf_waiter;        /* the future of the OpSendfile in Go's queue (sendfile.md) */
+    PyObject *sf_file;          /* the file object whose fd that OpSendfile reads: kept open until EvSendfile */
     PyObject **sendq;           /* bytes objects Go is sending, oldest first */
     Py_ssize_t shead, slen, scap;
     Py_ssize_t wsize, high, low;     /* high/low: the limits as C numbers, saturated */
@@ -41,6 +43,7 @@ typedef struct {
     char pinned;                /* holds a reference to itself (pin_update) */
     char lost_scheduled;        /* _call_connection_lost is on its way */
     char quiet_send_errors;     /* close() found every pending send still unsubmitted */
+    char sf_active;             /* loop.sendfile is under way (Python sets it): write() refuses */
     uint64_t enq_poll;          /* lp->polls when the last send was queued */
     Py_ssize_t enq_fresh;       /* sends queued since that poll: not yet handed to Go */
     uint64_t token;             /* owner table slot (owners.c) */
@@ -59,7 +62,7 @@ typedef struct {
  * unpin's DECREF never frees the object under them. */
 static void pin_update(Transport *t)
 {
-    int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent);
+    int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent || t->sf_waiter != NULL);
     if (want && !t->pinned) {
         t->pinned = 1;
         Py_INCREF(t);
@@ -106,6 +109,26 @@ static int set_protocol(Transport *t, PyObject *protocol)
     Py_XSETREF(t->buffer_updated, bu);
     t->buffered = (char)isbuf;
     return 0;
+}
+
+/* The file object of a finished (or never to finish: the loop is gone)
+ * sendfile: closing it closes the fd Go read from, which is ours (a dup),
+ * so the program's own file may have been closed meanwhile. */
+static void sendfile_release(Transport *t)
+{
+    PyObject *file = t->sf_file;
+    t->sf_file = NULL;
+    Py_CLEAR(t->sf_waiter);
+    if (file == NULL)
+        return;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *r = PyObject_CallMethod(file, "close", NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable(file);
+    Py_XDECREF(r);
+    Py_DECREF(file);
+    PyErr_Restore(et, ev, etb);
 }
 
 static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
@@ -180,6 +203,8 @@ static int tr_traverse(Transport *t, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->lost_exc);
     Py_VISIT(t->held);
+    Py_VISIT(t->sf_waiter);
+    Py_VISIT(t->sf_file);
     Py_VISIT(t->high_obj);
     Py_VISIT(t->low_obj);
     Py_VISIT(Py_TYPE(t));
@@ -197,6 +222,7 @@ static int tr_clear(Transport *t)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->lost_exc);
     Py_CLEAR(t->held);
+    sendfile_release(t);
     Py_CLEAR(t->high_obj);
     Py_CLEAR(t->low_obj);
     return 0;
@@ -643,6 +669,33 @@ static int on_closed(Transport *t)
     return 0;
 }
 
+/* EvSendfile: the waiter gets (bytes sent, errno or 0); the file is let go.
+ * A waiter already done (its coroutine was cancelled) only lets go. */
+static int on_sendfile(Transport *t, gl_comp *c)
+{
+    PyObject *fut = t->sf_waiter;
+    t->sf_waiter = NULL;
+    int r = 0;
+    if (fut != NULL) {
+        long sent = c->res >= 0 ? (long)c->res : (long)c->aux;
+        int err = c->res >= 0 ? 0 : -c->res;
+        PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+        int isdone = done ? PyObject_IsTrue(done) : -1;
+        Py_XDECREF(done);
+        PyObject *res = NULL;
+        if (isdone == 0) {
+            res = PyObject_CallMethod(fut, "set_result", "((li))", sent, err);
+            Py_XDECREF(res);
+        }
+        if (isdone < 0 || (isdone == 0 && res == NULL))
+            r = fatal_from_current(t, "Fatal error: sendfile's waiter failed");
+        Py_DECREF(fut);
+    }
+    sendfile_release(t);
+    pin_update(t);
+    return r;
+}
+
 /* Several chunks for one Protocol in a row (a large message arriving in
  * more than one receive buffer) become one bytes object and one
  * data_received call, as one large read would give them. Everything is
@@ -706,6 +759,9 @@ int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
         break;
     case GL_EV_CLOSED:
         r = on_closed(t);
+        break;
+    case GL_EV_SENDFILE:
+        r = on_sendfile(t, c);
         break;
     default:
         break;
@@ -835,8 +891,60 @@ static int write_one(Transport *t, PyObject *data)
     return PyErr_Occurred() ? -1 : 0;
 }
 
+/* _sendfile(file, offset, count, waiter): queue OpSendfile behind the
+ * writes already made; EvSendfile settles waiter. file is a file object
+ * the transport keeps, and closes, once Go is done with its fd. One at a
+ * time, as asyncio's transports allow. */
+static PyObject *tr_sendfile(Transport *t, PyObject *args)
+{
+    PyObject *file, *fut;
+    unsigned long long offset;
+    unsigned int count;
+    if (!PyArg_ParseTuple(args, "OKIO:_sendfile", &file, &offset, &count, &fut))
+        return NULL;
+    if (t->sf_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sendfile is in progress");
+        return NULL;
+    }
+    if (t->closing || t->close_sent || t->conn_lost || !t->go_open) {
+        PyErr_SetString(PyExc_RuntimeError, "Transport is closing");
+        return NULL;
+    }
+    if (t->eof_written) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+        return NULL;
+    }
+    if (count == 0 || count > GL_SENDFILE_MAX) {
+        PyErr_SetString(PyExc_ValueError, "sendfile count out of range");
+        return NULL;
+    }
+    int ffd = PyObject_AsFileDescriptor(file);
+    if (ffd < 0)
+        return NULL;
+    if (loop_submit(t->loop, GL_OP_SENDFILE, t->fd, TOKEN(t), (const void *)(uintptr_t)offset,
+                    count, (uint32_t)ffd) < 0)
+        return NULL;
+    Py_INCREF(fut);
+    t->sf_waiter = fut;
+    Py_INCREF(file);
+    t->sf_file = file;
+    pin_update(t);
+    Py_RETURN_NONE;
+}
+
+/* asyncio's transports refuse a write while a sendfile is under way. */
+static int refuse_during_sendfile(Transport *t)
+{
+    if (t->sf_waiter == NULL && !t->sf_active)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
+    return -1;
+}
+
 static PyObject *tr_write(Transport *t, PyObject *data)
 {
+    if (refuse_during_sendfile(t) < 0)
+        return NULL;
     if (write_one(t, data) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -844,6 +952,8 @@ static PyObject *tr_write(Transport *t, PyObject *data)
 
 static PyObject *tr_writelines(Transport *t, PyObject *seq)
 {
+    if (refuse_during_sendfile(t) < 0)
+        return NULL;
     PyObject *it = PyObject_GetIter(seq);
     if (it == NULL)
         return NULL;
@@ -891,7 +1001,9 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
         /* Graceful: Go closes the fd after the sends already queued. */
         if (send_close(t, 0) < 0)
             return NULL;
-        if (t->slen == 0 && schedule_lost(t) < 0)
+        /* A sendfile still in Go's queue is sent first: connection_lost then
+         * follows EvClosed, as after pending writes. */
+        if (t->slen == 0 && t->sf_waiter == NULL && schedule_lost(t) < 0)
             return NULL;
     }
     Py_RETURN_NONE;
@@ -1143,6 +1255,7 @@ static PyMethodDef tr_methods[] = {
     {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},
     {"_start_reading", (PyCFunction)tr_start_reading, METH_NOARGS, NULL},
     {"_deliver_held", (PyCFunction)tr_deliver_held, METH_NOARGS, NULL},
+    {"_sendfile", (PyCFunction)tr_sendfile, METH_VARARGS, NULL},
     {"_force_close", (PyCFunction)tr_force_close, METH_O, NULL},
     {"_call_connection_lost", (PyCFunction)tr_call_connection_lost, METH_O, NULL},
     {NULL}
@@ -1158,6 +1271,7 @@ static PyGetSetDef tr_getset[] = {
 static PyMemberDef tr_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(Transport, weakreflist), READONLY},
     {"_protocol", T_OBJECT, offsetof(Transport, protocol), READONLY},
+    {"_sendfile_active", T_BOOL, offsetof(Transport, sf_active), 0},
     {NULL}
 };
 
