@@ -932,10 +932,12 @@ static PyObject *tr_sendfile(Transport *t, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* asyncio's transports refuse a write while a sendfile is under way. */
+/* asyncio's transports refuse a write while loop.sendfile is under way.
+ * A sendfile whose coroutine was cancelled goes on in Go: later writes
+ * queue behind the rest of the file, in order. */
 static int refuse_during_sendfile(Transport *t)
 {
-    if (t->sf_waiter == NULL && !t->sf_active)
+    if (!t->sf_active)
         return 0;
     PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
     return -1;
