@@ -387,6 +387,8 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
             raise exceptions.SendfileNotAvailableError("not a regular file")
         if not (count or st.st_size):
             return 0  # an empty file, as asyncio answers it
+        if transp._sendfile_active:  # asyncio: "Empty waiter is already set"
+            raise RuntimeError("sendfile is in progress")
         # Reading pauses meanwhile, as on asyncio, whose transport could not
         # take a write until the sendfile is done (nor can ours).
         resume = transp.is_reading()
