@@ -678,6 +678,10 @@ def postgres():
             pytest.skip("running as root and there is no postgres user")
         # The server itself, not a wrapper, is our child: its pid gets the signal.
         as_user = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+    # The server is not under test: no sanitizer runtime preloaded into it
+    # (make test-asan preloads libasan for the suite and what it starts).
+    env = {k: v for k, v in os.environ.items()
+           if k != "LD_PRELOAD" and not k.startswith(("ASAN_", "UBSAN_"))}
     tmp = tempfile.mkdtemp(prefix="goloop-pg-")
     proc = None
     try:
@@ -694,9 +698,19 @@ def postgres():
             shutil.chown(tmp, "postgres")
             shutil.chown(keyfile, "postgres")
             shutil.chown(certfile, "postgres")
-        subprocess.run([os.path.join(bindir, "initdb"), "-D", data, "-A", "trust",
-                        "-U", "postgres", "--no-sync"], cwd=tmp, **as_user,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        # Each in a session of its own: on a timeout the whole group goes,
+        # initdb's own children too.
+        init = subprocess.Popen([os.path.join(bindir, "initdb"), "-D", data, "-A", "trust",
+                                 "-U", "postgres", "--no-sync"], cwd=tmp, env=env, **as_user,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            if init.wait(60) != 0:
+                pytest.fail("initdb failed")
+        except subprocess.TimeoutExpired:
+            os.killpg(init.pid, 9)
+            init.wait()
+            pytest.fail("initdb did not finish in 60 s")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -706,12 +720,13 @@ def postgres():
                        "-h", "127.0.0.1", "-k", tmp, "-c", "ssl=on",
                        "-c", f"ssl_cert_file={certfile}", "-c", f"ssl_key_file={keyfile}",
                        "-c", "fsync=off"],
-            stdout=subprocess.DEVNULL, stderr=log, cwd=tmp, **as_user)
+            stdout=subprocess.DEVNULL, stderr=log, cwd=tmp, env=env, start_new_session=True,
+            **as_user)
         log.close()
         deadline = time.monotonic() + 30
         while True:
             r = subprocess.run([os.path.join(bindir, "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             if r.returncode == 0:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -724,7 +739,7 @@ def postgres():
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, 9)
                 proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
