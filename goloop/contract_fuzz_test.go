@@ -2,6 +2,7 @@ package goloop
 
 import (
 	"bytes"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -12,11 +13,11 @@ import (
 
 // FuzzContract drives both backends with random interleavings of what the C
 // side may submit for a few connections (receive start/stop, sends,
-// shutdowns, graceful closes, aborts and upgrades) and of what their peers
+// sendfiles, shutdowns, graceful closes, aborts and upgrades) and of what their peers
 // do (write, close, reset), following C's rules (nothing for a token after
 // its close but an upgrade), and checks the contract record.go promises:
 //
-//   - every OpSend and OpShutdown is answered exactly once, every OpClose by
+//   - every OpSend, OpSendfile and OpShutdown is answered exactly once, every OpClose by
 //     exactly one EvClosed, and nothing names a token after its EvClosed;
 //   - a receive buffer is never lent twice without being given back;
 //   - each connection receives a prefix of what its own peer wrote, in
@@ -52,7 +53,7 @@ type contractConn struct {
 	peerGone        bool
 	sent, peerWrote []byte // what C sent on fd, what the peer wrote
 	got, peerGot    []byte // what arrived on fd, what arrived at the peer
-	sendsOut        int    // OpSend/OpShutdown not yet answered
+	sendsOut        int    // OpSend/OpSendfile/OpShutdown not yet answered
 	bufs            [][]byte
 }
 
@@ -81,6 +82,19 @@ func runContract(t *testing.T, kind string, script []byte) {
 			}
 		}
 	}()
+	// The file sendfiles read from: lent to Go until the run's end.
+	fileData := make([]byte, 1<<16)
+	for i := range fileData {
+		fileData[i] = byte(i*7 + i>>8)
+	}
+	file, err := os.CreateTemp(t.TempDir(), "contract")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	if _, err := file.Write(fileData); err != nil {
+		t.Fatal(err)
+	}
 	lent := map[uint32]bool{}
 	var subs []Sub
 	out := make([]Comp, 64)
@@ -108,7 +122,7 @@ func runContract(t *testing.T, kind string, script []byte) {
 				} else {
 					c.recvOn, c.recvEnded = false, true
 				}
-			case EvSend, EvShutdown:
+			case EvSend, EvShutdown, EvSendfile:
 				c.sendsOut--
 				if c.sendsOut < 0 {
 					t.Fatalf("%s: conn %d: more send/shutdown answers than requests", kind, i)
@@ -161,6 +175,11 @@ func runContract(t *testing.T, kind string, script []byte) {
 		case op == 1 && !c.closeSent && c.recvOn:
 			subs = append(subs, Sub{Op: OpRecvStop, Fd: c.fd, Token: c.tok})
 			c.recvOn = false
+		case op == 2 && !c.closeSent && arg&0x80 != 0:
+			off, n := int(arg)*97, int(arg&0x7f)*53+1
+			c.sent = append(c.sent, fileData[off:off+n]...)
+			subs = append(subs, Sub{Op: OpSendfile, Fd: c.fd, Token: c.tok, Ptr: uintptr(off), Len: uint32(n), Arg: uint32(file.Fd())})
+			c.sendsOut++
 		case op == 2 && !c.closeSent:
 			n := int(arg)*37 + 1
 			data := bytes.Repeat([]byte{pattern}, n)

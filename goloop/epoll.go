@@ -224,7 +224,7 @@ func (b *epollBackend) apply(s *Sub) {
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
 		}
 		b.forgetIfIdle(f)
-	case OpSend, OpSendTo, OpShutdown, OpClose:
+	case OpSend, OpSendTo, OpShutdown, OpClose, OpSendfile:
 		if s.Op == OpClose && s.Arg&CloseAbort != 0 {
 			b.abort(f)
 			b.closeFd(f, s.Token)
@@ -288,6 +288,17 @@ func (b *epollBackend) flush(f *epFd) {
 				res = -int32(e)
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+		case OpSendfile:
+			done, e := sendfileSome(f.fd, q)
+			if !done {
+				f.blocked = true
+				return
+			}
+			res := int32(q.off)
+			if e != 0 {
+				res = -int32(e)
+			}
+			b.complete(q.result(res))
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:

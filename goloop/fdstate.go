@@ -21,18 +21,44 @@ const (
 // queued is one entry of an fd's ordered output queue: a send, a shutdown
 // or a graceful close, which must happen in the order C asked for them.
 type queued struct {
-	op    uint8 // OpSend, OpSendTo, OpShutdown or OpClose
+	op    uint8 // OpSend, OpSendTo, OpShutdown, OpClose or OpSendfile
 	token uint64
-	ptr   uintptr
-	n     int // bytes to send
-	off   int // bytes already sent
+	ptr   uintptr // OpSendfile: the file offset
+	n     int     // bytes to send
+	off   int     // bytes already sent
+	file  int32   // OpSendfile: the file's fd (lent by C)
+}
+
+// queuedOf is the queue entry for a submission.
+func queuedOf(s *Sub) queued {
+	q := queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)}
+	if s.Op == OpSendfile {
+		q.file = int32(s.Arg)
+		if q.n > SendfileMax {
+			q.n = SendfileMax
+		}
+	}
+	return q
+}
+
+// result is the completion that ends a send or a sendfile with res: the
+// bytes sent, or -errno (a sendfile then also says how far it got).
+func (q *queued) result(res int32) Comp {
+	if q.op == OpSendfile {
+		c := Comp{Token: q.token, Kind: EvSendfile, Res: res}
+		if res < 0 {
+			c.Aux = uint32(q.off)
+		}
+		return c
+	}
+	return Comp{Token: q.token, Kind: EvSend, Res: res}
 }
 
 // outQueue is an fd's output queue, oldest first.
 type outQueue []queued
 
 func (q *outQueue) push(s *Sub) {
-	*q = append(*q, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
+	*q = append(*q, queuedOf(s))
 }
 
 // pop drops the head. The last entry is dropped by truncating, not by
@@ -55,10 +81,11 @@ func (q *outQueue) cancel(complete func(Comp)) { q.fail(-int32(unix.ECANCELED), 
 // close is answered too (EvClosed with res), for an fd the backend cannot
 // serve at all.
 func (q *outQueue) fail(res int32, closes bool, complete func(Comp)) {
-	for _, e := range *q {
+	for i := range *q {
+		e := &(*q)[i]
 		switch e.op {
-		case OpSend, OpSendTo:
-			complete(Comp{Token: e.token, Kind: EvSend, Res: res})
+		case OpSend, OpSendTo, OpSendfile:
+			complete(e.result(res))
 		case OpShutdown:
 			complete(Comp{Token: e.token, Kind: EvShutdown, Res: res})
 		case OpClose:
@@ -119,6 +146,47 @@ func sendSome(fd int32, q *queued, notSock *bool) (done bool, errno unix.Errno) 
 		case unix.EAGAIN:
 			return false, 0
 		default:
+			return true, e
+		}
+	}
+	return true, 0
+}
+
+// sendfileSome makes one sendfile(2) call for q that moves bytes (or
+// finds the end of the file, or an error): asyncio's selector loop makes
+// one per writability event, and so does goloop. Looping until EAGAIN
+// would let a peer that drains as fast as it is fed (an io_uring receive
+// in this same process) take a whole file before any other callback ran,
+// where asyncio lets the peer's protocol see the first bytes (and perhaps
+// close) in between. It reports done=true with err=0 when q is finished
+// (q.off < q.n then means the file ended early); done=false when q waits
+// for writability. sendfile(2) has no MSG_NOSIGNAL; a vanished peer is
+// still EPIPE, since Python ignores SIGPIPE and Go's handler ignores it on
+// its own threads.
+func sendfileSome(fd int32, q *queued) (done bool, errno unix.Errno) {
+	for q.off < q.n {
+		off := int64(q.ptr) + int64(q.off)
+		n, err := unix.Sendfile(int(fd), int(q.file), &off, q.n-q.off)
+		if f := faultAt(faultSend); f != 0 && err == nil {
+			err, n = f, 0 // as if nothing was sent
+		}
+		switch err {
+		case nil:
+			if n == 0 {
+				return true, 0 // end of file
+			}
+			q.off += n
+			if q.off < q.n {
+				return false, 0 // the rest at the next writability
+			}
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false, 0
+		default:
+			e, ok := err.(unix.Errno)
+			if !ok || e == 0 {
+				e = unix.EIO
+			}
 			return true, e
 		}
 	}

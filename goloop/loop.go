@@ -22,6 +22,12 @@ type Loop struct {
 const closeWait = 2 * time.Second
 
 func NewLoop(kind string, opt Options) (*Loop, error) {
+	// The Go runtime opens its netpoller (an epoll fd and an eventfd, once
+	// per process) the first time a timer is armed. Close's bounded wait
+	// arms one only when it has to wait, which depends on scheduling, so
+	// those two fds appeared at a random later close. Arming one here opens
+	// them with the first loop, at a known moment.
+	time.AfterFunc(time.Hour, func() {}).Stop()
 	b, err := NewBackend(kind, opt)
 	if err != nil {
 		return nil, err

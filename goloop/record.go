@@ -103,6 +103,14 @@ const (
 	// (the queue goes on: EACCES, EMSGSIZE, ECONNREFUSED...), -ECANCELED
 	// when an abort dropped it.
 	OpSendTo
+	// OpSendfile sends Len bytes (at most SendfileMax) of the file whose fd is
+	// Arg, from file offset Ptr, on Fd with sendfile(2), after earlier sends
+	// on Fd and before later ones, when Fd is writable. The file fd is lent:
+	// Go never closes it, and C keeps it open until the completion. Exactly
+	// one EvSendfile answers it: Res = bytes sent (fewer than Len only at the
+	// end of the file), or -errno with Aux = bytes sent before the error
+	// (-ECANCELED when an abort dropped it).
+	OpSendfile
 	opCount
 )
 
@@ -120,7 +128,13 @@ const (
 	EvPosted
 	// EvDgram is one received datagram or receive error (OpDgramRecvStart).
 	EvDgram
+	// EvSendfile answers OpSendfile.
+	EvSendfile
 )
+
+// SendfileMax is the most one OpSendfile may ask for: its count must fit
+// in Res.
+const SendfileMax = 1 << 30
 
 // Completion flags.
 const (

@@ -262,8 +262,8 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 	case OpDgramRecvStart:
 		b.dgramRecvStart(f, s)
-	case OpSend, OpSendTo, OpShutdown:
-		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
+	case OpSend, OpSendTo, OpShutdown, OpSendfile:
+		f.out = append(f.out, queuedOf(s))
 		b.pumpLater(f)
 	case OpClose:
 		if s.Arg&CloseAbort != 0 {
@@ -320,7 +320,7 @@ func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
 func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect,
 		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
-		OpSendTo: EvSend, OpDgramRecvStart: EvDgram}[s.Op]
+		OpSendTo: EvSend, OpDgramRecvStart: EvDgram, OpSendfile: EvSendfile}[s.Op]
 	if kind != EvNone {
 		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
 	}
@@ -578,6 +578,10 @@ func (b *uringBackend) pump(f *urFd) {
 			if !b.sendToNow(f, q) {
 				return // the socket is full: wait for POLLOUT
 			}
+		case OpSendfile:
+			if !b.sendfile(f, q) {
+				return
+			}
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
@@ -593,6 +597,26 @@ func (b *uringBackend) pump(f *urFd) {
 // maxGather bounds how many queued sends one sendmsg carries.
 const maxGather = 64
 
+// sendfile does OpSendfile's I/O at the head of the queue: sendfile(2)
+// while the socket takes bytes, then a poll for writability in the kernel
+// (the head stays "sending", so later entries keep their place). It
+// reports whether the entry is finished (and completed).
+func (b *uringBackend) sendfile(f *urFd, q *queued) bool {
+	done, e := sendfileSome(f.fd, q)
+	if !done {
+		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
+		p.opFlags = PollOut
+		f.sending = true
+		return false
+	}
+	res := int32(q.off)
+	if e != 0 {
+		res = -int32(e)
+	}
+	b.complete(q.result(res))
+	return true
+}
+
 func (b *uringBackend) submitSend(f *urFd, q *queued) {
 	if q.op == OpSendTo {
 		b.pump(f) // writable again (onSendPoll): send the datagrams now
@@ -606,7 +630,7 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 		f.sending = true
 		return
 	}
-	n := 0
+	n := 0 // q is the head, an OpSend: at least it goes
 	for i := range f.out {
 		e := &f.out[i]
 		if e.op != OpSend || n == maxGather {
@@ -698,15 +722,15 @@ func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
 	q := &f.out[0]
 	switch {
 	case f.aborting:
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(unix.ECANCELED)})
+		b.complete(q.result(-int32(unix.ECANCELED)))
 		f.out.pop()
 		f.out.cancel(b.complete)
 	case c.res < 0:
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: c.res})
+		b.complete(q.result(c.res))
 		f.out.pop()
 		b.pump(f)
 	default:
-		b.submitSend(f, q)
+		b.pump(f) // the head goes on as its kind does: send, sendto or sendfile
 	}
 }
 

@@ -26,7 +26,9 @@ try:
     from test.test_asyncio import test_buffered_proto
     from test.test_asyncio import test_events
     from test.test_asyncio import test_server
+    from test.test_asyncio import test_sendfile
     from test.test_asyncio import test_sock_lowlevel
+    from test.test_asyncio import test_sslproto
     from test.test_asyncio import utils as test_utils
 except ImportError as exc:  # pragma: no cover - Debian's libpython3.11-testsuite
     pytest.skip(f"CPython's test suite is not installed: {exc}",
@@ -119,6 +121,12 @@ UVLOOP_EXPECTED_FAILURES = {
     "test_sendto_blocking": "uvloop 0.17 has no sock_sendto (NotImplementedError)",
 }
 UVLOOP_HANGS = {
+    "test_start_tls_client_reg_proto_1":
+        "uvloop: loop.start_tls right behind a 100 KiB plain write never completes (30 s)",
+    "test_create_connection_memory_leak":
+        "uvloop: loop.start_tls right behind a 100 KiB plain write never completes (30 s)",
+    "test_start_tls_client_buf_proto_1":
+        "uvloop: loop.start_tls right behind a 100 KiB plain write never completes",
     "test_sock_client_racing":
         "uvloop: sock_recv racing with add_reader on the same fd never completes",
     "test_add_signal_handler":
@@ -220,7 +228,19 @@ def _make_classes(name):
         f"Test{prefix}BaseEventsDatagram": type(
             f"Test{prefix}BaseEventsDatagram", (test_utils.TestCase,),
             _base_events_datagram(factory, name == "uvloop")),
+        f"Test{prefix}Sendfile": type(
+            f"Test{prefix}Sendfile",
+            (test_sendfile.SendfileTestsBase, test_utils.TestCase),
+            body(test_sendfile.SendfileTestsBase, {"create_event_loop": create_event_loop})),
+        f"Test{prefix}StartTLS": type(
+            f"Test{prefix}StartTLS",
+            (test_sslproto.BaseStartTLS, unittest.TestCase),
+            body(test_sslproto.BaseStartTLS, {"new_loop": new_loop})),
     }
+    if name == "uvloop":
+        # Not a reference here: every test would fail the same way.
+        key = f"Test{prefix}Sendfile"
+        classes[key] = unittest.skip("uvloop 0.17 has no loop.sendfile (NotImplementedError)")(classes[key])
     if skip_all:
         classes = {k: unittest.skip(skip_all)(v) for k, v in classes.items()}
     return classes

@@ -8,6 +8,7 @@ writers, signals, and the glue that lets asyncio's own argument handling
 """
 import asyncio
 import errno
+import io
 import os
 import select
 import signal
@@ -17,7 +18,7 @@ import sys
 from struct import error as _struct_error, pack as _struct_pack
 import threading
 import weakref
-from asyncio import base_events, events, exceptions, selector_events, unix_events
+from asyncio import base_events, constants, events, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _core, _dns, _hooks
@@ -31,6 +32,13 @@ _core._set_hooks(
     extract_stack=_hooks.extract_stack,
     check_call=_hooks.check_call,
 )
+
+# asyncio's start_tls() accepts a transport that says it can be upgraded:
+# ours switches protocols keeping every byte that arrived (docs/tls.md).
+_core.Transport._start_tls_compatible = True
+# asyncio's sendfile() tries the transport's native path first: ours queues a
+# sendfile(2) in Go behind earlier writes (docs/sendfile.md).
+_core.Transport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
 _Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
@@ -101,6 +109,32 @@ def _sockaddr(family, address):
     except (TypeError, ValueError, OSError, OverflowError, _struct_error):
         return None
     return None
+
+
+_SENDFILE_MAX = 1 << 30  # GL_SENDFILE_MAX: the most one Go sendfile takes
+_FALLBACK_CHUNK = 1 << 16
+
+
+class _FallbackProtocol(base_events._SendfileFallbackProtocol):
+    """asyncio's protocol for a sendfile done with writes, on goloop's transport.
+
+    It stands in for the program's protocol while the file is written, and
+    gives writes back-pressure through pause_writing/resume_writing. The
+    difference: asyncio carries a write pause across set_protocol and lets
+    this protocol resume the program's at the end; goloop's transport resumes
+    the paused protocol at the switch itself (transport.c, set_protocol), so
+    nothing is owed to it afterwards and this protocol starts unpaused (the
+    transport pauses it at its first write above the high-water mark)."""
+
+    def __init__(self, transp):
+        self._transport = transp
+        self._proto = transp.get_protocol()
+        self._should_resume_reading = transp.is_reading()
+        self._should_resume_writing = False
+        self._write_ready_fut = None
+        transp.pause_reading()
+        transp.set_protocol(self)
+
 
 
 class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
@@ -382,11 +416,106 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             except OSError:
                 pass
 
-    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
-        # Not yet: asyncio's fallback needs its own transport classes. Saying
-        # NotImplementedError, as uvloop does, is what lets aiohttp and others
-        # fall back to plain writes.
-        raise NotImplementedError("goloop: loop.sendfile() is not implemented yet")
+    # ---- sendfile (docs/sendfile.md) ----
+    # loop.sendfile is asyncio's BaseEventLoop.sendfile (argument checks,
+    # native first, then the fallback), calling the two hooks below.
+    # sock_sendfile is asyncio's too, native through os.sendfile on our
+    # readiness, as its selector loop does it.
+
+    _sock_sendfile_native = _Unix._sock_sendfile_native
+    _sock_sendfile_native_impl = _Unix._sock_sendfile_native_impl
+    _sock_sendfile_update_filepos = _Unix._sock_sendfile_update_filepos
+    _sock_add_cancellation_callback = _Unix._sock_add_cancellation_callback
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        if not isinstance(transp, _core.Transport):
+            raise exceptions.SendfileNotAvailableError(
+                f"native sendfile is not supported for transport {transp!r}")
+        # What asyncio's selector loop checks here (through sock_sendfile):
+        # the same errors for the same arguments.
+        self._check_sendfile_params(transp.get_extra_info('socket'), file, offset, count)
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            st = os.fstat(fileno)
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not (count or st.st_size):
+            return 0  # an empty file, as asyncio answers it
+        if transp._sendfile_active:  # asyncio: "Empty waiter is already set"
+            raise RuntimeError("sendfile is in progress")
+        # Reading pauses meanwhile, as on asyncio, whose transport could not
+        # take a write until the sendfile is done (nor can ours).
+        resume = transp.is_reading()
+        transp.pause_reading()
+        # Until this coroutine is done (not only until Go is), write() raises
+        # as asyncio's transport does while its sendfile runs.
+        transp._sendfile_active = True
+        total = 0
+        try:
+            while True:
+                want = _SENDFILE_MAX if count is None else min(count - total, _SENDFILE_MAX)
+                if want <= 0:
+                    return total
+                # Go reads a dup of the fd, which the transport keeps open
+                # until Go is done with it (even if this coroutine is
+                # cancelled, or the program closes its file meanwhile).
+                own = io.FileIO(os.dup(fileno), 'rb')
+                try:
+                    fut = self.create_future()
+                    transp._sendfile(own, offset + total, want, fut)
+                except BaseException:
+                    own.close()
+                    raise
+                del own
+                sent, err = await fut
+                total += sent
+                if err:
+                    if total == 0:  # asyncio's rule: the fallback may do better
+                        raise exceptions.SendfileNotAvailableError("os.sendfile call failed")
+                    if err == errno.ECANCELED:
+                        raise ConnectionAbortedError(
+                            errno.ECONNABORTED, "the transport was aborted during sendfile")
+                    raise OSError(err, os.strerror(err))
+                if sent < want:
+                    return total  # the end of the file
+        finally:
+            transp._sendfile_active = False
+            if total > 0:
+                file.seek(offset + total)
+            if resume and not transp.is_closing():
+                transp.resume_reading()
+
+    async def _sendfile_fallback(self, transp, file, offset, count):
+        if not isinstance(transp, _core.Transport):
+            # TLS transports are asyncio's own: asyncio's fallback fits them.
+            return await base_events.BaseEventLoop._sendfile_fallback(
+                self, transp, file, offset, count)
+        # asyncio's fallback protocol refuses a transport that is not its own
+        # _FlowControlMixin; _FallbackProtocol is the same protocol for ours.
+        # Reads run in the executor; bytes go to write() uncopied.
+        if offset:
+            file.seek(offset)
+        proto = _FallbackProtocol(transp)
+        total = 0
+        try:
+            while count is None or total < count:
+                n = _FALLBACK_CHUNK if count is None else min(count - total, _FALLBACK_CHUNK)
+                data = await self.run_in_executor(None, file.read, n)
+                if not data:
+                    break
+                await proto.drain()
+                transp.write(data)
+                total += len(data)
+            return total
+        finally:
+            if total > 0 and hasattr(file, 'seek'):
+                file.seek(offset + total)
+            await proto.restore()
 
     # ---- names: goloop's resolver in Go (docs/dns.md) ----
 

@@ -21,6 +21,8 @@ typedef struct {
     PyObject *sock;             /* the Python socket: user-visible, detached when Go closes the fd */
     PyObject *lost_exc;
     PyObject *held;             /* list: chunks (bytes) or None (EOF) that came while paused */
+    PyObject *sf_waiter;        /* the future of the OpSendfile in Go's queue (sendfile.md) */
+    PyObject *sf_file;          /* the file object whose fd that OpSendfile reads: kept open until EvSendfile */
     PyObject **sendq;           /* bytes objects Go is sending, oldest first */
     Py_ssize_t shead, slen, scap;
     Py_ssize_t wsize, high, low;     /* high/low: the limits as C numbers, saturated */
@@ -41,6 +43,7 @@ typedef struct {
     char lost_scheduled;        /* _call_connection_lost is on its way */
     char quiet_send_errors;     /* close() found every pending send still unsubmitted */
     char close_pending;         /* close() came with sends pending: OpClose follows the last */
+    char sf_active;             /* loop.sendfile is under way (Python sets it): write() refuses */
     uint64_t enq_poll;          /* lp->polls when the last send was queued */
     Py_ssize_t enq_fresh;       /* sends queued since that poll: not yet handed to Go */
     uint64_t token;             /* owner table slot (owners.c) */
@@ -59,7 +62,7 @@ typedef struct {
  * unpin's DECREF never frees the object under them. */
 static void pin_update(Transport *t)
 {
-    int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent);
+    int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent || t->sf_waiter != NULL);
     if (want && !t->pinned) {
         t->pinned = 1;
         Py_INCREF(t);
@@ -106,6 +109,26 @@ static int set_protocol(Transport *t, PyObject *protocol)
     Py_XSETREF(t->buffer_updated, bu);
     t->buffered = (char)isbuf;
     return 0;
+}
+
+/* The file object of a finished (or never to finish: the loop is gone)
+ * sendfile: closing it closes the fd Go read from, which is ours (a dup),
+ * so the program's own file may have been closed meanwhile. */
+static void sendfile_release(Transport *t)
+{
+    PyObject *file = t->sf_file;
+    t->sf_file = NULL;
+    Py_CLEAR(t->sf_waiter);
+    if (file == NULL)
+        return;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *r = PyObject_CallMethod(file, "close", NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable(file);
+    Py_XDECREF(r);
+    Py_DECREF(file);
+    PyErr_Restore(et, ev, etb);
 }
 
 static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
@@ -180,6 +203,8 @@ static int tr_traverse(Transport *t, visitproc visit, void *arg)
     Py_VISIT(t->sock);
     Py_VISIT(t->lost_exc);
     Py_VISIT(t->held);
+    Py_VISIT(t->sf_waiter);
+    Py_VISIT(t->sf_file);
     Py_VISIT(t->high_obj);
     Py_VISIT(t->low_obj);
     Py_VISIT(Py_TYPE(t));
@@ -197,6 +222,7 @@ static int tr_clear(Transport *t)
     Py_CLEAR(t->sock);
     Py_CLEAR(t->lost_exc);
     Py_CLEAR(t->held);
+    sendfile_release(t);
     Py_CLEAR(t->high_obj);
     Py_CLEAR(t->low_obj);
     return 0;
@@ -640,6 +666,33 @@ static int on_closed(Transport *t)
     return 0;
 }
 
+/* EvSendfile: the waiter gets (bytes sent, errno or 0); the file is let go.
+ * A waiter already done (its coroutine was cancelled) only lets go. */
+static int on_sendfile(Transport *t, gl_comp *c)
+{
+    PyObject *fut = t->sf_waiter;
+    t->sf_waiter = NULL;
+    int r = 0;
+    if (fut != NULL) {
+        long sent = c->res >= 0 ? (long)c->res : (long)c->aux;
+        int err = c->res >= 0 ? 0 : -c->res;
+        PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+        int isdone = done ? PyObject_IsTrue(done) : -1;
+        Py_XDECREF(done);
+        PyObject *res = NULL;
+        if (isdone == 0) {
+            res = PyObject_CallMethod(fut, "set_result", "((li))", sent, err);
+            Py_XDECREF(res);
+        }
+        if (isdone < 0 || (isdone == 0 && res == NULL))
+            r = fatal_from_current(t, "Fatal error: sendfile's waiter failed");
+        Py_DECREF(fut);
+    }
+    sendfile_release(t);
+    pin_update(t);
+    return r;
+}
+
 /* Several chunks for one Protocol in a row (a large message arriving in
  * more than one receive buffer) become one bytes object and one
  * data_received call, as one large read would give them. Everything is
@@ -703,6 +756,9 @@ int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
         break;
     case GL_EV_CLOSED:
         r = on_closed(t);
+        break;
+    case GL_EV_SENDFILE:
+        r = on_sendfile(t, c);
         break;
     default:
         break;
@@ -877,8 +933,62 @@ static int write_one(Transport *t, PyObject *data)
     return PyErr_Occurred() ? -1 : 0;
 }
 
+/* _sendfile(file, offset, count, waiter): queue OpSendfile behind the
+ * writes already made; EvSendfile settles waiter. file is a file object
+ * the transport keeps, and closes, once Go is done with its fd. One at a
+ * time, as asyncio's transports allow. */
+static PyObject *tr_sendfile(Transport *t, PyObject *args)
+{
+    PyObject *file, *fut;
+    unsigned long long offset;
+    unsigned int count;
+    if (!PyArg_ParseTuple(args, "OKIO:_sendfile", &file, &offset, &count, &fut))
+        return NULL;
+    if (t->sf_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sendfile is in progress");
+        return NULL;
+    }
+    if (t->closing || t->close_sent || t->conn_lost || !t->go_open) {
+        PyErr_SetString(PyExc_RuntimeError, "Transport is closing");
+        return NULL;
+    }
+    if (t->eof_written) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+        return NULL;
+    }
+    if (count == 0 || count > GL_SENDFILE_MAX) {
+        PyErr_SetString(PyExc_ValueError, "sendfile count out of range");
+        return NULL;
+    }
+    int ffd = PyObject_AsFileDescriptor(file);
+    if (ffd < 0)
+        return NULL;
+    if (loop_submit(t->loop, GL_OP_SENDFILE, t->fd, TOKEN(t), (const void *)(uintptr_t)offset,
+                    count, (uint32_t)ffd) < 0)
+        return NULL;
+    Py_INCREF(fut);
+    t->sf_waiter = fut;
+    Py_INCREF(file);
+    t->sf_file = file;
+    pin_update(t);
+    Py_RETURN_NONE;
+}
+
+/* asyncio's transports refuse a write while loop.sendfile is under way.
+ * A sendfile whose coroutine was cancelled goes on in Go: later writes
+ * queue behind the rest of the file, in order. */
+static int refuse_during_sendfile(Transport *t)
+{
+    if (!t->sf_active)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
+    return -1;
+}
+
 static PyObject *tr_write(Transport *t, PyObject *data)
 {
+    if (refuse_during_sendfile(t) < 0)
+        return NULL;
     if (write_one(t, data) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -886,6 +996,8 @@ static PyObject *tr_write(Transport *t, PyObject *data)
 
 static PyObject *tr_writelines(Transport *t, PyObject *seq)
 {
+    if (refuse_during_sendfile(t) < 0)
+        return NULL;
     PyObject *it = PyObject_GetIter(seq);
     if (it == NULL)
         return NULL;
@@ -935,14 +1047,19 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
          * kernel took at once is accounted for before deciding. */
         if (fresh > 0 && !t->aborted && flush_now(t) < 0)
             return NULL;
-        if (t->slen > 0) {
+        if (t->slen > 0 && t->sf_waiter == NULL) {
             /* Writes are still taken until the queue is empty; then Go
              * closes the fd (maybe_finish_close) and EvClosed brings
              * connection_lost. */
             t->close_pending = 1;
         } else {
+            /* Graceful: Go closes the fd after what is queued. A sendfile
+             * still in Go's queue is sent first (writes are refused while
+             * it runs): connection_lost then follows EvClosed. */
             t->conn_lost++;
-            if (send_close(t, 0) < 0 || schedule_lost(t) < 0)
+            if (send_close(t, 0) < 0)
+                return NULL;
+            if (t->slen == 0 && t->sf_waiter == NULL && schedule_lost(t) < 0)
                 return NULL;
         }
     }
@@ -1079,10 +1196,44 @@ static PyObject *tr_get_protocol(Transport *t, PyObject *unused)
     return p;
 }
 
+/* A switch (start_tls puts an SSLProtocol in) keeps every held chunk for
+ * the new protocol. A write pause belongs to the protocol it was given to:
+ * the old one is resumed now (else a drain() of its would wait forever),
+ * and the new one, which never saw pause_writing, is paused at its first
+ * write while the buffer is still above the high-water mark. asyncio's
+ * SSLProtocol asserts that pause_writing and resume_writing come in pairs. */
 static PyObject *tr_set_protocol(Transport *t, PyObject *protocol)
 {
-    if (set_protocol(t, protocol) < 0)
+    PyObject *old = t->protocol;
+    Py_XINCREF(old);
+    if (set_protocol(t, protocol) < 0) {
+        Py_XDECREF(old);
         return NULL;
+    }
+    if (t->write_paused && old != NULL && old != protocol) {
+        t->write_paused = 0;
+        PyObject *r = PyObject_CallMethod(old, "resume_writing", NULL);
+        if (r == NULL && (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+                          PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))) {
+            Py_DECREF(old);
+            return NULL;
+        }
+        if (r == NULL) {
+            PyObject *value = take_exception();
+            PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message",
+                                          "protocol.resume_writing() failed", "exception",
+                                          value ? value : Py_None, "transport", t, "protocol", old);
+            Py_XDECREF(value);
+            if (ctx == NULL || loop_call_exception_handler(t->loop, ctx) < 0) {
+                Py_XDECREF(ctx);
+                Py_DECREF(old);
+                return NULL;
+            }
+            Py_DECREF(ctx);
+        }
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(old);
     Py_RETURN_NONE;
 }
 
@@ -1120,6 +1271,7 @@ static PyMethodDef tr_methods[] = {
     {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},
     {"_start_reading", (PyCFunction)tr_start_reading, METH_NOARGS, NULL},
     {"_deliver_held", (PyCFunction)tr_deliver_held, METH_NOARGS, NULL},
+    {"_sendfile", (PyCFunction)tr_sendfile, METH_VARARGS, NULL},
     {"_force_close", (PyCFunction)tr_force_close, METH_O, NULL},
     {"_call_connection_lost", (PyCFunction)tr_call_connection_lost, METH_O, NULL},
     {NULL}
@@ -1135,6 +1287,7 @@ static PyGetSetDef tr_getset[] = {
 static PyMemberDef tr_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(Transport, weakreflist), READONLY},
     {"_protocol", T_OBJECT, offsetof(Transport, protocol), READONLY},
+    {"_sendfile_active", T_BOOL, offsetof(Transport, sf_active), 0},
     {NULL}
 };
 
