@@ -153,3 +153,108 @@ def _children(pid):
         with open(f"/proc/{pid}/task/{tid}/children") as f:
             out += [int(p) for p in f.read().split()]
     return out
+
+
+# ---- uvicorn ----
+
+# uvicorn's Server.run() calls config.setup_event_loop() and then
+# asyncio.run(), which asks the policy for its loop. With loop="asyncio" (on
+# Linux) and loop="none", setup_event_loop leaves the policy alone, so the
+# policy goloop.install() set makes the server's loop; loop="auto" (the
+# default) would install uvloop's policy over it when uvloop is importable.
+UVICORN_APP = '''
+import asyncio, json, os
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            await send({"type": msg["type"] + ".complete"})
+            if msg["type"] == "lifespan.shutdown":
+                return
+    lp = asyncio.get_running_loop()
+    body = json.dumps({"pid": os.getpid(),
+                       "loop": type(lp).__module__ + "." + type(lp).__qualname__,
+                       "path": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+UVICORN_SERVER = '''
+import sys
+import goloop, uvicorn
+from asgi_app import app
+
+mode, port = sys.argv[1], int(sys.argv[2])
+kw = dict(host="127.0.0.1", port=port, log_level="info", http="h11")
+if mode == "run-asyncio":        # goloop.install(), then uvicorn.run(loop="asyncio")
+    goloop.install()
+    uvicorn.run(app, loop="asyncio", **kw)
+elif mode == "config-none":      # goloop.install(), then Server(Config(loop="none")).run()
+    goloop.install()
+    uvicorn.Server(uvicorn.Config(app, loop="none", **kw)).run()
+elif mode == "serve-goloop-run": # no policy: goloop.run(server.serve())
+    goloop.run(uvicorn.Server(uvicorn.Config(app, loop="none", **kw)).serve())
+elif mode == "run-auto":         # loop="auto", uvicorn's default, after goloop.install()
+    goloop.install()
+    uvicorn.run(app, loop="auto", **kw)
+elif mode == "cli":              # the uvicorn command line, goloop installed first
+    goloop.install()
+    from uvicorn.main import main
+    sys.argv = ["uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop",
+                "asyncio", "--http", "h11", "asgi_app:app"]
+    main()
+'''
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["run-asyncio", "config-none", "serve-goloop-run", "cli",
+                                  "run-auto"])
+def test_uvicorn_serves_on_goloop(goloop, tmp_path, mode):
+    _need("uvicorn", goloop)
+    want = "goloop.loop.Loop"
+    if mode == "run-auto":
+        # What the documentation warns of: loop="auto" replaces goloop's
+        # policy with uvloop's whenever uvloop is importable.
+        if loops.uvloop is None:
+            pytest.skip("uvloop not installed")
+        want = "uvloop.Loop"
+    (tmp_path / "uvicorn_server.py").write_text(UVICORN_SERVER)
+    (tmp_path / "asgi_app.py").write_text(UVICORN_APP)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "uvicorn_server.py"), mode, str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(tmp_path), cwd=str(tmp_path))
+    lines = []
+    try:
+        # uvicorn logs this line once its socket listens.
+        for line in proc.stdout:
+            lines.append(line)
+            if "Uvicorn running on" in line:
+                break
+        else:
+            pytest.fail("uvicorn did not start:\n" + "".join(lines))
+        for i in range(3):
+            reply = _get(port, f"/r{i}")
+            assert reply == {"pid": proc.pid, "loop": want, "path": f"/r{i}"}
+        if want.startswith("goloop"):
+            assert "libgoloop.so" in _maps(proc.pid)
+        proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown
+        rest, _ = proc.communicate(timeout=30)
+        lines.append(rest)
+        assert proc.returncode == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = "".join(lines)
+    assert "Finished server process" in text, text
+    assert "Traceback" not in text and "ERROR" not in text, text
