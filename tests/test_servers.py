@@ -258,3 +258,56 @@ def test_uvicorn_serves_on_goloop(goloop, tmp_path, mode):
     text = "".join(lines)
     assert "Finished server process" in text, text
     assert "Traceback" not in text and "ERROR" not in text, text
+
+
+UVICORN_WORKERS = '''
+import sys
+import goloop, uvicorn
+
+# At the top level: uvicorn starts its workers with multiprocessing's spawn,
+# which re-imports this module (as __mp_main__) in each new interpreter.
+goloop.install()
+
+if __name__ == "__main__":
+    uvicorn.run("asgi_app:app", host="127.0.0.1", port=int(sys.argv[1]), workers=2,
+                loop="asyncio", http="h11", log_level="info")
+'''
+
+
+@pytest.mark.timeout(60)
+def test_uvicorn_spawned_workers_run_goloop(goloop, tmp_path):
+    _need("uvicorn", goloop)
+    (tmp_path / "uvicorn_workers.py").write_text(UVICORN_WORKERS)
+    (tmp_path / "asgi_app.py").write_text(UVICORN_APP)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "uvicorn_workers.py"), str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(tmp_path), cwd=str(tmp_path))
+    lines = []
+    try:
+        started = 0
+        for line in proc.stdout:  # each worker logs this once it serves
+            lines.append(line)
+            started += "Application startup complete" in line
+            if started == 2:
+                break
+        else:
+            pytest.fail("uvicorn's workers did not start:\n" + "".join(lines))
+        reply = _get(port, "/")
+        assert reply["loop"] == "goloop.loop.Loop", reply
+        assert reply["pid"] in _children(proc.pid)
+        # The supervisor imported goloop and installed the policy, but made
+        # no loop: Go runs only in the workers.
+        assert "libgoloop.so" not in _maps(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        lines.append(rest)
+        assert proc.returncode == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = "".join(lines)
+    assert text.count("Finished server process") == 2, text
+    assert "Traceback" not in text and "ERROR" not in text, text
