@@ -144,7 +144,7 @@ def _of(module, recs):
 
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("module", MODULES)
-def test_module_on_goloop(results, module, goloop):
+def test_module_on_goloop(goloop, module, results):
     ref = _of(module, results["asyncio"])
     got = _of(module, results["goloop"])
     assert ref, f"asyncio ran no test of {module}"
@@ -171,7 +171,7 @@ def test_module_on_goloop(results, module, goloop):
     assert not problems, "\n".join(problems)
 
 
-def test_known_lists_name_real_tests(results, goloop):
+def test_known_lists_name_real_tests(goloop, results):
     ids = set(results["asyncio"])
     stale = [t for t in list(GOLOOP_KNOWN_FAILURES) + list(GOLOOP_SKIPPED) if t not in ids]
     assert not stale, stale
