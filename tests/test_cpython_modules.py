@@ -21,7 +21,9 @@ modules. test_subprocess and test_sendfile belong to the helpers adding
 subprocesses and sendfile.
 
 Each loop runs the modules in fresh interpreters (cpython_modules_run.py),
-in parallel: about a minute for all three loops on two cores.
+in parallel: under a minute for asyncio and goloop on two idle cores.
+GOLOOP_CPYTHON_SUMMARY=path writes the counts per module and loop and every
+failure's traceback tail there.
 """
 import collections
 import concurrent.futures
@@ -61,7 +63,6 @@ _PIPES = "connect_read_pipe: pipes are another helper's work (NotImplementedErro
 GOLOOP_KNOWN_FAILURES = {
     P + "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
     P + "test_streams.StreamTests.test_start_tls": _START_TLS,
-    P + "test_ssl.TestSSL.test_start_tls_client_buf_proto_1": _START_TLS,
 }
 GOLOOP_SKIPPED = {
     # The client closes its SSL transport before the write backlog reaches
@@ -73,12 +74,16 @@ GOLOOP_SKIPPED = {
     # Each waits for the per-test timeout (10 s) before failing.
     P + "test_ssl.TestSSL.test_start_tls_client_reg_proto_1": _START_TLS + "; waits 10 s",
     P + "test_ssl.TestSSL.test_start_tls_server_1": _START_TLS + "; waits 10 s",
+    # Fails at once or after the 10 s per-test timeout, by timing.
+    P + "test_ssl.TestSSL.test_start_tls_client_buf_proto_1": _START_TLS + "; may wait 10 s",
     # Expects start_tls to time out; it fails at once instead, and the
     # test's server thread then waits for its socket timeout.
     P + "test_ssl.TestSSL.test_start_tls_slow_client_cancel": _START_TLS + "; waits 10 s",
 }
 
-# uvloop is run as a reference only: its failures are reported, not judged.
+# uvloop is run as a reference only, with GOLOOP_CPYTHON_UVLOOP=1 (its
+# failures are reported in the summary, not judged): 217 of its 1212 runs
+# fail on test_utils.TestCase.close_loop reading loop._default_executor.
 PASSED = ("pass", "xfail")
 
 
@@ -102,12 +107,12 @@ def _run(loop_name, modules, skips):
 @pytest.fixture(scope="module")
 def results():
     """{loop name: {test id: record}} for asyncio (the reference), goloop and,
-    when selected, uvloop; asyncio runs even when GOLOOP_TEST_LOOPS leaves it
-    out, as every comparison is against it."""
-    names = ["asyncio"]
-    for name in ("goloop", "uvloop"):
-        if name in loops.SELECTED and not loops.unavailable(name):
-            names.append(name)
+    with GOLOOP_CPYTHON_UVLOOP=1, uvloop; asyncio runs even when
+    GOLOOP_TEST_LOOPS leaves it out, as every comparison is against it."""
+    names = ["asyncio", "goloop"]
+    if (os.environ.get("GOLOOP_CPYTHON_UVLOOP") == "1" and "uvloop" in loops.SELECTED
+            and not loops.unavailable("uvloop")):
+        names.append("uvloop")
     jobs = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as ex:
         for name in names:
