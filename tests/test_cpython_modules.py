@@ -65,12 +65,6 @@ GOLOOP_KNOWN_FAILURES = {
     P + "test_streams.StreamTests.test_start_tls": _START_TLS,
 }
 GOLOOP_SKIPPED = {
-    # The client closes its SSL transport before the write backlog reaches
-    # the peer (no close_notify arrives); the test's server thread then
-    # spins on recv() == b'' for ever and the test's cleanup joins it.
-    P + "test_ssl.TestSSL.test_remote_shutdown_receives_trailing_data":
-        "hangs: the SSL transport's write backlog is not all delivered before close "
-        "(write accounting in transport.c, being fixed by the lead)",
     # Each waits for the per-test timeout (10 s) before failing.
     P + "test_ssl.TestSSL.test_start_tls_client_reg_proto_1": _START_TLS + "; waits 10 s",
     P + "test_ssl.TestSSL.test_start_tls_server_1": _START_TLS + "; waits 10 s",
