@@ -137,7 +137,10 @@ def main(argv=None):
         return 0
     as_json = "--json" in argv
     info = gather()
-    print(json.dumps(info, indent=2) if as_json else render(info))
+    try:
+        print(json.dumps(info, indent=2) if as_json else render(info), flush=True)
+    except BrokenPipeError:  # `python -m goloop | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if info["backend"] else 1
 
 
