@@ -19,4 +19,13 @@ _core._set_library(_os.environ.get(
 
 __version__ = "0.1.0"
 __all__ = ("Loop", "EventLoopPolicy", "GoCallError", "DNSError", "Resolver",
-           "install", "new_event_loop", "run")
+           "install", "new_event_loop", "run", "GunicornWebWorker")
+
+
+def __getattr__(name):
+    # Imported on first use: goloop.worker imports aiohttp and gunicorn,
+    # which a program that only wants the loop need not have or load.
+    if name == "GunicornWebWorker":
+        from .worker import GunicornWebWorker
+        return GunicornWebWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
