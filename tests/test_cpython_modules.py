@@ -53,8 +53,6 @@ GROUPS = [
 MODULES = [m for g in GROUPS for m in g]
 
 P = "test.test_asyncio."
-_START_TLS = ("loop.start_tls() on a goloop transport raises TypeError ('not supported "
-              "by start_tls()'): the start_tls work is another helper's")
 _PIPES = "connect_read_pipe: pipes are another helper's work (NotImplementedError today)"
 
 # Known goloop failures: test id -> reason. Each runs and must still fail
@@ -62,17 +60,8 @@ _PIPES = "connect_read_pipe: pipes are another helper's work (NotImplementedErro
 # GOLOOP_SKIPPED, which are not run at all because they hang.
 GOLOOP_KNOWN_FAILURES = {
     P + "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
-    P + "test_streams.StreamTests.test_start_tls": _START_TLS,
 }
 GOLOOP_SKIPPED = {
-    # Each waits for the per-test timeout (10 s) before failing.
-    P + "test_ssl.TestSSL.test_start_tls_client_reg_proto_1": _START_TLS + "; waits 10 s",
-    P + "test_ssl.TestSSL.test_start_tls_server_1": _START_TLS + "; waits 10 s",
-    # Fails at once or after the 10 s per-test timeout, by timing.
-    P + "test_ssl.TestSSL.test_start_tls_client_buf_proto_1": _START_TLS + "; may wait 10 s",
-    # Expects start_tls to time out; it fails at once instead, and the
-    # test's server thread then waits for its socket timeout.
-    P + "test_ssl.TestSSL.test_start_tls_slow_client_cancel": _START_TLS + "; waits 10 s",
 }
 
 # uvloop is run as a reference only, with GOLOOP_CPYTHON_UVLOOP=1 (its
