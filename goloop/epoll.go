@@ -455,30 +455,9 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 }
 
 func (b *epollBackend) acceptSome(f *epFd) {
-	// Bounded, so one busy listener cannot starve every other fd.
-	for i := 0; i < 64; i++ {
-		nfd, _, err := unix.Accept4(int(f.fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		if e := faultAt(faultAccept); e != 0 && err == nil {
-			unix.Close(nfd)
-			err = e
-		}
-		switch err {
-		case nil:
-			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: int32(nfd), Flags: FlagMore})
-			continue
-		case unix.EAGAIN, unix.EINTR:
-			return
-		}
-		switch e, _ := err.(unix.Errno); {
-		case acceptTransient(e):
-			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: errnoOf(err), Flags: FlagMore})
-			return
-		default:
-			f.acceptOn = false
-			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: errnoOf(err)})
-			b.markDirty(f)
-			return
-		}
+	if !acceptSome(f.fd, f.accTok, b.complete) {
+		f.acceptOn = false
+		b.markDirty(f)
 	}
 }
 

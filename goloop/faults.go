@@ -28,16 +28,15 @@ func faultAt(site faultSite) unix.Errno {
 }
 
 // faultCQE applies an injected fault to an io_uring completion of the given
-// kind, giving back what the real result carried (an accepted fd is closed;
-// a picked buffer is recycled by the receive path, which sees res < 0).
+// kind, giving back what the real result carried (a picked buffer is
+// recycled by the receive path, which sees res < 0). Accepts are faulted in
+// acceptSome, the same code on both backends.
 func faultCQE(kind uint8, res int32) int32 {
 	if injectFault == nil || res < 0 {
 		return res
 	}
 	var site faultSite
 	switch kind {
-	case kAccept:
-		site = faultAccept
 	case kRecv:
 		site = faultRecv
 	case kSend:
@@ -48,9 +47,6 @@ func faultCQE(kind uint8, res int32) int32 {
 	e := injectFault(site)
 	if e == 0 {
 		return res
-	}
-	if kind == kAccept {
-		unix.Close(int(res))
 	}
 	return -int32(e)
 }

@@ -221,3 +221,34 @@ func popOut(out []queued) []queued {
 	}
 	return out[1:]
 }
+
+// acceptSome accepts up to 64 connections from a readable listener, the same
+// on both backends: a readiness wait, then accept4 in a loop. (io_uring's
+// own multishot accept keeps its place at the head of the listening
+// socket's wait queue: with several processes on one listener, a pre-fork
+// server's, the first worker to arm it got every connection.) Bounded, so
+// one busy listener cannot starve every other fd. It reports whether the
+// listener still accepts: false after an error it cannot survive.
+func acceptSome(fd int32, token uint64, complete func(Comp)) bool {
+	for i := 0; i < 64; i++ {
+		nfd, _, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if e := faultAt(faultAccept); e != 0 && err == nil {
+			unix.Close(nfd)
+			err = e
+		}
+		switch err {
+		case nil:
+			complete(Comp{Token: token, Kind: EvAccept, Res: int32(nfd), Flags: FlagMore})
+			continue
+		case unix.EAGAIN, unix.EINTR:
+			return true
+		}
+		if e, _ := err.(unix.Errno); acceptTransient(e) {
+			complete(Comp{Token: token, Kind: EvAccept, Res: errnoOf(err), Flags: FlagMore})
+			return true
+		}
+		complete(Comp{Token: token, Kind: EvAccept, Res: errnoOf(err)})
+		return false
+	}
+	return true
+}

@@ -58,15 +58,15 @@ const (
 	kWake uint8 = iota + 1
 	kCancelAll
 	kRecv
-	kAccept
 	kPoll
 	kPollRemove
 	kConnect
 	kSend
 	kCancel
-	kRecvPoll // readiness wait before a read of a non-socket
-	kSendPoll // readiness wait before a write to a full non-socket
-	kRecvMsg  // multishot recvmsg of datagrams (dgram_uring.go)
+	kRecvPoll   // readiness wait before a read of a non-socket
+	kSendPoll   // readiness wait before a write to a full non-socket
+	kRecvMsg    // multishot recvmsg of datagrams (dgram_uring.go)
+	kAcceptPoll // readiness wait of a listener: accept4 follows (acceptSome)
 )
 
 // UringPinned makes io_uring backends created afterwards bind their ring to
@@ -267,8 +267,8 @@ func (b *uringBackend) handle(c *uringCQE) {
 	switch kind {
 	case kRecv:
 		b.onRecv(f, c)
-	case kAccept:
-		b.onAccept(f, c)
+	case kAcceptPoll:
+		b.onAcceptPoll(f, c)
 	case kPoll:
 		b.onPoll(f, c)
 	case kConnect:
@@ -295,9 +295,6 @@ func (b *uringBackend) orphan(kind uint8, c *uringCQE) {
 	}
 	if c.flags&cqeFBuffer != 0 && b.pbuf != nil {
 		b.pbuf.recycle(uint16(c.flags >> 16))
-	}
-	if kind == kAccept && c.res >= 0 {
-		unix.Close(int(c.res))
 	}
 }
 

@@ -39,10 +39,9 @@ type urFd struct {
 	// failed with EPIPE or ECONNRESET, C gets the reset instead.
 	eofHeld bool
 
-	accOn   bool     // C wants to accept
-	acc     armState // the accept in the kernel: unarmed, armed or cancelling
-	accTok  uint64
-	heldFds []int32 // connections accepted while stopped
+	accOn  bool     // C wants to accept
+	acc    armState // the accept in the kernel: unarmed, armed or cancelling
+	accTok uint64
 
 	pollMask, pollArmedMask uint32   // what C wants watched, what the armed poll watches
 	poll                    armState // unarmed, armed, cancelling (a removal in flight) or queued
@@ -126,7 +125,7 @@ func (b *uringBackend) forget(f *urFd) {
 
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
-		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.eofHeld && f.state == fdOpen
+		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && !f.eofHeld && f.state == fdOpen
 }
 
 // settle finishes a close whose cancellations have all come back, and
@@ -219,10 +218,6 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 	case OpAcceptStart:
 		f.accTok, f.accOn = s.Token, true
-		for _, fd := range f.heldFds {
-			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: fd, Flags: FlagMore})
-		}
-		f.heldFds = nil
 		b.armAccept(f)
 	case OpAcceptStop:
 		f.accOn = false
@@ -230,7 +225,7 @@ func (b *uringBackend) apply(s *Sub) {
 			if b.unarm(f, f.accIdx) {
 				f.acc = reqNone
 			} else {
-				b.cancel(f, kAccept)
+				b.cancel(f, kAcceptPoll)
 				f.acc = reqCancelling
 			}
 		}
@@ -457,43 +452,29 @@ func (b *uringBackend) armAccept(f *urFd) {
 		return
 	}
 	f.accIdx = b.r.sqLocal
-	s := b.fdSQE(f, iouOpAccept, kAccept)
-	s.ioprio = iouAcceptMultishot
-	s.opFlags = unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
+	s := b.fdSQE(f, iouOpPollAdd, kAcceptPoll)
+	s.opFlags = PollIn
 	f.acc = reqArmed
 }
 
-func (b *uringBackend) onAccept(f *urFd, c *uringCQE) {
-	more := c.flags&cqeFMore != 0
-	if !more {
-		f.acc = reqNone
+// onAcceptPoll: the listener is readable (or the wait ended). Connections
+// are accepted only while C wants them: a stopped listener leaves them in
+// the kernel's backlog, as asyncio's does.
+func (b *uringBackend) onAcceptPoll(f *urFd, c *uringCQE) {
+	f.acc = reqNone
+	if f.closing() || !f.accOn {
+		return
 	}
-	res := c.res
-	switch {
-	case f.closing():
-		if res >= 0 {
-			unix.Close(int(res))
-		}
-	case res >= 0:
-		if f.accOn {
-			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: res, Flags: FlagMore})
-		} else {
-			f.heldFds = append(f.heldFds, res)
-		}
-	case res == -int32(unix.ECANCELED), res == -int32(unix.EINTR), res == -int32(unix.EAGAIN):
-	case acceptTransient(unix.Errno(-res)):
-		if f.accOn {
-			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: res, Flags: FlagMore})
-		}
-	default:
-		if f.accOn {
-			b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: res})
-			f.accOn = false
-		}
+	if c.res < 0 && c.res != -int32(unix.ECANCELED) && c.res != -int32(unix.EINTR) {
+		f.accOn = false
+		b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: c.res})
+		return
 	}
-	if !more {
-		b.armAccept(f)
+	if c.res > 0 && !acceptSome(f.fd, f.accTok, b.complete) {
+		f.accOn = false
+		return
 	}
+	b.armAccept(f)
 }
 
 func (b *uringBackend) armPoll(f *urFd) {
@@ -781,8 +762,4 @@ func (f *urFd) dropHeld(b *uringBackend) {
 		}
 	}
 	f.held = nil
-	for _, fd := range f.heldFds {
-		unix.Close(int(fd))
-	}
-	f.heldFds = nil
 }

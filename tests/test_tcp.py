@@ -3,11 +3,13 @@ create_connection's options, connect_accepted_socket, and asyncio's streams on t
 
 import asyncio
 import errno
+import os
 import socket
 import subprocess
 
 import pytest
 
+import loops
 from bounded import run
 from peers import Echo, Recorder, listener
 
@@ -519,3 +521,57 @@ def test_streams_large_payload(loop):
             await writer.wait_closed()
         assert got == payload
     run(loop, go(), timeout=30)
+
+
+def test_listeners_sharing_a_socket_share_its_connections(loop_name):
+    # A pre-fork server (gunicorn, uvicorn workers) has one listening socket
+    # in several processes, each with its own loop: the kernel must hand
+    # connections to whichever is waiting, not always to the same one.
+    # io_uring's multishot accept kept its place at the head of the socket's
+    # wait queue, so the first loop to arm it took every connection (400 of
+    # 400 measured with two gunicorn workers). Two loops in two threads
+    # share the wait queue the same way two processes do.
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(128)
+    counts = [0, 0]
+    ready = threading.Barrier(3)
+    stops = []
+
+    def worker(i):
+        lp = loops.factory(loop_name)()
+        stop = lp.create_future()
+        stops.append((lp, stop))
+
+        class Hello(asyncio.Protocol):
+            def connection_made(self, tr):
+                counts[i] += 1
+                tr.write(b"%d" % i)
+                tr.close()
+
+        async def serve():
+            srv = await lp.create_server(Hello, sock=socket.socket(fileno=os.dup(lsock.fileno())))
+            ready.wait()
+            await stop
+            srv.close()
+            await srv.wait_closed()
+        lp.run_until_complete(serve())
+        lp.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait(timeout=10)
+        for _ in range(200):
+            with socket.create_connection(lsock.getsockname(), timeout=10) as c:
+                assert c.recv(1) in (b"0", b"1")
+    finally:
+        for lp, stop in stops:
+            lp.call_soon_threadsafe(stop.set_result, None)
+        for t in threads:
+            t.join(10)
+        lsock.close()
+    assert sum(counts) == 200
+    assert min(counts) >= 5, counts
