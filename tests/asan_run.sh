@@ -85,7 +85,7 @@ for backend in io_uring epoll; do
     # -v names each test before it runs, so the log's last test line is the one
     # a sanitizer abort stopped in.
     (cd tests && GOLOOP_BACKEND=$backend "$PY" -m pytest -v -p no:cacheprovider \
-        --timeout 120 --capture=sys .) >"$log" 2>&1
+        --timeout 120 --tb=native --capture=sys .) >"$log" 2>&1
     rc=$?
     if [ "$rc" -ne 0 ]; then
         echo "asan: last test started: $(grep -E '^[^ ]+\.py::' "$log" | tail -n 1 | cut -d' ' -f1)"
