@@ -19,7 +19,7 @@ import weakref
 from asyncio import base_events, events, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
-from . import _core, _dns, _hooks
+from . import _core, _dns, _hooks, _pipes
 from ._streams import StreamsMixin
 
 _core._set_hooks(
@@ -86,6 +86,7 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         self._ssock = self._csock = None
         self._sig_watch = False
         self._old_wakeup = None
+        self._subprocesses = set()  # SubprocessTransports watching a pidfd
 
     def __repr__(self):
         return (f'<{type(self).__name__} backend={self._backend} '
@@ -131,6 +132,7 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
             logger.debug("Close %r", self)
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
+        self._close_subprocesses()
         self._close_core()
         self._closed = True
         self._clear_queues()
@@ -329,6 +331,27 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
         # NotImplementedError, as uvloop does, is what lets aiohttp and others
         # fall back to plain writes.
         raise NotImplementedError("goloop: loop.sendfile() is not implemented yet")
+
+    # ---- pipes, terminals and subprocesses (_pipes.py, docs/subprocess.md) ----
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _pipes.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _pipes.WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout,
+                                         stderr, bufsize, extra=None, **kwargs):
+        # No child watcher is consulted: the transport watches its child's pidfd.
+        return await _pipes.make_subprocess_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            extra=extra, **kwargs)
+
+    def _close_subprocesses(self):
+        # Before the core closes: the pidfds leave Go's watch while it is there.
+        for transp in list(self._subprocesses):
+            transp._loop_closing()
+        self._subprocesses.clear()
 
     # ---- names: goloop's resolver in Go (docs/dns.md) ----
 
