@@ -392,3 +392,34 @@ def test_bad_arguments(loop):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         run(loop, main())
+
+
+def test_exit_seen_while_a_forked_process_shares_the_pidfd(loop):
+    """A process forked while the child runs holds a copy of every fd, the
+    pidfd too. Once the child is reaped the loop must stop watching the pidfd
+    for good: with epoll a watch dropped only after the fd is closed would
+    stay behind (the file is still open elsewhere) and wake the loop for ever."""
+    async def main():
+        proc = await asyncio.create_subprocess_exec("sleep", "60")
+        r, w = os.pipe()
+        holder = os.fork()
+        if holder == 0:  # holds copies of our fds until told to go
+            try:
+                os.close(w)
+                os.read(r, 1)
+            finally:
+                os._exit(0)
+        os.close(r)
+        try:
+            proc.kill()
+            assert await proc.wait() == -signal.SIGKILL
+            await asyncio.sleep(0.05)
+            cpu = time.process_time()
+            await asyncio.sleep(0.3)
+            cpu = time.process_time() - cpu
+        finally:
+            os.close(w)
+            os.waitpid(holder, 0)
+        assert cpu < 0.15, f"the idle loop used {cpu:.2f} s of CPU in 0.3 s"
+
+    run(loop, main())

@@ -51,7 +51,8 @@ class SubprocessTransport(unix_events._UnixSubprocessTransport):
     """asyncio's subprocess transport (base_subprocess semantics), its child
     watched through a pidfd instead of a child watcher."""
 
-    _pidfd = -1
+    _pidfd = -1          # watched by the loop until the child is reaped
+    _pidfd_closing = -1  # no longer watched; closed on the next iteration
 
     def _start(self, args, shell, stdin, stdout, stderr, bufsize, **kwargs):
         super()._start(args, shell, stdin, stdout, stderr, bufsize, **kwargs)
@@ -92,20 +93,36 @@ class SubprocessTransport(unix_events._UnixSubprocessTransport):
         if fd < 0:
             return
         loop = self._loop
-        if loop is not None:
-            loop._subprocesses.discard(self)
-            if not loop.is_closed():
-                loop._remove_reader(fd)
-        os.close(fd)
+        loop._remove_reader(fd)
+        # The pidfd is closed one iteration later, once the stop has reached
+        # Go: epoll forgets a watch on a closed fd only when no other process
+        # holds the same file (a child forked meanwhile does), and a stale
+        # watch on a readable pidfd would wake the loop for ever.
+        self._pidfd_closing = fd
+        loop.call_soon(self._close_pidfd, loop)
+
+    def _close_pidfd(self, loop):
+        fd, self._pidfd_closing = self._pidfd_closing, -1
+        if fd >= 0:
+            os.close(fd)
+        loop._subprocesses.discard(self)
 
     def _loop_closing(self):
-        """The loop closes with this child not seen to exit: stop watching
-        its pidfd and hand the reaping to a thread. The transport itself
-        stays as it is (asyncio does not kill a child when its loop
-        closes); closing it later still kills the child."""
-        if self._pidfd < 0:
-            return
-        self._stop_watching()
+        """The loop closes (Go's watches go with it). A child not seen to
+        exit is handed to a thread that reaps it; the transport itself stays
+        as it is (asyncio does not kill a child when its loop closes), and
+        closing it later still kills the child."""
+        for name in ("_pidfd", "_pidfd_closing"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                if name == "_pidfd":
+                    self._loop._remove_reader(fd)
+                os.close(fd)  # Go's epoll instance or ring goes next
+                if name == "_pidfd":
+                    self._reap_orphan()
+
+    def _reap_orphan(self):
         proc = self._proc
         if proc is not None and proc.returncode is None:
             if self._loop.get_debug():
@@ -115,11 +132,13 @@ class SubprocessTransport(unix_events._UnixSubprocessTransport):
 
     def __del__(self, _warn=warnings.warn):
         super().__del__(_warn)
-        if self._pidfd >= 0:
-            # Unreachable with the loop alive only if the loop itself went
-            # away without close(): the pidfd is still ours to close.
-            os.close(self._pidfd)
-            self._pidfd = -1
+        # Only reachable with a pidfd open if the loop itself was collected
+        # without close(): the pidfd is still ours to close.
+        for name in ("_pidfd", "_pidfd_closing"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                os.close(fd)
 
 
 async def make_subprocess_transport(loop, protocol, args, shell, stdin, stdout,
