@@ -423,3 +423,24 @@ def test_exit_seen_while_a_forked_process_shares_the_pidfd(loop):
         assert cpu < 0.15, f"the idle loop used {cpu:.2f} s of CPU in 0.3 s"
 
     run(loop, main())
+
+
+def test_no_pidfd_kills_and_reaps_the_child(loop, loop_name, monkeypatch):
+    # goloop only: how it watches a child is its own (a pidfd); if it cannot,
+    # the child must not be left running unseen or as a zombie.
+    if loop_name != "goloop":
+        pytest.skip("goloop's pidfd watch")
+    seen = []
+
+    def no_pidfd(pid, flags=0):
+        seen.append(pid)
+        raise OSError(38, "Function not implemented")  # as on Linux < 5.3
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+
+    async def main():
+        with pytest.raises(OSError):
+            await asyncio.create_subprocess_exec("sleep", "60", stdout=PIPE)
+
+    run(loop, main())
+    assert len(seen) == 1 and _proc_state(seen[0]) is None

@@ -60,16 +60,22 @@ class SubprocessTransport(unix_events._UnixSubprocessTransport):
         # its pid still names it: the pidfd opened now is that process's.
         try:
             self._pidfd = os.pidfd_open(self._proc.pid)
-        except OSError:
-            # Not expected on Linux >= 5.3. Without a pidfd we could not
-            # tell the exit: kill the child so it does not outlive us
-            # unseen, and let the caller see why.
-            self._proc.kill()
-            self._proc.wait()
+            self._loop._add_reader(self._pidfd, self._pidfd_ready)
+        except BaseException:
+            # No pidfd (Linux < 5.3) or no watch on it: nothing would see
+            # the child exit, so kill and reap it now rather than leave it
+            # running unseen or a zombie, and let the caller see why.
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+            proc = self._proc
+            proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
             raise
-        loop = self._loop
-        loop._add_reader(self._pidfd, self._pidfd_ready)
-        loop._subprocesses.add(self)
+        self._loop._subprocesses.add(self)
 
     def _pidfd_ready(self):
         proc = self._proc
