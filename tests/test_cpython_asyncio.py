@@ -165,17 +165,20 @@ def _make_classes(name):
 
     def subprocess_set_up(self):
         # As CPython's own subclasses: a fresh loop, installed as the current loop.
-        # No child watcher is set: goloop's loop does not use one (asyncio's policy
-        # makes a ThreadedChildWatcher for uvloop's and asyncio's loops on demand,
-        # and uvloop ignores it).
+        # goloop and uvloop use no child watcher; asyncio's 3.11 loop gets the
+        # kind its policy makes by default, as CPython's SubprocessThreadedWatcherTests.
         test_utils.TestCase.setUp(self)
         self.loop = factory()
         self.set_event_loop(self.loop)
+        if name == "asyncio":
+            asyncio.set_child_watcher(asyncio.ThreadedChildWatcher())
 
     def subprocess_tear_down(self):
         if not self.loop.is_closed():
             test_utils.run_briefly(self.loop)
         self.doCleanups()
+        if name == "asyncio":
+            asyncio.set_child_watcher(None)
         test_utils.TestCase.tearDown(self)
 
     classes = {
