@@ -1359,3 +1359,79 @@ func TestUringHeldChunksDoNotStarve(t *testing.T) {
 		t.Fatalf("%d held chunks released, want 16", released)
 	}
 }
+
+// A connect given up with OpConnectStop answers at once with -ECANCELED and
+// nothing else; its owner closes the fd, and a new socket that gets the same
+// number connects on its own (under io_uring the stopped connect's CQE may
+// still be on its way, and must not be taken for the new one's).
+func TestConnectStop(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		// A listener whose accept queue is full drops SYNs: a connect to it waits.
+		l, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(l)
+		unix.Bind(l, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+		unix.Listen(l, 0)
+		sa, _ := unix.Getsockname(l)
+		full := sockaddrIn(sa.(*unix.SockaddrInet4).Port)
+		var fillers []int
+		defer func() {
+			for _, f := range fillers {
+				unix.Close(f)
+			}
+		}()
+		pending := -1
+		for i := 0; i < 8 && pending < 0; i++ {
+			fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			err := unix.Connect(fd, sa)
+			if err == unix.EINPROGRESS {
+				// Is it really stuck? Give the handshake a moment.
+				var pfd = []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+				if n, _ := unix.Poll(pfd, 50); n == 0 {
+					unix.Close(fd)
+					pending = i
+					break
+				}
+			}
+			fillers = append(fillers, fd)
+		}
+		if pending < 0 {
+			t.Skip("could not fill the listener's accept queue")
+		}
+		cfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if _, err := b.Poll([]Sub{{Op: OpConnect, Fd: int32(cfd), Token: 1, Ptr: ptrOf(full), Len: 16}}, make([]Comp, 8), 0); err != nil {
+			t.Fatal(err)
+		}
+		got := collect(t, b, []Sub{{Op: OpConnectStop, Fd: int32(cfd), Token: 1}}, hasKind(EvConnect, 1))
+		for _, x := range got {
+			if x.Token == 1 && x.Res != -int32(unix.ECANCELED) {
+				t.Fatalf("stopped connect: %d", x.Res)
+			}
+		}
+		unix.Close(cfd)
+
+		// The same number again, connecting to a listener that accepts.
+		nfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if nfd != cfd {
+			t.Fatalf("fd number not reused (%d, %d)", cfd, nfd)
+		}
+		ok, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		defer unix.Close(ok)
+		unix.Bind(ok, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+		unix.Listen(ok, 8)
+		sa2, _ := unix.Getsockname(ok)
+		good := sockaddrIn(sa2.(*unix.SockaddrInet4).Port)
+		got = collect(t, b, []Sub{{Op: OpConnect, Fd: int32(nfd), Token: 2, Ptr: ptrOf(good), Len: 16}}, hasKind(EvConnect, 2))
+		for _, x := range got {
+			if x.Token == 1 {
+				t.Fatalf("a completion for the stopped connect after its EvConnect: %+v", x)
+			}
+			if x.Token == 2 && x.Kind == EvConnect && x.Res != 0 {
+				t.Fatalf("new connect: %d", x.Res)
+			}
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: int32(nfd), Token: 3}}, hasKind(EvClosed, 3))
+	})
+}

@@ -21,6 +21,7 @@ type epollBackend struct {
 	events  []unix.EpollEvent
 	dirty   []*epFd
 	starved []*epFd
+	dg      *bufPool // datagram buffers (dgram_epoll.go), made on first use
 }
 
 type epFd struct {
@@ -39,6 +40,7 @@ type epFd struct {
 	pollTok  uint64
 	connTok  uint64
 	connOn   bool
+	dgram    bool // the receive is a datagram receive (OpDgramRecvStart)
 
 	out outQueue // sends, shutdowns and a graceful close, in order
 	// blocked is set while the head of out waits for EPOLLOUT.
@@ -88,6 +90,7 @@ func (b *epollBackend) Close() error {
 	b.fds = nil
 	b.wk.close()
 	b.pool.close()
+	b.dgramClose()
 	return unix.Close(b.epfd)
 }
 
@@ -172,7 +175,9 @@ func (b *epollBackend) wait(ms int) (int, error) {
 
 func (b *epollBackend) apply(s *Sub) {
 	if s.Op == OpBufReturn {
-		b.pool.put(s.Arg)
+		if !b.dgramBufReturn(s.Arg) {
+			b.pool.put(s.Arg)
+		}
 		for _, f := range b.starved {
 			f.starved = false
 			b.markDirty(f)
@@ -189,6 +194,8 @@ func (b *epollBackend) apply(s *Sub) {
 	switch s.Op {
 	case OpRecvStart:
 		f.recvOn, f.recvTok = true, s.Token
+	case OpDgramRecvStart:
+		b.dgramRecvStart(f, s)
 	case OpRecvStop:
 		f.recvOn = false
 		b.forgetIfIdle(f)
@@ -211,7 +218,13 @@ func (b *epollBackend) apply(s *Sub) {
 		default:
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(e)})
 		}
-	case OpSend, OpShutdown, OpClose:
+	case OpConnectStop:
+		if f.connOn && f.connTok == s.Token {
+			f.connOn = false
+			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
+		}
+		b.forgetIfIdle(f)
+	case OpSend, OpSendTo, OpShutdown, OpClose:
 		if s.Op == OpClose && s.Arg&CloseAbort != 0 {
 			b.abort(f)
 			b.closeFd(f, s.Token)
@@ -258,8 +271,14 @@ func (b *epollBackend) flush(f *epFd) {
 	for ; i < len(f.out); i++ {
 		q := &f.out[i]
 		switch q.op {
-		case OpSend:
-			done, e := sendSome(f.fd, q, &f.notSock)
+		case OpSend, OpSendTo:
+			var done bool
+			var e unix.Errno
+			if q.op == OpSendTo {
+				done, e = sendDgram(f.fd, q)
+			} else {
+				done, e = sendSome(f.fd, q, &f.notSock)
+			}
 			if !done {
 				f.blocked = true
 				return
@@ -359,7 +378,11 @@ func (b *epollBackend) sync() {
 func (b *epollBackend) failFd(f *epFd, res int32) {
 	if f.recvOn {
 		f.recvOn = false
-		b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: res})
+		kind := EvRecv
+		if f.dgram {
+			kind = EvDgram
+		}
+		b.complete(Comp{Token: f.recvTok, Kind: kind, Res: res})
 	}
 	if f.acceptOn {
 		f.acceptOn = false
@@ -449,6 +472,10 @@ func (b *epollBackend) acceptSome(f *epFd) {
 }
 
 func (b *epollBackend) recvOne(f *epFd) {
+	if f.dgram {
+		b.recvDgram(f)
+		return
+	}
 	id, ok := b.pool.get()
 	if !ok {
 		f.starved = true

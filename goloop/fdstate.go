@@ -21,7 +21,7 @@ const (
 // queued is one entry of an fd's ordered output queue: a send, a shutdown
 // or a graceful close, which must happen in the order C asked for them.
 type queued struct {
-	op    uint8 // OpSend, OpShutdown or OpClose
+	op    uint8 // OpSend, OpSendTo, OpShutdown or OpClose
 	token uint64
 	ptr   uintptr
 	n     int // bytes to send
@@ -57,7 +57,7 @@ func (q *outQueue) cancel(complete func(Comp)) { q.fail(-int32(unix.ECANCELED), 
 func (q *outQueue) fail(res int32, closes bool, complete func(Comp)) {
 	for _, e := range *q {
 		switch e.op {
-		case OpSend:
+		case OpSend, OpSendTo:
 			complete(Comp{Token: e.token, Kind: EvSend, Res: res})
 		case OpShutdown:
 			complete(Comp{Token: e.token, Kind: EvShutdown, Res: res})

@@ -66,7 +66,8 @@ const (
 	// (EMFILE, ECONNABORTED...) are reported with FlagMore: still armed.
 	OpAcceptStart
 	OpAcceptStop
-	// OpConnect connects Fd to the sockaddr at Ptr/Len: EvConnect, Res 0 or -errno.
+	// OpConnect connects Fd to the sockaddr at Ptr/Len: EvConnect, Res 0 or
+	// -errno, once. Fd stays its owner's; Go uses it until EvConnect.
 	OpConnect
 	// OpPollStart watches Fd for readiness (Arg = PollIn|PollOut), level
 	// triggered like select(): EvPoll with Aux = ready mask, every Poll call
@@ -76,6 +77,32 @@ const (
 	OpPollStop
 	// OpBufReturn gives pool buffer Arg back.
 	OpBufReturn
+	// OpConnectStop gives up the OpConnect with this Token on Fd (its
+	// caller was cancelled): its EvConnect comes at once with -ECANCELED,
+	// unless it had already come. From then on Go does not touch Fd for it,
+	// so its owner may close the fd before the next Poll.
+	OpConnectStop
+	// OpDgramRecvStart arms continuous datagram receive on a SOCK_DGRAM Fd
+	// (dgram.go). Each datagram arrives whole as one EvDgram: Res = payload
+	// length (0 is an empty datagram, not an end), Ptr = the payload in a
+	// pool buffer, Buf = its id (DgramBufBit set) to give back with
+	// OpBufReturn, Aux = the length of the source address, a sockaddr that
+	// lies DgramNameCap bytes before Ptr (Aux 0: none). A datagram longer
+	// than DgramMax is cut to DgramMax bytes, as recvfrom(DgramMax) cuts it.
+	// A receive error (an ICMP error reported on a connected socket:
+	// ECONNREFUSED...) is EvDgram with Res < 0 and FlagMore: still armed;
+	// without FlagMore (EBADF, ENOTSOCK...) receiving is over. OpRecvStop
+	// disarms; as with OpRecvStart, datagrams already in flight may still
+	// be delivered after it, and C holds them.
+	OpDgramRecvStart
+	// OpSendTo sends one datagram, ordered with the other sends on Fd, to
+	// the address in the gl_sendto block at Ptr (Arg = the address length,
+	// 0 for a connected socket's own peer; Len = the datagram's length).
+	// C keeps the block and the bytes it points to alive until the one
+	// EvSend that answers it: Res == Len, or -errno for this datagram only
+	// (the queue goes on: EACCES, EMSGSIZE, ECONNREFUSED...), -ECANCELED
+	// when an abort dropped it.
+	OpSendTo
 	opCount
 )
 
@@ -91,6 +118,8 @@ const (
 	EvPoll
 	// EvPosted is a result posted by a goroutine (DNS, TLS handshakes) through Loop.Post.
 	EvPosted
+	// EvDgram is one received datagram or receive error (OpDgramRecvStart).
+	EvDgram
 )
 
 // Completion flags.

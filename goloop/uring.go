@@ -36,9 +36,12 @@ type uringBackend struct {
 	ready      []Comp
 	starved    []*urFd // recvs ended by ENOBUFS, re-armed when buffers return
 	rearm      []*urFd // polls delivered this call, re-armed at the next
+	pumps      []*urFd // output queues to pump once the batch is applied
 	eofHeld    []*urFd // ends of stream held until this call's send completions (releaseEOFs)
 	inflight   int     // requests whose last CQE has not come back
 	heldChunks int     // chunks (buffers) held for paused fds
+
+	dg *urDgram // datagram buffers and their ring (dgram_uring.go), made on first use
 
 	wakeArmed bool
 	woken     bool
@@ -63,6 +66,7 @@ const (
 	kCancel
 	kRecvPoll // readiness wait before a read of a non-socket
 	kSendPoll // readiness wait before a write to a full non-socket
+	kRecvMsg  // multishot recvmsg of datagrams (dgram_uring.go)
 )
 
 // UringPinned makes io_uring backends created afterwards bind their ring to
@@ -148,6 +152,7 @@ func (b *uringBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 	for i := range subs {
 		b.apply(&subs[i])
 	}
+	b.pumpDue()
 	b.armPolls()
 	b.woken = false
 	if !b.wakeArmed {
@@ -267,14 +272,15 @@ func (b *uringBackend) handle(c *uringCQE) {
 	case kPoll:
 		b.onPoll(f, c)
 	case kConnect:
-		f.connOn = false
-		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: c.res})
+		b.onConnect(f, c)
 	case kSend:
 		b.onSend(f, c)
 	case kRecvPoll:
 		b.onRecvPoll(f, c)
 	case kSendPoll:
 		b.onSendPoll(f, c)
+	case kRecvMsg:
+		b.onRecvMsg(f, c)
 	case kCancel, kPollRemove:
 	}
 	b.settle(f)
@@ -283,6 +289,10 @@ func (b *uringBackend) handle(c *uringCQE) {
 // orphan disposes of a CQE nobody waits for any more without leaking what
 // it carries: a buffer goes back to the ring, an accepted fd is closed.
 func (b *uringBackend) orphan(kind uint8, c *uringCQE) {
+	if kind == kRecvMsg {
+		b.dgramOrphan(c)
+		return
+	}
 	if c.flags&cqeFBuffer != 0 && b.pbuf != nil {
 		b.pbuf.recycle(uint16(c.flags >> 16))
 	}
@@ -322,6 +332,7 @@ func (b *uringBackend) Close() error {
 }
 
 func (b *uringBackend) release() {
+	b.dgramRelease()
 	if b.pbuf != nil {
 		b.pbuf.close()
 		b.pbuf = nil

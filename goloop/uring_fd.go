@@ -2,6 +2,7 @@ package goloop
 
 import (
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,15 +48,29 @@ type urFd struct {
 	poll                    armState // unarmed, armed, cancelling (a removal in flight) or queued
 	pollTok                 uint64
 
-	connOn  bool
+	connOn  bool     // C wants a connect: the one in the kernel, or the next
+	conn    armState // the connect in the kernel: unarmed, armed or cancelling
 	connTok uint64
+	// The sockaddr of a connect asked for while a stopped one is still in
+	// the kernel: submitted when that one's CQE is back.
+	connPtr uintptr
+	connLen uint32
 
 	out     outQueue // sends, shutdowns and a graceful close, in order
-	sending bool     // the head of out is in the kernel
+	sending bool     // the head of out (and the sends gathered with it) is in the kernel
+	pumpDue bool     // in b.pumps: pumped once the batch is applied
+	// The sendmsg in flight: the queue's consecutive sends as one request,
+	// so writes made in one iteration leave in one call (in the kernel's
+	// order), not one request per iteration. Raw iovec and msghdr words:
+	// the kernel reads them until the CQE; the urFd lives until then.
+	iov [2 * maxGather]uint64
+	msg [7]uint64
 
 	state    closeState
 	aborting bool // the close under way is an abort: the send in flight ends the queue
 	closeTok uint64
+
+	dgram bool // the receive is a datagram receive (dgram_uring.go)
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
@@ -111,7 +126,7 @@ func (b *uringBackend) forget(f *urFd) {
 
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
-		!f.connOn && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.eofHeld && f.state == fdOpen
+		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && len(f.heldFds) == 0 && !f.eofHeld && f.state == fdOpen
 }
 
 // settle finishes a close whose cancellations have all come back, and
@@ -145,6 +160,10 @@ func (b *uringBackend) cancel(f *urFd, kind uint8) {
 func (b *uringBackend) apply(s *Sub) {
 	switch s.Op {
 	case OpBufReturn:
+		if s.Arg&DgramBufBit != 0 {
+			b.dgramBufReturn(s.Arg)
+			return
+		}
 		if b.pbuf.give(s.Arg) && len(b.starved) > 0 {
 			st := b.starved
 			b.starved = nil
@@ -230,19 +249,28 @@ func (b *uringBackend) apply(s *Sub) {
 			f.poll = reqCancelling
 		}
 	case OpConnect:
-		f.connOn, f.connTok = true, s.Token
-		c := b.fdSQE(f, iouOpConnect, kConnect)
-		c.addr = uint64(s.Ptr) // the kernel copies the sockaddr at submission
-		c.off = uint64(s.Len)
-	case OpSend, OpShutdown:
+		f.connOn, f.connTok, f.connPtr, f.connLen = true, s.Token, s.Ptr, s.Len
+		b.armConnect(f)
+	case OpConnectStop:
+		if f.connOn && f.connTok == s.Token {
+			f.connOn = false
+			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
+			if f.conn == reqArmed {
+				b.cancel(f, kConnect)
+				f.conn = reqCancelling
+			}
+		}
+	case OpDgramRecvStart:
+		b.dgramRecvStart(f, s)
+	case OpSend, OpSendTo, OpShutdown:
 		f.out = append(f.out, queued{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len)})
-		b.pump(f)
+		b.pumpLater(f)
 	case OpClose:
 		if s.Arg&CloseAbort != 0 {
 			b.startClose(f, s.Token, true)
 		} else {
 			f.out = append(f.out, queued{op: OpClose, token: s.Token})
-			b.pump(f)
+			b.pumpLater(f)
 		}
 	}
 	b.settle(f)
@@ -261,18 +289,48 @@ func (b *uringBackend) unarm(f *urFd, idx uint32) bool {
 	return true
 }
 
+// armConnect starts the connect C wants, unless a stopped one is still in
+// the kernel: its CQE must not be taken for the new one's.
+func (b *uringBackend) armConnect(f *urFd) {
+	if !f.connOn || f.conn != reqNone {
+		return
+	}
+	c := b.fdSQE(f, iouOpConnect, kConnect)
+	c.addr = uint64(f.connPtr) // the kernel copies the sockaddr at submission
+	c.off = uint64(f.connLen)
+	f.conn = reqArmed
+}
+
+func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
+	stopped := f.conn == reqCancelling
+	f.conn = reqNone
+	if stopped {
+		b.armConnect(f) // one asked for since the stop, if any
+		return
+	}
+	if f.connOn {
+		f.connOn = false
+		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: c.res})
+	}
+}
+
 // refuse answers an operation on an fd that is being closed, as the
 // syscalls would on a closed fd. A second OpClose gets nothing: the close
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect,
-		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll}[s.Op]
+		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
+		OpSendTo: EvSend, OpDgramRecvStart: EvDgram}[s.Op]
 	if kind != EvNone {
 		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
 	}
 }
 
 func (b *uringBackend) armRecv(f *urFd) {
+	if f.dgram {
+		b.armRecvMsg(f)
+		return
+	}
 	if !f.recvOn || f.recv != reqNone || f.closing() {
 		return
 	}
@@ -483,6 +541,27 @@ func (b *uringBackend) onPoll(f *urFd, c *uringCQE) {
 	b.armPoll(f)
 }
 
+// pumpLater pumps f once the whole batch is applied, so that the sends
+// one iteration queued on an fd leave together in one sendmsg.
+func (b *uringBackend) pumpLater(f *urFd) {
+	if !f.pumpDue {
+		f.pumpDue = true
+		b.pumps = append(b.pumps, f)
+	}
+}
+
+// pumpDue runs the pumps pumpLater put off.
+func (b *uringBackend) pumpDue() {
+	for _, f := range b.pumps {
+		f.pumpDue = false
+		if b.slots[f.slot] == f {
+			b.pump(f)
+			b.settle(f)
+		}
+	}
+	b.pumps = b.pumps[:0]
+}
+
 // pump works through f's output queue: one send in the kernel at a time
 // keeps the bytes in order; shutdown and a graceful close wait their turn.
 func (b *uringBackend) pump(f *urFd) {
@@ -495,6 +574,10 @@ func (b *uringBackend) pump(f *urFd) {
 				return
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+		case OpSendTo:
+			if !b.sendToNow(f, q) {
+				return // the socket is full: wait for POLLOUT
+			}
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpClose:
@@ -507,22 +590,64 @@ func (b *uringBackend) pump(f *urFd) {
 	}
 }
 
+// maxGather bounds how many queued sends one sendmsg carries.
+const maxGather = 64
+
 func (b *uringBackend) submitSend(f *urFd, q *queued) {
-	op := uint8(iouOpSend)
-	if f.notSock {
-		op = iouOpWrite
+	if q.op == OpSendTo {
+		b.pump(f) // writable again (onSendPoll): send the datagrams now
+		return
 	}
-	s := b.fdSQE(f, op, kSend)
-	s.addr = uint64(q.ptr + uintptr(q.off))
-	s.len = uint32(q.n - q.off)
 	if f.notSock {
+		s := b.fdSQE(f, iouOpWrite, kSend)
+		s.addr = uint64(q.ptr + uintptr(q.off))
+		s.len = uint32(q.n - q.off)
 		s.off = ^uint64(0) // the file's own position (pipes have none)
-	} else {
-		// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
-		// MSG_WAITALL: the kernel itself retries a short send.
-		s.opFlags = unix.MSG_NOSIGNAL | unix.MSG_WAITALL
+		f.sending = true
+		return
 	}
+	n := 0
+	for i := range f.out {
+		e := &f.out[i]
+		if e.op != OpSend || n == maxGather {
+			break
+		}
+		f.iov[2*n] = uint64(e.ptr + uintptr(e.off))
+		f.iov[2*n+1] = uint64(e.n - e.off)
+		n++
+	}
+	var s *uringSQE
+	if n == 1 {
+		s = b.fdSQE(f, iouOpSend, kSend)
+		s.addr = f.iov[0]
+		s.len = uint32(f.iov[1])
+	} else {
+		// struct msghdr: name, namelen, iov, iovlen, control, controllen, flags
+		f.msg = [7]uint64{2: uint64(uintptr(unsafe.Pointer(&f.iov[0]))), 3: uint64(n)}
+		s = b.fdSQE(f, iouOpSendmsg, kSend)
+		s.addr = uint64(uintptr(unsafe.Pointer(&f.msg[0])))
+		s.len = 1
+	}
+	// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
+	// MSG_WAITALL: the kernel itself retries a short send.
+	s.opFlags = unix.MSG_NOSIGNAL | unix.MSG_WAITALL
 	f.sending = true
+}
+
+// sent completes the queued sends n bytes cover, in order, and advances
+// the one they end in.
+func (b *uringBackend) sent(f *urFd, n int) {
+	for n > 0 && len(f.out) > 0 && f.out[0].op == OpSend {
+		q := &f.out[0]
+		if k := q.n - q.off; n < k {
+			q.off += n
+			return
+		} else {
+			n -= k
+		}
+		b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+		f.out.pop()
+	}
 }
 
 func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
@@ -534,29 +659,20 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 	if len(f.out) == 0 {
 		return
 	}
-	q := &f.out[0]
 	res := c.res
+	if res > 0 {
+		b.sent(f, int(res)) // whatever went out whole is done, abort or not
+	}
 	if f.aborting {
-		r := -int32(unix.ECANCELED)
-		if res >= 0 && q.off+int(res) == q.n {
-			r = int32(q.n) // it went out whole before the abort reached it
-		}
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: r})
-		f.out.pop()
 		f.out.cancel(b.complete)
 		return
 	}
 	switch {
 	case res >= 0:
-		q.off += int(res)
-		if q.off < q.n {
-			b.submitSend(f, q) // a short send: the rest follows
-			return
-		}
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+		// Done, or a short send: pump sends the rest.
 	case res == -int32(unix.ENOTSOCK) && !f.notSock:
 		f.notSock = true
-		b.submitSend(f, q)
+		b.submitSend(f, &f.out[0])
 		return
 	case res == -int32(unix.EAGAIN) && f.notSock:
 		// A full O_NONBLOCK pipe: wait until it drains, then write on.
@@ -565,12 +681,12 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 		f.sending = true
 		return
 	case res == -int32(unix.EINTR), res == -int32(unix.EAGAIN):
-		b.submitSend(f, q)
+		b.submitSend(f, &f.out[0])
 		return
 	default:
-		b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+		b.complete(Comp{Token: f.out[0].token, Kind: EvSend, Res: res})
+		f.out.pop()
 	}
-	f.out.pop()
 	b.pump(f)
 }
 

@@ -17,6 +17,7 @@ const pbufGroup = 0
 // C gives it back with OpBufReturn, which puts it at the ring's tail again.
 type pbufRing struct {
 	ringFd int
+	bgid   uint16 // its buffer group
 	mem    []byte // the ring: count entries of struct io_uring_buf
 	pool   *bufPool
 	mask   uint16
@@ -44,6 +45,10 @@ type uringBufReg struct {
 }
 
 func newPbufRing(ringFd int, pool *bufPool) (*pbufRing, error) {
+	return newPbufRingGroup(ringFd, pool, pbufGroup)
+}
+
+func newPbufRingGroup(ringFd int, pool *bufPool, bgid uint16) (*pbufRing, error) {
 	size := pool.count * int(unsafe.Sizeof(uringBuf{}))
 	page := os.Getpagesize()
 	size = (size + page - 1) &^ (page - 1)
@@ -54,13 +59,13 @@ func newPbufRing(ringFd int, pool *bufPool) (*pbufRing, error) {
 	reg := uringBufReg{
 		ringAddr:    uint64(uintptr(unsafe.Pointer(&mem[0]))),
 		ringEntries: uint32(pool.count),
-		bgid:        pbufGroup,
+		bgid:        bgid,
 	}
 	if err := ioUringRegister(ringFd, iouRegisterPbufRing, unsafe.Pointer(&reg), 1); err != nil {
 		unix.Munmap(mem)
 		return nil, fmt.Errorf("goloop: register buffer ring: %w", err)
 	}
-	p := &pbufRing{ringFd: ringFd, mem: mem, pool: pool, mask: uint16(pool.count - 1), out: make([]bool, pool.count)}
+	p := &pbufRing{ringFd: ringFd, bgid: bgid, mem: mem, pool: pool, mask: uint16(pool.count - 1), out: make([]bool, pool.count)}
 	for i := 0; i < pool.count; i++ {
 		p.push(uint16(i))
 	}
@@ -119,7 +124,7 @@ func (p *pbufRing) recycle(bid uint16) {
 }
 
 func (p *pbufRing) close() {
-	reg := uringBufReg{bgid: pbufGroup}
+	reg := uringBufReg{bgid: p.bgid}
 	if p.ringFd >= 0 {
 		ioUringRegister(p.ringFd, iouUnregisterPbufRing, unsafe.Pointer(&reg), 1)
 	}

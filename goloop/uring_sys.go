@@ -62,6 +62,7 @@ const (
 	iouOpNop         = 0
 	iouOpPollAdd     = 6
 	iouOpPollRemove  = 7
+	iouOpSendmsg     = 9
 	iouOpAccept      = 13
 	iouOpAsyncCancel = 14
 	iouOpConnect     = 16
@@ -69,6 +70,7 @@ const (
 	iouOpWrite       = 23
 	iouOpSend        = 26
 	iouOpRecv        = 27
+	iouOpRecvmsg     = 10
 	iouOpSendZC      = 47 // not used; its presence marks a 6.0+ kernel (multishot recv)
 )
 

@@ -30,11 +30,13 @@ typedef struct {
 enum {
     GL_OP_NOP, GL_OP_RECV_START, GL_OP_RECV_STOP, GL_OP_SEND, GL_OP_SHUTDOWN,
     GL_OP_CLOSE, GL_OP_ACCEPT_START, GL_OP_ACCEPT_STOP, GL_OP_CONNECT,
-    GL_OP_POLL_START, GL_OP_POLL_STOP, GL_OP_BUF_RETURN
+    GL_OP_POLL_START, GL_OP_POLL_STOP, GL_OP_BUF_RETURN, GL_OP_CONNECT_STOP,
+    GL_OP_DGRAM_RECV_START, GL_OP_SENDTO
 };
 enum {
     GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,
-    GL_EV_ACCEPT, GL_EV_CONNECT, GL_EV_POLL, GL_EV_POSTED
+    GL_EV_ACCEPT, GL_EV_CONNECT, GL_EV_POLL, GL_EV_POSTED,
+    GL_EV_DGRAM
 };
 #define GL_FLAG_MORE 1
 #define GL_CLOSE_ABORT 1
@@ -43,6 +45,20 @@ enum {
 #define GL_POLL_OUT 0x4
 #define GL_POLL_ERR 0x8
 #define GL_POLL_HUP 0x10
+
+/* Datagrams (goloop/dgram.go): GL_OP_SENDTO's ptr points to a gl_sendto that
+ * C keeps alive, with the bytes it names, until the EvSend answering it. A
+ * GL_EV_DGRAM's source address is a sockaddr of aux bytes that lies
+ * GL_DGRAM_NAME_CAP bytes before its ptr; its buffer id has GL_DGRAM_BUF_BIT. */
+#define GL_DGRAM_NAME_CAP 128
+#define GL_DGRAM_MAX (256 * 1024)
+#define GL_DGRAM_BUF_BIT 0x80000000u
+typedef struct {
+    uint64_t data;      /* the datagram */
+    uint32_t len;
+    uint32_t namelen;   /* 0: no address (the connected peer) */
+    uint8_t  name[GL_DGRAM_NAME_CAP];   /* a sockaddr */
+} gl_sendto;
 
 /* The function table the C extension takes from libgoloop.so with dlsym. */
 typedef int64_t (*gl_new_fn)(const char *backend, char *err, int errlen);

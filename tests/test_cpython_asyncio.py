@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import loops  # noqa: E402
 
 try:
+    from test.test_asyncio import test_base_events
     from test.test_asyncio import test_buffered_proto
     from test.test_asyncio import test_events
     from test.test_asyncio import test_server
@@ -32,19 +33,11 @@ except ImportError as exc:  # pragma: no cover - Debian's libpython3.11-testsuit
     pytest.skip(f"CPython's test suite is not installed: {exc}",
                 allow_module_level=True)
 
-_UDP = "UDP/datagram endpoints: outside the foundation issue"
 _PRIVATE = "reads or patches asyncio's private attributes"
 
 SKIPPED = {
     # EventLoopTestsMixin
-    "test_create_datagram_endpoint": _UDP,
-    "test_create_datagram_endpoint_ipv6": _UDP,
-    "test_create_datagram_endpoint_sock": _UDP,
     "test_timeout_rounding": _PRIVATE + " (counts loop._run_once calls)",
-    # BaseSockTestsMixin
-    "test_recvfrom": _UDP + " (sock_recvfrom)",
-    "test_recvfrom_into": _UDP + " (sock_recvfrom_into)",
-    "test_sendto_blocking": _UDP + " (sock_sendto)",
 }
 
 
@@ -108,6 +101,15 @@ UVLOOP_EXPECTED_FAILURES = {
     "test_writer_callback": "uvloop's remove_writer returns None, not True",
     "test_start_server_1": "uvloop's Server.sockets is [] after close, not ()",
     "test_start_unix_server_1": "uvloop's Server.sockets is [] after close, not ()",
+    "test_create_datagram_endpoint":
+        "checks isinstance(transport, asyncio.Transport); uvloop's UDPTransport is not one",
+    "test_create_datagram_endpoint_ipv6":
+        "checks isinstance(transport, asyncio.Transport); uvloop's UDPTransport is not one",
+    "test_create_datagram_endpoint_sock":
+        "checks isinstance(transport, asyncio.Transport); uvloop's UDPTransport is not one",
+    "test_recvfrom": "uvloop 0.17 has no sock_recvfrom (NotImplementedError)",
+    "test_recvfrom_into": "uvloop 0.17 has no sock_recvfrom_into (NotImplementedError)",
+    "test_sendto_blocking": "uvloop 0.17 has no sock_sendto (NotImplementedError)",
     "test_unclosed_pipe_transport": "uvloop's pipe transport repr does not say 'open'",
     "test_subprocess_shell_invalid_args":
         "uvloop's subprocess_shell does not refuse a list as the command",
@@ -135,6 +137,48 @@ UVLOOP_HANGS = {
     "test_write_pipe": "uvloop: the pipe's data never arrives (60 s timeout)",
     "test_write_pty": "uvloop: the PTY's data never arrives (60 s timeout)",
 }
+
+
+# test_base_events.BaseEventLoopWithSelectorTests runs on asyncio's selector loop
+# alone; these of its datagram tests use only the public API (or patch a public
+# loop method on the instance), so they also run on any loop. The others patch the
+# socket module under asyncio's feet or read transport._sock.
+BASE_EVENTS_DATAGRAM = (
+    "test_create_datagram_endpoint_wrong_sock",
+    "test_create_datagram_endpoint_addr_error",
+    "test_create_datagram_endpoint_connect_err",
+    "test_create_datagram_endpoint_allow_broadcast",
+    "test_create_datagram_endpoint_no_matching_family",
+    "test_create_datagram_endpoint_noaddr_nofamily",
+    "test_create_datagram_endpoint_sock",
+    "test_create_datagram_endpoint_existing_sock_unix",
+    "test_create_datagram_endpoint_sock_sockopts",
+    "test_create_datagram_endpoint_sockopts",
+)
+UVLOOP_BASE_EVENTS_FAILURES = {
+    "test_create_datagram_endpoint_connect_err":
+        "uvloop's create_datagram_endpoint does not connect through loop.sock_connect",
+    "test_create_datagram_endpoint_no_matching_family":
+        "uvloop raises OSError (could not bind to remote_addr), not ValueError",
+    "test_create_datagram_endpoint_existing_sock_unix":
+        "uvloop 0.17 takes no str address for a Unix datagram endpoint",
+}
+
+
+def _base_events_datagram(factory, uvloop):
+    def setUp(self):
+        test_utils.TestCase.setUp(self)
+        self.loop = factory()
+        self.set_event_loop(self.loop)
+
+    ns = {"setUp": setUp, "close_loop": staticmethod(_close_loop)}
+    cls = test_base_events.BaseEventLoopWithSelectorTests
+    for test_name in BASE_EVENTS_DATAGRAM:
+        test = getattr(cls, test_name)
+        if uvloop and test_name in UVLOOP_BASE_EVENTS_FAILURES:
+            test = _expect_failure(test)
+        ns[test_name] = test
+    return ns
 
 
 def _make_classes(name):
@@ -204,6 +248,9 @@ def _make_classes(name):
             f"Test{prefix}BufferedProtocol",
             (test_buffered_proto.BaseTestBufferedProtocol, unittest.TestCase),
             body(test_buffered_proto.BaseTestBufferedProtocol, {"new_loop": new_loop})),
+        f"Test{prefix}BaseEventsDatagram": type(
+            f"Test{prefix}BaseEventsDatagram", (test_utils.TestCase,),
+            _base_events_datagram(factory, name == "uvloop")),
         # test_events applies SubprocessTestsMixin to its event loop classes;
         # test_subprocess applies SubprocessMixin to a loop per child watcher.
         f"Test{prefix}EventLoopSubprocess": type(

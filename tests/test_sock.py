@@ -5,6 +5,7 @@ gives for bad arguments."""
 
 import asyncio
 import os
+import select
 import socket
 import ssl
 
@@ -153,6 +154,76 @@ def test_sock_connect_refused(loop):
         with s:
             with pytest.raises(ConnectionRefusedError):
                 await loop.sock_connect(s, addr)
+    run(loop, go())
+
+
+def _full_listener():
+    """A listener whose accept queue is full, and the sockets filling it:
+    a connect to it waits (its SYNs are dropped) until given up."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    for _ in range(8):
+        c = socket.socket()
+        c.setblocking(False)
+        fillers.append(c)
+        try:
+            c.connect(lsock.getsockname())
+        except BlockingIOError:
+            _, w, _ = select.select([], [c], [], 0.05)
+            if not w:
+                return lsock, fillers
+    pytest.skip("could not fill a listener's accept queue")
+
+
+def test_cancelled_sock_connect_lets_go_of_the_socket(loop):
+    # goloop connects in Go: a cancelled connect must be given up there
+    # before the caller closes the socket, so that the fd number, reused
+    # by the next socket at once, connects on its own (on asyncio and
+    # uvloop this is the removal of a writer).
+    async def go():
+        full, fillers = _full_listener()
+        try:
+            for _ in range(3):
+                s = socket.socket()
+                s.setblocking(False)
+                with s:
+                    with pytest.raises(asyncio.TimeoutError):
+                        await asyncio.wait_for(loop.sock_connect(s, full.getsockname()), 0.05)
+                with listener() as good:
+                    c = socket.socket()
+                    c.setblocking(False)
+                    with c:
+                        await asyncio.wait_for(loop.sock_connect(c, good.getsockname()), 5)
+                        good.settimeout(5)
+                        peer, _ = good.accept()
+                        with peer:
+                            await loop.sock_sendall(c, b"ok")
+                            assert peer.recv(2) == b"ok"
+        finally:
+            for f in fillers:
+                f.close()
+            full.close()
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop's sock_connect connects only once the "
+                        "loop runs again")
+def test_sock_connect_sends_the_syn_before_returning_to_the_loop(loop):
+    # asyncio calls connect(2) inside sock_connect's first step: a program may
+    # block in accept() right after (CPython's own tests do).
+    async def go():
+        with listener() as lsock:
+            lsock.settimeout(5)
+            s = socket.socket()
+            s.setblocking(False)
+            with s:
+                task = asyncio.ensure_future(loop.sock_connect(s, lsock.getsockname()))
+                await asyncio.sleep(0)
+                conn, _ = lsock.accept()
+                conn.close()
+                await task
     run(loop, go())
 
 

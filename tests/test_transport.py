@@ -4,15 +4,17 @@ BufferedProtocol, and large transfers arriving intact."""
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import sys
+import time
 
 import pytest
 
 from bounded import run
-from peers import (Recorder, connect_to_peer, in_thread, peer_connection, recv_exactly,
-                   recv_until_eof)
+from peers import (Recorder, connect_to_peer, in_thread, listener, peer_connection,
+                   recv_exactly, recv_until_eof)
 
 
 def _close(*socks):
@@ -338,6 +340,83 @@ def test_write_buffer_size_counts_unsent_bytes(loop):
                     break
                 await asyncio.sleep(0.01)
             assert tr.get_write_buffer_size() == 0
+    run(loop, go())
+
+
+def _write_in_pieces(tr, total, piece):
+    data = os.urandom(total)
+    for off in range(0, total, piece):
+        tr.write(data[off:off + piece])
+    return data
+
+
+def test_writes_the_kernel_takes_do_not_pause_writing(loop):
+    # asyncio's write() hands the bytes to the kernel at once, so pause_writing
+    # fires only for what the kernel refused; a loopback socket takes 256 KiB
+    # at once. goloop batched every write of an iteration and counted it all
+    # as buffered, pausing after 64 KiB the kernel would have taken (so
+    # drain() waited for nothing).
+    async def go():
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
+            data = _write_in_pieces(tr, 256 << 10, 8 << 10)
+            assert pr.pauses == 0
+            assert await in_thread(loop, recv_exactly, peer, len(data)) == data
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop counts writes it has not tried yet "
+                        "(it defers small ones to the end of the iteration) as buffered")
+def test_write_buffer_size_is_what_the_kernel_did_not_take(loop):
+    async def go():
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
+            data = _write_in_pieces(tr, 96 << 10, 8 << 10)
+            assert tr.get_write_buffer_size() == 0
+            assert await in_thread(loop, recv_exactly, peer, len(data)) == data
+    run(loop, go())
+
+
+def test_streams_drain_does_not_wait_while_the_kernel_takes_everything(loop):
+    async def go():
+        with listener() as lsock:
+            reader, writer = await asyncio.open_connection(*lsock.getsockname())
+            lsock.settimeout(10)
+            peer, _ = lsock.accept()
+        waited = 0
+        data = os.urandom(512 << 10)
+        for off in range(0, len(data), 128 << 10):
+            for piece in range(off, off + (128 << 10), 16 << 10):
+                writer.write(data[piece:piece + (16 << 10)])
+            drain = asyncio.ensure_future(writer.drain())
+            await asyncio.sleep(0)
+            waited += not drain.done()
+            await drain
+        assert waited == 0
+        assert await in_thread(loop, recv_exactly, peer, len(data)) == data
+        writer.close()
+        await writer.wait_closed()
+        peer.close()
+    run(loop, go())
+
+
+def test_write_after_close_while_sends_are_pending_is_sent(loop):
+    # asyncio's close() with bytes still buffered lets write() go on
+    # buffering until they are out (resume_writing may write the last
+    # bytes: the SSL protocol's close_notify). goloop dropped them.
+    class Tail(Recorder):
+        def resume_writing(self):
+            super().resume_writing()
+            self.transport.write(b"tail")
+
+    async def go():
+        async with peer_connection(loop, lambda: Tail(loop)) as (tr, pr, peer):
+            big = os.urandom(8 << 20)
+            tr.write(big)
+            assert pr.pauses == 1  # the kernel cannot take 8 MiB at once
+            tr.close()
+            assert tr.is_closing()
+            got = await in_thread(loop, recv_until_eof, peer)
+            assert got == big + b"tail"
+            assert await pr.lost is None
     run(loop, go())
 
 
@@ -716,4 +795,29 @@ def test_close_then_abort_at_once(loop):
         for _ in range(10):
             await asyncio.sleep(0.001)
         assert [p.count for p in protos] == [1] * len(protos)
+    run(loop, go())
+
+
+# -- debug mode --------------------------------------------------------------------
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop times handles only, not the stream "
+                        "read callbacks that call data_received")
+def test_debug_mode_warns_about_a_slow_data_received(loop, caplog):
+    # asyncio's debug mode logs a callback that holds the loop longer than
+    # slow_callback_duration; data_received runs inside one (_read_ready).
+    class Slow(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            time.sleep(0.12)  # the blocking callback under test, not a wait
+
+    async def go():
+        loop.set_debug(True)
+        loop.slow_callback_duration = 0.05
+        async with peer_connection(loop, lambda: Slow(loop)) as (tr, pr, peer):
+            with caplog.at_level(logging.WARNING, logger="asyncio"):
+                peer.sendall(b"x")
+                await pr.received(1)
+                await asyncio.sleep(0)
+        slow = [r for r in caplog.records if "took" in r.getMessage()]
+        assert slow, [r.getMessage() for r in caplog.records]
     run(loop, go())

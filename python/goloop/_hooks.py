@@ -48,6 +48,8 @@ def slow_callback(loop, handle, seconds):
 
 
 def _describe(handle):
+    if isinstance(handle, str):  # an I/O completion, described by the C core
+        return handle
     cb = handle._callback
     if cb is not None and isinstance(getattr(cb, '__self__', None), coroutines.types.CoroutineType):
         return repr(cb.__self__)

@@ -14,12 +14,14 @@ import signal
 import socket
 import stat
 import sys
+from struct import error as _struct_error, pack as _struct_pack
 import threading
 import weakref
 from asyncio import base_events, events, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _core, _dns, _hooks, _pipes
+from ._datagram import DatagramMixin
 from ._streams import StreamsMixin
 
 _core._set_hooks(
@@ -71,7 +73,37 @@ def _check_pollable(fd):
         ep.close()
 
 
-class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
+_AF_UNIX = getattr(socket, "AF_UNIX", None)
+_AF_INET6 = getattr(socket, "AF_INET6", None)
+
+
+def _sockaddr(family, address):
+    """address as a struct sockaddr for Go, or None for anything unusual
+    (a scoped IPv6 name, a bad shape), which then takes asyncio's path and
+    gets the socket module's own errors."""
+    try:
+        if family == socket.AF_INET:
+            host, port = address
+            return (_struct_pack("=H", socket.AF_INET) + _struct_pack("!H", port) +
+                    socket.inet_pton(socket.AF_INET, host) + bytes(8))
+        if family == _AF_INET6:
+            host, port, flowinfo, scope_id = (tuple(address) + (0, 0))[:4] \
+                if 2 <= len(address) <= 4 else (None, None, None, None)
+            return (_struct_pack("=H", _AF_INET6) + _struct_pack("!HI", port, flowinfo) +
+                    socket.inet_pton(_AF_INET6, host) + _struct_pack("=I", scope_id))
+        if family == _AF_UNIX:
+            path = os.fsencode(address)
+            if path and path[0] != 0:
+                path += b"\0"
+            if not path or len(path) > 108:
+                return None
+            return _struct_pack("=H", _AF_UNIX) + path
+    except (TypeError, ValueError, OSError, OverflowError, _struct_error):
+        return None
+    return None
+
+
+class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
     """A drop-in asyncio event loop whose I/O core is goloop's Go library."""
 
     def __init__(self, *, backend=None):
@@ -142,10 +174,11 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
                     h.cancel()
         self._watchers.clear()
         self._listeners.clear()
-        for fut in self._calls.values():
+        for fut in (*self._calls.values(), *(c[0] for c in self._connects.values())):
             if not fut.done():
                 fut.cancel()
         self._calls.clear()
+        self._connects.clear()
         self._close_self_pipe()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -226,7 +259,32 @@ class Loop(StreamsMixin, _core.LoopCore, base_events.BaseEventLoop):
     _sock_recv_into = _Selector._sock_recv_into
     sock_sendall = _Selector.sock_sendall
     _sock_sendall = _Selector._sock_sendall
-    sock_connect = _Selector.sock_connect
+    async def sock_connect(self, sock, address):
+        """asyncio's sock_connect, with the connect done by Go (docs/architecture.md,
+        "Connects"): no connect, poll or SO_ERROR call from Python."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family != _AF_UNIX:
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        fd = sock.fileno()
+        raw = _sockaddr(sock.family, address) if fd >= 0 else None
+        if raw is None:
+            # What only the socket module understands (or refuses, with its
+            # own error): asyncio's way, over Go's readiness.
+            fut = self.create_future()
+            self._sock_connect(fut, sock, address)
+            return await fut
+        self._ensure_fd_no_transport(fd)
+        token, fut = self._connect_start(fd, raw, address)
+        try:
+            return await fut
+        except exceptions.CancelledError:
+            self._connect_stop(fd, token)  # Go lets go of the fd before the caller closes it
+            raise
+
     _sock_connect = _Selector._sock_connect
     _sock_connect_cb = _Selector._sock_connect_cb
     sock_accept = _Selector.sock_accept

@@ -37,6 +37,7 @@ int gl_forked(void);          /* 1 there: Go must not be called at all */
 #define TAG_LISTENER 3u
 #define TAG_CALL 4u
 #define TAG_ORPHAN 5u
+#define TAG_DGRAM 6u
 
 typedef struct {
     PyObject *obj;         /* borrowed; NULL when the slot is free */
@@ -93,6 +94,7 @@ struct LoopCore {
     Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
     uint64_t polls;        /* goloop_poll calls made: batches handed to Go */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
+    PyObject *connects;    /* dict token -> (future, sockaddr, address): connects in Go (connect.c) */
     uint64_t next_call;
     char stopping;
     char iterating;        /* inside run_once or the close drain: no re-entry */
@@ -150,12 +152,23 @@ int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
 int init_transport_type(PyObject *m);
 
+/* dgram.c */
+extern PyTypeObject *DatagramTransport_Type;
+int dgram_dispatch(LoopCore *lp, PyObject *t, gl_comp *c);
+void dgram_loop_closing(LoopCore *lp, PyObject *t);
+int init_dgram_type(PyObject *m);
+
 /* calls.c */
 int call_dispatch(LoopCore *lp, gl_comp *c);
 PyObject *lc_go_call_start(LoopCore *lp, PyObject *args);
 PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg);
 PyObject *lc_gai_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 int init_calls(PyObject *m);
+
+/* connect.c */
+PyObject *lc_connect_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_connect_stop(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+int connect_dispatch(LoopCore *lp, gl_comp *c);
 
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);

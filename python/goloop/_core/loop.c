@@ -508,7 +508,7 @@ static int dispatch(LoopCore *lp)
         if (c.kind == GL_EV_CLOSED)
             lp->closes_in_flight--;   /* Go answers every OpClose with one EvClosed */
         if (tag == TAG_CALL) {
-            if (!lp->draining && call_dispatch(lp, &c) < 0)
+            if (!lp->draining && (c.kind == GL_EV_CONNECT ? connect_dispatch(lp, &c) : call_dispatch(lp, &c)) < 0)
                 return -1;
             continue;
         }
@@ -520,6 +520,9 @@ static int dispatch(LoopCore *lp)
             continue;
         }
         int r = 0;
+        double t0 = lp->debug ? loop_time() : 0;
+        if (lp->debug)
+            Py_INCREF(obj);   /* named in the slow-callback warning below */
         switch (tag) {
         case TAG_TRANSPORT:
             if (c.kind == GL_EV_RECV && c.res > 0) {
@@ -545,8 +548,25 @@ static int dispatch(LoopCore *lp)
         case TAG_LISTENER:
             r = listener_dispatch(lp, obj, &c);
             break;
+        case TAG_DGRAM:
+            r = dgram_dispatch(lp, obj, &c);
+            break;
         default:
             break;
+        }
+        if (lp->debug) {
+            /* asyncio warns about a slow _read_ready handle, in which its
+             * data_received runs; here protocol callbacks run from the
+             * completion itself, so the completion is what is timed. */
+            if (r == 0 && HOOKS.slow_callback != NULL) {
+                PyObject *what = PyUnicode_FromFormat("<I/O completion for %R>", obj);
+                PyObject *res = what ? PyObject_CallFunction(HOOKS.slow_callback, "OOd", lp, what,
+                                                             loop_time() - t0) : NULL;
+                Py_XDECREF(res);
+                Py_XDECREF(what);
+                PyErr_Clear();
+            }
+            Py_DECREF(obj);
         }
         if (r < 0)
             return -1;
@@ -739,6 +759,8 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
             transport_loop_closing(lp, s->obj);
         else if (s->tag == TAG_LISTENER)
             listener_loop_closing(lp, s->obj);
+        else if (s->tag == TAG_DGRAM)
+            dgram_loop_closing(lp, s->obj);
     }
     /* What the last iteration left undispatched comes first: an EvClosed
      * among it would otherwise never be counted. Python callbacks do not
@@ -842,9 +864,10 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     lp->calls = PyDict_New();
+    lp->connects = PyDict_New();
     lp->capcomps = 1024;
     lp->comps = PyMem_Malloc(sizeof(gl_comp) * lp->capcomps);
-    if (lp->calls == NULL || lp->comps == NULL) {
+    if (lp->calls == NULL || lp->connects == NULL || lp->comps == NULL) {
         Py_DECREF(backend);
         Py_DECREF(lp);
         return PyErr_NoMemory();
@@ -872,6 +895,7 @@ static int lc_traverse(LoopCore *lp, visitproc visit, void *arg)
     for (Py_ssize_t i = 0; i < lp->hlen; i++)
         Py_VISIT(lp->heap[i]);
     Py_VISIT(lp->calls);
+    Py_VISIT(lp->connects);
     Py_VISIT(Py_TYPE(lp));
     return 0;
 }
@@ -880,6 +904,7 @@ static int lc_clear_gc(LoopCore *lp)
 {
     clear_queues(lp);
     Py_CLEAR(lp->calls);
+    Py_CLEAR(lp->connects);
     return 0;
 }
 
@@ -893,6 +918,7 @@ static void lc_dealloc(LoopCore *lp)
     /* Never closed: at least give Go's fds and buffers back. */
     go_close(lp);
     Py_CLEAR(lp->calls);
+    Py_CLEAR(lp->connects);  /* sockaddrs Go read: only after go_close */
     PyMem_Free(lp->slots);
     PyMem_Free(lp->ready);
     PyMem_Free(lp->heap);
@@ -934,6 +960,8 @@ static PyMethodDef lc_methods[] = {
     {"_backend_name", (PyCFunction)lc_backend, METH_NOARGS, NULL},
     {"_go_call_start", (PyCFunction)lc_go_call_start, METH_VARARGS, NULL},
     {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
+    {"_connect_start", (PyCFunction)(void (*)(void))lc_connect_start, METH_FASTCALL, NULL},
+    {"_connect_stop", (PyCFunction)(void (*)(void))lc_connect_stop, METH_FASTCALL, NULL},
     {"_gai_start", (PyCFunction)(void (*)(void))lc_gai_start, METH_FASTCALL, NULL},
     {"_close_core", (PyCFunction)lc_close_core, METH_NOARGS, NULL},
     {"_clear_queues", (PyCFunction)lc_clear, METH_NOARGS, NULL},
@@ -952,6 +980,7 @@ static PyGetSetDef lc_getset[] = {
 static PyMemberDef lc_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopCore, weakreflist), READONLY},
     {"_calls", T_OBJECT, offsetof(LoopCore, calls), READONLY},
+    {"_connects", T_OBJECT, offsetof(LoopCore, connects), READONLY},
     {NULL}
 };
 

@@ -155,7 +155,7 @@ static int module_exec(PyObject *m)
         atfork_done = 1;
     }
     if (init_handle_types(m) < 0 || init_loop_type(m) < 0 || init_transport_type(m) < 0 ||
-        init_watch_types(m) < 0 || init_calls(m) < 0)
+        init_watch_types(m) < 0 || init_calls(m) < 0 || init_dgram_type(m) < 0)
         return -1;
     return 0;
 }

@@ -85,7 +85,7 @@ PyObject *owners_get(LoopCore *lp, uint64_t token)
 /* A completion nobody owns any more: give back what it carries. */
 void owners_stale(LoopCore *lp, gl_comp *c)
 {
-    if (c->kind == GL_EV_RECV && c->res > 0)
+    if ((c->kind == GL_EV_RECV && c->res > 0) || (c->kind == GL_EV_DGRAM && c->res >= 0))
         loop_submit(lp, GL_OP_BUF_RETURN, 0, 0, NULL, 0, c->buf);
     else if (c->kind == GL_EV_ACCEPT && c->res >= 0)
         loop_close_orphan(lp, c->res);

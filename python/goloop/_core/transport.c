@@ -41,6 +41,7 @@ typedef struct {
     char pinned;                /* holds a reference to itself (pin_update) */
     char lost_scheduled;        /* _call_connection_lost is on its way */
     char quiet_send_errors;     /* close() found every pending send still unsubmitted */
+    char close_pending;         /* close() came with sends pending: OpClose follows the last */
     uint64_t enq_poll;          /* lp->polls when the last send was queued */
     Py_ssize_t enq_fresh;       /* sends queued since that poll: not yet handed to Go */
     uint64_t token;             /* owner table slot (owners.c) */
@@ -341,6 +342,20 @@ static int send_close(Transport *t, int abort)
     return 0;
 }
 
+/* A close() that found sends pending leaves the transport open for writes
+ * until they are done, as asyncio's does: its write() still buffers after
+ * close() while the buffer drains (resume_writing may write the last
+ * bytes: SSL's close_notify). So the graceful OpClose goes to Go once the
+ * send queue is empty, not at close(). */
+static int maybe_finish_close(Transport *t)
+{
+    if (!t->close_pending || t->slen > 0 || t->close_sent)
+        return 0;
+    t->close_pending = 0;
+    t->conn_lost++;
+    return send_close(t, 0);
+}
+
 /* pause_writing()/resume_writing() failing goes to the exception handler,
  * as asyncio's _FlowControlMixin does. -1 only for SystemExit and
  * KeyboardInterrupt, left set for the caller. */
@@ -593,7 +608,7 @@ static int on_send(Transport *t, gl_comp *c)
              * with Go for a whole iteration and still unanswered at close()
              * are bytes the kernel would not take: asyncio would still hold
              * them too, and reports their failure. */
-            return 0;
+            return maybe_finish_close(t);
         }
         PyObject *exc = oserror(-c->res);
         if (exc == NULL)
@@ -602,7 +617,11 @@ static int on_send(Transport *t, gl_comp *c)
         Py_DECREF(exc);
         return 0;
     }
-    return maybe_resume_protocol(t);
+    /* resume_writing may write more (asyncio: "May append to buffer"):
+     * a pending close waits for that too. */
+    if (maybe_resume_protocol(t) < 0)
+        return -1;
+    return maybe_finish_close(t);
 }
 
 /* connection_lost comes when the transport is done with the connection,
@@ -765,6 +784,49 @@ static int enqueue(Transport *t, PyObject *b)
     return 0;
 }
 
+/* asyncio's write() hands the bytes to the kernel at once and counts as
+ * buffered only what the kernel did not take. goloop hands Go the
+ * iteration's writes in one batch at its end (as uvloop also defers small
+ * writes), so until then they count as buffered. Past the high-water mark
+ * that lag would pause a writer the kernel would not have paused, and
+ * drain() would wait for nothing: so there the batch goes to Go at once,
+ * and the sends that completed in it (every byte taken) are accounted for
+ * before the caller decides whether to pause. Also when the program asks
+ * for the buffer size, so it reads what asyncio would read.
+ *
+ * Their records, appended after the batch being dispatched, are consumed
+ * here (token 0: dispatch skips them). The send queue is in Go's order, so
+ * a completion taken here may release a bytes object whose own record is
+ * still ahead in the batch: Go completing a later send means the earlier
+ * ones were sent. A failed send is left for dispatch to report. */
+static int flush_now(Transport *t)
+{
+    LoopCore *lp = t->loop;
+    int from = lp->ncomps;
+    if (loop_apply_now(lp) < 0)
+        return -1;
+    for (int i = from; i < lp->ncomps && t->slen > 0; i++) {
+        gl_comp *c = &lp->comps[i];
+        if (c->token != TOKEN(t) || c->kind != GL_EV_SEND)
+            continue;
+        if (c->res < 0)
+            break;
+        c->token = 0;
+        PyObject *b = t->sendq[t->shead];
+        t->shead = (t->shead + 1) % t->scap;
+        t->slen--;
+        t->wsize -= PyBytes_GET_SIZE(b);
+        Py_DECREF(b);
+    }
+    pin_update(t);
+    return maybe_finish_close(t);
+}
+
+static int unsubmitted(Transport *t)
+{
+    return t->enq_poll == t->loop->polls && t->enq_fresh > 0;
+}
+
 static int write_one(Transport *t, PyObject *data)
 {
     PyObject *b;
@@ -831,6 +893,8 @@ static int write_one(Transport *t, PyObject *data)
         return -1;
     }
     Py_DECREF(b);
+    if (t->wsize > t->high && !t->write_paused && unsubmitted(t) && flush_now(t) < 0)
+        return -1;
     maybe_pause_protocol(t);
     return PyErr_Occurred() ? -1 : 0;
 }
@@ -885,14 +949,18 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
     disarm(t);
     Py_CLEAR(t->held);
     if (!t->conn_lost) {
-        t->conn_lost++;
         Py_ssize_t fresh = t->enq_poll == t->loop->polls ? t->enq_fresh : 0;
         t->quiet_send_errors = t->slen == fresh;
-        /* Graceful: Go closes the fd after the sends already queued. */
-        if (send_close(t, 0) < 0)
-            return NULL;
-        if (t->slen == 0 && schedule_lost(t) < 0)
-            return NULL;
+        if (t->slen > 0) {
+            /* Writes are still taken until the queue is empty; then Go
+             * closes the fd (maybe_finish_close) and EvClosed brings
+             * connection_lost. */
+            t->close_pending = 1;
+        } else {
+            t->conn_lost++;
+            if (send_close(t, 0) < 0 || schedule_lost(t) < 0)
+                return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -1051,6 +1119,8 @@ fail:
 
 static PyObject *tr_get_write_buffer_size(Transport *t, PyObject *unused)
 {
+    if (unsubmitted(t) && !t->aborted && !t->write_paused && flush_now(t) < 0)
+        return NULL;
     return PyLong_FromSsize_t(t->wsize);
 }
 
