@@ -29,23 +29,16 @@ try:
     from test.test_asyncio import test_sendfile
     from test.test_asyncio import test_sock_lowlevel
     from test.test_asyncio import test_sslproto
+    from test.test_asyncio import test_subprocess
     from test.test_asyncio import utils as test_utils
 except ImportError as exc:  # pragma: no cover - Debian's libpython3.11-testsuite
     pytest.skip(f"CPython's test suite is not installed: {exc}",
                 allow_module_level=True)
 
-_PIPE = "pipes and PTYs (connect_read_pipe/connect_write_pipe): outside the foundation"
 _PRIVATE = "reads or patches asyncio's private attributes"
 
 SKIPPED = {
     # EventLoopTestsMixin
-    "test_read_pipe": _PIPE,
-    "test_unclosed_pipe_transport": _PIPE,
-    "test_read_pty_output": _PIPE,
-    "test_write_pipe": _PIPE,
-    "test_write_pipe_disconnect_on_close": _PIPE,
-    "test_write_pty": _PIPE,
-    "test_bidirectional_pty": _PIPE,
     "test_timeout_rounding": _PRIVATE + " (counts loop._run_once calls)",
 }
 
@@ -119,6 +112,23 @@ UVLOOP_EXPECTED_FAILURES = {
     "test_recvfrom": "uvloop 0.17 has no sock_recvfrom (NotImplementedError)",
     "test_recvfrom_into": "uvloop 0.17 has no sock_recvfrom_into (NotImplementedError)",
     "test_sendto_blocking": "uvloop 0.17 has no sock_sendto (NotImplementedError)",
+    "test_unclosed_pipe_transport": "uvloop's pipe transport repr does not say 'open'",
+    "test_subprocess_shell_invalid_args":
+        "uvloop's subprocess_shell does not refuse a list as the command",
+    "test_close_dont_kill_finished":
+        "uvloop's transport has no Popen object (get_extra_info('subprocess') is None)",
+    "test_close_kill_running":
+        "uvloop's transport has no Popen object (get_extra_info('subprocess') is None)",
+    "test_create_subprocess_exec_text_mode_fails":
+        "uvloop's subprocess_exec accepts text=",
+    "test_create_subprocess_shell_text_mode_fails":
+        "uvloop's subprocess_shell accepts text=",
+    "test_devstdin_input": "uvloop's child does not read /dev/stdin given as stdin",
+    "test_pause_reading": "patches loop.connect_read_pipe, which uvloop does not call",
+    "test_popen_error": "patches subprocess.Popen, which uvloop does not use",
+    "test_popen_error_with_stdin_pipe": "patches subprocess.Popen, which uvloop does not use",
+    "test_stdin_broken_pipe":
+        "uvloop raises RuntimeError, not BrokenPipeError, writing to a closed stdin",
 }
 UVLOOP_HANGS = {
     "test_start_tls_client_reg_proto_1":
@@ -131,6 +141,9 @@ UVLOOP_HANGS = {
         "uvloop: sock_recv racing with add_reader on the same fd never completes",
     "test_add_signal_handler":
         "uvloop: SIGINT from os.kill not seen within run_until's 30 s",
+    "test_bidirectional_pty": "uvloop: the PTY's data never arrives (60 s timeout)",
+    "test_write_pipe": "uvloop: the pipe's data never arrives (60 s timeout)",
+    "test_write_pty": "uvloop: the PTY's data never arrives (60 s timeout)",
 }
 
 
@@ -202,6 +215,24 @@ def _make_classes(name):
     def new_loop(self):
         return factory()
 
+    def subprocess_set_up(self):
+        # As CPython's own subclasses: a fresh loop, installed as the current loop.
+        # goloop and uvloop use no child watcher; asyncio's 3.11 loop gets the
+        # kind its policy makes by default, as CPython's SubprocessThreadedWatcherTests.
+        test_utils.TestCase.setUp(self)
+        self.loop = factory()
+        self.set_event_loop(self.loop)
+        if name == "asyncio":
+            asyncio.set_child_watcher(asyncio.ThreadedChildWatcher())
+
+    def subprocess_tear_down(self):
+        if not self.loop.is_closed():
+            test_utils.run_briefly(self.loop)
+        self.doCleanups()
+        if name == "asyncio":
+            asyncio.set_child_watcher(None)
+        test_utils.TestCase.tearDown(self)
+
     classes = {
         f"Test{prefix}EventLoop": type(
             f"Test{prefix}EventLoop",
@@ -236,6 +267,20 @@ def _make_classes(name):
             f"Test{prefix}StartTLS",
             (test_sslproto.BaseStartTLS, unittest.TestCase),
             body(test_sslproto.BaseStartTLS, {"new_loop": new_loop})),
+        # test_events applies SubprocessTestsMixin to its event loop classes;
+        # test_subprocess applies SubprocessMixin to a loop per child watcher.
+        f"Test{prefix}EventLoopSubprocess": type(
+            f"Test{prefix}EventLoopSubprocess",
+            (test_events.SubprocessTestsMixin, test_utils.TestCase),
+            body(test_events.SubprocessTestsMixin, {"setUp": subprocess_set_up,
+                  "tearDown": subprocess_tear_down,
+                  "close_loop": staticmethod(_close_loop)})),
+        f"Test{prefix}Subprocess": type(
+            f"Test{prefix}Subprocess",
+            (test_subprocess.SubprocessMixin, test_utils.TestCase),
+            body(test_subprocess.SubprocessMixin, {"setUp": subprocess_set_up,
+                  "tearDown": subprocess_tear_down,
+                  "close_loop": staticmethod(_close_loop)})),
     }
     if name == "uvloop":
         # Not a reference here: every test would fail the same way.

@@ -53,13 +53,11 @@ GROUPS = [
 MODULES = [m for g in GROUPS for m in g]
 
 P = "test.test_asyncio."
-_PIPES = "connect_read_pipe: pipes are another helper's work (NotImplementedError today)"
 
 # Known goloop failures: test id -> reason. Each runs and must still fail
 # (a pass means the entry is stale: remove it), except those in
 # GOLOOP_SKIPPED, which are not run at all because they hang.
 GOLOOP_KNOWN_FAILURES = {
-    P + "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
 }
 GOLOOP_SKIPPED = {
 }

@@ -21,7 +21,7 @@ import weakref
 from asyncio import base_events, constants, events, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
-from . import _core, _dns, _hooks
+from . import _core, _dns, _hooks, _pipes
 from ._datagram import DatagramMixin
 from ._streams import StreamsMixin
 
@@ -152,6 +152,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
         self._ssock = self._csock = None
         self._sig_watch = False
         self._old_wakeup = None
+        self._subprocesses = set()  # SubprocessTransports watching a pidfd
 
     def __repr__(self):
         return (f'<{type(self).__name__} backend={self._backend} '
@@ -197,6 +198,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             logger.debug("Close %r", self)
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
+        self._close_subprocesses()
         self._close_core()
         self._closed = True
         self._clear_queues()
@@ -516,6 +518,27 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             if total > 0 and hasattr(file, 'seek'):
                 file.seek(offset + total)
             await proto.restore()
+
+    # ---- pipes, terminals and subprocesses (_pipes.py, docs/subprocess.md) ----
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _pipes.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _pipes.WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout,
+                                         stderr, bufsize, extra=None, **kwargs):
+        # No child watcher is consulted: the transport watches its child's pidfd.
+        return await _pipes.make_subprocess_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            extra=extra, **kwargs)
+
+    def _close_subprocesses(self):
+        # Before the core closes: the pidfds leave Go's watch while it is there.
+        for transp in list(self._subprocesses):
+            transp._loop_closing()
+        self._subprocesses.clear()
 
     # ---- names: goloop's resolver in Go (docs/dns.md) ----
 
