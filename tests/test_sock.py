@@ -507,3 +507,32 @@ def test_sock_recv_into_readonly_buffer(loop):
             n = await loop.sock_recv_into(a, buf)
             assert buf[:n] == b"data"
     run(loop, go())
+
+
+def test_remove_reader_then_close_leaves_no_watch_behind(loop):
+    # remove_reader() then close(), in one callback, on an fd whose file
+    # lives on elsewhere (a dup here; a forked child's copy in real life).
+    # epoll keys a watch by file: asyncio removes it before the close. The
+    # loop must then sit idle, not spin on a watch for a closed fd.
+    import time
+    r, w = os.pipe()
+    keep = os.dup(r)
+    os.write(w, b"x")  # stays readable: a live watch would fire for ever
+    try:
+        async def go():
+            done = loop.create_future()
+
+            def on_readable():
+                loop.remove_reader(r)
+                os.close(r)
+                done.set_result(None)
+            loop.add_reader(r, on_readable)
+            await done
+            cpu = time.process_time()
+            await asyncio.sleep(0.3)
+            return time.process_time() - cpu
+        spent = run(loop, go())
+        assert spent < 0.1, f"the idle loop used {spent:.2f} s of CPU in 0.3 s"
+    finally:
+        os.close(keep)
+        os.close(w)

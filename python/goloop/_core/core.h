@@ -101,6 +101,7 @@ struct LoopCore {
     char draining;         /* _close_core: completions only give back what they carry */
     char closed;
     char debug;
+    char stops_now;        /* epoll: a watch's stop goes to Go at once (watch.c) */
     PyObject *weakreflist;
 };
 

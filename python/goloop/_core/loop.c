@@ -885,6 +885,13 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         Py_DECREF(lp);
         return NULL;
     }
+    PyObject *actual = go_backend_name(lp);
+    if (actual == NULL) {
+        Py_DECREF(lp);
+        return NULL;
+    }
+    lp->stops_now = PyUnicode_CompareWithASCIIString(actual, "epoll") == 0;
+    Py_DECREF(actual);
     return (PyObject *)lp;
 }
 

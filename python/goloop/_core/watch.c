@@ -63,6 +63,13 @@ static int w_update(Watcher *w)
     int r = loop_submit(w->loop, want ? GL_OP_POLL_START : GL_OP_POLL_STOP, w->fd, WTOKEN(w), NULL, 0, want);
     if (r == 0)
         w->mask = want;
+    /* epoll keys a watch by the open file, not the number: once the program
+     * closes the fd (remove_reader, then close(), in one callback, as
+     * asyncio allows) the watch can no longer be removed, and while a dup or
+     * a forked child keeps the file open it fires for ever. asyncio's
+     * selector removes the watch inside remove_reader; so does this. */
+    if (r == 0 && want == 0 && w->loop->stops_now)
+        r = loop_apply_now(w->loop);
     return r;
 }
 
