@@ -10,7 +10,7 @@ import struct
 from asyncio import futures, selector_events, trsock
 
 from . import _core
-from ._streams import _go_owned
+from ._streams import _go_owned, socket_extra
 
 _NATIVE_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 _SUN_PATH = 108  # sizeof(struct sockaddr_un.sun_path) on Linux
@@ -117,17 +117,7 @@ class DatagramMixin:
         if sock.family not in _NATIVE_FAMILIES:
             return _ReadinessDatagramTransport(self, sock, protocol, address, waiter, extra)
         sock.setblocking(False)
-        extra = dict(extra) if extra else {}
-        if 'sockname' not in extra:
-            try:
-                extra['sockname'] = sock.getsockname()
-            except OSError:
-                extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except OSError:
-                extra['peername'] = None
+        extra = socket_extra(sock, extra)
         # A protocol without connection_made fails here, as asyncio's
         # transport constructor does, while the socket is still Python's.
         connection_made = protocol.connection_made

@@ -49,6 +49,19 @@ def _set_nodelay(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def socket_extra(sock, extra):
+    """A transport's extra info as asyncio's _SelectorTransport fills it:
+    the given extra, with sockname and peername (None when unknown)."""
+    extra = dict(extra) if extra else {}
+    for key, get in (('sockname', sock.getsockname), ('peername', sock.getpeername)):
+        if key not in extra:
+            try:
+                extra[key] = get()
+            except OSError:
+                extra[key] = None
+    return extra
+
+
 class StreamsMixin:
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
@@ -58,17 +71,7 @@ class StreamsMixin:
             _set_nodelay(sock)
         except OSError:
             pass
-        extra = dict(extra) if extra else {}
-        if 'sockname' not in extra:
-            try:
-                extra['sockname'] = sock.getsockname()
-            except OSError:
-                extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except OSError:
-                extra['peername'] = None
+        extra = socket_extra(sock, extra)
         # A protocol without connection_made fails here, as asyncio's
         # transport constructor does, while the socket is still Python's.
         connection_made = protocol.connection_made

@@ -15,13 +15,12 @@ import signal
 import socket
 import stat
 import sys
-from struct import error as _struct_error, pack as _struct_pack
 import threading
 import weakref
 from asyncio import base_events, constants, events, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
-from . import _core, _dns, _hooks, _pipes
+from . import _core, _datagram, _dns, _hooks, _pipes
 from ._datagram import DatagramMixin
 from ._streams import StreamsMixin
 
@@ -86,29 +85,15 @@ _AF_INET6 = getattr(socket, "AF_INET6", None)
 
 
 def _sockaddr(family, address):
-    """address as a struct sockaddr for Go, or None for anything unusual
-    (a scoped IPv6 name, a bad shape), which then takes asyncio's path and
-    gets the socket module's own errors."""
-    try:
-        if family == socket.AF_INET:
-            host, port = address
-            return (_struct_pack("=H", socket.AF_INET) + _struct_pack("!H", port) +
-                    socket.inet_pton(socket.AF_INET, host) + bytes(8))
-        if family == _AF_INET6:
-            host, port, flowinfo, scope_id = (tuple(address) + (0, 0))[:4] \
-                if 2 <= len(address) <= 4 else (None, None, None, None)
-            return (_struct_pack("=H", _AF_INET6) + _struct_pack("!HI", port, flowinfo) +
-                    socket.inet_pton(_AF_INET6, host) + _struct_pack("=I", scope_id))
-        if family == _AF_UNIX:
-            path = os.fsencode(address)
-            if path and path[0] != 0:
-                path += b"\0"
-            if not path or len(path) > 108:
-                return None
-            return _struct_pack("=H", _AF_UNIX) + path
-    except (TypeError, ValueError, OSError, OverflowError, _struct_error):
+    """address as a struct sockaddr for Go (the one sendto builds, which is
+    what socket.connect builds too), or None for anything it refuses: that
+    then takes asyncio's path and gets socket.connect's own error."""
+    if family not in (socket.AF_INET, _AF_INET6, _AF_UNIX):
         return None
-    return None
+    try:
+        return _datagram._sockaddr(family, address)
+    except Exception:
+        return None
 
 
 _SENDFILE_MAX = 1 << 30  # GL_SENDFILE_MAX: the most one Go sendfile takes
