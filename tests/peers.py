@@ -6,7 +6,10 @@ test fails only because of the transport under test."""
 
 import asyncio
 import contextlib
+import select
 import socket
+
+import pytest
 
 PEER_TIMEOUT = 10.0
 
@@ -166,3 +169,23 @@ def recv_exactly(sock, n):
 def in_thread(loop, fn, *args):
     """Start fn(*args) in the default executor now; await the result later."""
     return loop.run_in_executor(None, fn, *args)
+
+
+def full_listener():
+    """A listener whose accept queue is full, and the sockets filling it:
+    a connect to it waits (its SYNs are dropped) until given up."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    for _ in range(8):
+        c = socket.socket()
+        c.setblocking(False)
+        fillers.append(c)
+        try:
+            c.connect(lsock.getsockname())
+        except BlockingIOError:
+            _, w, _ = select.select([], [c], [], 0.05)
+            if not w:
+                return lsock, fillers
+    pytest.skip("could not fill a listener's accept queue")

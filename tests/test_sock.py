@@ -5,14 +5,13 @@ gives for bad arguments."""
 
 import asyncio
 import os
-import select
 import socket
 import ssl
 
 import pytest
 
 from bounded import run
-from peers import listener
+from peers import full_listener, listener
 
 
 def nb_pair():
@@ -157,33 +156,13 @@ def test_sock_connect_refused(loop):
     run(loop, go())
 
 
-def _full_listener():
-    """A listener whose accept queue is full, and the sockets filling it:
-    a connect to it waits (its SYNs are dropped) until given up."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(0)
-    fillers = []
-    for _ in range(8):
-        c = socket.socket()
-        c.setblocking(False)
-        fillers.append(c)
-        try:
-            c.connect(lsock.getsockname())
-        except BlockingIOError:
-            _, w, _ = select.select([], [c], [], 0.05)
-            if not w:
-                return lsock, fillers
-    pytest.skip("could not fill a listener's accept queue")
-
-
 def test_cancelled_sock_connect_lets_go_of_the_socket(loop):
     # goloop connects in Go: a cancelled connect must be given up there
     # before the caller closes the socket, so that the fd number, reused
     # by the next socket at once, connects on its own (on asyncio and
     # uvloop this is the removal of a writer).
     async def go():
-        full, fillers = _full_listener()
+        full, fillers = full_listener()
         try:
             for _ in range(3):
                 s = socket.socket()

@@ -11,7 +11,7 @@ import pytest
 
 import loops
 from bounded import run
-from peers import Echo, Recorder, listener
+from peers import Echo, Recorder, full_listener, listener
 
 
 async def echo_roundtrip(loop, host, port, payload=b"ping", **kwargs):
@@ -383,6 +383,113 @@ def test_create_connection_refused(loop):
             addr = l.getsockname()
         with pytest.raises(ConnectionRefusedError):
             await loop.create_connection(asyncio.Protocol, *addr)
+    run(loop, go())
+
+
+def test_create_connection_refused_error_is_sock_connects(loop, loop_name):
+    async def go():
+        with listener() as l:
+            addr = l.getsockname()
+        with pytest.raises(ConnectionRefusedError) as info:
+            await loop.create_connection(asyncio.Protocol, *addr)
+        assert info.value.errno == errno.ECONNREFUSED
+        if loop_name != "uvloop":  # uvloop words it as libuv does
+            assert str(info.value) == f"[Errno 111] Connect call failed {addr}"
+    run(loop, go())
+
+
+_RESOLVES_ITSELF = ("uvloop resolves names in libuv, not through loop.getaddrinfo, "
+                    "so it never sees the test's addresses")
+
+
+def _fake_addresses(loop, infos):
+    async def fake_getaddrinfo(host, port, **kw):
+        return infos
+    loop.getaddrinfo = fake_getaddrinfo
+
+
+@pytest.mark.parametrize("family,proto", [(0, 0), (socket.AF_INET, 0),
+                                          (socket.AF_INET, socket.IPPROTO_TCP)])
+def test_create_connection_family_and_proto(loop, family, proto):
+    async def go():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        try:
+            port = srv.sockets[0].getsockname()[1]
+            got = await echo_roundtrip(loop, "127.0.0.1", port, family=family, proto=proto)
+            assert got == b"ping"
+        finally:
+            srv.close()
+            await srv.wait_closed()
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason=_RESOLVES_ITSELF)
+def test_create_connection_tries_addresses_in_turn(loop):
+    # Addresses from loop.getaddrinfo (no DNS): the first refuses, the
+    # second listens; the connection is to the second.
+    async def go():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        with listener() as l:
+            refused = l.getsockname()
+        _fake_addresses(loop, [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", refused),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ])
+        try:
+            tr, pr = await loop.create_connection(lambda: Recorder(loop), "two.example", port)
+            assert tr.get_extra_info("peername") == ("127.0.0.1", port)
+            tr.close()
+            await pr.lost
+        finally:
+            del loop.getaddrinfo
+            srv.close()
+            await srv.wait_closed()
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason=_RESOLVES_ITSELF)
+def test_create_connection_all_addresses_refused(loop):
+    # Two refusals with different words: asyncio names both.
+    async def go():
+        addrs = []
+        for _ in range(2):
+            with listener() as l:
+                addrs.append(l.getsockname())
+        _fake_addresses(loop, [(socket.AF_INET, socket.SOCK_STREAM, 6, "", a) for a in addrs])
+        try:
+            with pytest.raises(OSError) as info:
+                await loop.create_connection(asyncio.Protocol, "two.example", 1)
+            assert str(info.value) == ("Multiple exceptions: "
+                                       f"[Errno 111] Connect call failed {addrs[0]}, "
+                                       f"[Errno 111] Connect call failed {addrs[1]}")
+        finally:
+            del loop.getaddrinfo
+    run(loop, go())
+
+
+def test_cancelled_create_connection_closes_its_socket(loop):
+    # The connect waits (the listener's accept queue is full) and is
+    # cancelled: the socket is closed (the fixture checks no fd is left),
+    # and the next connection works.
+    async def go():
+        full, fillers = full_listener()
+        try:
+            for _ in range(3):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        loop.create_connection(asyncio.Protocol, *full.getsockname()), 0.05)
+            srv = await loop.create_server(Echo, "127.0.0.1", 0)
+            try:
+                port = srv.sockets[0].getsockname()[1]
+                assert await echo_roundtrip(loop, "127.0.0.1", port) == b"ping"
+            finally:
+                srv.close()
+                await srv.wait_closed()
+        finally:
+            for f in fillers:
+                f.close()
+            full.close()
     run(loop, go())
 
 

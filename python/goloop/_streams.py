@@ -6,6 +6,10 @@ import os
 import socket
 from asyncio import base_events, constants, futures, sslproto, trsock
 
+from . import _core
+
+_SOCK_NONBLOCK = getattr(socket, 'SOCK_NONBLOCK', 0)
+
 
 class _GoOwnedSocket(socket.socket):
     """The socket object of a transport whose fd the Go core owns.
@@ -20,7 +24,6 @@ class _GoOwnedSocket(socket.socket):
     __slots__ = ()
 
     def _real_close(self):
-        from . import _core
         if _core._forked():
             super()._real_close()
 
@@ -63,9 +66,63 @@ def socket_extra(sock, extra):
 
 
 class StreamsMixin:
+    async def create_connection(
+            self, protocol_factory, host=None, port=None,
+            *, ssl=None, family=0, proto=0, flags=0, sock=None,
+            local_addr=None, server_hostname=None,
+            ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+            happy_eyeballs_delay=None, interleave=None):
+        # The commonest call (plain TCP to a host and port, addresses tried
+        # in turn) by a short road: asyncio's steps, results and errors,
+        # without its generic machinery around each (a second resolution in
+        # sock_connect, setblocking calls). Everything else is asyncio's.
+        if (ssl or sock is not None or local_addr is not None or host is None or port is None
+                or server_hostname is not None or ssl_handshake_timeout is not None
+                or ssl_shutdown_timeout is not None or happy_eyeballs_delay is not None
+                or interleave is not None or self._debug):
+            return await super().create_connection(
+                protocol_factory, host, port, ssl=ssl, family=family, proto=proto,
+                flags=flags, sock=sock, local_addr=local_addr, server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
+        info = base_events._ipaddr_info(host, port, family, socket.SOCK_STREAM, proto)
+        if info is not None:
+            infos = (info,)
+        else:
+            infos = await self._ensure_resolved(
+                (host, port), family=family, type=socket.SOCK_STREAM, proto=proto,
+                flags=flags, loop=self)
+            if not infos:
+                raise OSError('getaddrinfo() returned empty list')
+        errors = []
+        for af, type_, proto_, _, address in infos:
+            sock = None
+            try:
+                sock = socket.socket(af, type_ | _SOCK_NONBLOCK, proto_)
+                await self._connect_resolved(sock, address)
+                break
+            except OSError as exc:
+                errors.append(exc)
+                if sock is not None:
+                    sock.close()
+                sock = None
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
+        if sock is None:
+            try:
+                if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
+                    raise errors[0]
+                raise OSError('Multiple exceptions: {}'.format(
+                    ', '.join(str(exc) for exc in errors)))
+            finally:
+                errors = None
+        return await self._create_connection_transport(sock, protocol_factory, None, None)
+
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
-        from . import _core
         sock.setblocking(False)
         try:
             _set_nodelay(sock)
@@ -121,7 +178,6 @@ class StreamsMixin:
                        sslcontext=None, server=None, backlog=100,
                        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
                        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
-        from . import _core
         fd = sock.fileno()
         old = self._listeners.get(fd)
         if old is not None and not old.closed:

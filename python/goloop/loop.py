@@ -288,15 +288,23 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             resolved = await self._ensure_resolved(
                 address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
             _, _, _, _, address = resolved[0]
+        if sock.fileno() >= 0:
+            self._ensure_fd_no_transport(sock.fileno())
+        return await self._connect_resolved(sock, address)
+
+    async def _connect_resolved(self, sock, address):
+        # The connect itself, for an address already resolved (what
+        # create_connection's addresses are).
         fd = sock.fileno()
-        raw = _sockaddr(sock.family, address) if fd >= 0 else None
+        raw = None
+        if fd >= 0:
+            raw = _core._sockaddr_fast(sock.family, address) or _sockaddr(sock.family, address)
         if raw is None:
             # What only the socket module understands (or refuses, with its
             # own error): asyncio's way, over Go's readiness.
             fut = self.create_future()
             self._sock_connect(fut, sock, address)
             return await fut
-        self._ensure_fd_no_transport(fd)
         token, fut = self._connect_start(fd, raw, address)
         try:
             return await fut

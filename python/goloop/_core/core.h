@@ -177,6 +177,8 @@ int flow_call(LoopCore *lp, PyObject *transport, PyObject *protocol, const char 
 PyObject *lc_connect_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_connect_stop(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 int connect_dispatch(LoopCore *lp, gl_comp *c);
+/* dgram.c: the sockaddr for (family, address) when C can build it alone */
+PyObject *sockaddr_fast(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);

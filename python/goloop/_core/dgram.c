@@ -350,9 +350,10 @@ static int maybe_resume_protocol(Dgram *t)
 
 /* ---- addresses ---- */
 
-/* The sockaddr socket.sendto would build for addr, for the common cases:
- * numeric IPv4/IPv6 hosts and Unix paths. 1 done, 0 not handled here (the
- * Python helper _sockaddr does the rest, with socket's errors), -1 error. */
+/* The sockaddr socket.sendto (or connect) would build for addr, for the
+ * common cases: numeric IPv4/IPv6 hosts and Unix paths. 1 done, 0 not
+ * handled here (the Python helper _sockaddr does the rest, with socket's
+ * errors), -1 error. */
 static int fast_sockaddr(int family, PyObject *addr, gl_sendto *blk)
 {
     if (family == AF_UNIX) {
@@ -442,6 +443,24 @@ static int fast_sockaddr(int family, PyObject *addr, gl_sendto *blk)
         return 1;
     }
     return 0;
+}
+
+/* _core._sockaddr_fast(family, addr) -> bytes, or None when only the
+ * Python helper can build it: connects use the same conversion. */
+PyObject *sockaddr_fast(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyLong_Check(args[0]))
+        return PyErr_Format(PyExc_TypeError, "_sockaddr_fast(family, addr)");
+    int family = _PyLong_AsInt(args[0]);
+    if (family == -1 && PyErr_Occurred())
+        return NULL;
+    gl_sendto blk;
+    int r = fast_sockaddr(family, args[1], &blk);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)blk.name, blk.namelen);
 }
 
 static int to_sockaddr(Dgram *t, PyObject *addr, gl_sendto *blk)
