@@ -40,6 +40,8 @@ type epFd struct {
 	pollTok  uint64
 	connTok  uint64
 	connOn   bool
+	connPtr  uintptr // the sockaddr C holds until our EvConnect
+	connLen  uint32
 	dgram    bool // the receive is a datagram receive (OpDgramRecvStart)
 
 	out outQueue // sends, shutdowns and a graceful close, in order
@@ -215,6 +217,7 @@ func (b *epollBackend) apply(s *Sub) {
 			b.complete(Comp{Token: s.Token, Kind: EvConnect})
 		case unix.EINPROGRESS, unix.EAGAIN:
 			f.connOn, f.connTok = true, s.Token
+			f.connPtr, f.connLen = s.Ptr, s.Len
 		default:
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(e)})
 		}
@@ -439,19 +442,32 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 		b.recvOne(f)
 	}
 	if outReady && f.connOn {
-		f.connOn = false
-		v, err := unix.GetsockoptInt(int(f.fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		res := int32(-v)
-		if err != nil {
-			res = errnoOf(err)
-		}
-		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
-		b.markDirty(f)
+		b.settleConnect(f)
 	}
 	if outReady && f.blocked {
 		b.flush(f)
 		b.markDirty(f)
 	}
+}
+
+// settleConnect learns a connect's outcome by connecting again, as
+// IORING_OP_CONNECT does, rather than by reading SO_ERROR: a failed
+// connect then leaves the socket unconnected for the next try, on both
+// backends alike. Reading SO_ERROR would consume the error and leave the
+// socket half-connecting, so a program retrying after a cancelled connect
+// got ECONNABORTED where asyncio's retry gets the refusal, then connects.
+func (b *epollBackend) settleConnect(f *epFd) {
+	var res int32
+	switch e := connectRaw(f.fd, f.connPtr, f.connLen); e {
+	case 0, unix.EISCONN:
+	case unix.EINPROGRESS, unix.EALREADY:
+		return // woken early: still connecting
+	default:
+		res = -int32(e)
+	}
+	f.connOn = false
+	b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
+	b.markDirty(f)
 }
 
 func (b *epollBackend) acceptSome(f *epFd) {

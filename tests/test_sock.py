@@ -187,6 +187,35 @@ def test_cancelled_sock_connect_lets_go_of_the_socket(loop):
     run(loop, go())
 
 
+def test_retry_after_cancelled_refused_connect_connects(loop):
+    # The first connect is refused at once (nothing listens yet) and its
+    # caller is cancelled before seeing it. The retries that follow may see
+    # the refusal, as on asyncio, but nothing else, and then connect. On
+    # epoll goloop read SO_ERROR for the cancelled connect, which left the
+    # socket half-connecting: the retry got ECONNABORTED.
+    async def go():
+        with socket.socket() as lsock, socket.socket() as s:
+            lsock.bind(("127.0.0.1", 0))
+            addr = lsock.getsockname()
+            s.setblocking(False)
+            task = asyncio.ensure_future(loop.sock_connect(s, addr))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises((asyncio.CancelledError, ConnectionRefusedError)):
+                await task
+            lsock.listen(1)
+            for _ in range(3):
+                try:
+                    await asyncio.wait_for(loop.sock_connect(s, addr), 5)
+                    break
+                except ConnectionRefusedError:
+                    continue
+            else:
+                pytest.fail("never connected")
+            assert s.getpeername() == addr
+    run(loop, go())
+
+
 @pytest.mark.xfail_loop("uvloop", reason="uvloop's sock_connect connects only once the "
                         "loop runs again")
 def test_sock_connect_sends_the_syn_before_returning_to_the_loop(loop):
