@@ -222,6 +222,18 @@ func popOut(out []queued) []queued {
 	return out[1:]
 }
 
+// accept4 takes one connection without the peer's address: x/sys/unix's
+// Accept4 decodes that into new Go heap objects per connection, and
+// nothing here reads it. A non-blocking call, so a raw syscall.
+func accept4(fd int32) (int, error) {
+	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0,
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(nfd), nil
+}
+
 // acceptSome accepts up to 64 connections from a readable listener, the same
 // on both backends: a readiness wait, then accept4 in a loop. (io_uring's
 // own multishot accept keeps its place at the head of the listening
@@ -231,7 +243,7 @@ func popOut(out []queued) []queued {
 // listener still accepts: false after an error it cannot survive.
 func acceptSome(fd int32, token uint64, complete func(Comp)) bool {
 	for i := 0; i < 64; i++ {
-		nfd, _, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		nfd, err := accept4(fd)
 		if e := faultAt(faultAccept); e != 0 && err == nil {
 			unix.Close(nfd)
 			err = e

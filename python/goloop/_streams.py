@@ -1,6 +1,7 @@
 """Stream transports and servers: the hooks asyncio's BaseEventLoop calls
 (_make_socket_transport, _make_ssl_transport, _start_serving, _stop_serving),
 answered with goloop's C transport and Go's multishot accept."""
+import _socket
 import errno
 import os
 import socket
@@ -9,6 +10,12 @@ from asyncio import base_events, constants, futures, sslproto, trsock
 from . import _core
 
 _SOCK_NONBLOCK = getattr(socket, 'SOCK_NONBLOCK', 0)
+# A socket's family, type and proto as plain ints: socket.socket's own
+# properties build an enum member on every read (a few per connection).
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+_raw_proto = _socket.socket.proto.__get__
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 class _GoOwnedSocket(socket.socket):
@@ -47,8 +54,8 @@ def _go_owned(sock):
 
 def _set_nodelay(sock):
     # asyncio sets TCP_NODELAY on every TCP transport; so do we.
-    if (sock.family in (socket.AF_INET, socket.AF_INET6) and
-            sock.type == socket.SOCK_STREAM and sock.proto == socket.IPPROTO_TCP):
+    if (_raw_family(sock) in _TCP_FAMILIES and _raw_type(sock) == socket.SOCK_STREAM
+            and _raw_proto(sock) == socket.IPPROTO_TCP):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
@@ -123,7 +130,8 @@ class StreamsMixin:
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
-        sock.setblocking(False)
+        if sock.gettimeout() != 0:  # 0: non-blocking already, as Python made it
+            sock.setblocking(False)
         try:
             _set_nodelay(sock)
         except OSError:
@@ -184,13 +192,16 @@ class StreamsMixin:
             old.start()  # serving again after a pause (accept errors)
             return
 
+        # Go accepts non-blocking: the socket objects say so (no ioctl).
+        family, type_, proto = _raw_family(sock), _raw_type(sock) | _SOCK_NONBLOCK, _raw_proto(sock)
+
         def on_accept(res):
             if res < 0:
                 self._accept_error(-res, sock, protocol_factory, sslcontext, server, backlog,
                                    ssl_handshake_timeout, ssl_shutdown_timeout)
                 return
             try:
-                conn = socket.socket(sock.family, sock.type, sock.proto, fileno=res)
+                conn = socket.socket(family, type_, proto, fileno=res)
             except OSError:
                 return
             self._accept_connection_fd(protocol_factory, conn, sslcontext, server,
