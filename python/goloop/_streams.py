@@ -18,6 +18,14 @@ _raw_proto = _socket.socket.proto.__get__
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
+def _kind(sock):
+    """(family, type, proto) of sock as ints."""
+    try:
+        return _raw_family(sock), _raw_type(sock), _raw_proto(sock)
+    except TypeError:  # socket-like, not a _socket.socket (gunicorn's listener wrapper)
+        return int(sock.family), int(sock.type), int(sock.proto)
+
+
 class _GoOwnedSocket(socket.socket):
     """The socket object of a transport whose fd the Go core owns.
 
@@ -54,8 +62,8 @@ def _go_owned(sock):
 
 def _set_nodelay(sock):
     # asyncio sets TCP_NODELAY on every TCP transport; so do we.
-    if (_raw_family(sock) in _TCP_FAMILIES and _raw_type(sock) == socket.SOCK_STREAM
-            and _raw_proto(sock) == socket.IPPROTO_TCP):
+    family, type_, proto = _kind(sock)
+    if family in _TCP_FAMILIES and type_ == socket.SOCK_STREAM and proto == socket.IPPROTO_TCP:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
@@ -193,7 +201,8 @@ class StreamsMixin:
             return
 
         # Go accepts non-blocking: the socket objects say so (no ioctl).
-        family, type_, proto = _raw_family(sock), _raw_type(sock) | _SOCK_NONBLOCK, _raw_proto(sock)
+        family, type_, proto = _kind(sock)
+        type_ |= _SOCK_NONBLOCK
 
         def on_accept(res):
             if res < 0:
