@@ -192,6 +192,9 @@ func (b *uringBackend) apply(s *Sub) {
 		b.refuse(s)
 		return
 	}
+	if (s.Op == OpRecvStart || s.Op == OpSend) && s.Arg&ArgNotSock != 0 {
+		f.notSock = true
+	}
 	switch s.Op {
 	case OpRecvStart:
 		f.recvTok, f.recvOn = s.Token, true
