@@ -1,18 +1,24 @@
 """Pipe throughput: bytes from a child process through a pipe into a read pipe
-transport (`head -c N /dev/zero`), and from a write pipe transport into a child
+transport (`dd bs=1M if=/dev/zero`: 1 MiB writes), and from a write pipe transport into a child
 (`cat > /dev/null`), on one loop.
 
     python bench/pipe_throughput.py LOOP [MiB] [runs]
 
 LOOP is goloop, goloop-epoll, uvloop or asyncio. Prints one line per direction:
-the best of `runs` in MB/s (10**6 bytes per second). Pin it with taskset to
-compare loops on the same CPUs.
+the best and the median of `runs` in MB/s (10**6 bytes per second). Pin it
+with taskset to compare loops on the same CPUs; PIPE_BENCH_CHILD_CPU=N runs
+the child on CPU N (taskset), apart from the loop.
 """
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
+
+
+_CHILD_CPU = os.environ.get("PIPE_BENCH_CHILD_CPU")
+_PIN = ["taskset", "-c", _CHILD_CPU] if _CHILD_CPU else []
 
 
 class Sink(asyncio.Protocol):
@@ -47,7 +53,7 @@ class Source(asyncio.Protocol):
 async def read_side(total):
     loop = asyncio.get_running_loop()
     r, w = os.pipe()
-    proc = subprocess.Popen(["head", "-c", str(total), "/dev/zero"], stdout=w)
+    proc = subprocess.Popen(_PIN + ["dd", "if=/dev/zero", "bs=1M", f"count={total >> 20}", "status=none"], stdout=w)
     os.close(w)
     done = loop.create_future()
     t0 = time.perf_counter()
@@ -62,7 +68,7 @@ async def read_side(total):
 async def write_side(total):
     loop = asyncio.get_running_loop()
     r, w = os.pipe()
-    proc = subprocess.Popen(["cat"], stdin=r, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(_PIN + ["cat"], stdin=r, stdout=subprocess.DEVNULL)
     os.close(r)
     chunk = b"\0" * (256 << 10)
     t0 = time.perf_counter()
@@ -99,8 +105,9 @@ def main():
     loop = new_loop(name)
     try:
         for label, fn in (("read", read_side), ("write", write_side)):
-            best = max(loop.run_until_complete(fn(total)) for _ in range(runs))
-            print(f"{name:13s} {label:5s} {mib} MiB: {best:8.0f} MB/s")
+            rates = [loop.run_until_complete(fn(total)) for _ in range(runs)]
+            print(f"{name:13s} {label:5s} {mib} MiB: best {max(rates):6.0f} MB/s, "
+                  f"median {statistics.median(rates):6.0f} MB/s")
     finally:
         loop.close()
 
