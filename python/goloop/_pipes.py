@@ -119,16 +119,19 @@ def make_read_pipe_transport(loop, pipe, protocol, waiter=None, extra=None):
     os.set_blocking(fd, False)
     extra = extra or {}
     extra['pipe'] = pipe
+    # A protocol without connection_made fails here, before Go has the fd.
+    connection_made = protocol.connection_made
     transport = _pipe_transport(loop, ReadPipeTransport, pipe, protocol, extra, mode)
     try:
-        loop.call_soon(protocol.connection_made, transport)
+        loop.call_soon(connection_made, transport)
         # only start reading when connection_made() has been called
         loop.call_soon(transport._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
     except BaseException:
-        transport._pipe = None  # still the caller's
-        transport._force_close(None)
+        # The pipe object stays the caller's; Go's duplicate is closed
+        # through Go when the transport is collected (nothing pins it yet).
+        transport._pipe = None
         raise
     return transport
 
@@ -144,9 +147,10 @@ def make_write_pipe_transport(loop, pipe, protocol, waiter=None, extra=None):
     os.set_blocking(fd, False)
     extra = extra or {}
     extra['pipe'] = pipe
+    connection_made = protocol.connection_made
     transport = _pipe_transport(loop, WritePipeTransport, pipe, protocol, extra, mode)
     try:
-        loop.call_soon(protocol.connection_made, transport)
+        loop.call_soon(connection_made, transport)
         # The reader going away shows as readiness on a pipe's write end (and
         # a socket's); asyncio does not watch a character device.
         if is_fifo or is_sock:
@@ -154,8 +158,7 @@ def make_write_pipe_transport(loop, pipe, protocol, waiter=None, extra=None):
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
     except BaseException:
-        transport._pipe = None
-        transport._force_close(None)
+        transport._pipe = None  # see make_read_pipe_transport
         raise
     return transport
 
