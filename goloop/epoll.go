@@ -193,6 +193,9 @@ func (b *epollBackend) apply(s *Sub) {
 		}
 	}
 	f := b.state(s.Fd)
+	if (s.Op == OpRecvStart || s.Op == OpSend) && s.Arg&ArgNotSock != 0 {
+		f.notSock = true
+	}
 	switch s.Op {
 	case OpRecvStart:
 		f.recvOn, f.recvTok = true, s.Token

@@ -161,6 +161,14 @@ func hasGraceful(out []queued, token uint64) bool {
 	return false
 }
 
+// ArgNotSock, in the Arg of OpRecvStart and OpSend, says Fd is not a
+// socket (a pipe, a character device such as a PTY): Go reads and writes it
+// with read(2)/write(2) (IORING_OP_READ/WRITE) from the first operation on,
+// instead of learning it from an ENOTSOCK, which under io_uring costs a
+// round trip: a pipe transport's first write would reach the pipe only at
+// the next Poll, where asyncio's write() has written it at once.
+const ArgNotSock uint32 = 1 << 31
+
 // Poll masks (the same bits as EPOLLIN/EPOLLOUT/EPOLLERR/EPOLLHUP).
 const (
 	PollIn  uint32 = 0x1

@@ -49,6 +49,9 @@ type uringBackend struct {
 
 	pinned  bool // ring bound to one thread (SINGLE_ISSUER|DEFER_TASKRUN)
 	enabled bool
+	// readMulti: the kernel has IORING_OP_READ_MULTISHOT, so a pipe is
+	// read like a socket, one armed request for every chunk (uring_fd.go).
+	readMulti bool
 }
 
 // Kinds of request, in the low byte of user_data. Above it: the slot
@@ -75,6 +78,10 @@ const (
 // polls from one thread (the Python loop's thread through cgo) may set it.
 var UringPinned bool
 
+// noReadMulti keeps backends made afterwards from using the multishot read
+// (tests: the poll-then-read path that ttys and older kernels take).
+var noReadMulti bool
+
 func newUring(opt Options) (Backend, error) {
 	if opt.BufCount > 1<<15 {
 		return nil, errors.New("goloop: io_uring buffer ring holds at most 32768 buffers")
@@ -94,6 +101,7 @@ func newUring(opt Options) (Backend, error) {
 		iouOpRead, iouOpWrite, iouOpSend, iouOpRecv, iouOpSendZC); err != nil {
 		return fail(err)
 	}
+	b.readMulti = r.has(iouOpReadMulti) && !noReadMulti
 	if b.pool, err = newBufPool(opt.BufSize, opt.BufCount); err != nil {
 		return fail(err)
 	}

@@ -28,6 +28,9 @@ type urFd struct {
 	// received with a poll, then one read, in turn.
 	recvKind uint8 // kRecv or kRecvPoll: what is armed
 	recvRead bool  // the poll said readable: read next
+	// A pipe is read with one multishot read where the kernel has it;
+	// a file that refuses it (a tty) falls back to poll and read for good.
+	recvMulti, noMulti bool
 	// held keeps what arrived while receiving was stopped (a multishot
 	// recv cannot be stopped between two chunks); RecvStart delivers it.
 	held []Comp
@@ -192,6 +195,9 @@ func (b *uringBackend) apply(s *Sub) {
 		b.refuse(s)
 		return
 	}
+	if (s.Op == OpRecvStart || s.Op == OpSend) && s.Arg&ArgNotSock != 0 {
+		f.notSock = true
+	}
 	switch s.Op {
 	case OpRecvStart:
 		f.recvTok, f.recvOn = s.Token, true
@@ -337,7 +343,15 @@ func (b *uringBackend) armRecv(f *urFd) {
 		return
 	}
 	f.recvIdx = b.r.sqLocal
+	f.recvMulti = false
 	switch {
+	case f.notSock && b.readMulti && !f.noMulti:
+		// addr and len 0: each chunk takes a whole ring buffer.
+		s := b.fdSQE(f, iouOpReadMulti, kRecv)
+		s.flags = iosqeBufferSelect
+		s.bufIndex = pbufGroup
+		s.off = ^uint64(0)
+		f.recvKind, f.recvMulti = kRecv, true
 	case !f.notSock:
 		s := b.fdSQE(f, iouOpRecv, kRecv)
 		s.ioprio = iouRecvMultishot
@@ -406,6 +420,15 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 		f.recv, f.recvRead = reqNone, false
 	}
 	hasBuf := c.flags&cqeFBuffer != 0
+	if f.recvMulti && !more && !f.closing() {
+		switch c.res {
+		case -int32(unix.EAGAIN), -int32(unix.EBADFD), -int32(unix.EINVAL), -int32(unix.EOPNOTSUPP):
+			// A file the multishot read does not serve (one that cannot
+			// wait without blocking, a tty): poll, then read, from now on.
+			f.noMulti = true
+			c.res = -int32(unix.EAGAIN)
+		}
+	}
 	if hasBuf && (f.closing() || c.res <= 0) {
 		// A read may report end of file with a buffer picked: unused.
 		b.pbuf.recycle(uint16(c.flags >> 16))

@@ -72,6 +72,7 @@ const (
 	iouOpRecv        = 27
 	iouOpRecvmsg     = 10
 	iouOpSendZC      = 47 // not used; its presence marks a 6.0+ kernel (multishot recv)
+	iouOpReadMulti   = 49 // IORING_OP_READ_MULTISHOT (6.7): continuous read of a pipe
 )
 
 type sqringOffsets struct {
@@ -277,6 +278,16 @@ func (r *ring) close() {
 }
 
 // probe reports which of ops this kernel implements.
+// has reports whether the kernel knows op (an optional one).
+func (r *ring) has(op uint8) bool {
+	const n = 256
+	buf := make([]byte, 16+8*n)
+	if err := ioUringRegister(r.fd, iouRegisterProbe, unsafe.Pointer(&buf[0]), n); err != nil {
+		return false
+	}
+	return op <= buf[0] && buf[16+8*int(op)+2]&1 != 0
+}
+
 func (r *ring) probe(ops ...uint8) error {
 	const n = 256
 	buf := make([]byte, 16+8*n)

@@ -48,6 +48,7 @@ enum {
 #define GL_POLL_OUT 0x4
 #define GL_POLL_ERR 0x8
 #define GL_POLL_HUP 0x10
+#define GL_ARG_NOTSOCK 0x80000000u   /* OpRecvStart/OpSend: fd is a pipe or a tty (record.go) */
 
 /* Datagrams (goloop/dgram.go): GL_OP_SENDTO's ptr points to a gl_sendto that
  * C keeps alive, with the bytes it names, until the EvSend answering it. A

@@ -167,3 +167,62 @@ def test_import_does_not_start_go_runtime(goloop):
     """)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "1", res.stdout
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_child_dropping_inherited_pipe_transports_leaves_parent_intact(goloop, backend):
+    # Pipe transports hold a duplicate of the pipe's fd that Go owns. A child forked
+    # with them open that closes them and the loop must not call into Go (its copy of
+    # the io_uring ring is the parent's) and must close its own copies, not the
+    # parent's: the parent then still moves bytes both ways and sees its EOFs.
+    res = _run_script("""
+        import gc, goloop
+        loop = goloop.new_event_loop()
+        class Proto(asyncio.Protocol):
+            def __init__(self):
+                self.data = b""
+                self.lost = loop.create_future()
+            def data_received(self, data): self.data += data
+            def connection_lost(self, exc): self.lost.set_result(exc)
+        r1, w1 = os.pipe()   # the parent writes w1 (transport), reads r1 by hand
+        r2, w2 = os.pipe()   # the parent reads r2 (transport), writes w2 by hand
+        async def setup():
+            wt, wp = await loop.connect_write_pipe(Proto, os.fdopen(w1, "wb", 0))
+            rt, rp = await loop.connect_read_pipe(Proto, os.fdopen(r2, "rb", 0))
+            return wt, wp, rt, rp
+        wt, wp, rt, rp = loop.run_until_complete(setup())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                repr(wt), repr(rt)
+                wt.write(b"never sent")
+                wt.close()
+                rt.close()
+                del wt, wp, rt, rp
+                loop.close()
+                gc.collect()
+                os.close(r1)
+                os.close(w2)
+            except BaseException as e:
+                print("child:", repr(e))
+            child_exit(0)
+        code = wait_child(pid)
+        async def check():
+            wt.write(b"to r1")
+            got = os.read(r1, 100)
+            os.write(w2, b"to r2")
+            os.close(w2)
+            assert await rp.lost is None, "read pipe"
+            wt.close()
+            assert await wp.lost is None, "write pipe"
+            assert os.read(r1, 100) == b"", "EOF on r1"
+            return got, rp.data
+        print("parent:", loop.run_until_complete(asyncio.wait_for(check(), 10)))
+        loop.close()
+        print("parent closed")
+        sys.exit(code)
+    """, GOLOOP_BACKEND=backend)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "child:" not in res.stdout, res.stdout + res.stderr
+    assert "parent: (b'to r1', b'to r2')" in res.stdout, res.stdout + res.stderr
+    assert "parent closed" in res.stdout, res.stdout + res.stderr

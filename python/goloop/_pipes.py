@@ -1,11 +1,14 @@
 """Pipes, terminals and subprocesses on a goloop loop (docs/subprocess.md).
 
-Pipe transports are asyncio's own Unix pipe transports: they touch the loop
-only through call_soon, _add_reader/_remove_reader, _add_writer/
-_remove_writer, get_debug and call_exception_handler, which goloop serves
-with Go poll watchers. So their checks (pipes, sockets and character
-devices only), EOF handling, flow control and the way a closed reader is
-noticed on a write pipe are asyncio's exactly.
+Pipe transports are goloop's C transport in pipe mode (_core.ReadPipeTransport
+and _core.WritePipeTransport, transport.c): the Go core owns a duplicate of
+the pipe's fd from the moment the transport is made, reads into its buffers
+and writes from the program's bytes objects, with asyncio's pipe semantics
+kept exactly: which files are accepted (pipes, sockets and character
+devices), EOF, flow control, errors, and the way a closed reader is noticed
+on a write pipe (Go polls its write end). The program's pipe object stays
+the program's until connection_lost, when the transport closes it, as
+asyncio's does.
 
 Subprocesses are started by subprocess.Popen (fork+exec in C, so no Go
 code ever runs in the child) and their exit is watched through a pidfd:
@@ -15,19 +18,149 @@ readable the transport reaps its own child through its Popen object
 child watcher, so it works from a loop in any thread and never reaps a
 process it did not start.
 """
+import errno
 import os
+import stat
 import threading
 import warnings
-from asyncio import unix_events
+from asyncio import futures, unix_events
 from asyncio.log import logger
 
+from . import _core
 
-class ReadPipeTransport(unix_events._UnixReadPipeTransport):
+
+class _GoOwnedFd:
+    """The Go core's own duplicate of a pipe transport's fd.
+
+    Go closes it when the transport closes (or is collected, or its loop
+    closes) and the transport then detaches this object, so nothing here
+    closes a number Go may already have closed. Only in a child forked after
+    Go started, where Go is gone, is the child's copy closed here."""
+    __slots__ = ('_fd',)
+
+    def __init__(self, fd):
+        self._fd = fd
+
+    def fileno(self):
+        return self._fd
+
+    def detach(self):
+        fd, self._fd = self._fd, -1
+        return fd
+
+    def _close_here(self):
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self):
+        if self._fd >= 0 and _core._forked():
+            self._close_here()
+
+
+class ReadPipeTransport(_core.ReadPipeTransport):
     """The read end of a pipe, a socket or a character device (a PTY)."""
 
+    def _fatal_error(self, exc, message='Fatal error on pipe transport'):
+        # asyncio's: a PTY whose slave closed reads EIO, an ordinary end
+        # logged only in debug mode; anything else goes to the handler.
+        loop = self._loop
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            if loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+        self._force_close(exc)
 
-class WritePipeTransport(unix_events._UnixWritePipeTransport):
+
+class WritePipeTransport(_core.WritePipeTransport):
     """The write end of a pipe, a socket or a character device (a PTY)."""
+
+    def _fatal_error(self, exc, message='Fatal error on pipe transport'):
+        # asyncio's: an OSError (EPIPE: the reader went away) is an ordinary
+        # end, logged only in debug mode.
+        loop = self._loop
+        if isinstance(exc, OSError):
+            if loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+        self._force_close(exc)
+
+
+def _pipe_transport(loop, cls, pipe, protocol, extra, mode):
+    """A pipe transport over a duplicate of pipe's fd that Go owns from
+    here on; the program's pipe object is closed by the transport when
+    it is done (asyncio's rule)."""
+    owned = _GoOwnedFd(os.dup(pipe.fileno()))
+    try:
+        return cls(loop, owned, pipe, protocol, extra, stat.S_ISSOCK(mode))
+    except BaseException:
+        owned._close_here()  # no transport: Go never had it
+        raise
+
+
+def make_read_pipe_transport(loop, pipe, protocol, waiter=None, extra=None):
+    """loop._make_read_pipe_transport: asyncio's checks and order of calls."""
+    fd = pipe.fileno()
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        raise ValueError("Pipe transport is for pipes/sockets only.")
+    os.set_blocking(fd, False)
+    extra = extra or {}
+    extra['pipe'] = pipe
+    # A protocol without connection_made fails here, before Go has the fd.
+    connection_made = protocol.connection_made
+    transport = _pipe_transport(loop, ReadPipeTransport, pipe, protocol, extra, mode)
+    try:
+        loop.call_soon(connection_made, transport)
+        # only start reading when connection_made() has been called
+        loop.call_soon(transport._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+    except BaseException:
+        # The pipe object stays the caller's; Go's duplicate is closed
+        # through Go when the transport is collected (nothing pins it yet).
+        transport._pipe = None
+        raise
+    return transport
+
+
+def make_write_pipe_transport(loop, pipe, protocol, waiter=None, extra=None):
+    """loop._make_write_pipe_transport: asyncio's checks and order of calls."""
+    fd = pipe.fileno()
+    mode = os.fstat(fd).st_mode
+    is_fifo, is_sock = stat.S_ISFIFO(mode), stat.S_ISSOCK(mode)
+    if not (stat.S_ISCHR(mode) or is_fifo or is_sock):
+        raise ValueError("Pipe transport is only for "
+                         "pipes, sockets and character devices")
+    os.set_blocking(fd, False)
+    extra = extra or {}
+    extra['pipe'] = pipe
+    connection_made = protocol.connection_made
+    transport = _pipe_transport(loop, WritePipeTransport, pipe, protocol, extra, mode)
+    try:
+        loop.call_soon(connection_made, transport)
+        # The reader going away shows as readiness on a pipe's write end (and
+        # a socket's); asyncio does not watch a character device.
+        if is_fifo or is_sock:
+            loop.call_soon(transport._start_hup_watch)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+    except BaseException:
+        transport._pipe = None  # see make_read_pipe_transport
+        raise
+    return transport
 
 
 def _reap_in_background(proc):

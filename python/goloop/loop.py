@@ -515,10 +515,10 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     # ---- pipes, terminals and subprocesses (_pipes.py, docs/subprocess.md) ----
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return _pipes.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+        return _pipes.make_read_pipe_transport(self, pipe, protocol, waiter, extra)
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return _pipes.WritePipeTransport(self, pipe, protocol, waiter, extra)
+        return _pipes.make_write_pipe_transport(self, pipe, protocol, waiter, extra)
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout,
                                          stderr, bufsize, extra=None, **kwargs):

@@ -2,11 +2,21 @@
  * asyncio.Transport whose fd lives in Go. write() hands Go a pointer into
  * the bytes object and keeps it referenced until the send completes (zero
  * copy); received chunks are copied out of Go's buffers into bytes (or into
- * a BufferedProtocol's buffer) and the buffer is given back in the next batch. */
+ * a BufferedProtocol's buffer) and the buffer is given back in the next batch.
+ *
+ * The same object, in pipe mode, is the read or the write end of a pipe, a
+ * socket or a character device (loop.connect_read_pipe/connect_write_pipe,
+ * docs/subprocess.md): two more types over the same struct and the same
+ * lifecycle, with asyncio's pipe semantics where they differ from a
+ * socket's (EOF, write_eof, errors, the reader of a write pipe going away). */
 #include "core.h"
 #include <errno.h>
 
 PyTypeObject *Transport_Type;
+PyTypeObject *ReadPipeTransport_Type;
+PyTypeObject *WritePipeTransport_Type;
+
+enum { PIPE_NONE, PIPE_READ, PIPE_WRITE };
 
 
 typedef struct {
@@ -48,6 +58,14 @@ typedef struct {
     Py_ssize_t enq_fresh;       /* sends queued since that poll: not yet handed to Go */
     uint64_t token;             /* owner table slot (owners.c) */
     PyObject *weakreflist;
+    /* pipe mode: sock is the owner of Go's own duplicate of the pipe's fd;
+     * pipe is the program's object, closed by _call_connection_lost (or a
+     * finalizer that warns), as asyncio's pipe transports close it. */
+    PyObject *pipe;
+    int pipe_fd;                /* the program's fd number, for repr */
+    char pipe_mode;             /* PIPE_NONE (a stream), PIPE_READ, PIPE_WRITE */
+    char hup_watch;             /* write pipe: Go polls the fd for its reader going away */
+    char notsock;               /* a pipe or a tty: Go reads and writes it with read/write */
 } Transport;
 
 #define TOKEN(t) ((t)->token)
@@ -62,7 +80,8 @@ typedef struct {
  * unpin's DECREF never frees the object under them. */
 static void pin_update(Transport *t)
 {
-    int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent || t->sf_waiter != NULL);
+    int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent || t->sf_waiter != NULL ||
+                              t->hup_watch);
     if (want && !t->pinned) {
         t->pinned = 1;
         Py_INCREF(t);
@@ -207,6 +226,7 @@ static int tr_traverse(Transport *t, visitproc visit, void *arg)
     Py_VISIT(t->sf_file);
     Py_VISIT(t->high_obj);
     Py_VISIT(t->low_obj);
+    Py_VISIT(t->pipe);
     Py_VISIT(Py_TYPE(t));
     return 0;
 }
@@ -225,6 +245,7 @@ static int tr_clear(Transport *t)
     sendfile_release(t);
     Py_CLEAR(t->high_obj);
     Py_CLEAR(t->low_obj);
+    Py_CLEAR(t->pipe);
     return 0;
 }
 
@@ -233,14 +254,29 @@ static int tr_clear(Transport *t)
  * (the socket object must not close it: Go owns it). In a forked child Go
  * is not there; the child's copy of the fd is the socket object's to
  * close. */
+static void pipe_close_object(Transport *t);
+
 static void tr_finalize(Transport *t)
 {
-    if (!t->go_open || t->close_sent || t->loop == NULL)
+    /* A pipe transport warns, as asyncio's does, while it still holds the
+     * program's pipe object (the loop may have closed Go's fd already). */
+    int open_go = t->go_open && !t->close_sent && t->loop != NULL;
+    int open_pipe = t->pipe_mode != PIPE_NONE && t->pipe != NULL && t->pipe != Py_None;
+    if (!open_go && !open_pipe)
         return;
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
-    if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R", t) < 0)
+    /* (Go's fd of a pipe whose object the program took back, _pipe = None,
+     * is closed quietly.) */
+    if ((t->pipe_mode != PIPE_NONE ? open_pipe : open_go) &&
+        PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R", t) < 0)
         PyErr_WriteUnraisable((PyObject *)t);
+    if (open_pipe)
+        pipe_close_object(t);
+    if (!open_go) {
+        PyErr_Restore(et, ev, etb);
+        return;
+    }
     t->go_open = 0;
     t->close_sent = t->abort_sent = 1;
     if (go_usable(t->loop)) {
@@ -278,11 +314,17 @@ static void tr_dealloc(Transport *t)
 
 /* ---- helpers ---- */
 
+/* A pipe's transport class says which errors asyncio logs (_pipes.py):
+ * not the same as for a socket's. */
 static void fatal_error(Transport *t, PyObject *exc, const char *msg)
 {
-    if (HOOKS.fatal_error == NULL)
+    PyObject *r;
+    if (t->pipe_mode != PIPE_NONE)
+        r = PyObject_CallMethod((PyObject *)t, "_fatal_error", "Os", exc, msg);
+    else if (HOOKS.fatal_error == NULL)
         return;
-    PyObject *r = PyObject_CallFunction(HOOKS.fatal_error, "OOs", t, exc, msg);
+    else
+        r = PyObject_CallFunction(HOOKS.fatal_error, "OOs", t, exc, msg);
     if (r == NULL)
         PyErr_WriteUnraisable((PyObject *)t);
     Py_XDECREF(r);
@@ -327,7 +369,8 @@ static int schedule_method(Transport *t, const char *name, PyObject *arg)
 static void arm(Transport *t)
 {
     if (!t->armed && !t->close_sent && t->loop->h != 0) {
-        if (loop_submit(t->loop, GL_OP_RECV_START, t->fd, TOKEN(t), NULL, 0, 0) == 0)
+        if (loop_submit(t->loop, GL_OP_RECV_START, t->fd, TOKEN(t), NULL, 0,
+                        t->notsock ? GL_ARG_NOTSOCK : 0) == 0)
             t->armed = 1;
         pin_update(t);
     }
@@ -488,8 +531,12 @@ static int deliver(Transport *t, const char *p, Py_ssize_t n)
     return 0;
 }
 
+static int pipe_eof(Transport *t);
+
 static int on_eof(Transport *t)
 {
+    if (t->pipe_mode != PIPE_NONE)
+        return pipe_eof(t);
     PyObject *r = PyObject_CallMethod(t->protocol, "eof_received", NULL);
     if (r == NULL)
         return fatal_from_current(t, "Fatal error: protocol.eof_received() call failed.");
@@ -578,10 +625,12 @@ static int on_recv(Transport *t, gl_comp *c)
             return hold(t, Py_None) < 0 ? fatal_from_current(t, "Fatal error: out of memory") : 0;
         return on_eof(t);
     }
+    const char *msg = t->pipe_mode != PIPE_NONE ? "Fatal read error on pipe transport"
+                                                : "Fatal read error on socket transport";
     PyObject *exc = oserror(-c->res);
     if (exc == NULL)
-        return fatal_from_current(t, "Fatal read error on socket transport");
-    fatal_error(t, exc, "Fatal read error on socket transport");
+        return fatal_from_current(t, msg);
+    fatal_error(t, exc, msg);
     Py_DECREF(exc);
     return 0;
 }
@@ -602,6 +651,17 @@ static int on_send(Transport *t, gl_comp *c)
     if (c->res < 0) {
         if (c->res == -ECANCELED)
             return 0;
+        if (t->pipe_mode != PIPE_NONE) {
+            /* asyncio's pipe: any write error ends the transport, reported
+             * as connection_lost(exc) (a vanished reader: BrokenPipeError),
+             * logged only in debug mode; a write_eof() under way too. */
+            PyObject *exc = oserror(-c->res);
+            if (exc == NULL)
+                return fatal_from_current(t, "Fatal write error on pipe transport");
+            fatal_error(t, exc, "Fatal write error on pipe transport");
+            Py_DECREF(exc);
+            return 0;
+        }
         if (t->closing && t->quiet_send_errors) {
             /* The program wrote, then closed, before Go had even been handed
              * those bytes. asyncio's write() hands bytes to the kernel at
@@ -742,6 +802,8 @@ int transport_recv_run(LoopCore *lp, PyObject *obj, gl_comp *c, int n)
     return r;
 }
 
+static int on_hup(Transport *t, gl_comp *c);
+
 int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
 {
     Transport *t = (Transport *)obj;
@@ -759,6 +821,9 @@ int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
         break;
     case GL_EV_SENDFILE:
         r = on_sendfile(t, c);
+        break;
+    case GL_EV_POLL:
+        r = on_hup(t, c);
         break;
     default:
         break;
@@ -803,7 +868,8 @@ static int enqueue(Transport *t, PyObject *b)
         t->shead = 0;
     }
     Py_ssize_t len = PyBytes_GET_SIZE(b);
-    if (loop_submit(t->loop, GL_OP_SEND, t->fd, TOKEN(t), PyBytes_AS_STRING(b), (uint32_t)len, 0) < 0)
+    if (loop_submit(t->loop, GL_OP_SEND, t->fd, TOKEN(t), PyBytes_AS_STRING(b), (uint32_t)len,
+                    t->notsock ? GL_ARG_NOTSOCK : 0) < 0)
         return -1;
     Py_INCREF(b);
     t->sendq[(t->shead + t->slen) % t->scap] = b;
@@ -869,23 +935,33 @@ static int write_one(Transport *t, PyObject *data)
         b = data;
     } else if (PyBytes_Check(data) || PyByteArray_Check(data) || PyMemoryView_Check(data)) {
         if (PyMemoryView_Check(data) && !PyBuffer_IsContiguous(PyMemoryView_GET_BUFFER(data), 'C') &&
-            !t->eof_written && !t->conn_lost && !t->close_sent) {
+            !t->eof_written && !t->conn_lost && !t->close_sent &&
+            !(t->pipe_mode != PIPE_NONE && t->closing)) {
             /* asyncio's write() accepts it and its send() then fails: a
              * fatal write error, reported and the connection closed. */
             PyErr_SetString(PyExc_BufferError, "memoryview: underlying buffer is not C-contiguous");
-            return fatal_from_current(t, "Fatal write error on socket transport");
+            return fatal_from_current(t, t->pipe_mode != PIPE_NONE ? "Fatal write error on pipe transport"
+                                                                   : "Fatal write error on socket transport");
         }
         /* bytearray and memoryview can change under us: copy, as asyncio does. */
         b = PyBytes_FromObject(data);
         if (b == NULL)
             return -1;
+    } else if (t->pipe_mode != PIPE_NONE) {
+        /* asyncio's pipe transport asserts the type */
+        PyObject *rep = PyObject_Repr(data);
+        if (rep != NULL) {
+            PyErr_SetObject(PyExc_AssertionError, rep);
+            Py_DECREF(rep);
+        }
+        return -1;
     } else {
         PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%s'",
                      Py_TYPE(data)->tp_name);
         return -1;
     }
     Py_ssize_t len = PyBytes_GET_SIZE(b);
-    if (t->eof_written) {
+    if (t->eof_written && t->pipe_mode == PIPE_NONE) {
         Py_DECREF(b);
         PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
         return -1;
@@ -894,12 +970,16 @@ static int write_one(Transport *t, PyObject *data)
         Py_DECREF(b);
         return 0;
     }
-    if (t->conn_lost || t->close_sent) {
+    /* A pipe after write_eof()/close() counts and drops them, as asyncio's. */
+    if (t->conn_lost || t->close_sent || (t->pipe_mode != PIPE_NONE && t->closing)) {
         if (t->conn_lost >= 5) {
             /* asyncio's warning for a program that keeps writing to a dead socket */
             PyObject *log = PyImport_ImportModule("asyncio.log");
             PyObject *lg = log ? PyObject_GetAttrString(log, "logger") : NULL;
-            PyObject *r = lg ? PyObject_CallMethod(lg, "warning", "s", "socket.send() raised exception.") : NULL;
+            PyObject *r = lg ? PyObject_CallMethod(lg, "warning", "s",
+                                                   t->pipe_mode != PIPE_NONE
+                                                   ? "pipe closed by peer or os.write(pipe, data) raised exception."
+                                                   : "socket.send() raised exception.") : NULL;
             Py_XDECREF(r);
             Py_XDECREF(lg);
             Py_XDECREF(log);
@@ -909,6 +989,10 @@ static int write_one(Transport *t, PyObject *data)
         Py_DECREF(b);
         return 0;
     }
+    /* asyncio's write pipe writes at once when nothing is buffered: the
+     * program (or a test) may read the other end before the loop runs
+     * again. So an idle write pipe hands the batch to Go now. */
+    int write_now = t->pipe_mode == PIPE_WRITE && t->slen == 0;
     /* Go takes lengths as uint32: split anything larger. */
     const Py_ssize_t max = 1 << 30;
     if (len > max) {
@@ -927,7 +1011,7 @@ static int write_one(Transport *t, PyObject *data)
         return -1;
     }
     Py_DECREF(b);
-    if (t->wsize > t->high && !t->write_paused && unsubmitted(t) && flush_now(t) < 0)
+    if ((write_now || (t->wsize > t->high && !t->write_paused)) && unsubmitted(t) && flush_now(t) < 0)
         return -1;
     maybe_pause_protocol(t);
     return PyErr_Occurred() ? -1 : 0;
@@ -1107,6 +1191,8 @@ static PyObject *tr_call_connection_lost(Transport *t, PyObject *exc)
     Py_CLEAR(t->get_buffer);
     Py_CLEAR(t->buffer_updated);
     Py_CLEAR(t->lost_exc);
+    if (t->pipe_mode != PIPE_NONE)
+        pipe_close_object(t);   /* asyncio: self._pipe.close() */
     if (t->server != NULL) {
         PyObject *server = t->server;
         t->server = NULL;
@@ -1311,8 +1397,270 @@ static PyType_Spec tr_spec = {
     tr_slots
 };
 
+/* ---- pipe mode: connect_read_pipe / connect_write_pipe ---- */
+
+/* The program's pipe object, closed once (asyncio's _call_connection_lost
+ * and __del__ close it). Go's fd is its own duplicate, closed by Go. */
+static void pipe_close_object(Transport *t)
+{
+    PyObject *pipe = t->pipe;
+    t->pipe = NULL;
+    if (pipe == NULL)
+        return;
+    if (pipe != Py_None) {
+        PyObject *r = PyObject_CallMethod(pipe, "close", NULL);
+        if (r == NULL)
+            PyErr_WriteUnraisable(pipe);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(pipe);
+}
+
+/* (loop, fd_owner, pipe, protocol, extra, is_socket): fd_owner holds Go's duplicate
+ * of the pipe's fd (_pipes.py: its close() never closes it while Go owns
+ * it), pipe is the program's object. The checks asyncio makes (which kinds
+ * of file, non-blocking) are made in Python before. */
+static PyObject *pipe_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"loop", "fd_owner", "pipe", "protocol", "extra", "is_socket", NULL};
+    PyObject *loop, *owner, *pipe, *protocol, *extra;
+    int is_socket = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOO|p", kwlist, LoopCore_Type, &loop, &owner, &pipe,
+                                     &protocol, &extra, &is_socket))
+        return NULL;
+    int pfd = PyObject_AsFileDescriptor(pipe);
+    if (pfd < 0)
+        return NULL;
+    PyObject *targs = PyTuple_Pack(4, loop, owner, protocol, extra);
+    if (targs == NULL)
+        return NULL;
+    Transport *t = (Transport *)tr_new(tp, targs, NULL);
+    Py_DECREF(targs);
+    if (t == NULL)
+        return NULL;
+    t->pipe_mode = PyType_IsSubtype(tp, ReadPipeTransport_Type) ? PIPE_READ : PIPE_WRITE;
+    Py_INCREF(pipe);
+    t->pipe = pipe;
+    t->pipe_fd = pfd;
+    t->notsock = !is_socket;
+    return (PyObject *)t;
+}
+
+/* End of file on a read pipe, as asyncio has it: the transport is closing
+ * at once, and eof_received() (whatever it returns) then
+ * connection_lost(None) follow on the next iteration. */
+static int pipe_eof(Transport *t)
+{
+    t->closing = 1;
+    Py_CLEAR(t->held);
+    if (send_close(t, 0) < 0)
+        return fatal_from_current(t, "Fatal error: out of memory");
+    PyObject *eof = PyObject_GetAttrString(t->protocol, "eof_received");
+    if (eof == NULL)
+        return fatal_from_current(t, "Fatal error: protocol.eof_received() call failed.");
+    PyObject *noargs = PyTuple_New(0);
+    Handle *h = noargs ? loop_call_soon(t->loop, eof, noargs, NULL) : NULL;
+    Py_XDECREF(noargs);
+    Py_DECREF(eof);
+    if (h == NULL)
+        return fatal_from_current(t, "Fatal error: out of memory");
+    Py_DECREF(h);
+    return schedule_lost(t) < 0 ? fatal_from_current(t, "Fatal error: out of memory") : 0;
+}
+
+/* _start_hup_watch(): a write pipe (a FIFO or a socket) is watched for
+ * readability, as asyncio watches it: on a pipe's write end that is the
+ * reader going away (EPOLLERR), on a socket the peer's data or end. */
+static PyObject *pipe_start_hup_watch(Transport *t, PyObject *unused)
+{
+    if (t->hup_watch || t->closing || t->close_sent || !t->go_open || t->loop->h == 0)
+        Py_RETURN_NONE;
+    if (loop_submit(t->loop, GL_OP_POLL_START, t->fd, TOKEN(t), NULL, 0, GL_POLL_IN) < 0)
+        return NULL;
+    t->hup_watch = 1;
+    pin_update(t);
+    Py_RETURN_NONE;
+}
+
+/* The write end's watch fired: asyncio's _read_ready. The peer went away:
+ * connection_lost(None) with nothing buffered, BrokenPipeError with bytes
+ * the kernel has not taken (those are dropped). */
+static int on_hup(Transport *t, gl_comp *c)
+{
+    if (t->pipe_mode != PIPE_WRITE)
+        return 0;
+    if (c->res < 0 || !(c->flags & GL_FLAG_MORE)) {
+        t->hup_watch = 0;
+        pin_update(t);
+        if (c->res < 0)
+            return 0;
+    }
+    if (t->aborted || t->lost_scheduled || !t->go_open)
+        return 0;
+    if (unsubmitted(t) && flush_now(t) < 0)
+        return fatal_from_current(t, "Fatal error: out of memory");
+    PyObject *exc = NULL;
+    if (t->wsize > 0 && (exc = PyObject_CallNoArgs(PyExc_BrokenPipeError)) == NULL)
+        return fatal_from_current(t, "Fatal error: out of memory");
+    PyObject *r = tr_force_close(t, exc ? exc : Py_None);
+    Py_XDECREF(exc);
+    if (r == NULL)
+        return fatal_from_current(t, "Fatal error: transport.abort() failed");
+    Py_DECREF(r);
+    return 0;
+}
+
+/* asyncio's write pipe: write_eof() closes, once what is buffered is
+ * written; writes after it are dropped. connection_lost(None) follows at
+ * once when the kernel took everything, else after Go's close. */
+static PyObject *pipe_write_eof(Transport *t, PyObject *unused)
+{
+    if (t->closing)
+        Py_RETURN_NONE;
+    if (t->pipe == NULL || t->pipe == Py_None) {
+        PyErr_SetNone(PyExc_AssertionError);   /* asyncio: assert self._pipe */
+        return NULL;
+    }
+    t->closing = 1;
+    t->eof_written = 1;
+    if (t->close_sent || !t->go_open)
+        Py_RETURN_NONE;
+    Py_ssize_t fresh = t->enq_poll == t->loop->polls ? t->enq_fresh : 0;
+    if (fresh > 0 && !t->aborted && flush_now(t) < 0)
+        return NULL;
+    if (send_close(t, 0) < 0)
+        return NULL;
+    if (t->slen == 0 && schedule_lost(t) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *pipe_write_close(Transport *t, PyObject *unused)
+{
+    if (t->pipe == NULL || t->pipe == Py_None || t->closing)
+        Py_RETURN_NONE;
+    return pipe_write_eof(t, NULL);
+}
+
+/* asyncio's repr of a pipe transport on a loop without a selector. */
+static PyObject *pipe_repr(Transport *t)
+{
+    int open = t->pipe != NULL && t->pipe != Py_None;
+    const char *state = !open ? " closed" : (t->closing ? " closing" : "");
+    if (t->pipe_mode == PIPE_WRITE)
+        return PyUnicode_FromFormat("<%s%s fd=%d %s bufsize=%zd>", Py_TYPE(t)->tp_name, state,
+                                    t->pipe_fd, open ? "open" : "closed", t->wsize);
+    return PyUnicode_FromFormat("<%s%s fd=%d %s>", Py_TYPE(t)->tp_name, state, t->pipe_fd,
+                                open ? "open" : "closed");
+}
+
+static PyMethodDef rpipe_methods[] = {
+    {"close", (PyCFunction)tr_close, METH_NOARGS, NULL},
+    {"is_closing", (PyCFunction)tr_is_closing, METH_NOARGS, NULL},
+    {"pause_reading", (PyCFunction)tr_pause_reading, METH_NOARGS, NULL},
+    {"resume_reading", (PyCFunction)tr_resume_reading, METH_NOARGS, NULL},
+    {"is_reading", (PyCFunction)tr_is_reading, METH_NOARGS, NULL},
+    {"get_protocol", (PyCFunction)tr_get_protocol, METH_NOARGS, NULL},
+    {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},
+    {"_start_reading", (PyCFunction)tr_start_reading, METH_NOARGS, NULL},
+    {"_deliver_held", (PyCFunction)tr_deliver_held, METH_NOARGS, NULL},
+    {"_force_close", (PyCFunction)tr_force_close, METH_O, NULL},
+    {"_call_connection_lost", (PyCFunction)tr_call_connection_lost, METH_O, NULL},
+    {NULL}
+};
+
+static PyMethodDef wpipe_methods[] = {
+    {"write", (PyCFunction)tr_write, METH_O, NULL},
+    {"writelines", (PyCFunction)tr_writelines, METH_O, NULL},
+    {"write_eof", (PyCFunction)pipe_write_eof, METH_NOARGS, NULL},
+    {"can_write_eof", (PyCFunction)tr_can_write_eof, METH_NOARGS, NULL},
+    {"close", (PyCFunction)pipe_write_close, METH_NOARGS, NULL},
+    {"abort", (PyCFunction)tr_abort, METH_NOARGS, NULL},
+    {"is_closing", (PyCFunction)tr_is_closing, METH_NOARGS, NULL},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))tr_set_write_buffer_limits, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_write_buffer_size", (PyCFunction)tr_get_write_buffer_size, METH_NOARGS, NULL},
+    {"get_write_buffer_limits", (PyCFunction)tr_get_write_buffer_limits, METH_NOARGS, NULL},
+    {"get_protocol", (PyCFunction)tr_get_protocol, METH_NOARGS, NULL},
+    {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},
+    {"_start_hup_watch", (PyCFunction)pipe_start_hup_watch, METH_NOARGS, NULL},
+    {"_force_close", (PyCFunction)tr_force_close, METH_O, NULL},
+    {"_call_connection_lost", (PyCFunction)tr_call_connection_lost, METH_O, NULL},
+    {NULL}
+};
+
+static PyGetSetDef pipe_getset[] = {
+    {"_loop", (getter)get_loop, NULL, NULL, NULL},
+    {"_conn_lost", (getter)get_conn_lost, NULL, NULL, NULL},
+    {NULL}
+};
+
+static PyMemberDef pipe_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Transport, weakreflist), READONLY},
+    {"_protocol", T_OBJECT, offsetof(Transport, protocol), READONLY},
+    /* asyncio's attribute: a program (CPython's tests) may set it to None
+     * to take the pipe object back (no warning, no close at collection). */
+    {"_pipe", T_OBJECT, offsetof(Transport, pipe), 0},
+    {NULL}
+};
+
+#define PIPE_SLOTS(methods)                         \
+    {Py_tp_new, pipe_new},                          \
+    {Py_tp_init, tr_init},                          \
+    {Py_tp_dealloc, tr_dealloc},                    \
+    {Py_tp_finalize, tr_finalize},                  \
+    {Py_tp_traverse, tr_traverse},                  \
+    {Py_tp_clear, tr_clear},                        \
+    {Py_tp_methods, methods},                       \
+    {Py_tp_getset, pipe_getset},                    \
+    {Py_tp_members, pipe_members},                  \
+    {Py_tp_repr, pipe_repr},                        \
+    {0, NULL}
+
+static PyType_Slot rpipe_slots[] = {PIPE_SLOTS(rpipe_methods)};
+static PyType_Slot wpipe_slots[] = {PIPE_SLOTS(wpipe_methods)};
+
+static PyType_Spec rpipe_spec = {
+    "goloop._core.ReadPipeTransport", sizeof(Transport), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, rpipe_slots
+};
+static PyType_Spec wpipe_spec = {
+    "goloop._core.WritePipeTransport", sizeof(Transport), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, wpipe_slots
+};
+
+/* A type over asyncio's class `name` (its layout is BaseTransport's, as
+ * asyncio.Transport's is: PyObject_HEAD plus '_extra'). */
+static PyTypeObject *make_type(PyObject *m, PyType_Spec *spec, const char *name)
+{
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL)
+        return NULL;
+    PyObject *base = PyObject_GetAttrString(asyncio, name);
+    Py_DECREF(asyncio);
+    if (base == NULL)
+        return NULL;
+    if (((PyTypeObject *)base)->tp_basicsize != offsetof(Transport, extra) + sizeof(PyObject *)) {
+        Py_DECREF(base);
+        PyErr_Format(PyExc_ImportError, "goloop: asyncio.%s has an unexpected layout", name);
+        return NULL;
+    }
+    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(m, spec, base);
+    Py_DECREF(base);
+    if (tp == NULL)
+        return NULL;
+    const char *short_name = strrchr(spec->name, '.') + 1;
+    if (PyModule_AddObjectRef(m, short_name, (PyObject *)tp) < 0) {
+        Py_DECREF(tp);
+        return NULL;
+    }
+    return tp;
+}
+
 int init_transport_type(PyObject *m)
 {
+    if ((ReadPipeTransport_Type = make_type(m, &rpipe_spec, "ReadTransport")) == NULL ||
+        (WritePipeTransport_Type = make_type(m, &wpipe_spec, "WriteTransport")) == NULL)
+        return -1;
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (asyncio == NULL)
         return -1;
