@@ -42,7 +42,8 @@ type epFd struct {
 	connOn   bool
 	connPtr  uintptr // the sockaddr C holds until our EvConnect
 	connLen  uint32
-	dgram    bool // the receive is a datagram receive (OpDgramRecvStart)
+	dgram    bool    // the receive is a datagram receive (OpDgramRecvStart)
+	sk       sockOps // sock_recv/sock_sendall on an fd its owner keeps (sockops.go)
 
 	out outQueue // sends, shutdowns and a graceful close, in order
 	// blocked is set while the head of out waits for EPOLLOUT.
@@ -227,6 +228,16 @@ func (b *epollBackend) apply(s *Sub) {
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
 		}
 		b.forgetIfIdle(f)
+	case OpSockRecv, OpSockSend:
+		// Tried at once, as asyncio's sock_recv/sock_sendall call the
+		// socket first: only an op the socket cannot serve now waits.
+		o := f.sk.start(s, b.complete)
+		if o.try(f.fd, s.Op == OpSockSend, b.complete) {
+			b.forgetIfIdle(f)
+		}
+	case OpSockStop:
+		f.sk.stop(s.Token, b.complete)
+		b.forgetIfIdle(f) // now: the owner may close the fd before the next Poll
 	case OpSend, OpSendTo, OpShutdown, OpClose, OpSendfile:
 		if s.Op == OpClose && s.Arg&CloseAbort != 0 {
 			b.abort(f)
@@ -248,7 +259,7 @@ func (b *epollBackend) apply(s *Sub) {
 // number may come back as a new fd, before this batch's sync runs. A stale
 // registration for a closed file would otherwise hide the new one.
 func (b *epollBackend) forgetIfIdle(f *epFd) {
-	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn {
+	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn || f.sk.live() {
 		return
 	}
 	if f.registered != 0 {
@@ -318,6 +329,7 @@ func (b *epollBackend) flush(f *epFd) {
 // abort ends every operation still pending on f with -ECANCELED.
 func (b *epollBackend) abort(f *epFd) {
 	f.out.cancel(b.complete)
+	f.sk.fail(-int32(unix.ECANCELED), b.complete)
 	if f.connOn {
 		f.connOn = false
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
@@ -345,13 +357,13 @@ func (b *epollBackend) sync() {
 			continue
 		}
 		var want uint32
-		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 {
+		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 || f.sk.recv.live {
 			want |= unix.EPOLLIN
 		}
-		if f.blocked || f.connOn || f.pollMask&PollOut != 0 {
+		if f.blocked || f.connOn || f.pollMask&PollOut != 0 || f.sk.send.live {
 			want |= unix.EPOLLOUT
 		}
-		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved
+		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved && !f.sk.live()
 		if want == f.registered {
 			if idle {
 				delete(b.fds, f.fd) // nothing left to remember about this fd
@@ -411,6 +423,7 @@ func (b *epollBackend) failFd(f *epFd, res int32) {
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
 	}
 	f.out.fail(res, true, b.complete)
+	f.sk.fail(res, b.complete)
 	f.blocked = false
 }
 
@@ -443,6 +456,12 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 	}
 	if outReady && f.connOn {
 		b.settleConnect(f)
+	}
+	if in && f.sk.recv.live && f.sk.recv.try(f.fd, false, b.complete) {
+		b.markDirty(f)
+	}
+	if outReady && f.sk.send.live && f.sk.send.try(f.fd, true, b.complete) {
+		b.markDirty(f)
 	}
 	if outReady && f.blocked {
 		b.flush(f)

@@ -111,6 +111,30 @@ const (
 	// end of the file), or -errno with Aux = bytes sent before the error
 	// (-ECANCELED when an abort dropped it).
 	OpSendfile
+	// OpSockRecv receives at most Len bytes into the C memory at Ptr with
+	// one recv(2) on Fd, a socket that stays its owner's (loop.sock_recv,
+	// sock_recv_into; sockops.go): at once if data is there, else when Fd
+	// is readable (a readiness wait on both backends, never a request that
+	// reads in the kernel: Go reads only inside Poll and only for an op
+	// still live, so OpSockStop leaves unread bytes in the socket). Exactly
+	// one EvSock answers it: Res = bytes received (0: end of stream) or
+	// -errno, -ECANCELED when OpSockStop stopped it or a later OpSockRecv
+	// on Fd replaced it (one receive per fd, as asyncio's one reader per
+	// fd). C keeps the memory alive and unmoved until that EvSock.
+	OpSockRecv
+	// OpSockSend sends the Len bytes at Ptr on Fd (loop.sock_sendall): as
+	// much as the socket takes at once, the rest as it becomes writable.
+	// Exactly one EvSock answers it: Res = Len, or -errno with Aux = bytes
+	// sent before the error, -ECANCELED (Aux likewise) when OpSockStop
+	// stopped it or a later OpSockSend on Fd replaced it. C keeps the
+	// memory alive until that EvSock.
+	OpSockSend
+	// OpSockStop stops the OpSockRecv or OpSockSend with this Token on Fd
+	// (its caller was cancelled): its EvSock comes at once with -ECANCELED,
+	// unless it had already come. Applied before Go waits or reads, so a
+	// stopped receive reads nothing; from then on Go does not touch Fd for
+	// it, and its owner may close the fd before the next Poll.
+	OpSockStop
 	opCount
 )
 
@@ -130,6 +154,8 @@ const (
 	EvDgram
 	// EvSendfile answers OpSendfile.
 	EvSendfile
+	// EvSock answers OpSockRecv and OpSockSend.
+	EvSock
 )
 
 // SendfileMax is the most one OpSendfile may ask for: its count must fit

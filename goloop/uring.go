@@ -63,10 +63,12 @@ const (
 	kConnect
 	kSend
 	kCancel
-	kRecvPoll   // readiness wait before a read of a non-socket
-	kSendPoll   // readiness wait before a write to a full non-socket
-	kRecvMsg    // multishot recvmsg of datagrams (dgram_uring.go)
-	kAcceptPoll // readiness wait of a listener: accept4 follows (acceptSome)
+	kRecvPoll     // readiness wait before a read of a non-socket
+	kSendPoll     // readiness wait before a write to a full non-socket
+	kRecvMsg      // multishot recvmsg of datagrams (dgram_uring.go)
+	kAcceptPoll   // readiness wait of a listener: accept4 follows (acceptSome)
+	kSockRecvPoll // readiness wait of a sock_recv: recv follows (sockops.go)
+	kSockSendPoll // readiness wait of a sock_sendall: send follows
 )
 
 // UringPinned makes io_uring backends created afterwards bind their ring to
@@ -281,6 +283,10 @@ func (b *uringBackend) handle(c *uringCQE) {
 		b.onSendPoll(f, c)
 	case kRecvMsg:
 		b.onRecvMsg(f, c)
+	case kSockRecvPoll:
+		b.onSockPoll(f, c, false)
+	case kSockSendPoll:
+		b.onSockPoll(f, c, true)
 	case kCancel, kPollRemove:
 	}
 	b.settle(f)

@@ -32,13 +32,17 @@ enum {
     GL_OP_CLOSE, GL_OP_ACCEPT_START, GL_OP_ACCEPT_STOP, GL_OP_CONNECT,
     GL_OP_POLL_START, GL_OP_POLL_STOP, GL_OP_BUF_RETURN, GL_OP_CONNECT_STOP,
     GL_OP_DGRAM_RECV_START, GL_OP_SENDTO,
-    GL_OP_SENDFILE   /* fd: socket, arg: file fd (lent), ptr: file offset, len: count */
+    GL_OP_SENDFILE,  /* fd: socket, arg: file fd (lent), ptr: file offset, len: count */
+    GL_OP_SOCK_RECV, /* sock_recv*: one recv into ptr/len (C memory kept until its EvSock) */
+    GL_OP_SOCK_SEND, /* sock_sendall: all of ptr/len */
+    GL_OP_SOCK_STOP  /* the sock op with this token gives up: EvSock -ECANCELED at once */
 };
 enum {
     GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,
     GL_EV_ACCEPT, GL_EV_CONNECT, GL_EV_POLL, GL_EV_POSTED,
     GL_EV_DGRAM,
-    GL_EV_SENDFILE   /* res: bytes sent or -errno; aux: bytes sent before an error */
+    GL_EV_SENDFILE,  /* res: bytes sent or -errno; aux: bytes sent before an error */
+    GL_EV_SOCK       /* res: bytes received/sent or -errno; aux: bytes sent before an error */
 };
 #define GL_SENDFILE_MAX (1u << 30)
 #define GL_FLAG_MORE 1

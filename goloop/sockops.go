@@ -1,0 +1,138 @@
+package goloop
+
+import (
+	"golang.org/x/sys/unix"
+)
+
+// Socket operations on fds their owner keeps (loop.sock_recv,
+// sock_recv_into, sock_sendall): what both backends share.
+//
+// They are readiness-based on both backends: Go makes the recv/send
+// syscall itself, inside Poll, and only for an op that is still live. The
+// io_uring backend waits with a POLL_ADD, never with an IORING_OP_RECV: a
+// recv in the kernel can complete (and consume bytes) after C has given
+// the op up, and asyncio never loses bytes to a cancelled sock_recv. Since
+// OpSockStop is applied before Go waits or reads, a stopped op reads and
+// writes nothing more.
+//
+// Like asyncio's one reader and one writer per fd, an fd has at most one
+// live receive and one live send: a second one replaces the first, which
+// is answered at once with -ECANCELED.
+
+// sockOp is one live OpSockRecv or OpSockSend.
+type sockOp struct {
+	token uint64
+	ptr   uintptr // C memory: the destination, or the data
+	n     int     // its length
+	off   int     // send: bytes sent so far
+	live  bool
+}
+
+// sockOps is an fd's live socket operations.
+type sockOps struct {
+	recv, send sockOp
+}
+
+func (s *sockOps) live() bool { return s.recv.live || s.send.live }
+
+func (s *sockOps) of(op uint8) *sockOp {
+	if op == OpSockSend {
+		return &s.send
+	}
+	return &s.recv
+}
+
+// start makes sub the fd's live op of its kind, replacing (answering with
+// -ECANCELED) the one that was.
+func (s *sockOps) start(sub *Sub, complete func(Comp)) *sockOp {
+	o := s.of(sub.Op)
+	if o.live {
+		o.end(-int32(unix.ECANCELED), complete)
+	}
+	*o = sockOp{token: sub.Token, ptr: sub.Ptr, n: int(sub.Len), live: true}
+	return o
+}
+
+// stop gives up the live op named token: -ECANCELED at once. It reports
+// which kind it stopped (OpSockRecv or OpSockSend), or OpNop when the op
+// had already been answered.
+func (s *sockOps) stop(token uint64, complete func(Comp)) uint8 {
+	switch {
+	case s.recv.live && s.recv.token == token:
+		s.recv.end(-int32(unix.ECANCELED), complete)
+		return OpSockRecv
+	case s.send.live && s.send.token == token:
+		s.send.end(-int32(unix.ECANCELED), complete)
+		return OpSockSend
+	}
+	return OpNop
+}
+
+// fail answers every live op with res (the fd is being closed, or the
+// backend cannot watch it).
+func (s *sockOps) fail(res int32, complete func(Comp)) {
+	if s.recv.live {
+		s.recv.end(res, complete)
+	}
+	if s.send.live {
+		s.send.end(res, complete)
+	}
+}
+
+// end answers the op: res is the result, or -errno (with the bytes sent
+// before it in Aux).
+func (o *sockOp) end(res int32, complete func(Comp)) {
+	c := Comp{Token: o.token, Kind: EvSock, Res: res}
+	if res < 0 {
+		c.Aux = uint32(o.off)
+	}
+	o.live = false
+	complete(c)
+}
+
+// try does o's I/O on fd as far as the socket allows, and answers it when
+// it is over. It reports whether o is over; false means wait for
+// readiness (readable for a receive, writable for a send).
+func (o *sockOp) try(fd int32, send bool, complete func(Comp)) bool {
+	if send {
+		return o.trySend(fd, complete)
+	}
+	return o.tryRecv(fd, complete)
+}
+
+func (o *sockOp) tryRecv(fd int32, complete func(Comp)) bool {
+	for {
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), o.ptr, uintptr(o.n), 0, 0, 0)
+		switch e {
+		case 0:
+			o.end(int32(r), complete)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		o.end(-int32(e), complete)
+		return true
+	}
+}
+
+func (o *sockOp) trySend(fd int32, complete func(Comp)) bool {
+	for o.off < o.n {
+		// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
+		r, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), o.ptr+uintptr(o.off), uintptr(o.n-o.off),
+			unix.MSG_NOSIGNAL, 0, 0)
+		switch e {
+		case 0:
+			o.off += int(r)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			o.end(-int32(e), complete)
+			return true
+		}
+	}
+	o.end(int32(o.n), complete)
+	return true
+}
