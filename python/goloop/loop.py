@@ -122,6 +122,35 @@ class _FallbackProtocol(base_events._SendfileFallbackProtocol):
 
 
 
+class _SockFuture(asyncio.Future):
+    """The future of a sock op in Go: cancelling it stops the op in Go at once
+    (before cancel() returns), so Go reads or writes nothing more for it and
+    the program may close the socket right after (_core/sockops.c)."""
+    __slots__ = ('_sk',)
+
+    def cancel(self, msg=None):
+        if not self.done():
+            self._loop._sock_stop(self._sk)
+        return super().cancel(msg=msg)
+
+
+_core._sockops_setup(_SockFuture)
+
+
+async def _sock_await(fut):
+    try:
+        return await fut
+    except exceptions.CancelledError:
+        # The task was cancelled after Go's result reached the future (in
+        # the same batch, before the task could run): the cancel came too
+        # late to stop the op, and the bytes were read or sent. Returning
+        # them loses nothing, as a cancel that races a completion does on
+        # asyncio; a stopped op (the future cancelled) raises.
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            return fut.result()
+        raise
+
+
 class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
     """A drop-in asyncio event loop whose I/O core is goloop's Go library."""
 
@@ -272,12 +301,49 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     remove_reader = _Selector.remove_reader
     add_writer = _Selector.add_writer
     remove_writer = _Selector.remove_writer
-    sock_recv = _Selector.sock_recv
+    # sock_recv, sock_recv_into and sock_sendall complete in Go (_core/sockops.c,
+    # docs/sockops.md): Go makes the syscall, at once when the socket can
+    # serve it (then no future, no iteration), else on readiness. What Go
+    # does not take (a closed socket, odd sizes, a non-buffer) goes the
+    # asyncio way, with socket's own errors.
     _sock_recv = _Selector._sock_recv
-    sock_recv_into = _Selector.sock_recv_into
     _sock_recv_into = _Selector._sock_recv_into
-    sock_sendall = _Selector.sock_sendall
     _sock_sendall = _Selector._sock_sendall
+
+    def _sock_check(self, sock):
+        # asyncio's checks, in asyncio's order (its transport check comes
+        # after a first recv; Go must never read a transport's fd at all).
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        fd = sock.fileno()
+        if fd in self._transports.data:
+            self._ensure_fd_no_transport(fd)
+        return fd
+
+    async def sock_recv(self, sock, n):
+        r = self._sock_recv_go(self._sock_check(sock), n)
+        if type(r) is _SockFuture:
+            return await _sock_await(r)
+        if r is NotImplemented:
+            return await _Selector.sock_recv(self, sock, n)
+        return r
+
+    async def sock_recv_into(self, sock, buf):
+        r = self._sock_recv_into_go(self._sock_check(sock), buf)
+        if type(r) is _SockFuture:
+            return await _sock_await(r)
+        if r is NotImplemented:
+            return await _Selector.sock_recv_into(self, sock, buf)
+        return r
+
+    async def sock_sendall(self, sock, data):
+        r = self._sock_sendall_go(self._sock_check(sock), data)
+        if type(r) is _SockFuture:
+            return await _sock_await(r)
+        if r is NotImplemented:
+            return await _Selector.sock_sendall(self, sock, data)
+        return r
     async def sock_connect(self, sock, address):
         """asyncio's sock_connect, with the connect done by Go (docs/architecture.md,
         "Connects"): no connect, poll or SO_ERROR call from Python."""

@@ -55,6 +55,11 @@ int go_poll(LoopCore *lp, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    /* Before anything else runs (a callback, a signal handler, dispatch):
+     * sock ops' results reach their futures right after the syscalls that
+     * produced them, so a cancel can never come between (sockops.c). */
+    if (n > 0)
+        sockops_settle(lp, out, n);
     return n;
 }
 
