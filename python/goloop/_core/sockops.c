@@ -266,6 +266,8 @@ PyObject *lc_sock_recv_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
     }
     if (fd < 0 || n < 0 || (size_t)n > SOCK_MAX)
         Py_RETURN_NOTIMPLEMENTED;   /* socket's own error, or a size Go does not take */
+    if (n == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);   /* as socket.recv(0): no call */
     SockOp *op = op_new(lp, SK_RECV, fd);
     if (op == NULL)
         return NULL;
