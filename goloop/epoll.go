@@ -120,6 +120,9 @@ func (b *epollBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 		b.apply(&subs[i])
 	}
 	b.sync()
+	if timeout == ApplyOnly {
+		return b.take(out), nil
+	}
 	if len(b.ready) > 0 {
 		timeout = 0
 	}
@@ -136,10 +139,15 @@ func (b *epollBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 		b.handle(&b.events[i])
 	}
 	b.sync()
+	return b.take(out), nil
+}
+
+// take moves queued completions into out.
+func (b *epollBackend) take(out []Comp) int {
 	k := copy(out, b.ready)
 	rest := copy(b.ready, b.ready[k:])
 	b.ready = b.ready[:rest]
-	return k, nil
+	return k
 }
 
 // wait waits for events with Go's preemption signal blocked (see
@@ -193,6 +201,18 @@ func (b *epollBackend) apply(s *Sub) {
 			return
 		}
 	}
+	if (s.Op == OpSockRecv || s.Op == OpSockSend) && b.fds[s.Fd] == nil {
+		// Tried at once, as asyncio's sock_recv/sock_sendall call the
+		// socket first; only an op the socket cannot serve now waits.
+		o, done := tryFresh(s, b.complete)
+		if done {
+			return
+		}
+		f := b.state(s.Fd)
+		f.sk.adopt(s.Op, o)
+		b.markDirty(f)
+		return
+	}
 	f := b.state(s.Fd)
 	switch s.Op {
 	case OpRecvStart:
@@ -229,9 +249,7 @@ func (b *epollBackend) apply(s *Sub) {
 		}
 		b.forgetIfIdle(f)
 	case OpSockRecv, OpSockSend:
-		// Tried at once, as asyncio's sock_recv/sock_sendall call the
-		// socket first: only an op the socket cannot serve now waits.
-		o := f.sk.start(s, b.complete)
+		o := f.sk.start(s, b.complete) // replaces a live one of its kind
 		if o.try(f.fd, s.Op == OpSockSend, b.complete) {
 			b.forgetIfIdle(f)
 		}

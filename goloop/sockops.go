@@ -42,6 +42,18 @@ func (s *sockOps) of(op uint8) *sockOp {
 	return &s.recv
 }
 
+// tryFresh serves an op on an fd the backend keeps no state for (the
+// common case: nothing else waits on it), without making any: it reports
+// whether the op is over; if not, the op (with what a send has sent
+// already) is for adopt, on the fd's new state.
+func tryFresh(s *Sub, complete func(Comp)) (sockOp, bool) {
+	o := sockOp{token: s.Token, ptr: s.Ptr, n: int(s.Len), live: true}
+	return o, o.try(s.Fd, s.Op == OpSockSend, complete)
+}
+
+// adopt makes o, which tryFresh could not finish, the fd's live op.
+func (s *sockOps) adopt(op uint8, o sockOp) { *s.of(op) = o }
+
 // start makes sub the fd's live op of its kind, replacing (answering with
 // -ECANCELED) the one that was.
 func (s *sockOps) start(sub *Sub, complete func(Comp)) *sockOp {

@@ -151,6 +151,9 @@ func (b *uringBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 			return 0, err
 		}
 	}
+	if timeout == ApplyOnly {
+		timeout = 0 // reaping is a read of the ring: nothing to save
+	}
 	for i := range subs {
 		b.apply(&subs[i])
 	}

@@ -195,6 +195,19 @@ func (b *uringBackend) apply(s *Sub) {
 			return
 		}
 	}
+	if (s.Op == OpSockRecv || s.Op == OpSockSend) && b.fds[s.Fd] == nil {
+		// Tried at once, as asyncio's sock_recv/sock_sendall call the
+		// socket first; only an op the socket cannot serve now gets state
+		// and a readiness poll.
+		o, done := tryFresh(s, b.complete)
+		if done {
+			return
+		}
+		f := b.state(s.Fd)
+		f.sk.adopt(s.Op, o)
+		b.sockWait(f, s.Op == OpSockSend)
+		return
+	}
 	f := b.state(s.Fd)
 	if f.closing() {
 		b.refuse(s)
@@ -788,11 +801,23 @@ func (f *urFd) dropHeld(b *uringBackend) {
 // readiness with a one-shot POLL_ADD. A poll still in the kernel (one being
 // cancelled, for a stopped op) is waited for: its CQE pumps again.
 func (b *uringBackend) sockPump(f *urFd, send bool) {
-	o, st, idx, kind, mask := &f.sk.recv, &f.skRecvP, &f.skRecvIdx, kSockRecvPoll, PollIn
+	o := &f.sk.recv
 	if send {
-		o, st, idx, kind, mask = &f.sk.send, &f.skSendP, &f.skSendIdx, kSockSendPoll, PollOut
+		o = &f.sk.send
 	}
-	if !o.live || f.closing() || o.try(f.fd, send, b.complete) || *st != reqNone {
+	if o.live && !f.closing() && !o.try(f.fd, send, b.complete) {
+		b.sockWait(f, send)
+	}
+}
+
+// sockWait arms the readiness poll of f's live op, unless one is in the
+// kernel already.
+func (b *uringBackend) sockWait(f *urFd, send bool) {
+	st, idx, kind, mask := &f.skRecvP, &f.skRecvIdx, kSockRecvPoll, PollIn
+	if send {
+		st, idx, kind, mask = &f.skSendP, &f.skSendIdx, kSockSendPoll, PollOut
+	}
+	if *st != reqNone {
 		return
 	}
 	*idx = b.r.sqLocal

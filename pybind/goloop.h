@@ -45,6 +45,9 @@ enum {
     GL_EV_SOCK       /* res: bytes received/sent or -errno; aux: bytes sent before an error */
 };
 #define GL_SENDFILE_MAX (1u << 30)
+/* goloop_poll's timeout_ns for a call that only applies its batch
+ * (loop_apply_now): what it completed comes back, readiness is not asked. */
+#define GL_APPLY_ONLY (-2)
 #define GL_FLAG_MORE 1
 #define GL_CLOSE_ABORT 1
 #define GL_CLOSE_UPGRADE 2

@@ -587,7 +587,7 @@ int loop_apply_now(LoopCore *lp)
         return 0;
     int nsubs = lp->nsubs;
     lp->nsubs = 0;
-    int n = go_poll(lp, lp->subs, nsubs, lp->comps + lp->ncomps, lp->capcomps - lp->ncomps, 0);
+    int n = go_poll(lp, lp->subs, nsubs, lp->comps + lp->ncomps, lp->capcomps - lp->ncomps, GL_APPLY_ONLY);
     lp->polls++;
     if (n < 0)
         return -1;
