@@ -137,18 +137,15 @@ class _SockFuture(asyncio.Future):
 _core._sockops_setup(_SockFuture)
 
 
-async def _sock_await(fut):
-    try:
-        return await fut
-    except exceptions.CancelledError:
-        # The task was cancelled after Go's result reached the future (in
-        # the same batch, before the task could run): the cancel came too
-        # late to stop the op, and the bytes were read or sent. Returning
-        # them loses nothing, as a cancel that races a completion does on
-        # asyncio; a stopped op (the future cancelled) raises.
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
-            return fut.result()
-        raise
+def _sock_came_in(fut):
+    """Whether a sock op's result reached its future before its task was
+    cancelled: Go's result is settled right after the poll that produced
+    it, before any callback runs, so a callback of that same batch that
+    cancels the task comes too late to stop the op, and the bytes were read
+    or sent. The sock_* coroutine then returns the result rather than lose
+    it, as a cancel that races a completion does on asyncio (wait_for hands
+    such a result on); a stopped op (its future cancelled) raises."""
+    return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
@@ -310,40 +307,59 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     _sock_recv_into = _Selector._sock_recv_into
     _sock_sendall = _Selector._sock_sendall
 
-    def _sock_check(self, sock):
-        # asyncio's checks, in asyncio's order (its transport check comes
-        # after a first recv; Go must never read a transport's fd at all).
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
+    def _sock_fd(self, sock):
+        # asyncio's checks: an SSL socket refused, a blocking one refused in
+        # debug mode (a plain socket.socket outside debug mode passes both).
+        # Then the transport check, which asyncio makes after a first recv:
+        # Go must never read or write a transport's fd at all.
+        if type(sock) is not socket.socket or self._debug:
+            base_events._check_ssl_socket(sock)
+            if self._debug and sock.gettimeout() != 0:
+                raise ValueError("the socket must be non-blocking")
         fd = sock.fileno()
         if fd in self._transports.data:
             self._ensure_fd_no_transport(fd)
         return fd
 
     async def sock_recv(self, sock, n):
-        r = self._sock_recv_go(self._sock_check(sock), n)
-        if type(r) is _SockFuture:
-            return await _sock_await(r)
-        if r is NotImplemented:
-            return await _Selector.sock_recv(self, sock, n)
-        return r
+        r = self._sock_recv_go(self._sock_fd(sock), n)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recv(self, sock, n)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
 
     async def sock_recv_into(self, sock, buf):
-        r = self._sock_recv_into_go(self._sock_check(sock), buf)
-        if type(r) is _SockFuture:
-            return await _sock_await(r)
-        if r is NotImplemented:
-            return await _Selector.sock_recv_into(self, sock, buf)
-        return r
+        r = self._sock_recv_into_go(self._sock_fd(sock), buf)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recv_into(self, sock, buf)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
 
     async def sock_sendall(self, sock, data):
-        r = self._sock_sendall_go(self._sock_check(sock), data)
-        if type(r) is _SockFuture:
-            return await _sock_await(r)
-        if r is NotImplemented:
-            return await _Selector.sock_sendall(self, sock, data)
-        return r
+        r = self._sock_sendall_go(self._sock_fd(sock), data)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_sendall(self, sock, data)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
     async def sock_connect(self, sock, address):
         """asyncio's sock_connect, with the connect done by Go (docs/architecture.md,
         "Connects"): no connect, poll or SO_ERROR call from Python."""
