@@ -201,7 +201,7 @@ func (b *epollBackend) apply(s *Sub) {
 			return
 		}
 	}
-	if (s.Op == OpSockRecv || s.Op == OpSockSend) && b.fds[s.Fd] == nil {
+	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept) && b.fds[s.Fd] == nil {
 		// Tried at once, as asyncio's sock_recv/sock_sendall call the
 		// socket first; only an op the socket cannot serve now waits.
 		o, done := tryFresh(s, b.complete)
@@ -248,9 +248,9 @@ func (b *epollBackend) apply(s *Sub) {
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
 		}
 		b.forgetIfIdle(f)
-	case OpSockRecv, OpSockSend:
+	case OpSockRecv, OpSockSend, OpSockAccept:
 		o := f.sk.start(s, b.complete) // replaces a live one of its kind
-		if o.try(f.fd, s.Op == OpSockSend, b.complete) {
+		if o.try(f.fd, b.complete) {
 			b.forgetIfIdle(f)
 		}
 	case OpSockStop:
@@ -475,10 +475,10 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 	if outReady && f.connOn {
 		b.settleConnect(f)
 	}
-	if in && f.sk.recv.live && f.sk.recv.try(f.fd, false, b.complete) {
+	if in && f.sk.recv.live && f.sk.recv.try(f.fd, b.complete) {
 		b.markDirty(f)
 	}
-	if outReady && f.sk.send.live && f.sk.send.try(f.fd, true, b.complete) {
+	if outReady && f.sk.send.live && f.sk.send.try(f.fd, b.complete) {
 		b.markDirty(f)
 	}
 	if outReady && f.blocked {

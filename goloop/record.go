@@ -135,6 +135,15 @@ const (
 	// stopped receive reads nothing; from then on Go does not touch Fd for
 	// it, and its owner may close the fd before the next Poll.
 	OpSockStop
+	// OpSockAccept accepts one connection on the listening Fd, its owner's
+	// (loop.sock_accept), with accept4(SOCK_NONBLOCK|SOCK_CLOEXEC), the
+	// peer's address going to the C memory at Ptr (Len bytes): at once if
+	// a connection waits, else when Fd is readable. Exactly one EvSock
+	// answers it: Res = the new fd, which is C's from then on, with Aux =
+	// the address's length; or -errno, -ECANCELED when OpSockStop stopped
+	// it or a later OpSockAccept or OpSockRecv on Fd replaced it (it takes
+	// the fd's one receive, as asyncio's sock_accept takes its one reader).
+	OpSockAccept
 	opCount
 )
 

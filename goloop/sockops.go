@@ -1,6 +1,8 @@
 package goloop
 
 import (
+	"unsafe"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -19,8 +21,9 @@ import (
 // live receive and one live send: a second one replaces the first, which
 // is answered at once with -ECANCELED.
 
-// sockOp is one live OpSockRecv or OpSockSend.
+// sockOp is one live OpSockRecv, OpSockSend or OpSockAccept.
 type sockOp struct {
+	op    uint8
 	token uint64
 	ptr   uintptr // C memory: the destination, or the data
 	n     int     // its length
@@ -47,8 +50,8 @@ func (s *sockOps) of(op uint8) *sockOp {
 // whether the op is over; if not, the op (with what a send has sent
 // already) is for adopt, on the fd's new state.
 func tryFresh(s *Sub, complete func(Comp)) (sockOp, bool) {
-	o := sockOp{token: s.Token, ptr: s.Ptr, n: int(s.Len), live: true}
-	return o, o.try(s.Fd, s.Op == OpSockSend, complete)
+	o := sockOp{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len), live: true}
+	return o, o.try(s.Fd, complete)
 }
 
 // adopt makes o, which tryFresh could not finish, the fd's live op.
@@ -61,13 +64,14 @@ func (s *sockOps) start(sub *Sub, complete func(Comp)) *sockOp {
 	if o.live {
 		o.end(-int32(unix.ECANCELED), complete)
 	}
-	*o = sockOp{token: sub.Token, ptr: sub.Ptr, n: int(sub.Len), live: true}
+	*o = sockOp{op: sub.Op, token: sub.Token, ptr: sub.Ptr, n: int(sub.Len), live: true}
 	return o
 }
 
 // stop gives up the live op named token: -ECANCELED at once. It reports
-// which kind it stopped (OpSockRecv or OpSockSend), or OpNop when the op
-// had already been answered.
+// which slot it stopped (OpSockRecv for the receive slot, which an accept
+// takes too, or OpSockSend), or OpNop when the op had already been
+// answered.
 func (s *sockOps) stop(token uint64, complete func(Comp)) uint8 {
 	switch {
 	case s.recv.live && s.recv.token == token:
@@ -104,12 +108,38 @@ func (o *sockOp) end(res int32, complete func(Comp)) {
 
 // try does o's I/O on fd as far as the socket allows, and answers it when
 // it is over. It reports whether o is over; false means wait for
-// readiness (readable for a receive, writable for a send).
-func (o *sockOp) try(fd int32, send bool, complete func(Comp)) bool {
-	if send {
+// readiness (readable for a receive or an accept, writable for a send).
+func (o *sockOp) try(fd int32, complete func(Comp)) bool {
+	switch o.op {
+	case OpSockSend:
 		return o.trySend(fd, complete)
+	case OpSockAccept:
+		return o.tryAccept(fd, complete)
 	}
 	return o.tryRecv(fd, complete)
+}
+
+func (o *sockOp) tryAccept(fd int32, complete func(Comp)) bool {
+	for {
+		alen := uint32(o.n)
+		r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), o.ptr, uintptr(unsafe.Pointer(&alen)),
+			unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		switch e {
+		case 0:
+			if alen > uint32(o.n) {
+				alen = uint32(o.n) // cut, as accept(2) cuts it
+			}
+			o.live = false
+			complete(Comp{Token: o.token, Kind: EvSock, Res: int32(r), Aux: alen})
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		o.end(-int32(e), complete)
+		return true
+	}
 }
 
 func (o *sockOp) tryRecv(fd int32, complete func(Comp)) bool {

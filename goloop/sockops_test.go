@@ -11,6 +11,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// heapBuf is memory that stays put while the kernel or Go writes into it
+// through a uintptr: a small make() the compiler could keep on the
+// goroutine's stack, which moves when the stack grows.
+var heapBufs [][]byte
+
+func heapBuf(n int) []byte {
+	b := make([]byte, n)
+	heapBufs = append(heapBufs, b)
+	return b
+}
+
 func sockComp(cs []Comp, tok uint64) (Comp, bool) {
 	for _, c := range cs {
 		if c.Kind == EvSock && c.Token == tok {
@@ -28,7 +39,7 @@ func TestSockRecvAtOnceThenOnReadiness(t *testing.T) {
 		defer unix.Close(int(a))
 		defer unix.Close(int(c))
 		unix.Write(int(c), []byte("now"))
-		buf := make([]byte, 16)
+		buf := heapBuf(16)
 		out := make([]Comp, 8)
 		n, err := b.Poll([]Sub{{Op: OpSockRecv, Fd: a, Token: 1, Ptr: ptrOf(buf), Len: 16}}, out, 0)
 		if err != nil || n != 1 || out[0].Kind != EvSock || out[0].Res != 3 || string(buf[:3]) != "now" {
@@ -60,7 +71,7 @@ func TestSockRecvStopReadsNothing(t *testing.T) {
 		a, c := socketpair(t)
 		defer unix.Close(int(a))
 		defer unix.Close(int(c))
-		buf := make([]byte, 16)
+		buf := heapBuf(16)
 		out := make([]Comp, 8)
 		if n, _ := b.Poll([]Sub{{Op: OpSockRecv, Fd: a, Token: 1, Ptr: ptrOf(buf), Len: 16}}, out, 0); n != 0 {
 			t.Fatalf("%+v", out[:n])
@@ -76,7 +87,7 @@ func TestSockRecvStopReadsNothing(t *testing.T) {
 		if n != 0 {
 			t.Fatalf("after stop: %+v", out[:n])
 		}
-		got := make([]byte, 16)
+		got := heapBuf(16)
 		k, err := unix.Read(int(a), got)
 		if err != nil || string(got[:k]) != "keep" || buf[0] != 0 {
 			t.Fatalf("left in the socket: %q %v; written: %q", got[:k], err, buf)
@@ -95,7 +106,7 @@ func TestSockRecvReplaced(t *testing.T) {
 		a, c := socketpair(t)
 		defer unix.Close(int(a))
 		defer unix.Close(int(c))
-		b1, b2 := make([]byte, 8), make([]byte, 8)
+		b1, b2 := heapBuf(8), heapBuf(8)
 		out := make([]Comp, 8)
 		b.Poll([]Sub{{Op: OpSockRecv, Fd: a, Token: 1, Ptr: ptrOf(b1), Len: 8}}, out, 0)
 		n, _ := b.Poll([]Sub{{Op: OpSockRecv, Fd: a, Token: 2, Ptr: ptrOf(b2), Len: 8}}, out, 0)
@@ -126,13 +137,13 @@ func TestSockSendLargeSlowPeer(t *testing.T) {
 		a, c := bigPair(t)
 		defer unix.Close(int(a))
 		defer unix.Close(int(c))
-		data := make([]byte, 3<<20)
+		data := heapBuf(3<<20)
 		rand.New(rand.NewSource(1)).Read(data)
 		want := sha256.Sum256(data)
 		done := make(chan [32]byte)
 		go func() {
 			h := sha256.New()
-			buf := make([]byte, 64<<10)
+			buf := heapBuf(64<<10)
 			total := 0
 			for total < len(data) {
 				n, err := unix.Read(int(c), buf)
@@ -179,7 +190,7 @@ func TestSockSendStopMidway(t *testing.T) {
 		}
 		sent := int(out[0].Aux)
 		total := 0
-		buf := make([]byte, 64<<10)
+		buf := heapBuf(64<<10)
 		for i := 0; i < 100; i++ {
 			b.Poll(nil, out, time.Millisecond)
 			for {
@@ -215,7 +226,7 @@ func TestSockErrors(t *testing.T) {
 		}
 		unix.SetNonblock(sfd, true)
 		defer unix.Close(sfd)
-		buf := make([]byte, 8)
+		buf := heapBuf(8)
 		out := make([]Comp, 8)
 		b.Poll([]Sub{{Op: OpSockRecv, Fd: int32(sfd), Token: 1, Ptr: ptrOf(buf), Len: 8}}, out, 0)
 		unix.SetsockoptLinger(cfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
@@ -232,5 +243,55 @@ func TestSockErrors(t *testing.T) {
 			t.Fatalf("epipe: %+v", cs)
 		}
 		runtime.KeepAlive(buf)
+	})
+}
+
+// An accept waits for a connection, takes it with the peer's address, and
+// a stopped one leaves the next connection in the backlog.
+func TestSockAccept(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		lfd, port := listenLoopback(t, 8)
+		defer unix.Close(int(lfd))
+		name := heapBuf(128)
+		out := make([]Comp, 8)
+		if n, _ := b.Poll([]Sub{{Op: OpSockAccept, Fd: lfd, Token: 1, Ptr: ptrOf(name), Len: 128}}, out, 0); n != 0 {
+			t.Fatalf("nothing to accept yet: %+v", out[:n])
+		}
+		c1, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer unix.Close(c1)
+		if err := unix.Connect(c1, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Fatal(err)
+		}
+		cs := collect(t, b, nil, hasKind(EvSock, 1))
+		r, _ := sockComp(cs, 1)
+		if r.Res <= 0 || r.Aux != 16 {
+			t.Fatalf("accept: %+v", cs)
+		}
+		sa, _ := unix.Getsockname(c1)
+		if port := int(name[2])<<8 | int(name[3]); port != sa.(*unix.SockaddrInet4).Port {
+			t.Fatalf("peer port %d, want %d (%v)", port, sa.(*unix.SockaddrInet4).Port, name[:16])
+		}
+		if fl, _ := unix.FcntlInt(uintptr(r.Res), unix.F_GETFL, 0); fl&unix.O_NONBLOCK == 0 {
+			t.Fatal("accepted fd is blocking")
+		}
+		unix.Close(int(r.Res))
+
+		b.Poll([]Sub{{Op: OpSockAccept, Fd: lfd, Token: 2, Ptr: ptrOf(name), Len: 128}}, out, 0)
+		n, _ := b.Poll([]Sub{{Op: OpSockStop, Fd: lfd, Token: 2}}, out, 0)
+		if n != 1 || out[0].Res != -int32(unix.ECANCELED) {
+			t.Fatalf("stop: %+v", out[:n])
+		}
+		c2, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer unix.Close(c2)
+		unix.Connect(c2, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+		if n, _ := b.Poll(nil, out, 20*time.Millisecond); n != 0 {
+			t.Fatalf("after stop: %+v", out[:n])
+		}
+		nfd, _, err := unix.Accept(int(lfd))
+		if err != nil {
+			t.Fatalf("the connection should wait in the backlog: %v", err)
+		}
+		unix.Close(nfd)
+		runtime.KeepAlive(name)
 	})
 }

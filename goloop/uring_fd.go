@@ -195,7 +195,7 @@ func (b *uringBackend) apply(s *Sub) {
 			return
 		}
 	}
-	if (s.Op == OpSockRecv || s.Op == OpSockSend) && b.fds[s.Fd] == nil {
+	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept) && b.fds[s.Fd] == nil {
 		// Tried at once, as asyncio's sock_recv/sock_sendall call the
 		// socket first; only an op the socket cannot serve now gets state
 		// and a readiness poll.
@@ -278,7 +278,7 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 	case OpDgramRecvStart:
 		b.dgramRecvStart(f, s)
-	case OpSockRecv, OpSockSend:
+	case OpSockRecv, OpSockSend, OpSockAccept:
 		f.sk.start(s, b.complete)
 		b.sockPump(f, s.Op == OpSockSend)
 	case OpSockStop:
@@ -344,7 +344,7 @@ func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
 // syscalls would on a closed fd. A second OpClose gets nothing: the close
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
-	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect, OpSockRecv: EvSock, OpSockSend: EvSock,
+	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect, OpSockRecv: EvSock, OpSockSend: EvSock, OpSockAccept: EvSock,
 		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
 		OpSendTo: EvSend, OpDgramRecvStart: EvDgram, OpSendfile: EvSendfile}[s.Op]
 	if kind != EvNone {
@@ -805,7 +805,7 @@ func (b *uringBackend) sockPump(f *urFd, send bool) {
 	if send {
 		o = &f.sk.send
 	}
-	if o.live && !f.closing() && !o.try(f.fd, send, b.complete) {
+	if o.live && !f.closing() && !o.try(f.fd, b.complete) {
 		b.sockWait(f, send)
 	}
 }

@@ -35,14 +35,16 @@ enum {
     GL_OP_SENDFILE,  /* fd: socket, arg: file fd (lent), ptr: file offset, len: count */
     GL_OP_SOCK_RECV, /* sock_recv*: one recv into ptr/len (C memory kept until its EvSock) */
     GL_OP_SOCK_SEND, /* sock_sendall: all of ptr/len */
-    GL_OP_SOCK_STOP  /* the sock op with this token gives up: EvSock -ECANCELED at once */
+    GL_OP_SOCK_STOP, /* the sock op with this token gives up: EvSock -ECANCELED at once */
+    GL_OP_SOCK_ACCEPT /* sock_accept: accept4 on fd; ptr/len: room for the peer's sockaddr */
 };
 enum {
     GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,
     GL_EV_ACCEPT, GL_EV_CONNECT, GL_EV_POLL, GL_EV_POSTED,
     GL_EV_DGRAM,
     GL_EV_SENDFILE,  /* res: bytes sent or -errno; aux: bytes sent before an error */
-    GL_EV_SOCK       /* res: bytes received/sent or -errno; aux: bytes sent before an error */
+    GL_EV_SOCK       /* res: bytes received/sent, the accepted fd, or -errno; aux: bytes sent
+                        before an error, or the accepted peer's address length */
 };
 #define GL_SENDFILE_MAX (1u << 30)
 /* goloop_poll's timeout_ns for a call that only applies its batch

@@ -6,6 +6,7 @@ off the hot path: setup and teardown around the run loop, readers and
 writers, signals, and the glue that lets asyncio's own argument handling
 (create_connection, create_server, the sock_* methods) drive our core.
 """
+import _socket
 import asyncio
 import errno
 import io
@@ -134,7 +135,40 @@ class _SockFuture(asyncio.Future):
         return super().cancel(msg=msg)
 
 
-_core._sockops_setup(_SockFuture)
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+_raw_proto = _socket.socket.proto.__get__
+_SOCK_NONBLOCK = getattr(socket, 'SOCK_NONBLOCK', 0)
+_ACCEPT_FAMILIES = frozenset(f for f in (socket.AF_INET, _AF_INET6, _AF_UNIX) if f is not None)
+
+
+def _peer_address(family, raw):
+    # What socket.accept() gives for the peer's sockaddr.
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, raw[4:8]), int.from_bytes(raw[2:4], 'big')
+    if family == _AF_INET6:
+        if int.from_bytes(raw[24:28], sys.byteorder):  # scoped: named as getnameinfo names it
+            return _datagram._address(family, raw)
+        return (socket.inet_ntop(family, raw[8:24]), int.from_bytes(raw[2:4], 'big'),
+                int.from_bytes(raw[4:8], 'big'), 0)
+    path = raw[2:]
+    if path[:1] == b'\0':
+        return path  # Linux's abstract namespace
+    return os.fsdecode(path.split(b'\0', 1)[0])
+
+
+def _sock_accepted(lsock, fd, raw):
+    # Called from C as soon as Go reports the fd, so a socket object owns
+    # it before anything else runs. Go accepted it non-blocking: the object
+    # says so (no ioctl), as asyncio's conn.setblocking(False) leaves it.
+    # The address first: once the socket object exists it owns the fd, and
+    # C closes the fd itself only when this raises before that.
+    family = _raw_family(lsock)
+    address = _peer_address(family, raw)
+    return socket.socket(family, _raw_type(lsock) | _SOCK_NONBLOCK, _raw_proto(lsock), fileno=fd), address
+
+
+_core._sockops_setup(_SockFuture, _sock_accepted)
 
 
 def _sock_came_in(fut):
@@ -396,8 +430,25 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
 
     _sock_connect = _Selector._sock_connect
     _sock_connect_cb = _Selector._sock_connect_cb
-    sock_accept = _Selector.sock_accept
     _sock_accept = _Selector._sock_accept
+
+    async def sock_accept(self, sock):
+        # Accepted in Go (accept4, non-blocking): the connection and its
+        # peer's address, as asyncio's sock.accept() gives them.
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        if _raw_family(sock) in _ACCEPT_FAMILIES:
+            r = self._sock_accept_go(fd, sock)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_accept(self, sock)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()  # the connection is the task's, not leaked
+            raise
     _sock_read_done = _Selector._sock_read_done
     _sock_write_done = _Selector._sock_write_done
     for _name in ('sock_recvfrom', '_sock_recvfrom', 'sock_recvfrom_into',

@@ -186,6 +186,7 @@ void sockops_settle(LoopCore *lp, gl_comp *out, int n);   /* after every go_poll
 PyObject *lc_sock_recv_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_recv_into_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_sendall_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_accept_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_stop(LoopCore *lp, PyObject *arg);
 void sockop_loop_closing(LoopCore *lp, PyObject *op);
 PyObject *sockops_setup(PyObject *m, PyObject *cls);

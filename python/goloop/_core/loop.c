@@ -974,6 +974,7 @@ static PyMethodDef lc_methods[] = {
     {"_sock_recv_go", (PyCFunction)(void (*)(void))lc_sock_recv_go, METH_FASTCALL, NULL},
     {"_sock_recv_into_go", (PyCFunction)(void (*)(void))lc_sock_recv_into_go, METH_FASTCALL, NULL},
     {"_sock_sendall_go", (PyCFunction)(void (*)(void))lc_sock_sendall_go, METH_FASTCALL, NULL},
+    {"_sock_accept_go", (PyCFunction)(void (*)(void))lc_sock_accept_go, METH_FASTCALL, NULL},
     {"_sock_stop", (PyCFunction)lc_sock_stop, METH_O, NULL},
     {"_gai_start", (PyCFunction)(void (*)(void))lc_gai_start, METH_FASTCALL, NULL},
     {"_close_core", (PyCFunction)lc_close_core, METH_NOARGS, NULL},

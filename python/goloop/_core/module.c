@@ -144,7 +144,7 @@ static PyMethodDef module_methods[] = {
     {"_runtime_pid", runtime_pid, METH_NOARGS, NULL},
     {"_forked", forked, METH_NOARGS, NULL},
     {"_sockaddr_fast", (PyCFunction)(void (*)(void))sockaddr_fast, METH_FASTCALL, NULL},
-    {"_sockops_setup", sockops_setup, METH_O, NULL},
+    {"_sockops_setup", sockops_setup, METH_VARARGS, NULL},
     {"_set_hooks", (PyCFunction)(void (*)(void))set_hooks, METH_VARARGS | METH_KEYWORDS, NULL},
     {NULL}
 };

@@ -30,7 +30,9 @@
 #include <errno.h>
 #include <string.h>
 
-enum { SK_RECV, SK_RECV_INTO, SK_SEND };
+enum { SK_RECV, SK_RECV_INTO, SK_SEND, SK_ACCEPT };
+
+#define ACCEPT_NAME_CAP 128   /* a struct sockaddr_storage */
 
 /* The most one op moves: EvSock's Res is an int32. Larger requests take
  * asyncio's path (loop.py). */
@@ -40,7 +42,8 @@ typedef struct {
     PyObject_HEAD
     LoopCore *loop;
     PyObject *fut;        /* made only when the op did not complete at once */
-    PyObject *data;       /* SK_RECV: the bytes Go fills */
+    PyObject *data;       /* SK_RECV: the bytes Go fills; SK_ACCEPT: room for the peer's address */
+    PyObject *lsock;      /* SK_ACCEPT: the listening socket (the new one's family, type, proto) */
     Py_buffer view;       /* SK_RECV_INTO, SK_SEND: held while Go has the op */
     uint64_t token;
     int fd;
@@ -50,18 +53,22 @@ typedef struct {
     char stopping;        /* GL_OP_SOCK_STOP submitted (cancel, or loop close) */
     char done;            /* GL_EV_SOCK came: res holds it */
     int32_t res;
+    uint32_t aux;
 } SockOp;
 
 static PyTypeObject *SockOp_Type;
 static PyObject *SockFuture;   /* loop.py's _SockFuture: asyncio.Future whose cancel() stops the op */
+static PyObject *Accepted;     /* loop.py's _sock_accepted(lsock, fd, address bytes) -> (conn, address) */
 static PyObject *str_sk;       /* "_sk": the future's token attribute */
 static PyObject *kwnames_loop; /* ("loop",) */
+static PyObject *str_set_result, *str_set_exception, *str_done;
 
 static void op_release_buffers(SockOp *op)
 {
     if (op->view.obj != NULL)
         PyBuffer_Release(&op->view);
     Py_CLEAR(op->data);
+    Py_CLEAR(op->lsock);
 }
 
 static void op_dealloc(SockOp *op)
@@ -88,7 +95,7 @@ static SockOp *op_new(LoopCore *lp, int kind, int fd)
         return NULL;
     Py_INCREF(lp);
     op->loop = lp;
-    op->fut = op->data = NULL;
+    op->fut = op->data = op->lsock = NULL;
     memset(&op->view, 0, sizeof op->view);
     op->token = 0;
     op->fd = fd;
@@ -96,6 +103,7 @@ static SockOp *op_new(LoopCore *lp, int kind, int fd)
     op->kind = (uint8_t)kind;
     op->inflight = op->stopping = op->done = 0;
     op->res = 0;
+    op->aux = 0;
     return op;
 }
 
@@ -123,6 +131,18 @@ static PyObject *op_result(SockOp *op)
     }
     case SK_RECV_INTO:
         return PyLong_FromLong(op->res);
+    case SK_ACCEPT: {
+        /* The socket object owns the fd from here (a socket.socket closes
+         * its fd when collected): made before anything else can run. */
+        uint32_t alen = op->aux < ACCEPT_NAME_CAP ? op->aux : ACCEPT_NAME_CAP;
+        PyObject *name = PyBytes_FromStringAndSize(PyBytes_AS_STRING(op->data), alen);
+        PyObject *r = name ? PyObject_CallFunction(Accepted, "OiO", op->lsock, (int)op->res, name) : NULL;
+        Py_XDECREF(name);
+        if (r == NULL)
+            loop_close_orphan(op->loop, op->res);   /* nobody else will */
+        op->res = -1;   /* the fd is taken */
+        return r;
+    }
     default:
         Py_RETURN_NONE;
     }
@@ -134,22 +154,25 @@ static PyObject *op_result(SockOp *op)
 static void op_settle_future(LoopCore *lp, SockOp *op)
 {
     PyObject *fut = op->fut;
-    PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+    PyObject *done = PyObject_CallMethodNoArgs(fut, str_done);
     if (done == NULL) {
         report_callback_error(lp, "Exception in sock op completion", NULL, NULL);
         return;
     }
     int pending = done == Py_False;
     Py_DECREF(done);
-    if (!pending || op->res == -ECANCELED)
+    if (!pending || op->res == -ECANCELED) {
+        if (op->kind == SK_ACCEPT && op->res >= 0)
+            loop_close_orphan(lp, op->res);   /* accepted for nobody */
         return;
+    }
     PyObject *r = op_result(op), *ok;
     if (r != NULL) {
-        ok = PyObject_CallMethod(fut, "set_result", "O", r);
+        ok = PyObject_CallMethodOneArg(fut, str_set_result, r);   /* r may be a tuple */
         Py_DECREF(r);
     } else {
         PyObject *exc = take_exception();
-        ok = exc ? PyObject_CallMethod(fut, "set_exception", "O", exc) : NULL;
+        ok = exc ? PyObject_CallMethodOneArg(fut, str_set_exception, exc) : NULL;
         Py_XDECREF(exc);
     }
     if (ok == NULL)
@@ -178,17 +201,20 @@ void sockops_settle(LoopCore *lp, gl_comp *out, int n)
         op->inflight = 0;
         op->done = 1;
         op->res = c.res;
+        op->aux = c.aux;
         if (op->fut != NULL) {
             /* The exception state of whatever C code polled must survive. */
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
             if (!lp->draining)
                 op_settle_future(lp, op);
+            else if (op->kind == SK_ACCEPT && op->res >= 0)
+                loop_close_orphan(lp, op->res);   /* the loop is closing: nobody takes it */
             op_release_buffers(op);
             PyErr_Restore(et, ev, tb);
-        } else if (op->kind != SK_RECV) {
-            /* Answered inside its own start: the buffer goes now; the
-             * received bytes wait for op_start to take them. */
+        } else if (op->kind == SK_RECV_INTO || op->kind == SK_SEND) {
+            /* Answered inside its own start: the buffer goes now; received
+             * bytes and an accepted peer's address wait for op_start. */
             op_release_buffers(op);
         }
         Py_DECREF(op);   /* unpin: Go is done with it */
@@ -320,6 +346,30 @@ PyObject *lc_sock_sendall_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nar
     return start_with_buffer(lp, args, nargs, SK_SEND, PyBUF_SIMPLE, GL_OP_SOCK_SEND);
 }
 
+/* loop._sock_accept_go(fd, lsock) -> (conn, address), a future, or NotImplemented */
+PyObject *lc_sock_accept_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd;
+    if (nargs != 2 || fd_arg(args[0], &fd) < 0)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "_sock_accept_go(fd, sock)");
+    if (fd < 0 || Accepted == NULL)
+        Py_RETURN_NOTIMPLEMENTED;
+    SockOp *op = op_new(lp, SK_ACCEPT, fd);
+    if (op == NULL)
+        return NULL;
+    Py_INCREF(args[1]);
+    op->lsock = args[1];
+    op->data = PyBytes_FromStringAndSize(NULL, ACCEPT_NAME_CAP);
+    PyObject *r = NULL;
+    if (op->data != NULL) {
+        /* zeroed: an unnamed Unix peer's path reads as '' */
+        memset(PyBytes_AS_STRING(op->data), 0, ACCEPT_NAME_CAP);
+        r = op_start(lp, op, GL_OP_SOCK_ACCEPT, PyBytes_AS_STRING(op->data), ACCEPT_NAME_CAP);
+    }
+    Py_DECREF(op);
+    return r;
+}
+
 /* loop._sock_stop(token): the op's future is being cancelled. The stop is
  * applied now, before cancel() returns: Go reads or writes nothing more for
  * the op, and the program may close the socket right after. Its
@@ -361,11 +411,16 @@ void sockop_loop_closing(LoopCore *lp, PyObject *o)
     Py_DECREF(op);
 }
 
-/* _core._sockops_setup(future_class) */
-PyObject *sockops_setup(PyObject *m, PyObject *cls)
+/* _core._sockops_setup(future_class, accepted) */
+PyObject *sockops_setup(PyObject *m, PyObject *args)
 {
+    PyObject *cls, *acc;
+    if (!PyArg_ParseTuple(args, "OO", &cls, &acc))
+        return NULL;
     Py_INCREF(cls);
     Py_XSETREF(SockFuture, cls);
+    Py_INCREF(acc);
+    Py_XSETREF(Accepted, acc);
     Py_RETURN_NONE;
 }
 
@@ -373,6 +428,10 @@ int init_sockops(PyObject *m)
 {
     str_sk = PyUnicode_InternFromString("_sk");
     kwnames_loop = Py_BuildValue("(s)", "loop");
+    str_set_result = PyUnicode_InternFromString("set_result");
+    str_set_exception = PyUnicode_InternFromString("set_exception");
+    str_done = PyUnicode_InternFromString("done");
     SockOp_Type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &op_spec, NULL);
-    return (str_sk == NULL || kwnames_loop == NULL || SockOp_Type == NULL) ? -1 : 0;
+    return (str_sk == NULL || kwnames_loop == NULL || str_set_result == NULL ||
+            str_set_exception == NULL || str_done == NULL || SockOp_Type == NULL) ? -1 : 0;
 }
