@@ -142,9 +142,12 @@ func (o *sockOp) tryAccept(fd int32, complete func(Comp)) bool {
 	}
 }
 
+// MSG_DONTWAIT: a socket left in blocking mode must not block the loop's
+// thread (asyncio's loop would block in its recv; goloop waits for
+// readiness instead).
 func (o *sockOp) tryRecv(fd int32, complete func(Comp)) bool {
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), o.ptr, uintptr(o.n), 0, 0, 0)
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), o.ptr, uintptr(o.n), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
 			o.end(int32(r), complete)
@@ -163,7 +166,7 @@ func (o *sockOp) trySend(fd int32, complete func(Comp)) bool {
 	for o.off < o.n {
 		// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
 		r, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), o.ptr+uintptr(o.off), uintptr(o.n-o.off),
-			unix.MSG_NOSIGNAL, 0, 0)
+			unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
 			o.off += int(r)

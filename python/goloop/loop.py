@@ -437,7 +437,9 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
         # peer's address, as asyncio's sock.accept() gives them.
         fd = self._sock_fd(sock)
         r = NotImplemented
-        if _raw_family(sock) in _ACCEPT_FAMILIES:
+        # A listener in blocking mode would block accept4 (asyncio's accept
+        # blocks there too): asyncio's way.
+        if _raw_family(sock) in _ACCEPT_FAMILIES and sock.gettimeout() is not None:
             r = self._sock_accept_go(fd, sock)
         if type(r) is not _SockFuture:
             if r is NotImplemented:
