@@ -350,6 +350,8 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             base_events._check_ssl_socket(sock)
             if self._debug and sock.gettimeout() != 0:
                 raise ValueError("the socket must be non-blocking")
+            if not isinstance(sock, socket.socket):
+                return -1  # asyncio's way, with its errors for what is no socket
         fd = sock.fileno()
         if fd in self._transports.data:
             self._ensure_fd_no_transport(fd)
@@ -439,7 +441,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
         r = NotImplemented
         # A listener in blocking mode would block accept4 (asyncio's accept
         # blocks there too): asyncio's way.
-        if _raw_family(sock) in _ACCEPT_FAMILIES and sock.gettimeout() is not None:
+        if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES and sock.gettimeout() is not None:
             r = self._sock_accept_go(fd, sock)
         if type(r) is not _SockFuture:
             if r is NotImplemented:
