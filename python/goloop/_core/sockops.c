@@ -221,6 +221,19 @@ void sockops_settle(LoopCore *lp, gl_comp *out, int n)
     }
 }
 
+/* Go's backend is driven from the loop's thread only: another thread's
+ * poll would race the loop's own (asyncio's add_reader is not thread-safe
+ * either; this says so instead of corrupting anything). */
+static int check_thread(LoopCore *lp)
+{
+    if (lp->thread != 0 && lp->thread != PyThread_get_thread_ident()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Non-thread-safe operation invoked on an event loop other than the current one");
+        return -1;
+    }
+    return 0;
+}
+
 /* Hand Go the op and apply it now. Returns the result when the socket
  * served it at once, else a _SockFuture for it. Steals nothing. */
 static PyObject *op_start(LoopCore *lp, SockOp *op, uint8_t glop, const void *ptr, uint32_t len)
@@ -229,7 +242,7 @@ static PyObject *op_start(LoopCore *lp, SockOp *op, uint8_t glop, const void *pt
         PyErr_SetString(PyExc_RuntimeError, "goloop: sock ops not set up");
         return NULL;
     }
-    if (loop_check_alive(lp) < 0 || go_enter(lp) < 0)
+    if (loop_check_alive(lp) < 0 || go_enter(lp) < 0 || check_thread(lp) < 0)
         return NULL;
     op->len = len;
     if (owners_bind(lp, (PyObject *)op, TAG_SOCKOP, &op->token) < 0)
@@ -382,6 +395,8 @@ PyObject *lc_sock_stop(LoopCore *lp, PyObject *arg)
     SockOp *op = (SockOp *)owners_get(lp, token);
     if (op == NULL || !op->inflight || op->stopping || lp->closed || !go_usable(lp))
         Py_RETURN_NONE;
+    if (check_thread(lp) < 0)
+        return NULL;
     op->stopping = 1;
     if (loop_submit(lp, GL_OP_SOCK_STOP, op->fd, token, NULL, 0, 0) < 0 || loop_apply_now(lp) < 0)
         return NULL;
