@@ -144,6 +144,19 @@ const (
 	// it or a later OpSockAccept or OpSockRecv on Fd replaced it (it takes
 	// the fd's one receive, as asyncio's sock_accept takes its one reader).
 	OpSockAccept
+	// OpSockRecvFrom receives one datagram (loop.sock_recvfrom,
+	// sock_recvfrom_into) with one recvfrom(2) on Fd, into the gl_sendto
+	// block at Ptr: data and len name the destination, and Go writes the
+	// source address into name and its length into namelen. As
+	// OpSockRecv otherwise (the fd's one receive): one EvSock, Res = the
+	// bytes received (a longer datagram is cut, as recvfrom cuts it) with
+	// Aux = the address's length, or -errno.
+	OpSockRecvFrom
+	// OpSockSendTo sends one datagram (loop.sock_sendto) with one sendto(2)
+	// on Fd, from the gl_sendto block at Ptr (namelen 0: no address), once
+	// Fd takes it. As OpSockSend otherwise (the fd's one send): one EvSock,
+	// Res = the bytes sent, or -errno.
+	OpSockSendTo
 	opCount
 )
 

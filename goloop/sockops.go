@@ -39,7 +39,7 @@ type sockOps struct {
 func (s *sockOps) live() bool { return s.recv.live || s.send.live }
 
 func (s *sockOps) of(op uint8) *sockOp {
-	if op == OpSockSend {
+	if op == OpSockSend || op == OpSockSendTo {
 		return &s.send
 	}
 	return &s.recv
@@ -115,8 +115,56 @@ func (o *sockOp) try(fd int32, complete func(Comp)) bool {
 		return o.trySend(fd, complete)
 	case OpSockAccept:
 		return o.tryAccept(fd, complete)
+	case OpSockRecvFrom:
+		return o.tryRecvFrom(fd, complete)
+	case OpSockSendTo:
+		return o.trySendTo(fd, complete)
 	}
 	return o.tryRecv(fd, complete)
+}
+
+func (o *sockOp) tryRecvFrom(fd int32, complete func(Comp)) bool {
+	blk := sendtoAt(o.ptr)
+	for {
+		blk.namelen = DgramNameCap
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), blk.data, uintptr(blk.len), unix.MSG_DONTWAIT,
+			uintptr(unsafe.Pointer(&blk.name[0])), uintptr(unsafe.Pointer(&blk.namelen)))
+		switch e {
+		case 0:
+			if blk.namelen > DgramNameCap {
+				blk.namelen = DgramNameCap
+			}
+			o.live = false
+			complete(Comp{Token: o.token, Kind: EvSock, Res: int32(r), Aux: blk.namelen})
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		o.end(-int32(e), complete)
+		return true
+	}
+}
+
+func (o *sockOp) trySendTo(fd int32, complete func(Comp)) bool {
+	blk := sendtoAt(o.ptr)
+	name, namelen := blk.sendtoName()
+	for {
+		r, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), blk.data, uintptr(blk.len),
+			unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, name, uintptr(namelen))
+		switch e {
+		case 0:
+			o.end(int32(r), complete)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		o.end(-int32(e), complete)
+		return true
+	}
 }
 
 func (o *sockOp) tryAccept(fd int32, complete func(Comp)) bool {

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -137,13 +138,13 @@ func TestSockSendLargeSlowPeer(t *testing.T) {
 		a, c := bigPair(t)
 		defer unix.Close(int(a))
 		defer unix.Close(int(c))
-		data := heapBuf(3<<20)
+		data := heapBuf(3 << 20)
 		rand.New(rand.NewSource(1)).Read(data)
 		want := sha256.Sum256(data)
 		done := make(chan [32]byte)
 		go func() {
 			h := sha256.New()
-			buf := heapBuf(64<<10)
+			buf := heapBuf(64 << 10)
 			total := 0
 			for total < len(data) {
 				n, err := unix.Read(int(c), buf)
@@ -190,7 +191,7 @@ func TestSockSendStopMidway(t *testing.T) {
 		}
 		sent := int(out[0].Aux)
 		total := 0
-		buf := heapBuf(64<<10)
+		buf := heapBuf(64 << 10)
 		for i := 0; i < 100; i++ {
 			b.Poll(nil, out, time.Millisecond)
 			for {
@@ -293,5 +294,44 @@ func TestSockAccept(t *testing.T) {
 		}
 		unix.Close(nfd)
 		runtime.KeepAlive(name)
+	})
+}
+
+// A datagram and its source address, and one sent to an address.
+func TestSockRecvFromSendTo(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		udp := func() (int32, *unix.SockaddrInet4) {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+			sa, _ := unix.Getsockname(fd)
+			return int32(fd), sa.(*unix.SockaddrInet4)
+		}
+		a, aAddr := udp()
+		c, cAddr := udp()
+		defer unix.Close(int(a))
+		defer unix.Close(int(c))
+		data := heapBuf(64)
+		_, rblk := sendtoSub(a, 0, data, 0) // a block in C-like memory
+		rblk.len = 64
+		out := make([]Comp, 8)
+		if n, _ := b.Poll([]Sub{{Op: OpSockRecvFrom, Fd: a, Token: 1, Ptr: uintptr(unsafe.Pointer(rblk))}}, out, 0); n != 0 {
+			t.Fatalf("nothing yet: %+v", out[:n])
+		}
+		msg := heapBuf(5)
+		copy(msg, "hello")
+		_, sblk := sendtoSub(c, 0, msg, aAddr.Port)
+		cs := collect(t, b, []Sub{{Op: OpSockSendTo, Fd: c, Token: 2, Ptr: uintptr(unsafe.Pointer(sblk))}},
+			func(cs []Comp) bool { return hasKind(EvSock, 1)(cs) && hasKind(EvSock, 2)(cs) })
+		if r, _ := sockComp(cs, 2); r.Res != 5 {
+			t.Fatalf("sendto: %+v", cs)
+		}
+		r, _ := sockComp(cs, 1)
+		port := int(rblk.name[2])<<8 | int(rblk.name[3])
+		if r.Res != 5 || r.Aux != 16 || string(data[:5]) != "hello" || port != cAddr.Port {
+			t.Fatalf("recvfrom: %+v %q port %d want %d", cs, data[:5], port, cAddr.Port)
+		}
 	})
 }

@@ -195,7 +195,8 @@ func (b *uringBackend) apply(s *Sub) {
 			return
 		}
 	}
-	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept) && b.fds[s.Fd] == nil {
+	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept ||
+		s.Op == OpSockRecvFrom || s.Op == OpSockSendTo) && b.fds[s.Fd] == nil {
 		// Tried at once, as asyncio's sock_recv/sock_sendall call the
 		// socket first; only an op the socket cannot serve now gets state
 		// and a readiness poll.
@@ -205,7 +206,7 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 		f := b.state(s.Fd)
 		f.sk.adopt(s.Op, o)
-		b.sockWait(f, s.Op == OpSockSend)
+		b.sockWait(f, s.Op == OpSockSend || s.Op == OpSockSendTo)
 		return
 	}
 	f := b.state(s.Fd)
@@ -278,9 +279,9 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 	case OpDgramRecvStart:
 		b.dgramRecvStart(f, s)
-	case OpSockRecv, OpSockSend, OpSockAccept:
+	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo:
 		f.sk.start(s, b.complete)
-		b.sockPump(f, s.Op == OpSockSend)
+		b.sockPump(f, s.Op == OpSockSend || s.Op == OpSockSendTo)
 	case OpSockStop:
 		switch f.sk.stop(s.Token, b.complete) {
 		case OpSockRecv:
@@ -345,6 +346,7 @@ func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect, OpSockRecv: EvSock, OpSockSend: EvSock, OpSockAccept: EvSock,
+		OpSockRecvFrom: EvSock, OpSockSendTo: EvSock,
 		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
 		OpSendTo: EvSend, OpDgramRecvStart: EvDgram, OpSendfile: EvSendfile}[s.Op]
 	if kind != EvNone {

@@ -36,7 +36,9 @@ enum {
     GL_OP_SOCK_RECV, /* sock_recv*: one recv into ptr/len (C memory kept until its EvSock) */
     GL_OP_SOCK_SEND, /* sock_sendall: all of ptr/len */
     GL_OP_SOCK_STOP, /* the sock op with this token gives up: EvSock -ECANCELED at once */
-    GL_OP_SOCK_ACCEPT /* sock_accept: accept4 on fd; ptr/len: room for the peer's sockaddr */
+    GL_OP_SOCK_ACCEPT, /* sock_accept: accept4 on fd; ptr/len: room for the peer's sockaddr */
+    GL_OP_SOCK_RECVFROM, /* sock_recvfrom*: ptr: a gl_sendto that Go fills (name, namelen) */
+    GL_OP_SOCK_SENDTO    /* sock_sendto: ptr: a gl_sendto */
 };
 enum {
     GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,
