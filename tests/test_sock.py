@@ -935,3 +935,69 @@ def test_loop_close_with_sock_accept_pending(loop):
             lsock.settimeout(5)
             conn, _ = lsock.accept()  # the listener is still the program's
             conn.close()
+
+
+# -- datagrams one at a time: sock_recvfrom, sock_recvfrom_into, sock_sendto --------
+
+def udp_pair():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (u, v):
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+    return u, v
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop has no sock_recvfrom (NotImplementedError)")
+def test_sock_recvfrom_and_sendto(loop):
+    async def go():
+        u, v = udp_pair()
+        with u, v:
+            waiting = loop.create_task(loop.sock_recvfrom(u, 100))
+            await asyncio.sleep(0)
+            assert await loop.sock_sendto(v, b"hello", u.getsockname()) == 5
+            assert await waiting == (b"hello", v.getsockname())
+            await loop.sock_sendto(v, b"longer than four", u.getsockname())
+            await asyncio.sleep(0.01)
+            assert await loop.sock_recvfrom(u, 4) == (b"long", v.getsockname())  # cut
+            buf = bytearray(8)
+            await loop.sock_sendto(v, b"into", u.getsockname())
+            assert await loop.sock_recvfrom_into(u, buf) == (4, v.getsockname())
+            assert buf[:4] == b"into"
+            await loop.sock_sendto(v, b"xyz", u.getsockname())
+            with memoryview(buf) as view:
+                assert await loop.sock_recvfrom_into(u, view[2:], 2) == (2, v.getsockname())
+            assert buf[:4] == b"inxy"
+            with pytest.raises(ValueError):
+                await loop.sock_recvfrom_into(u, bytearray(2), 5)
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop has no sock_recvfrom (NotImplementedError)")
+def test_sock_recvfrom_unnamed_unix_peer_is_none(loop):
+    async def go():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with a, b:
+            a.setblocking(False)
+            b.send(b"unix")
+            assert await loop.sock_recvfrom(a, 10) == (b"unix", None)
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop has no sock_recvfrom (NotImplementedError)")
+def test_sock_recvfrom_cancel_in_the_batch_the_datagram_comes_in_loses_nothing(loop):
+    async def go():
+        u, v = udp_pair()
+        with u, v:
+            for i in range(10):
+                task = loop.create_task(loop.sock_recvfrom(u, 100))
+                await asyncio.sleep(0)
+                msg = b"dgram%d" % i
+                v.sendto(msg, u.getsockname())
+                loop.call_soon(task.cancel)
+                try:
+                    got = await task
+                except asyncio.CancelledError:
+                    got = await asyncio.wait_for(loop.sock_recvfrom(u, 100), 5)
+                assert got == (msg, v.getsockname())
+    run(loop, go())

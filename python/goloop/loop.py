@@ -168,7 +168,12 @@ def _sock_accepted(lsock, fd, raw):
     return socket.socket(family, _raw_type(lsock) | _SOCK_NONBLOCK, _raw_proto(lsock), fileno=fd), address
 
 
-_core._sockops_setup(_SockFuture, _sock_accepted)
+def _sock_address(sock, raw):
+    # What socket.recvfrom() gives for a datagram's source: None for none.
+    return _peer_address(_raw_family(sock), raw) if raw else None
+
+
+_core._sockops_setup(_SockFuture, _sock_accepted, _sock_address)
 
 
 def _sock_came_in(fut):
@@ -350,8 +355,10 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             base_events._check_ssl_socket(sock)
             if self._debug and sock.gettimeout() != 0:
                 raise ValueError("the socket must be non-blocking")
-            if not isinstance(sock, socket.socket):
-                return -1  # asyncio's way, with its errors for what is no socket
+            if type(sock) is not socket.socket:
+                # asyncio's way for anything else (a subclass may override
+                # recv or send; a mock or a non-socket gets asyncio's errors)
+                return -1
         fd = sock.fileno()
         if fd in self._transports.data:
             self._ensure_fd_no_transport(fd)
@@ -455,11 +462,63 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             raise
     _sock_read_done = _Selector._sock_read_done
     _sock_write_done = _Selector._sock_write_done
-    for _name in ('sock_recvfrom', '_sock_recvfrom', 'sock_recvfrom_into',
-                  '_sock_recvfrom_into', 'sock_sendto', '_sock_sendto'):
-        if hasattr(_Selector, _name):  # 3.11+
-            locals()[_name] = getattr(_Selector, _name)
-    del _name
+    _sock_recvfrom = _Selector._sock_recvfrom
+    _sock_recvfrom_into = _Selector._sock_recvfrom_into
+    _sock_sendto = _Selector._sock_sendto
+
+    # Datagrams one at a time, in Go as sock_recv (docs/sockops.md).
+    async def sock_recvfrom(self, sock, bufsize):
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES:
+            r = self._sock_recvfrom_go(fd, sock, bufsize)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recvfrom(self, sock, bufsize)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES:
+            r = self._sock_recvfrom_into_go(fd, sock, buf, nbytes)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recvfrom_into(self, sock, buf, nbytes)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
+    async def sock_sendto(self, sock, data, address):
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        if fd >= 0:
+            # The sockaddr sendto would build; what only the socket module
+            # understands (a host name to resolve, a bad shape) goes its way.
+            family = _raw_family(sock)
+            raw = _core._sockaddr_fast(family, address) or _sockaddr(family, address)
+            if raw is not None:
+                r = self._sock_sendto_go(fd, data, raw)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_sendto(self, sock, data, address)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
 
     # Unix sockets: asyncio's argument handling, our transports.
     create_unix_connection = _Unix.create_unix_connection

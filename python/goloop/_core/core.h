@@ -187,6 +187,9 @@ PyObject *lc_sock_recv_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
 PyObject *lc_sock_recv_into_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_sendall_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_accept_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_recvfrom_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_recvfrom_into_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_sendto_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_stop(LoopCore *lp, PyObject *arg);
 void sockop_loop_closing(LoopCore *lp, PyObject *op);
 PyObject *sockops_setup(PyObject *m, PyObject *cls);

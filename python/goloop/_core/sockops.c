@@ -30,7 +30,7 @@
 #include <errno.h>
 #include <string.h>
 
-enum { SK_RECV, SK_RECV_INTO, SK_SEND, SK_ACCEPT };
+enum { SK_RECV, SK_RECV_INTO, SK_SEND, SK_ACCEPT, SK_RECVFROM, SK_RECVFROM_INTO, SK_SENDTO };
 
 #define ACCEPT_NAME_CAP 128   /* a struct sockaddr_storage */
 
@@ -43,7 +43,9 @@ typedef struct {
     LoopCore *loop;
     PyObject *fut;        /* made only when the op did not complete at once */
     PyObject *data;       /* SK_RECV: the bytes Go fills; SK_ACCEPT: room for the peer's address */
-    PyObject *lsock;      /* SK_ACCEPT: the listening socket (the new one's family, type, proto) */
+    PyObject *lsock;      /* SK_ACCEPT: the listening socket (the new one's family, type, proto);
+                             SK_RECVFROM*: the socket (the address's family) */
+    gl_sendto *blk;       /* SK_RECVFROM*, SK_SENDTO: the block Go reads (and fills) */
     Py_buffer view;       /* SK_RECV_INTO, SK_SEND: held while Go has the op */
     uint64_t token;
     int fd;
@@ -59,6 +61,7 @@ typedef struct {
 static PyTypeObject *SockOp_Type;
 static PyObject *SockFuture;   /* loop.py's _SockFuture: asyncio.Future whose cancel() stops the op */
 static PyObject *Accepted;     /* loop.py's _sock_accepted(lsock, fd, address bytes) -> (conn, address) */
+static PyObject *Address;      /* loop.py's _sock_address(sock, address bytes) -> address */
 static PyObject *str_sk;       /* "_sk": the future's token attribute */
 static PyObject *kwnames_loop; /* ("loop",) */
 static PyObject *str_set_result, *str_set_exception, *str_done;
@@ -69,6 +72,8 @@ static void op_release_buffers(SockOp *op)
         PyBuffer_Release(&op->view);
     Py_CLEAR(op->data);
     Py_CLEAR(op->lsock);
+    PyMem_Free(op->blk);
+    op->blk = NULL;
 }
 
 static void op_dealloc(SockOp *op)
@@ -96,6 +101,7 @@ static SockOp *op_new(LoopCore *lp, int kind, int fd)
     Py_INCREF(lp);
     op->loop = lp;
     op->fut = op->data = op->lsock = NULL;
+    op->blk = NULL;
     memset(&op->view, 0, sizeof op->view);
     op->token = 0;
     op->fd = fd;
@@ -143,6 +149,30 @@ static PyObject *op_result(SockOp *op)
         op->res = -1;   /* the fd is taken */
         return r;
     }
+    case SK_RECVFROM:
+    case SK_RECVFROM_INTO: {
+        uint32_t alen = op->aux < GL_DGRAM_NAME_CAP ? op->aux : GL_DGRAM_NAME_CAP;
+        PyObject *name = PyBytes_FromStringAndSize((const char *)op->blk->name, alen);
+        PyObject *addr = name ? PyObject_CallFunctionObjArgs(Address, op->lsock, name, NULL) : NULL;
+        Py_XDECREF(name);
+        if (addr == NULL)
+            return NULL;
+        PyObject *first;
+        if (op->kind == SK_RECVFROM_INTO) {
+            first = PyLong_FromLong(op->res);
+        } else {
+            first = op->data;
+            op->data = NULL;
+            if ((Py_ssize_t)op->res != PyBytes_GET_SIZE(first) && _PyBytes_Resize(&first, op->res) < 0)
+                first = NULL;
+        }
+        PyObject *r = first ? PyTuple_Pack(2, first, addr) : NULL;
+        Py_XDECREF(first);
+        Py_DECREF(addr);
+        return r;
+    }
+    case SK_SENDTO:
+        return PyLong_FromLong(op->res);
     default:
         Py_RETURN_NONE;
     }
@@ -212,11 +242,7 @@ void sockops_settle(LoopCore *lp, gl_comp *out, int n)
                 loop_close_orphan(lp, op->res);   /* the loop is closing: nobody takes it */
             op_release_buffers(op);
             PyErr_Restore(et, ev, tb);
-        } else if (op->kind == SK_RECV_INTO || op->kind == SK_SEND) {
-            /* Answered inside its own start: the buffer goes now; received
-             * bytes and an accepted peer's address wait for op_start. */
-            op_release_buffers(op);
-        }
+        }   /* else answered inside its own start: op_start takes the result, then releases */
         Py_DECREF(op);   /* unpin: Go is done with it */
     }
 }
@@ -262,8 +288,11 @@ static PyObject *op_start(LoopCore *lp, SockOp *op, uint8_t glop, const void *pt
         }
         return NULL;
     }
-    if (op->done)
-        return op_result(op);
+    if (op->done) {
+        PyObject *r = op_result(op);
+        op_release_buffers(op);
+        return r;
+    }
     PyObject *a[2] = {NULL, (PyObject *)lp};   /* _SockFuture(loop=lp) */
     PyObject *fut = PyObject_Vectorcall(SockFuture, a + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames_loop);
     PyObject *tok = fut ? PyLong_FromUnsignedLongLong(op->token) : NULL;
@@ -383,6 +412,109 @@ PyObject *lc_sock_accept_go(LoopCore *lp, PyObject *const *args, Py_ssize_t narg
     return r;
 }
 
+static PyObject *start_block(LoopCore *lp, SockOp *op, uint8_t glop, void *data, Py_ssize_t len,
+                             const char *name, Py_ssize_t namelen)
+{
+    op->blk = PyMem_Calloc(1, sizeof(gl_sendto));
+    if (op->blk == NULL)
+        return PyErr_NoMemory();
+    op->blk->data = (uint64_t)(uintptr_t)data;
+    op->blk->len = (uint32_t)len;
+    if (namelen > 0) {
+        memcpy(op->blk->name, name, (size_t)namelen);
+        op->blk->namelen = (uint32_t)namelen;
+    }
+    return op_start(lp, op, glop, op->blk, (uint32_t)len);
+}
+
+/* loop._sock_recvfrom_go(fd, sock, bufsize) -> (bytes, address), a future, or NotImplemented */
+PyObject *lc_sock_recvfrom_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd;
+    if (nargs != 3 || fd_arg(args[0], &fd) < 0)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "_sock_recvfrom_go(fd, sock, n)");
+    if (fd < 0 || Address == NULL || !PyLong_CheckExact(args[2]))
+        Py_RETURN_NOTIMPLEMENTED;
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (n < 0 || (size_t)n > SOCK_MAX)
+        Py_RETURN_NOTIMPLEMENTED;
+    SockOp *op = op_new(lp, SK_RECVFROM, fd);
+    if (op == NULL)
+        return NULL;
+    Py_INCREF(args[1]);
+    op->lsock = args[1];
+    op->data = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *r = op->data ? start_block(lp, op, GL_OP_SOCK_RECVFROM, PyBytes_AS_STRING(op->data), n, NULL, 0) : NULL;
+    Py_DECREF(op);
+    return r;
+}
+
+/* loop._sock_recvfrom_into_go(fd, sock, buf, nbytes) -> (n, address), a future, or NotImplemented */
+PyObject *lc_sock_recvfrom_into_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd;
+    if (nargs != 4 || fd_arg(args[0], &fd) < 0)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "_sock_recvfrom_into_go(fd, sock, buf, nbytes)");
+    if (fd < 0 || Address == NULL || !PyLong_CheckExact(args[3]))
+        Py_RETURN_NOTIMPLEMENTED;
+    Py_ssize_t n = PyLong_AsSsize_t(args[3]);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    SockOp *op = op_new(lp, SK_RECVFROM_INTO, fd);
+    if (op == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &op->view, PyBUF_WRITABLE) < 0) {
+        memset(&op->view, 0, sizeof op->view);
+        Py_DECREF(op);
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;   /* socket's own TypeError */
+    }
+    if (n == 0)
+        n = op->view.len;
+    if (n < 0 || n > op->view.len || (size_t)n > SOCK_MAX) {
+        Py_DECREF(op);
+        Py_RETURN_NOTIMPLEMENTED;   /* socket's own ValueError */
+    }
+    Py_INCREF(args[1]);
+    op->lsock = args[1];
+    PyObject *r = start_block(lp, op, GL_OP_SOCK_RECVFROM, op->view.buf, n, NULL, 0);
+    Py_DECREF(op);
+    return r;
+}
+
+/* loop._sock_sendto_go(fd, data, sockaddr bytes) -> int, a future, or NotImplemented */
+PyObject *lc_sock_sendto_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd;
+    if (nargs != 3 || fd_arg(args[0], &fd) < 0)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "_sock_sendto_go(fd, data, sockaddr)");
+    if (fd < 0 || !PyBytes_CheckExact(args[2]) || PyBytes_GET_SIZE(args[2]) > GL_DGRAM_NAME_CAP)
+        Py_RETURN_NOTIMPLEMENTED;
+    SockOp *op = op_new(lp, SK_SENDTO, fd);
+    if (op == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &op->view, PyBUF_SIMPLE) < 0) {
+        memset(&op->view, 0, sizeof op->view);
+        Py_DECREF(op);
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if ((size_t)op->view.len > SOCK_MAX) {
+        Py_DECREF(op);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *r = start_block(lp, op, GL_OP_SOCK_SENDTO, op->view.buf, op->view.len,
+                              PyBytes_AS_STRING(args[2]), PyBytes_GET_SIZE(args[2]));
+    Py_DECREF(op);
+    return r;
+}
+
 /* loop._sock_stop(token): the op's future is being cancelled. The stop is
  * applied now, before cancel() returns: Go reads or writes nothing more for
  * the op, and the program may close the socket right after. Its
@@ -426,12 +558,14 @@ void sockop_loop_closing(LoopCore *lp, PyObject *o)
     Py_DECREF(op);
 }
 
-/* _core._sockops_setup(future_class, accepted) */
+/* _core._sockops_setup(future_class, accepted, address) */
 PyObject *sockops_setup(PyObject *m, PyObject *args)
 {
-    PyObject *cls, *acc;
-    if (!PyArg_ParseTuple(args, "OO", &cls, &acc))
+    PyObject *cls, *acc, *addr;
+    if (!PyArg_ParseTuple(args, "OOO", &cls, &acc, &addr))
         return NULL;
+    Py_INCREF(addr);
+    Py_XSETREF(Address, addr);
     Py_INCREF(cls);
     Py_XSETREF(SockFuture, cls);
     Py_INCREF(acc);
