@@ -17,6 +17,8 @@ type Backend interface {
 	// is ready, Wake is called, or timeout passes (timeout < 0: no limit,
 	// 0: do not wait), and copies up to len(out) completions into out.
 	// Completions that do not fit stay queued for the next call.
+	// timeout ApplyOnly: apply subs and return what they completed (and
+	// what was queued), without asking the kernel what became ready.
 	Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error)
 	// Pending reports whether completions are already queued, so a caller
 	// knows not to wait.
@@ -25,6 +27,12 @@ type Backend interface {
 	Name() string
 	Close() error
 }
+
+// ApplyOnly is Poll's timeout for a call that only applies its batch: C's
+// loop_apply_now, mid-iteration (a sock op tried at once, a server's close,
+// a stop). Readiness is the next ordinary Poll's business; on epoll this
+// saves an epoll_wait per call.
+const ApplyOnly time.Duration = -2
 
 // Options size a backend.
 type Options struct {

@@ -42,7 +42,8 @@ type epFd struct {
 	connOn   bool
 	connPtr  uintptr // the sockaddr C holds until our EvConnect
 	connLen  uint32
-	dgram    bool // the receive is a datagram receive (OpDgramRecvStart)
+	dgram    bool    // the receive is a datagram receive (OpDgramRecvStart)
+	sk       sockOps // sock_recv/sock_sendall on an fd its owner keeps (sockops.go)
 
 	out outQueue // sends, shutdowns and a graceful close, in order
 	// blocked is set while the head of out waits for EPOLLOUT.
@@ -119,6 +120,9 @@ func (b *epollBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 		b.apply(&subs[i])
 	}
 	b.sync()
+	if timeout == ApplyOnly {
+		return b.take(out), nil
+	}
 	if len(b.ready) > 0 {
 		timeout = 0
 	}
@@ -135,10 +139,15 @@ func (b *epollBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 		b.handle(&b.events[i])
 	}
 	b.sync()
+	return b.take(out), nil
+}
+
+// take moves queued completions into out.
+func (b *epollBackend) take(out []Comp) int {
 	k := copy(out, b.ready)
 	rest := copy(b.ready, b.ready[k:])
 	b.ready = b.ready[:rest]
-	return k, nil
+	return k
 }
 
 // wait waits for events with Go's preemption signal blocked (see
@@ -192,6 +201,19 @@ func (b *epollBackend) apply(s *Sub) {
 			return
 		}
 	}
+	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept ||
+		s.Op == OpSockRecvFrom || s.Op == OpSockSendTo) && b.fds[s.Fd] == nil {
+		// Tried at once, as asyncio's sock_recv/sock_sendall call the
+		// socket first; only an op the socket cannot serve now waits.
+		o, done := tryFresh(s, b.complete)
+		if done {
+			return
+		}
+		f := b.state(s.Fd)
+		f.sk.adopt(s.Op, o)
+		b.markDirty(f)
+		return
+	}
 	f := b.state(s.Fd)
 	if (s.Op == OpRecvStart || s.Op == OpSend) && s.Arg&ArgNotSock != 0 {
 		f.notSock = true
@@ -230,6 +252,14 @@ func (b *epollBackend) apply(s *Sub) {
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
 		}
 		b.forgetIfIdle(f)
+	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo:
+		o := f.sk.start(s, b.complete) // replaces a live one of its kind
+		if o.try(f.fd, b.complete) {
+			b.forgetIfIdle(f)
+		}
+	case OpSockStop:
+		f.sk.stop(s.Token, b.complete)
+		b.forgetIfIdle(f) // now: the owner may close the fd before the next Poll
 	case OpSend, OpSendTo, OpShutdown, OpClose, OpSendfile:
 		if s.Op == OpClose && s.Arg&CloseAbort != 0 {
 			b.abort(f)
@@ -251,7 +281,7 @@ func (b *epollBackend) apply(s *Sub) {
 // number may come back as a new fd, before this batch's sync runs. A stale
 // registration for a closed file would otherwise hide the new one.
 func (b *epollBackend) forgetIfIdle(f *epFd) {
-	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn {
+	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn || f.sk.live() {
 		return
 	}
 	if f.registered != 0 {
@@ -321,6 +351,7 @@ func (b *epollBackend) flush(f *epFd) {
 // abort ends every operation still pending on f with -ECANCELED.
 func (b *epollBackend) abort(f *epFd) {
 	f.out.cancel(b.complete)
+	f.sk.fail(-int32(unix.ECANCELED), b.complete)
 	if f.connOn {
 		f.connOn = false
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
@@ -348,13 +379,13 @@ func (b *epollBackend) sync() {
 			continue
 		}
 		var want uint32
-		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 {
+		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 || f.sk.recv.live {
 			want |= unix.EPOLLIN
 		}
-		if f.blocked || f.connOn || f.pollMask&PollOut != 0 {
+		if f.blocked || f.connOn || f.pollMask&PollOut != 0 || f.sk.send.live {
 			want |= unix.EPOLLOUT
 		}
-		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved
+		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved && !f.sk.live()
 		if want == f.registered {
 			if idle {
 				delete(b.fds, f.fd) // nothing left to remember about this fd
@@ -414,6 +445,7 @@ func (b *epollBackend) failFd(f *epFd, res int32) {
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
 	}
 	f.out.fail(res, true, b.complete)
+	f.sk.fail(res, b.complete)
 	f.blocked = false
 }
 
@@ -446,6 +478,12 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 	}
 	if outReady && f.connOn {
 		b.settleConnect(f)
+	}
+	if in && f.sk.recv.live && f.sk.recv.try(f.fd, b.complete) {
+		b.markDirty(f)
+	}
+	if outReady && f.sk.send.live && f.sk.send.try(f.fd, b.complete) {
+		b.markDirty(f)
 	}
 	if outReady && f.blocked {
 		b.flush(f)

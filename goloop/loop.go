@@ -66,7 +66,7 @@ func (l *Loop) Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error) 
 	}
 	more := len(l.posted) > 0
 	l.mu.Unlock()
-	if n > 0 || more {
+	if (n > 0 || more) && timeout != ApplyOnly {
 		timeout = 0
 	}
 	m, err := l.b.Poll(subs, out[n:], timeout)

@@ -111,6 +111,52 @@ const (
 	// end of the file), or -errno with Aux = bytes sent before the error
 	// (-ECANCELED when an abort dropped it).
 	OpSendfile
+	// OpSockRecv receives at most Len bytes into the C memory at Ptr with
+	// one recv(2) on Fd, a socket that stays its owner's (loop.sock_recv,
+	// sock_recv_into; sockops.go): at once if data is there, else when Fd
+	// is readable (a readiness wait on both backends, never a request that
+	// reads in the kernel: Go reads only inside Poll and only for an op
+	// still live, so OpSockStop leaves unread bytes in the socket). Exactly
+	// one EvSock answers it: Res = bytes received (0: end of stream) or
+	// -errno, -ECANCELED when OpSockStop stopped it or a later OpSockRecv
+	// on Fd replaced it (one receive per fd, as asyncio's one reader per
+	// fd). C keeps the memory alive and unmoved until that EvSock.
+	OpSockRecv
+	// OpSockSend sends the Len bytes at Ptr on Fd (loop.sock_sendall): as
+	// much as the socket takes at once, the rest as it becomes writable.
+	// Exactly one EvSock answers it: Res = Len, or -errno with Aux = bytes
+	// sent before the error, -ECANCELED (Aux likewise) when OpSockStop
+	// stopped it or a later OpSockSend on Fd replaced it. C keeps the
+	// memory alive until that EvSock.
+	OpSockSend
+	// OpSockStop stops the OpSockRecv or OpSockSend with this Token on Fd
+	// (its caller was cancelled): its EvSock comes at once with -ECANCELED,
+	// unless it had already come. Applied before Go waits or reads, so a
+	// stopped receive reads nothing; from then on Go does not touch Fd for
+	// it, and its owner may close the fd before the next Poll.
+	OpSockStop
+	// OpSockAccept accepts one connection on the listening Fd, its owner's
+	// (loop.sock_accept), with accept4(SOCK_NONBLOCK|SOCK_CLOEXEC), the
+	// peer's address going to the C memory at Ptr (Len bytes): at once if
+	// a connection waits, else when Fd is readable. Exactly one EvSock
+	// answers it: Res = the new fd, which is C's from then on, with Aux =
+	// the address's length; or -errno, -ECANCELED when OpSockStop stopped
+	// it or a later OpSockAccept or OpSockRecv on Fd replaced it (it takes
+	// the fd's one receive, as asyncio's sock_accept takes its one reader).
+	OpSockAccept
+	// OpSockRecvFrom receives one datagram (loop.sock_recvfrom,
+	// sock_recvfrom_into) with one recvfrom(2) on Fd, into the gl_sendto
+	// block at Ptr: data and len name the destination, and Go writes the
+	// source address into name and its length into namelen. As
+	// OpSockRecv otherwise (the fd's one receive): one EvSock, Res = the
+	// bytes received (a longer datagram is cut, as recvfrom cuts it) with
+	// Aux = the address's length, or -errno.
+	OpSockRecvFrom
+	// OpSockSendTo sends one datagram (loop.sock_sendto) with one sendto(2)
+	// on Fd, from the gl_sendto block at Ptr (namelen 0: no address), once
+	// Fd takes it. As OpSockSend otherwise (the fd's one send): one EvSock,
+	// Res = the bytes sent, or -errno.
+	OpSockSendTo
 	opCount
 )
 
@@ -130,6 +176,8 @@ const (
 	EvDgram
 	// EvSendfile answers OpSendfile.
 	EvSendfile
+	// EvSock answers OpSockRecv and OpSockSend.
+	EvSock
 )
 
 // SendfileMax is the most one OpSendfile may ask for: its count must fit

@@ -66,10 +66,12 @@ const (
 	kConnect
 	kSend
 	kCancel
-	kRecvPoll   // readiness wait before a read of a non-socket
-	kSendPoll   // readiness wait before a write to a full non-socket
-	kRecvMsg    // multishot recvmsg of datagrams (dgram_uring.go)
-	kAcceptPoll // readiness wait of a listener: accept4 follows (acceptSome)
+	kRecvPoll     // readiness wait before a read of a non-socket
+	kSendPoll     // readiness wait before a write to a full non-socket
+	kRecvMsg      // multishot recvmsg of datagrams (dgram_uring.go)
+	kAcceptPoll   // readiness wait of a listener: accept4 follows (acceptSome)
+	kSockRecvPoll // readiness wait of a sock_recv: recv follows (sockops.go)
+	kSockSendPoll // readiness wait of a sock_sendall: send follows
 )
 
 // UringPinned makes io_uring backends created afterwards bind their ring to
@@ -156,6 +158,9 @@ func (b *uringBackend) Poll(subs []Sub, out []Comp, timeout time.Duration) (int,
 		if err := b.checkOwner(); err != nil {
 			return 0, err
 		}
+	}
+	if timeout == ApplyOnly {
+		timeout = 0 // reaping is a read of the ring: nothing to save
 	}
 	for i := range subs {
 		b.apply(&subs[i])
@@ -289,6 +294,10 @@ func (b *uringBackend) handle(c *uringCQE) {
 		b.onSendPoll(f, c)
 	case kRecvMsg:
 		b.onRecvMsg(f, c)
+	case kSockRecvPoll:
+		b.onSockPoll(f, c, false)
+	case kSockSendPoll:
+		b.onSockPoll(f, c, true)
 	case kCancel, kPollRemove:
 	}
 	b.settle(f)

@@ -73,6 +73,13 @@ type urFd struct {
 	closeTok uint64
 
 	dgram bool // the receive is a datagram receive (dgram_uring.go)
+
+	// sock_recv/sock_sendall on an fd its owner keeps (sockops.go): the
+	// live ops, and the readiness polls they wait with (a POLL_ADD, never
+	// a recv in the kernel, so a stopped receive consumes nothing).
+	sk                   sockOps
+	skRecvP, skSendP     armState
+	skRecvIdx, skSendIdx uint32
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
@@ -128,7 +135,8 @@ func (b *uringBackend) forget(f *urFd) {
 
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
-		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && !f.eofHeld && f.state == fdOpen
+		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && !f.eofHeld && f.state == fdOpen &&
+		!f.sk.live() && !f.skRecvP.inKernel() && !f.skSendP.inKernel()
 }
 
 // settle finishes a close whose cancellations have all come back, and
@@ -189,6 +197,20 @@ func (b *uringBackend) apply(s *Sub) {
 		if f := b.fds[s.Fd]; f == nil || f.closing() || !f.out.upgradable(s.Token) {
 			return
 		}
+	}
+	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept ||
+		s.Op == OpSockRecvFrom || s.Op == OpSockSendTo) && b.fds[s.Fd] == nil {
+		// Tried at once, as asyncio's sock_recv/sock_sendall call the
+		// socket first; only an op the socket cannot serve now gets state
+		// and a readiness poll.
+		o, done := tryFresh(s, b.complete)
+		if done {
+			return
+		}
+		f := b.state(s.Fd)
+		f.sk.adopt(s.Op, o)
+		b.sockWait(f, s.Op == OpSockSend || s.Op == OpSockSendTo)
+		return
 	}
 	f := b.state(s.Fd)
 	if f.closing() {
@@ -263,6 +285,16 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 	case OpDgramRecvStart:
 		b.dgramRecvStart(f, s)
+	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo:
+		f.sk.start(s, b.complete)
+		b.sockPump(f, s.Op == OpSockSend || s.Op == OpSockSendTo)
+	case OpSockStop:
+		switch f.sk.stop(s.Token, b.complete) {
+		case OpSockRecv:
+			b.sockUnwait(f, &f.skRecvP, f.skRecvIdx, kSockRecvPoll)
+		case OpSockSend:
+			b.sockUnwait(f, &f.skSendP, f.skSendIdx, kSockSendPoll)
+		}
 	case OpSend, OpSendTo, OpShutdown, OpSendfile:
 		f.out = append(f.out, queuedOf(s))
 		b.pumpLater(f)
@@ -319,7 +351,8 @@ func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
 // syscalls would on a closed fd. A second OpClose gets nothing: the close
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
-	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect,
+	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect, OpSockRecv: EvSock, OpSockSend: EvSock, OpSockAccept: EvSock,
+		OpSockRecvFrom: EvSock, OpSockSendTo: EvSock,
 		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
 		OpSendTo: EvSend, OpDgramRecvStart: EvDgram, OpSendfile: EvSendfile}[s.Op]
 	if kind != EvNone {
@@ -743,6 +776,7 @@ func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
 func (b *uringBackend) startClose(f *urFd, token uint64, abort bool) {
 	f.state, f.closeTok = fdClosing, token
 	f.recvOn, f.accOn, f.pollMask = false, false, 0
+	f.sk.fail(-int32(unix.ECANCELED), b.complete)
 	f.aborting = abort
 	if !f.sending {
 		f.out.cancel(b.complete)
@@ -785,4 +819,59 @@ func (f *urFd) dropHeld(b *uringBackend) {
 		}
 	}
 	f.held = nil
+}
+
+// sockPump does the live sock op's I/O now if the socket allows it (as
+// asyncio's sock_recv/sock_sendall call the socket first), else waits for
+// readiness with a one-shot POLL_ADD. A poll still in the kernel (one being
+// cancelled, for a stopped op) is waited for: its CQE pumps again.
+func (b *uringBackend) sockPump(f *urFd, send bool) {
+	o := &f.sk.recv
+	if send {
+		o = &f.sk.send
+	}
+	if o.live && !f.closing() && !o.try(f.fd, b.complete) {
+		b.sockWait(f, send)
+	}
+}
+
+// sockWait arms the readiness poll of f's live op, unless one is in the
+// kernel already.
+func (b *uringBackend) sockWait(f *urFd, send bool) {
+	st, idx, kind, mask := &f.skRecvP, &f.skRecvIdx, kSockRecvPoll, PollIn
+	if send {
+		st, idx, kind, mask = &f.skSendP, &f.skSendIdx, kSockSendPoll, PollOut
+	}
+	if *st != reqNone {
+		return
+	}
+	*idx = b.r.sqLocal
+	p := b.fdSQE(f, iouOpPollAdd, kind)
+	p.opFlags = mask
+	*st = reqArmed
+}
+
+// sockUnwait takes back the poll of a stopped sock op: the poll holds a
+// reference to the file, and the owner may close the socket now.
+func (b *uringBackend) sockUnwait(f *urFd, st *armState, idx uint32, kind uint8) {
+	if *st != reqArmed {
+		return
+	}
+	if b.unarm(f, idx) {
+		*st = reqNone
+		return
+	}
+	b.cancel(f, kind)
+	*st = reqCancelling
+}
+
+// onSockPoll: the socket is ready (or the poll ended). Only a live op
+// does I/O; a stopped one has been answered already.
+func (b *uringBackend) onSockPoll(f *urFd, c *uringCQE, send bool) {
+	if send {
+		f.skSendP = reqNone
+	} else {
+		f.skRecvP = reqNone
+	}
+	b.sockPump(f, send)
 }

@@ -32,15 +32,26 @@ enum {
     GL_OP_CLOSE, GL_OP_ACCEPT_START, GL_OP_ACCEPT_STOP, GL_OP_CONNECT,
     GL_OP_POLL_START, GL_OP_POLL_STOP, GL_OP_BUF_RETURN, GL_OP_CONNECT_STOP,
     GL_OP_DGRAM_RECV_START, GL_OP_SENDTO,
-    GL_OP_SENDFILE   /* fd: socket, arg: file fd (lent), ptr: file offset, len: count */
+    GL_OP_SENDFILE,  /* fd: socket, arg: file fd (lent), ptr: file offset, len: count */
+    GL_OP_SOCK_RECV, /* sock_recv*: one recv into ptr/len (C memory kept until its EvSock) */
+    GL_OP_SOCK_SEND, /* sock_sendall: all of ptr/len */
+    GL_OP_SOCK_STOP, /* the sock op with this token gives up: EvSock -ECANCELED at once */
+    GL_OP_SOCK_ACCEPT, /* sock_accept: accept4 on fd; ptr/len: room for the peer's sockaddr */
+    GL_OP_SOCK_RECVFROM, /* sock_recvfrom*: ptr: a gl_sendto that Go fills (name, namelen) */
+    GL_OP_SOCK_SENDTO    /* sock_sendto: ptr: a gl_sendto */
 };
 enum {
     GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,
     GL_EV_ACCEPT, GL_EV_CONNECT, GL_EV_POLL, GL_EV_POSTED,
     GL_EV_DGRAM,
-    GL_EV_SENDFILE   /* res: bytes sent or -errno; aux: bytes sent before an error */
+    GL_EV_SENDFILE,  /* res: bytes sent or -errno; aux: bytes sent before an error */
+    GL_EV_SOCK       /* res: bytes received/sent, the accepted fd, or -errno; aux: bytes sent
+                        before an error, or the accepted peer's address length */
 };
 #define GL_SENDFILE_MAX (1u << 30)
+/* goloop_poll's timeout_ns for a call that only applies its batch
+ * (loop_apply_now): what it completed comes back, readiness is not asked. */
+#define GL_APPLY_ONLY (-2)
 #define GL_FLAG_MORE 1
 #define GL_CLOSE_ABORT 1
 #define GL_CLOSE_UPGRADE 2

@@ -544,3 +544,460 @@ def test_remove_reader_then_close_leaves_no_watch_behind(loop):
     finally:
         os.close(keep)
         os.close(w)
+
+
+# -- sock_recv / sock_recv_into / sock_sendall: cancellation, buffers, errors ----------
+# goloop makes these syscalls in Go (docs/sockops.md); asyncio's rule is the spec:
+# a cancelled receive never loses bytes, a cancelled send sends no more of its data.
+
+def is_goloop(loop):
+    return type(loop).__module__.startswith("goloop")
+
+
+async def recv_exactly(loop, sock, n):
+    got = bytearray()
+    while len(got) < n:
+        chunk = await loop.sock_recv(sock, n - len(got))
+        assert chunk, f"end of stream after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
+
+
+def test_sock_recv_cancelled_before_data_then_bytes_in_order(loop):
+    async def go():
+        a, b = nb_pair()
+        with a, b:
+            for _ in range(3):
+                task = loop.create_task(loop.sock_recv(a, 100))
+                await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            b.send(b"one")
+            b.send(b"two")
+            assert await recv_exactly(loop, a, 6) == b"onetwo"
+    run(loop, go())
+
+
+def test_sock_recv_cancel_then_data_in_one_callback(loop):
+    # The cancel comes first, the bytes right after, in one callback: the
+    # stopped receive must not take them (goloop stops the op in Go inside
+    # cancel(), before the loop polls again).
+    async def go():
+        a, b = nb_pair()
+        with a, b:
+            task = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+
+            def cb():
+                task.cancel()
+                b.send(b"kept")
+            loop.call_soon(cb)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await loop.sock_recv(a, 100) == b"kept"
+    run(loop, go())
+
+
+@pytest.mark.skip_loop("uvloop", reason="uvloop reads the bytes for a task that a "
+                       "callback of the same batch cancels, and drops them (the test "
+                       "then waits for them until its timeout)")
+@pytest.mark.parametrize("into", [False, True], ids=["recv", "recv_into"])
+def test_sock_recv_cancel_in_the_batch_the_data_comes_in_loses_nothing(loop, into):
+    # The bytes are in the socket when the loop polls, and a callback that
+    # was ready before that poll cancels the receiving task. asyncio then
+    # cancels the task and leaves the bytes in the socket; goloop has read
+    # them already (its result reaches the future before any callback
+    # runs), so the task returns them. Either way nothing is lost.
+    async def go():
+        a, b = nb_pair()
+        with a, b:
+            buf = bytearray(100)
+            for i in range(20):
+                if into:
+                    task = loop.create_task(loop.sock_recv_into(a, buf))
+                else:
+                    task = loop.create_task(loop.sock_recv(a, 100))
+                await asyncio.sleep(0)
+                msg = b"msg%d" % i
+                b.send(msg)
+                loop.call_soon(task.cancel)
+                try:
+                    got = await task
+                    if into:
+                        got = bytes(buf[:got])
+                except asyncio.CancelledError:
+                    got = b""
+                if is_goloop(loop):
+                    assert got == msg  # the result came before the cancel
+                rest = await recv_exactly(loop, a, len(msg) - len(got)) if len(got) < len(msg) else b""
+                assert got + rest == msg
+    run(loop, go())
+
+
+def test_sock_recv_into_buffer_released_after_completion_and_cancel(loop):
+    # goloop holds the program's buffer only while Go may write into it: a
+    # bytearray can be resized again once the call is over, and a cancelled
+    # receive writes nothing into it afterwards.
+    async def go():
+        a, b = nb_pair()
+        with a, b:
+            buf = bytearray(16)
+            b.send(b"abc")
+            assert await loop.sock_recv_into(a, buf) == 3
+            buf.extend(b"!")  # BufferError if still exported
+            del buf[16:]
+            task = loop.create_task(loop.sock_recv_into(a, buf))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            buf.extend(b"!")
+            del buf[16:]
+            before = bytes(buf)
+            b.send(b"later")
+            for _ in range(5):
+                await asyncio.sleep(0.002)
+            assert bytes(buf) == before
+            assert await loop.sock_recv(a, 100) == b"later"
+    run(loop, go())
+
+
+@pytest.mark.skip_loop("uvloop", reason="uvloop: a sock_recv racing another on the same "
+                       "fd never completes either, but its add_reader check differs")
+def test_two_sock_recvs_on_one_socket_as_asyncio(loop):
+    # asyncio keeps one reader per fd: a second sock_recv replaces the
+    # first, whose future then never completes; the second gets the bytes.
+    async def go():
+        a, b = nb_pair()
+        with a, b:
+            t1 = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+            t2 = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+            b.send(b"data")
+            assert await asyncio.wait_for(t2, 5) == b"data"
+            await asyncio.sleep(0.01)
+            assert not t1.done()
+            t1.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t1
+            b.send(b"more")
+            assert await loop.sock_recv(a, 100) == b"more"
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop's sock_recv always waits for the loop")
+def test_sock_recv_and_sendall_do_not_suspend_when_the_socket_serves_them(loop):
+    # asyncio calls the socket first: with data there (or room to send),
+    # the coroutine finishes without yielding to the loop.
+    a, b = nb_pair()
+    with a, b:
+        b.send(b"ready")
+        for coro, want in ((loop.sock_recv(a, 100), b"ready"),
+                           (loop.sock_sendall(a, b"out"), None)):
+            with pytest.raises(StopIteration) as e:
+                coro.send(None)
+            assert e.value.value == want
+        assert b.recv(10) == b"out"
+
+
+def test_sock_sendall_large_to_a_slow_reader(loop):
+    import hashlib
+    payload = os.urandom(6 << 20)
+
+    async def go():
+        a, b = nb_pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        with a, b:
+            async def reader():
+                h = hashlib.sha256()
+                n = 0
+                while n < len(payload):
+                    chunk = await loop.sock_recv(b, 256 << 10)
+                    assert chunk
+                    h.update(chunk)
+                    n += len(chunk)
+                    if n % 7 == 0:
+                        await asyncio.sleep(0.0005)
+                return h.digest()
+            rtask = loop.create_task(reader())
+            await loop.sock_sendall(a, memoryview(payload))
+            assert await rtask == hashlib.sha256(payload).digest()
+    run(loop, go(), timeout=30)
+
+
+def test_sock_sendall_cancelled_midway_sends_no_more(loop):
+    # What a cancelled sendall sent is a prefix of its data; nothing of it
+    # follows, and the next sendall's bytes come right after that prefix.
+    payload = os.urandom(4 << 20)
+
+    async def go():
+        a, b = nb_pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        with a, b:
+            task = loop.create_task(loop.sock_sendall(a, payload))
+            await asyncio.sleep(0)
+            got = bytearray(await loop.sock_recv(b, 65536))  # some went out
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async def read_to_end():
+                while True:
+                    chunk = await loop.sock_recv(b, 1 << 20)
+                    if not chunk:
+                        break
+                    got.extend(chunk)
+            rtask = loop.create_task(read_to_end())
+            await loop.sock_sendall(a, b"tail")
+            a.shutdown(socket.SHUT_WR)
+            await rtask
+            assert got.endswith(b"tail")
+            sent = len(got) - 4
+            assert 0 < sent < len(payload)
+            assert got[:sent] == payload[:sent]
+    run(loop, go(), timeout=30)
+
+
+def test_sock_sendall_cancelled_releases_its_buffer(loop):
+    async def go():
+        a, b = nb_pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        with a, b:
+            data = bytearray(1 << 20)
+            task = loop.create_task(loop.sock_sendall(a, data))
+            await asyncio.sleep(0.01)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            data.extend(b"x")  # BufferError if still exported
+    run(loop, go())
+
+
+def test_sock_sendall_to_a_reset_peer(loop):
+    async def go():
+        with listener() as lsock:
+            c = socket.socket()
+            c.connect(lsock.getsockname())
+            conn, _ = lsock.accept()
+        conn.setblocking(False)
+        with conn:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()
+            await asyncio.sleep(0.01)
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                for _ in range(100):
+                    await loop.sock_sendall(conn, b"x" * 65536)
+    run(loop, go())
+
+
+def test_sock_recv_into_end_of_stream_is_zero(loop):
+    async def go():
+        a, b = nb_pair()
+        with a:
+            b.close()
+            assert await loop.sock_recv_into(a, bytearray(10)) == 0
+            assert await loop.sock_recv(a, 10) == b""
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop raises ValueError for a closed "
+                        "socket (fd -1), asyncio OSError")
+def test_sock_recv_into_on_closed_socket(loop):
+    async def go():
+        a, b = nb_pair()
+        b.close()
+        a.close()
+        with pytest.raises(OSError):
+            await loop.sock_recv_into(a, bytearray(1))
+    run(loop, go())
+
+
+def test_sock_sendall_on_closed_socket(loop):
+    async def go():
+        a, b = nb_pair()
+        b.close()
+        a.close()
+        with pytest.raises(OSError):
+            await loop.sock_sendall(a, b"x")
+    run(loop, go())
+
+
+@pytest.mark.skip_loop("uvloop", reason="uvloop's sock_recv(sock, 0) waits for data "
+                       "where socket.recv(0) returns b'' at once (until the timeout)")
+def test_sock_recv_big_and_zero_sizes(loop):
+    async def go():
+        a, b = nb_pair()
+        with a, b:
+            assert await loop.sock_recv(a, 0) == b""  # socket.recv(0) makes no call
+            b.send(b"xyz")
+            assert await loop.sock_recv(a, 1 << 22) == b"xyz"
+            with pytest.raises(ValueError):
+                await loop.sock_recv(a, -1)
+    run(loop, go())
+
+
+def test_loop_close_with_sock_ops_pending(loop):
+    # Closing the loop while a receive and a send wait in it: nothing
+    # crashes, the buffers are let go, the sockets stay the program's.
+    a, b = nb_pair()
+    c, d = nb_pair()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buf = bytearray(64)
+    data = bytearray(1 << 20)
+    with a, b, c, d:
+        async def start():
+            r = loop.create_task(loop.sock_recv_into(a, buf))
+            s = loop.create_task(loop.sock_sendall(c, data))
+            await asyncio.sleep(0.01)
+            assert not r.done() and not s.done()
+            return r, s
+        r, s = loop.run_until_complete(start())
+        r._log_destroy_pending = s._log_destroy_pending = False
+        loop.close()
+        if is_goloop(loop):
+            # Go's ops were stopped and their buffers let go (asyncio and
+            # uvloop hold none while they wait).
+            buf.extend(b"x")
+            data.extend(b"x")
+        b.send(b"still usable")
+        assert a.recv(100) == b"still usable"
+
+
+@pytest.mark.parametrize("family", ["inet", "inet6", "unix"])
+def test_sock_accept_gives_the_peer_address(loop, family, tmp_path):
+    fam, addr = {"inet": (socket.AF_INET, ("127.0.0.1", 0)),
+                 "inet6": (socket.AF_INET6, ("::1", 0)),
+                 "unix": (socket.AF_UNIX, str(tmp_path / "s"))}[family]
+
+    async def go():
+        with listener(fam, addr) as lsock:
+            lsock.setblocking(False)
+            waiting = loop.create_task(loop.sock_accept(lsock))
+            await asyncio.sleep(0)
+            with socket.socket(fam) as c1, socket.socket(fam) as c2:
+                c1.connect(lsock.getsockname())
+                conn, peer = await waiting
+                with conn:
+                    assert peer == c1.getsockname()
+                    assert conn.gettimeout() == 0
+                    assert (conn.family, conn.type) == (fam, socket.SOCK_STREAM)
+                c2.connect(lsock.getsockname())  # waiting in the backlog: taken at once
+                await asyncio.sleep(0.01)
+                conn, peer = await loop.sock_accept(lsock)
+                with conn:
+                    assert peer == c2.getsockname()
+                    await loop.sock_sendall(conn, b"hi")
+                    assert c2.recv(2) == b"hi"
+    run(loop, go())
+
+
+@pytest.mark.skip_loop("asyncio", reason="asyncio 3.11's _sock_accept callback accepts "
+                       "for a future already cancelled and drops the connection "
+                       "(InvalidStateError): the test would wait for it until its timeout")
+@pytest.mark.skip_loop("uvloop", reason="uvloop drops the connection as asyncio does")
+def test_sock_accept_cancel_in_the_batch_the_connection_comes_in_loses_nothing(loop):
+    # As for a receive: either the cancelled task has the connection, or
+    # the next sock_accept gets it; no connection is accepted for nobody.
+    # (Only goloop passes: asyncio and uvloop lose the connection.)
+    async def go():
+        with listener() as lsock:
+            lsock.setblocking(False)
+            for _ in range(10):
+                task = loop.create_task(loop.sock_accept(lsock))
+                await asyncio.sleep(0)
+                c = socket.create_connection(lsock.getsockname(), timeout=5)
+                loop.call_soon(task.cancel)
+                try:
+                    conn, _ = await task
+                except asyncio.CancelledError:
+                    conn, _ = await asyncio.wait_for(loop.sock_accept(lsock), 5)
+                with c, conn:
+                    await loop.sock_sendall(conn, b"x")
+                    assert c.recv(1) == b"x"
+    run(loop, go())
+
+
+def test_loop_close_with_sock_accept_pending(loop):
+    with listener() as lsock:
+        lsock.setblocking(False)
+
+        async def start():
+            t = loop.create_task(loop.sock_accept(lsock))
+            await asyncio.sleep(0.01)
+            return t
+        t = loop.run_until_complete(start())
+        t._log_destroy_pending = False
+        loop.close()
+        with socket.create_connection(lsock.getsockname(), timeout=5):
+            lsock.settimeout(5)
+            conn, _ = lsock.accept()  # the listener is still the program's
+            conn.close()
+
+
+# -- datagrams one at a time: sock_recvfrom, sock_recvfrom_into, sock_sendto --------
+
+def udp_pair():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (u, v):
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+    return u, v
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop has no sock_recvfrom (NotImplementedError)")
+def test_sock_recvfrom_and_sendto(loop):
+    async def go():
+        u, v = udp_pair()
+        with u, v:
+            waiting = loop.create_task(loop.sock_recvfrom(u, 100))
+            await asyncio.sleep(0)
+            assert await loop.sock_sendto(v, b"hello", u.getsockname()) == 5
+            assert await waiting == (b"hello", v.getsockname())
+            await loop.sock_sendto(v, b"longer than four", u.getsockname())
+            await asyncio.sleep(0.01)
+            assert await loop.sock_recvfrom(u, 4) == (b"long", v.getsockname())  # cut
+            buf = bytearray(8)
+            await loop.sock_sendto(v, b"into", u.getsockname())
+            assert await loop.sock_recvfrom_into(u, buf) == (4, v.getsockname())
+            assert buf[:4] == b"into"
+            await loop.sock_sendto(v, b"xyz", u.getsockname())
+            with memoryview(buf) as view:
+                assert await loop.sock_recvfrom_into(u, view[2:], 2) == (2, v.getsockname())
+            assert buf[:4] == b"inxy"
+            with pytest.raises(ValueError):
+                await loop.sock_recvfrom_into(u, bytearray(2), 5)
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop has no sock_recvfrom (NotImplementedError)")
+def test_sock_recvfrom_unnamed_unix_peer_is_none(loop):
+    async def go():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with a, b:
+            a.setblocking(False)
+            b.send(b"unix")
+            assert await loop.sock_recvfrom(a, 10) == (b"unix", None)
+    run(loop, go())
+
+
+@pytest.mark.xfail_loop("uvloop", reason="uvloop has no sock_recvfrom (NotImplementedError)")
+def test_sock_recvfrom_cancel_in_the_batch_the_datagram_comes_in_loses_nothing(loop):
+    async def go():
+        u, v = udp_pair()
+        with u, v:
+            for i in range(10):
+                task = loop.create_task(loop.sock_recvfrom(u, 100))
+                await asyncio.sleep(0)
+                msg = b"dgram%d" % i
+                v.sendto(msg, u.getsockname())
+                loop.call_soon(task.cancel)
+                try:
+                    got = await task
+                except asyncio.CancelledError:
+                    got = await asyncio.wait_for(loop.sock_recvfrom(u, 100), 5)
+                assert got == (msg, v.getsockname())
+    run(loop, go())

@@ -6,6 +6,7 @@ off the hot path: setup and teardown around the run loop, readers and
 writers, signals, and the glue that lets asyncio's own argument handling
 (create_connection, create_server, the sock_* methods) drive our core.
 """
+import _socket
 import asyncio
 import errno
 import io
@@ -120,6 +121,70 @@ class _FallbackProtocol(base_events._SendfileFallbackProtocol):
         transp.pause_reading()
         transp.set_protocol(self)
 
+
+
+class _SockFuture(asyncio.Future):
+    """The future of a sock op in Go: cancelling it stops the op in Go at once
+    (before cancel() returns), so Go reads or writes nothing more for it and
+    the program may close the socket right after (_core/sockops.c)."""
+    __slots__ = ('_sk',)
+
+    def cancel(self, msg=None):
+        if not self.done():
+            self._loop._sock_stop(self._sk)
+        return super().cancel(msg=msg)
+
+
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+_raw_proto = _socket.socket.proto.__get__
+_SOCK_NONBLOCK = getattr(socket, 'SOCK_NONBLOCK', 0)
+_ACCEPT_FAMILIES = frozenset(f for f in (socket.AF_INET, _AF_INET6, _AF_UNIX) if f is not None)
+
+
+def _peer_address(family, raw):
+    # What socket.accept() gives for the peer's sockaddr.
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, raw[4:8]), int.from_bytes(raw[2:4], 'big')
+    if family == _AF_INET6:
+        if int.from_bytes(raw[24:28], sys.byteorder):  # scoped: named as getnameinfo names it
+            return _datagram._address(family, raw)
+        return (socket.inet_ntop(family, raw[8:24]), int.from_bytes(raw[2:4], 'big'),
+                int.from_bytes(raw[4:8], 'big'), 0)
+    path = raw[2:]
+    if path[:1] == b'\0':
+        return path  # Linux's abstract namespace
+    return os.fsdecode(path.split(b'\0', 1)[0])
+
+
+def _sock_accepted(lsock, fd, raw):
+    # Called from C as soon as Go reports the fd, so a socket object owns
+    # it before anything else runs. Go accepted it non-blocking: the object
+    # says so (no ioctl), as asyncio's conn.setblocking(False) leaves it.
+    # The address first: once the socket object exists it owns the fd, and
+    # C closes the fd itself only when this raises before that.
+    family = _raw_family(lsock)
+    address = _peer_address(family, raw)
+    return socket.socket(family, _raw_type(lsock) | _SOCK_NONBLOCK, _raw_proto(lsock), fileno=fd), address
+
+
+def _sock_address(sock, raw):
+    # What socket.recvfrom() gives for a datagram's source: None for none.
+    return _peer_address(_raw_family(sock), raw) if raw else None
+
+
+_core._sockops_setup(_SockFuture, _sock_accepted, _sock_address)
+
+
+def _sock_came_in(fut):
+    """Whether a sock op's result reached its future before its task was
+    cancelled: Go's result is settled right after the poll that produced
+    it, before any callback runs, so a callback of that same batch that
+    cancels the task comes too late to stop the op, and the bytes were read
+    or sent. The sock_* coroutine then returns the result rather than lose
+    it, as a cancel that races a completion does on asyncio (wait_for hands
+    such a result on); a stopped op (its future cancelled) raises."""
+    return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
@@ -272,12 +337,72 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     remove_reader = _Selector.remove_reader
     add_writer = _Selector.add_writer
     remove_writer = _Selector.remove_writer
-    sock_recv = _Selector.sock_recv
+    # sock_recv, sock_recv_into and sock_sendall complete in Go (_core/sockops.c,
+    # docs/sockops.md): Go makes the syscall, at once when the socket can
+    # serve it (then no future, no iteration), else on readiness. What Go
+    # does not take (a closed socket, odd sizes, a non-buffer) goes the
+    # asyncio way, with socket's own errors.
     _sock_recv = _Selector._sock_recv
-    sock_recv_into = _Selector.sock_recv_into
     _sock_recv_into = _Selector._sock_recv_into
-    sock_sendall = _Selector.sock_sendall
     _sock_sendall = _Selector._sock_sendall
+
+    def _sock_fd(self, sock):
+        # asyncio's checks: an SSL socket refused, a blocking one refused in
+        # debug mode (a plain socket.socket outside debug mode passes both).
+        # Then the transport check, which asyncio makes after a first recv:
+        # Go must never read or write a transport's fd at all.
+        if type(sock) is not socket.socket or self._debug:
+            base_events._check_ssl_socket(sock)
+            if self._debug and sock.gettimeout() != 0:
+                raise ValueError("the socket must be non-blocking")
+            if type(sock) is not socket.socket:
+                # asyncio's way for anything else (a subclass may override
+                # recv or send; a mock or a non-socket gets asyncio's errors)
+                return -1
+        fd = sock.fileno()
+        if fd in self._transports.data:
+            self._ensure_fd_no_transport(fd)
+        return fd
+
+    async def sock_recv(self, sock, n):
+        r = self._sock_recv_go(self._sock_fd(sock), n)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recv(self, sock, n)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
+    async def sock_recv_into(self, sock, buf):
+        r = self._sock_recv_into_go(self._sock_fd(sock), buf)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recv_into(self, sock, buf)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
+    async def sock_sendall(self, sock, data):
+        r = self._sock_sendall_go(self._sock_fd(sock), data)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_sendall(self, sock, data)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
     async def sock_connect(self, sock, address):
         """asyncio's sock_connect, with the connect done by Go (docs/architecture.md,
         "Connects"): no connect, poll or SO_ERROR call from Python."""
@@ -314,15 +439,86 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
 
     _sock_connect = _Selector._sock_connect
     _sock_connect_cb = _Selector._sock_connect_cb
-    sock_accept = _Selector.sock_accept
     _sock_accept = _Selector._sock_accept
+
+    async def sock_accept(self, sock):
+        # Accepted in Go (accept4, non-blocking): the connection and its
+        # peer's address, as asyncio's sock.accept() gives them.
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        # A listener in blocking mode would block accept4 (asyncio's accept
+        # blocks there too): asyncio's way.
+        if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES and sock.gettimeout() is not None:
+            r = self._sock_accept_go(fd, sock)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_accept(self, sock)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()  # the connection is the task's, not leaked
+            raise
     _sock_read_done = _Selector._sock_read_done
     _sock_write_done = _Selector._sock_write_done
-    for _name in ('sock_recvfrom', '_sock_recvfrom', 'sock_recvfrom_into',
-                  '_sock_recvfrom_into', 'sock_sendto', '_sock_sendto'):
-        if hasattr(_Selector, _name):  # 3.11+
-            locals()[_name] = getattr(_Selector, _name)
-    del _name
+    _sock_recvfrom = _Selector._sock_recvfrom
+    _sock_recvfrom_into = _Selector._sock_recvfrom_into
+    _sock_sendto = _Selector._sock_sendto
+
+    # Datagrams one at a time, in Go as sock_recv (docs/sockops.md).
+    async def sock_recvfrom(self, sock, bufsize):
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES:
+            r = self._sock_recvfrom_go(fd, sock, bufsize)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recvfrom(self, sock, bufsize)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES:
+            r = self._sock_recvfrom_into_go(fd, sock, buf, nbytes)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_recvfrom_into(self, sock, buf, nbytes)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
+
+    async def sock_sendto(self, sock, data, address):
+        fd = self._sock_fd(sock)
+        r = NotImplemented
+        if fd >= 0:
+            # The sockaddr sendto would build; what only the socket module
+            # understands (a host name to resolve, a bad shape) goes its way.
+            family = _raw_family(sock)
+            raw = _core._sockaddr_fast(family, address) or _sockaddr(family, address)
+            if raw is not None:
+                r = self._sock_sendto_go(fd, data, raw)
+        if type(r) is not _SockFuture:
+            if r is NotImplemented:
+                return await _Selector.sock_sendto(self, sock, data, address)
+            return r
+        try:
+            return await r
+        except exceptions.CancelledError:
+            if _sock_came_in(r):
+                return r.result()
+            raise
 
     # Unix sockets: asyncio's argument handling, our transports.
     create_unix_connection = _Unix.create_unix_connection

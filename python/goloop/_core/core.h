@@ -38,6 +38,7 @@ int gl_forked(void);          /* 1 there: Go must not be called at all */
 #define TAG_CALL 4u
 #define TAG_ORPHAN 5u
 #define TAG_DGRAM 6u
+#define TAG_SOCKOP 7u   /* a sock_recv/sock_recv_into/sock_sendall in Go (sockops.c) */
 
 typedef struct {
     PyObject *obj;         /* borrowed; NULL when the slot is free */
@@ -179,6 +180,20 @@ PyObject *lc_connect_stop(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
 int connect_dispatch(LoopCore *lp, gl_comp *c);
 /* dgram.c: the sockaddr for (family, address) when C can build it alone */
 PyObject *sockaddr_fast(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+
+/* sockops.c: sock_recv, sock_recv_into, sock_sendall completed in Go */
+void sockops_settle(LoopCore *lp, gl_comp *out, int n);   /* after every go_poll */
+PyObject *lc_sock_recv_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_recv_into_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_sendall_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_accept_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_recvfrom_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_recvfrom_into_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_sendto_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lc_sock_stop(LoopCore *lp, PyObject *arg);
+void sockop_loop_closing(LoopCore *lp, PyObject *op);
+PyObject *sockops_setup(PyObject *m, PyObject *cls);
+int init_sockops(PyObject *m);
 
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);

@@ -42,9 +42,9 @@ int go_poll(LoopCore *lp, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64
         return -1;
     int64_t h = lp->h;
     int n;
-    if (timeout_ns == 0) {
+    if (timeout_ns == 0 || timeout_ns == GL_APPLY_ONLY) {
         /* Nothing to wait for: keep the GIL, the call returns at once. */
-        n = GL.poll(h, subs, nsubs, out, nout, 0);
+        n = GL.poll(h, subs, nsubs, out, nout, timeout_ns);
     } else {
         Py_BEGIN_ALLOW_THREADS
         n = GL.poll(h, subs, nsubs, out, nout, timeout_ns);
@@ -55,6 +55,11 @@ int go_poll(LoopCore *lp, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    /* Before anything else runs (a callback, a signal handler, dispatch):
+     * sock ops' results reach their futures right after the syscalls that
+     * produced them, so a cancel can never come between (sockops.c). */
+    if (n > 0)
+        sockops_settle(lp, out, n);
     return n;
 }
 

@@ -587,7 +587,7 @@ int loop_apply_now(LoopCore *lp)
         return 0;
     int nsubs = lp->nsubs;
     lp->nsubs = 0;
-    int n = go_poll(lp, lp->subs, nsubs, lp->comps + lp->ncomps, lp->capcomps - lp->ncomps, 0);
+    int n = go_poll(lp, lp->subs, nsubs, lp->comps + lp->ncomps, lp->capcomps - lp->ncomps, GL_APPLY_ONLY);
     lp->polls++;
     if (n < 0)
         return -1;
@@ -761,6 +761,8 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
             listener_loop_closing(lp, s->obj);
         else if (s->tag == TAG_DGRAM)
             dgram_loop_closing(lp, s->obj);
+        else if (s->tag == TAG_SOCKOP)
+            sockop_loop_closing(lp, s->obj);
     }
     /* What the last iteration left undispatched comes first: an EvClosed
      * among it would otherwise never be counted. Python callbacks do not
@@ -969,6 +971,14 @@ static PyMethodDef lc_methods[] = {
     {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
     {"_connect_start", (PyCFunction)(void (*)(void))lc_connect_start, METH_FASTCALL, NULL},
     {"_connect_stop", (PyCFunction)(void (*)(void))lc_connect_stop, METH_FASTCALL, NULL},
+    {"_sock_recv_go", (PyCFunction)(void (*)(void))lc_sock_recv_go, METH_FASTCALL, NULL},
+    {"_sock_recv_into_go", (PyCFunction)(void (*)(void))lc_sock_recv_into_go, METH_FASTCALL, NULL},
+    {"_sock_sendall_go", (PyCFunction)(void (*)(void))lc_sock_sendall_go, METH_FASTCALL, NULL},
+    {"_sock_accept_go", (PyCFunction)(void (*)(void))lc_sock_accept_go, METH_FASTCALL, NULL},
+    {"_sock_recvfrom_go", (PyCFunction)(void (*)(void))lc_sock_recvfrom_go, METH_FASTCALL, NULL},
+    {"_sock_recvfrom_into_go", (PyCFunction)(void (*)(void))lc_sock_recvfrom_into_go, METH_FASTCALL, NULL},
+    {"_sock_sendto_go", (PyCFunction)(void (*)(void))lc_sock_sendto_go, METH_FASTCALL, NULL},
+    {"_sock_stop", (PyCFunction)lc_sock_stop, METH_O, NULL},
     {"_gai_start", (PyCFunction)(void (*)(void))lc_gai_start, METH_FASTCALL, NULL},
     {"_close_core", (PyCFunction)lc_close_core, METH_NOARGS, NULL},
     {"_clear_queues", (PyCFunction)lc_clear, METH_NOARGS, NULL},

@@ -144,6 +144,7 @@ static PyMethodDef module_methods[] = {
     {"_runtime_pid", runtime_pid, METH_NOARGS, NULL},
     {"_forked", forked, METH_NOARGS, NULL},
     {"_sockaddr_fast", (PyCFunction)(void (*)(void))sockaddr_fast, METH_FASTCALL, NULL},
+    {"_sockops_setup", sockops_setup, METH_VARARGS, NULL},
     {"_set_hooks", (PyCFunction)(void (*)(void))set_hooks, METH_VARARGS | METH_KEYWORDS, NULL},
     {NULL}
 };
@@ -156,7 +157,8 @@ static int module_exec(PyObject *m)
         atfork_done = 1;
     }
     if (init_handle_types(m) < 0 || init_loop_type(m) < 0 || init_transport_type(m) < 0 ||
-        init_watch_types(m) < 0 || init_calls(m) < 0 || init_dgram_type(m) < 0)
+        init_watch_types(m) < 0 || init_calls(m) < 0 || init_dgram_type(m) < 0 ||
+        init_sockops(m) < 0)
         return -1;
     return 0;
 }
