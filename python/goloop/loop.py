@@ -181,10 +181,16 @@ def _sock_came_in(fut):
     cancelled: Go's result is settled right after the poll that produced
     it, before any callback runs, so a callback of that same batch that
     cancels the task comes too late to stop the op, and the bytes were read
-    or sent. The sock_* coroutine then returns the result rather than lose
-    it, as a cancel that races a completion does on asyncio (wait_for hands
-    such a result on); a stopped op (its future cancelled) raises."""
+    (or sent, or the connection accepted). The cancel is honoured all the
+    same, as asyncio honours a cancel that comes after a result; what was
+    received is kept for the next sock_* call on that socket (Loop._sock_keep)
+    rather than lost."""
     return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _buffer_bytes(buf, n):
+    with memoryview(buf) as m, m.cast('B') as b:
+        return bytes(b[:n])
 
 
 class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoop):
@@ -263,6 +269,11 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
                 fut.cancel()
         self._calls.clear()
         self._connects.clear()
+        for kept in list((self._sock_kept or {}).values()):
+            for kind, value in kept:
+                if kind == 'accept':
+                    value[0].close()
+        self._sock_kept = None
         self._close_self_pipe()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -364,8 +375,39 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             self._ensure_fd_no_transport(fd)
         return fd
 
+    # What a sock op took for a task cancelled in the same batch (see
+    # _sock_came_in), per socket object, oldest first: the next sock_* call
+    # of that kind on that socket gets it before anything Go reads. A
+    # program that reads the socket itself instead never sees it (as on
+    # asyncio, where the cancelled call's bytes are lost).
+    _sock_kept = None
+
+    def _sock_keep(self, sock, kind, value):
+        if kind != 'accept' and not (value[0] if kind == 'dgram' else value):
+            return  # an EOF or an empty datagram: nothing to keep
+        if self._sock_kept is None:
+            self._sock_kept = weakref.WeakKeyDictionary()
+        self._sock_kept.setdefault(sock, []).append((kind, value))
+
+    def _sock_take(self, sock, kind, n=0):
+        kept = self._sock_kept[sock]
+        k, value = kept.pop(0)
+        if kind == 'stream' and k == 'stream' and len(value) > n:
+            kept.insert(0, (k, value[n:]))
+            value = value[:n]
+        elif kind == 'stream' and k == 'dgram':
+            value = value[0][:n]
+        elif kind == 'dgram' and k == 'stream':
+            value = (value, None)
+        if not kept:
+            del self._sock_kept[sock]
+        return value
+
     async def sock_recv(self, sock, n):
-        r = self._sock_recv_go(self._sock_fd(sock), n)
+        fd = self._sock_fd(sock)
+        if self._sock_kept and type(n) is int and n > 0 and sock in self._sock_kept:
+            return self._sock_take(sock, 'stream', n)
+        r = self._sock_recv_go(fd, n)
         if type(r) is not _SockFuture:
             if r is NotImplemented:
                 return await _Selector.sock_recv(self, sock, n)
@@ -374,11 +416,18 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             return await r
         except exceptions.CancelledError:
             if _sock_came_in(r):
-                return r.result()
+                self._sock_keep(sock, 'stream', r.result())
             raise
 
     async def sock_recv_into(self, sock, buf):
-        r = self._sock_recv_into_go(self._sock_fd(sock), buf)
+        fd = self._sock_fd(sock)
+        if self._sock_kept and sock in self._sock_kept:
+            with memoryview(buf) as m, m.cast('B') as b:
+                if len(b):
+                    data = self._sock_take(sock, 'stream', len(b))
+                    b[:len(data)] = data
+                    return len(data)
+        r = self._sock_recv_into_go(fd, buf)
         if type(r) is not _SockFuture:
             if r is NotImplemented:
                 return await _Selector.sock_recv_into(self, sock, buf)
@@ -387,7 +436,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             return await r
         except exceptions.CancelledError:
             if _sock_came_in(r):
-                return r.result()
+                self._sock_keep(sock, 'stream', _buffer_bytes(buf, r.result()))
             raise
 
     async def sock_sendall(self, sock, data):
@@ -400,7 +449,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             return await r
         except exceptions.CancelledError:
             if _sock_came_in(r):
-                return r.result()
+                pass  # sent: as a cancelled sendall on asyncio, what left is gone
             raise
 
     async def sock_connect(self, sock, address):
@@ -445,6 +494,8 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
         # Accepted in Go (accept4, non-blocking): the connection and its
         # peer's address, as asyncio's sock.accept() gives them.
         fd = self._sock_fd(sock)
+        if self._sock_kept and sock in self._sock_kept:
+            return self._sock_take(sock, 'accept')
         r = NotImplemented
         # A listener in blocking mode would block accept4 (asyncio's accept
         # blocks there too): asyncio's way.
@@ -458,7 +509,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             return await r
         except exceptions.CancelledError:
             if _sock_came_in(r):
-                return r.result()  # the connection is the task's, not leaked
+                self._sock_keep(sock, 'accept', r.result())
             raise
     _sock_read_done = _Selector._sock_read_done
     _sock_write_done = _Selector._sock_write_done
@@ -469,6 +520,9 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     # Datagrams one at a time, in Go as sock_recv (docs/sockops.md).
     async def sock_recvfrom(self, sock, bufsize):
         fd = self._sock_fd(sock)
+        if self._sock_kept and type(bufsize) is int and bufsize > 0 and sock in self._sock_kept:
+            data, addr = self._sock_take(sock, 'dgram')
+            return data[:bufsize], addr
         r = NotImplemented
         if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES:
             r = self._sock_recvfrom_go(fd, sock, bufsize)
@@ -480,11 +534,19 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             return await r
         except exceptions.CancelledError:
             if _sock_came_in(r):
-                return r.result()
+                self._sock_keep(sock, 'dgram', r.result())
             raise
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         fd = self._sock_fd(sock)
+        if self._sock_kept and sock in self._sock_kept:
+            with memoryview(buf) as m, m.cast('B') as b:
+                room = min(nbytes, len(b)) if nbytes else len(b)
+                if room > 0:
+                    data, addr = self._sock_take(sock, 'dgram')
+                    data = data[:room]
+                    b[:len(data)] = data
+                    return len(data), addr
         r = NotImplemented
         if fd >= 0 and _raw_family(sock) in _ACCEPT_FAMILIES:
             r = self._sock_recvfrom_into_go(fd, sock, buf, nbytes)
@@ -496,7 +558,8 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             return await r
         except exceptions.CancelledError:
             if _sock_came_in(r):
-                return r.result()
+                n, addr = r.result()
+                self._sock_keep(sock, 'dgram', (_buffer_bytes(buf, n), addr))
             raise
 
     async def sock_sendto(self, sock, data, address):
@@ -517,7 +580,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             return await r
         except exceptions.CancelledError:
             if _sock_came_in(r):
-                return r.result()
+                pass  # sent
             raise
 
     # Unix sockets: asyncio's argument handling, our transports.
