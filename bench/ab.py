@@ -2,7 +2,12 @@
 
     python bench/ab.py [--a goloop] [--b uvloop] [--variant protocol]
                        [--conns 10] [--size 1024] [--rounds 10] [--seconds 1]
-                       [--a-path DIR] [--b-path DIR]
+                       [--a-path DIR] [--b-path DIR] [--churn]
+
+--churn pairs the new-connection cell instead (the load generator's -churn:
+connect, one message of --size bytes, reset close; protocol servers): the
+rate is mostly set by the load generator's kernel work, so compare the
+servers' CPU per connection (cpu_us_per_req) as well as the rates.
 
 --a-path/--b-path put DIR first on that server's PYTHONPATH, so two builds
 of the same loop can be paired (a change's before and after: --a goloop
@@ -32,6 +37,7 @@ import suite  # noqa: E402
 
 def window(server, args):
     argv = ["taskset", "-c", str(suite.CLIENT_CPU), suite.LOADGEN,
+            *(["-churn"] if args.churn else []),
             "-addr", f"127.0.0.1:{server.port}", "-conns", str(args.conns),
             "-size", str(args.size), "-warmup", "0.3s", "-duration", f"{args.seconds}s",
             "-windows", "1", "-server-pid", str(server.pid)]
@@ -55,6 +61,8 @@ def main(argv):
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--a-path", default=None, help="PYTHONPATH entry for a's server")
     p.add_argument("--b-path", default=None, help="PYTHONPATH entry for b's server")
+    p.add_argument("--churn", action="store_true",
+                   help="new connections per second (protocol servers) instead of echo")
     args = p.parse_args(argv)
     # Sides are named by loop, or by loop and build when both run one loop.
     name_a, name_b = args.a, args.b
@@ -100,7 +108,7 @@ def main(argv):
     med = statistics.median(ratios)
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [med, med, med]
     summary = {
-        "variant": args.variant, "conns": args.conns, "size": args.size,
+        "churn": args.churn, "variant": args.variant, "conns": args.conns, "size": args.size,
         "rounds": args.rounds, "seconds": args.seconds,
         "a": name_a, "b": name_b, "a_path": args.a_path, "b_path": args.b_path,
         "ratio_median": round(med, 3), "ratio_q1": round(q[0], 3), "ratio_q3": round(q[2], 3),
