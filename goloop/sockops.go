@@ -123,108 +123,91 @@ func (o *sockOp) try(fd int32, complete func(Comp)) bool {
 	return o.tryRecv(fd, complete)
 }
 
+// nonblocking makes one socket call that must not block, again after
+// EINTR.
+func nonblocking(trap, a1, a2, a3, a4, a5, a6 uintptr) (uintptr, unix.Errno) {
+	for {
+		r, _, e := unix.Syscall6(trap, a1, a2, a3, a4, a5, a6)
+		if e != unix.EINTR {
+			return r, e
+		}
+	}
+}
+
+// failed answers o with e, unless e says the socket would block: it
+// reports whether o is over (false: wait for readiness).
+func (o *sockOp) failed(e unix.Errno, complete func(Comp)) bool {
+	if e == unix.EAGAIN {
+		return false
+	}
+	o.end(-int32(e), complete)
+	return true
+}
+
 func (o *sockOp) tryRecvFrom(fd int32, complete func(Comp)) bool {
 	blk := sendtoAt(o.ptr)
-	for {
-		blk.namelen = DgramNameCap
-		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), blk.data, uintptr(blk.len), unix.MSG_DONTWAIT,
-			uintptr(unsafe.Pointer(&blk.name[0])), uintptr(unsafe.Pointer(&blk.namelen)))
-		switch e {
-		case 0:
-			if blk.namelen > DgramNameCap {
-				blk.namelen = DgramNameCap
-			}
-			o.live = false
-			complete(Comp{Token: o.token, Kind: EvSock, Res: int32(r), Aux: blk.namelen})
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		o.end(-int32(e), complete)
-		return true
+	blk.namelen = DgramNameCap
+	r, e := nonblocking(unix.SYS_RECVFROM, uintptr(fd), blk.data, uintptr(blk.len), unix.MSG_DONTWAIT,
+		uintptr(unsafe.Pointer(&blk.name[0])), uintptr(unsafe.Pointer(&blk.namelen)))
+	if e != 0 {
+		return o.failed(e, complete)
 	}
+	if blk.namelen > DgramNameCap {
+		blk.namelen = DgramNameCap
+	}
+	o.live = false
+	complete(Comp{Token: o.token, Kind: EvSock, Res: int32(r), Aux: blk.namelen})
+	return true
 }
 
 func (o *sockOp) trySendTo(fd int32, complete func(Comp)) bool {
 	blk := sendtoAt(o.ptr)
 	name, namelen := blk.sendtoName()
-	for {
-		r, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), blk.data, uintptr(blk.len),
-			unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, name, uintptr(namelen))
-		switch e {
-		case 0:
-			o.end(int32(r), complete)
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		o.end(-int32(e), complete)
-		return true
+	r, e := nonblocking(unix.SYS_SENDTO, uintptr(fd), blk.data, uintptr(blk.len),
+		unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, name, uintptr(namelen))
+	if e != 0 {
+		return o.failed(e, complete)
 	}
+	o.end(int32(r), complete)
+	return true
 }
 
 func (o *sockOp) tryAccept(fd int32, complete func(Comp)) bool {
-	for {
-		alen := uint32(o.n)
-		r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), o.ptr, uintptr(unsafe.Pointer(&alen)),
-			unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
-		switch e {
-		case 0:
-			if alen > uint32(o.n) {
-				alen = uint32(o.n) // cut, as accept(2) cuts it
-			}
-			o.live = false
-			complete(Comp{Token: o.token, Kind: EvSock, Res: int32(r), Aux: alen})
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		o.end(-int32(e), complete)
-		return true
+	alen := uint32(o.n)
+	r, e := nonblocking(unix.SYS_ACCEPT4, uintptr(fd), o.ptr, uintptr(unsafe.Pointer(&alen)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return o.failed(e, complete)
 	}
+	if alen > uint32(o.n) {
+		alen = uint32(o.n) // cut, as accept(2) cuts it
+	}
+	o.live = false
+	complete(Comp{Token: o.token, Kind: EvSock, Res: int32(r), Aux: alen})
+	return true
 }
 
 // MSG_DONTWAIT: a socket left in blocking mode must not block the loop's
 // thread (asyncio's loop would block in its recv; goloop waits for
 // readiness instead).
 func (o *sockOp) tryRecv(fd int32, complete func(Comp)) bool {
-	for {
-		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), o.ptr, uintptr(o.n), unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0:
-			o.end(int32(r), complete)
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		o.end(-int32(e), complete)
-		return true
+	r, e := nonblocking(unix.SYS_RECVFROM, uintptr(fd), o.ptr, uintptr(o.n), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return o.failed(e, complete)
 	}
+	o.end(int32(r), complete)
+	return true
 }
 
 func (o *sockOp) trySend(fd int32, complete func(Comp)) bool {
 	for o.off < o.n {
 		// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
-		r, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), o.ptr+uintptr(o.off), uintptr(o.n-o.off),
+		r, e := nonblocking(unix.SYS_SENDTO, uintptr(fd), o.ptr+uintptr(o.off), uintptr(o.n-o.off),
 			unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0:
-			o.off += int(r)
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			o.end(-int32(e), complete)
-			return true
+		if e != 0 {
+			return o.failed(e, complete)
 		}
+		o.off += int(r)
 	}
 	o.end(int32(o.n), complete)
 	return true

@@ -6,7 +6,6 @@ off the hot path: setup and teardown around the run loop, readers and
 writers, signals, and the glue that lets asyncio's own argument handling
 (create_connection, create_server, the sock_* methods) drive our core.
 """
-import _socket
 import asyncio
 import errno
 import io
@@ -23,7 +22,7 @@ from asyncio.log import logger
 
 from . import _core, _datagram, _dns, _hooks, _pipes
 from ._datagram import DatagramMixin
-from ._streams import StreamsMixin
+from ._streams import _SOCK_NONBLOCK, StreamsMixin, _raw_family, _raw_proto, _raw_type
 
 _core._set_hooks(
     format_handle=_hooks.format_handle,
@@ -135,10 +134,6 @@ class _SockFuture(asyncio.Future):
         return super().cancel(msg=msg)
 
 
-_raw_family = _socket.socket.family.__get__
-_raw_type = _socket.socket.type.__get__
-_raw_proto = _socket.socket.proto.__get__
-_SOCK_NONBLOCK = getattr(socket, 'SOCK_NONBLOCK', 0)
 _ACCEPT_FAMILIES = frozenset(f for f in (socket.AF_INET, _AF_INET6, _AF_UNIX) if f is not None)
 
 
