@@ -14,6 +14,7 @@ import (
 // is not done, so nothing is lost when a Poll call returns early.
 type epollBackend struct {
 	epfd    int
+	accSc   acceptScratch // accept4's sockaddrs (acceptSome)
 	wk      waker
 	pool    *bufPool
 	fds     map[int32]*epFd
@@ -36,6 +37,7 @@ type epFd struct {
 	recvTok  uint64
 	acceptOn bool
 	accTok   uint64
+	accLocal uint64 // the listener's own address for EvAccept (acceptAddrs)
 	pollMask uint32
 	pollTok  uint64
 	connTok  uint64
@@ -227,7 +229,7 @@ func (b *epollBackend) apply(s *Sub) {
 		f.recvOn = false
 		b.forgetIfIdle(f)
 	case OpAcceptStart:
-		f.acceptOn, f.accTok = true, s.Token
+		f.acceptOn, f.accTok, f.accLocal = true, s.Token, accLocalUnknown
 	case OpAcceptStop:
 		f.acceptOn = false
 		b.forgetIfIdle(f)
@@ -512,7 +514,7 @@ func (b *epollBackend) settleConnect(f *epFd) {
 }
 
 func (b *epollBackend) acceptSome(f *epFd) {
-	if !acceptSome(f.fd, f.accTok, b.complete) {
+	if !acceptSome(f.fd, f.accTok, &f.accLocal, &b.accSc, b.complete) {
 		f.acceptOn = false
 		b.markDirty(f)
 	}

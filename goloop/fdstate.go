@@ -1,6 +1,8 @@
 package goloop
 
 import (
+	"unsafe"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -222,16 +224,82 @@ func popOut(out []queued) []queued {
 	return out[1:]
 }
 
-// accept4 takes one connection without the peer's address: x/sys/unix's
-// Accept4 decodes that into new Go heap objects per connection, and
-// nothing here reads it. A non-blocking call, so a raw syscall.
-func accept4(fd int32) (int, error) {
-	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0,
-		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+// acceptScratch is a backend's room for accept4's and getsockname's
+// sockaddrs: one per backend (its loop goroutine alone accepts), so taking
+// a connection allocates nothing (x/sys/unix's Accept4 decodes the peer
+// into new heap objects per connection).
+type acceptScratch struct {
+	sa  unix.RawSockaddrInet6 // an IPv4 sockaddr fits; a longer one is truncated and not used
+	len uint32
+}
+
+// Listener-local address states (epFd/urFd.accLocal): not asked yet, or
+// asked every connection (a wildcard or non-IPv4 listener). Any other
+// value is the listener's own packed address with accLocalKnown set.
+const (
+	accLocalUnknown = 0
+	accLocalPerConn = 1
+	accLocalKnown   = 1 << 63
+)
+
+// accept4 takes one connection, with its peer's sockaddr in sc. A
+// non-blocking call, so a raw syscall.
+func accept4(fd int32, sc *acceptScratch) (int, error) {
+	sc.len = uint32(unsafe.Sizeof(sc.sa))
+	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&sc.sa)),
+		uintptr(unsafe.Pointer(&sc.len)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
 	return int(nfd), nil
+}
+
+// getsockname4 fills sc with fd's own address; false unless it is AF_INET.
+func getsockname4(fd int32, sc *acceptScratch) bool {
+	sc.len = uint32(unsafe.Sizeof(sc.sa))
+	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sc.sa)),
+		uintptr(unsafe.Pointer(&sc.len)))
+	return e == 0 && sc.isInet4()
+}
+
+func (sc *acceptScratch) isInet4() bool {
+	return sc.sa.Family == unix.AF_INET && sc.len == unix.SizeofSockaddrInet4
+}
+
+// packInet4 packs the AF_INET sockaddr in sc as record.go's EvAccept
+// carries it: the address's four bytes as they lie in memory in the low 32
+// bits, the port's two (network order, as they lie) in bits 32-47.
+func (sc *acceptScratch) packInet4() uint64 {
+	sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sc.sa))
+	return uint64(*(*uint32)(unsafe.Pointer(&sa.Addr))) | uint64(sa.Port)<<32
+}
+
+// acceptAddrs puts an IPv4 connection's two addresses into its EvAccept
+// (record.go), so the transport's peername and sockname cost Python no
+// syscall: the peer's came with accept4; the local one is the listener's
+// own unless that is a wildcard, then one getsockname. *local caches what
+// the listener's address is. Other families are left to C (Aux 0).
+func acceptAddrs(c *Comp, lfd int32, nfd int, local *uint64, sc *acceptScratch) {
+	if !sc.isInet4() {
+		return
+	}
+	peer := sc.packInet4()
+	if *local == accLocalUnknown {
+		*local = accLocalPerConn
+		if getsockname4(lfd, sc) && sc.packInet4()&0xffffffff != 0 {
+			*local = sc.packInet4() | accLocalKnown
+		}
+	}
+	mine := *local &^ accLocalKnown
+	if *local == accLocalPerConn {
+		if !getsockname4(int32(nfd), sc) {
+			return
+		}
+		mine = sc.packInet4()
+	}
+	c.Ptr = uintptr(peer)
+	c.Buf = uint32(mine)
+	c.Aux = unix.AF_INET | uint32(mine>>32)<<16
 }
 
 // acceptSome accepts up to 64 connections from a readable listener, the same
@@ -241,16 +309,18 @@ func accept4(fd int32) (int, error) {
 // server's, the first worker to arm it got every connection.) Bounded, so
 // one busy listener cannot starve every other fd. It reports whether the
 // listener still accepts: false after an error it cannot survive.
-func acceptSome(fd int32, token uint64, complete func(Comp)) bool {
+func acceptSome(fd int32, token uint64, local *uint64, sc *acceptScratch, complete func(Comp)) bool {
 	for i := 0; i < 64; i++ {
-		nfd, err := accept4(fd)
+		nfd, err := accept4(fd, sc)
 		if e := faultAt(faultAccept); e != 0 && err == nil {
 			unix.Close(nfd)
 			err = e
 		}
 		switch err {
 		case nil:
-			complete(Comp{Token: token, Kind: EvAccept, Res: int32(nfd), Flags: FlagMore})
+			c := Comp{Token: token, Kind: EvAccept, Res: int32(nfd), Flags: FlagMore}
+			acceptAddrs(&c, fd, nfd, local, sc)
+			complete(c)
 			continue
 		case unix.EAGAIN, unix.EINTR:
 			return true

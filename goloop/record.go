@@ -64,6 +64,12 @@ const (
 	// OpAcceptStart arms continuous accept on a listening Fd: EvAccept with
 	// Res = new fd (non-blocking, close-on-exec) or -errno. Transient errors
 	// (EMFILE, ECONNABORTED...) are reported with FlagMore: still armed.
+	// An IPv4 connection's EvAccept also carries both its addresses, so C
+	// builds peername and sockname without a syscall (fdstate.go
+	// acceptAddrs): Aux = AF_INET | local port << 16; Ptr = the peer's
+	// address (bits 0-31) and port (bits 32-47); Buf = the local address.
+	// Addresses and ports are their sockaddr bytes as they lie in memory
+	// (network order). Aux 0: no addresses (another family, or not known).
 	OpAcceptStart
 	OpAcceptStop
 	// OpConnect connects Fd to the sockaddr at Ptr/Len: EvConnect, Res 0 or

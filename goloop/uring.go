@@ -23,10 +23,11 @@ import (
 // another thread waits for the first one to be woken, which costs several
 // times the latency of a round trip. Any thread still works correctly.
 type uringBackend struct {
-	r    *ring
-	pool *bufPool
-	pbuf *pbufRing
-	wk   waker
+	r     *ring
+	accSc acceptScratch // accept4's sockaddrs (acceptSome)
+	pool  *bufPool
+	pbuf  *pbufRing
+	wk    waker
 
 	fds   map[int32]*urFd
 	slots []*urFd  // user_data names a slot; slot 0 is the backend's own

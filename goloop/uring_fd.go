@@ -42,9 +42,10 @@ type urFd struct {
 	// failed with EPIPE or ECONNRESET, C gets the reset instead.
 	eofHeld bool
 
-	accOn  bool     // C wants to accept
-	acc    armState // the accept in the kernel: unarmed, armed or cancelling
-	accTok uint64
+	accOn    bool     // C wants to accept
+	acc      armState // the accept in the kernel: unarmed, armed or cancelling
+	accTok   uint64
+	accLocal uint64 // the listener's own address for EvAccept (acceptAddrs)
 
 	pollMask, pollArmedMask uint32   // what C wants watched, what the armed poll watches
 	poll                    armState // unarmed, armed, cancelling (a removal in flight) or queued
@@ -245,7 +246,7 @@ func (b *uringBackend) apply(s *Sub) {
 			}
 		}
 	case OpAcceptStart:
-		f.accTok, f.accOn = s.Token, true
+		f.accTok, f.accOn, f.accLocal = s.Token, true, accLocalUnknown
 		b.armAccept(f)
 	case OpAcceptStop:
 		f.accOn = false
@@ -526,7 +527,7 @@ func (b *uringBackend) onAcceptPoll(f *urFd, c *uringCQE) {
 		b.complete(Comp{Token: f.accTok, Kind: EvAccept, Res: c.res})
 		return
 	}
-	if c.res > 0 && !acceptSome(f.fd, f.accTok, b.complete) {
+	if c.res > 0 && !acceptSome(f.fd, f.accTok, &f.accLocal, &b.accSc, b.complete) {
 		f.accOn = false
 		return
 	}

@@ -48,6 +48,9 @@ enum {
     GL_EV_SOCK       /* res: bytes received/sent, the accepted fd, or -errno; aux: bytes sent
                         before an error, or the accepted peer's address length */
 };
+/* GL_EV_ACCEPT of an IPv4 connection: aux = AF_INET | local port << 16,
+ * ptr = peer address | peer port << 32, buf = local address; each as its
+ * sockaddr bytes lie (network order). aux 0: no addresses (record.go). */
 #define GL_SENDFILE_MAX (1u << 30)
 /* goloop_poll's timeout_ns for a call that only applies its batch
  * (loop_apply_now): what it completed comes back, readiness is not asked. */
