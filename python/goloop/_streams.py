@@ -217,6 +217,17 @@ class StreamsMixin:
                                        ssl_handshake_timeout, ssl_shutdown_timeout)
 
         listener = _core.Listener(self, fd, on_accept)
+        if not sslcontext:
+            # Plain IPv4 connections become transports in C, straight from
+            # Go's EvAccept (transport.c transport_accept); on_accept gets
+            # the rest. Accepted sockets inherit TCP_NODELAY from the
+            # listening one (Linux copies it), so set it here once where
+            # asyncio sets it on every transport.
+            try:
+                _set_nodelay(sock)
+            except OSError:
+                pass
+            listener.serve(protocol_factory, server, family, type_, proto)
         self._listeners[fd] = listener
         listener.start()
 
@@ -264,6 +275,22 @@ class StreamsMixin:
                 transport.close()
             if self._debug:
                 self._report_accept_failure(exc, protocol, transport)
+
+    def _accept_failed(self, exc, protocol, transport):
+        # transport_accept's failure: the connection is closed already.
+        if self._debug:
+            self._report_accept_failure(exc, protocol, transport)
+
+    def _lazy_socket(self, transport, family, type_, proto, fd, is_open):
+        # The socket object of a transport made by transport_accept, made
+        # when the program first asks (get_extra_info('socket')). All of
+        # family, type and proto given: socket.socket makes no syscall.
+        owned = _GoOwnedSocket(family, type_, proto, fileno=fd)
+        if is_open:
+            self._transports[fd] = transport  # sock_* on it are refused, as asyncio refuses them
+        else:
+            owned.detach()  # Go closed the fd: a closed socket, as asyncio's would be
+        return owned, trsock.TransportSocket(owned)
 
     async def _await_handshake(self, waiter, transport, protocol):
         try:

@@ -152,6 +152,8 @@ int init_handle_types(PyObject *m);
 int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
 int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
+int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *server,
+                     int family, int type, int proto);
 int init_transport_type(PyObject *m);
 
 /* dgram.c */

@@ -10,7 +10,9 @@
  * lifecycle, with asyncio's pipe semantics where they differ from a
  * socket's (EOF, write_eof, errors, the reader of a write pipe going away). */
 #include "core.h"
+#include <arpa/inet.h>
 #include <errno.h>
+#include <sys/socket.h>
 
 PyTypeObject *Transport_Type;
 PyTypeObject *ReadPipeTransport_Type;
@@ -66,6 +68,10 @@ typedef struct {
     char pipe_mode;             /* PIPE_NONE (a stream), PIPE_READ, PIPE_WRITE */
     char hup_watch;             /* write pipe: Go polls the fd for its reader going away */
     char notsock;               /* a pipe or a tty: Go reads and writes it with read/write */
+    /* A connection a server accepted in C (transport_accept): no socket
+     * object until the program asks for extra info 'socket' (lazy_socket). */
+    char sock_lazy;
+    int sock_family, sock_type, sock_proto;
 } Transport;
 
 #define TOKEN(t) ((t)->token)
@@ -150,37 +156,24 @@ static void sendfile_release(Transport *t)
     PyErr_Restore(et, ev, etb);
 }
 
-static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+/* A stream transport for fd, which Go owns from here on; sock is the
+ * program's socket object for it, or NULL (made on demand: sock_lazy). */
+static Transport *transport_make(PyTypeObject *tp, LoopCore *loop, int fd, PyObject *sock,
+                                 PyObject *protocol, PyObject *extra, PyObject *server)
 {
-    static char *kwlist[] = {"loop", "sock", "protocol", "extra", "server", NULL};
-    PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO|OO", kwlist, LoopCore_Type, &loop, &sock,
-                                     &protocol, &extra, &server))
-        return NULL;
-    PyObject *fdo = PyObject_CallMethod(sock, "fileno", NULL);
-    if (fdo == NULL)
-        return NULL;
-    int fd = PyLong_AsLong(fdo);
-    Py_DECREF(fdo);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    if (fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "the socket is closed");
-        return NULL;
-    }
-    if (loop_check_alive((LoopCore *)loop) < 0)
+    if (loop_check_alive(loop) < 0)
         return NULL;
     Transport *t = (Transport *)tp->tp_alloc(tp, 0);
     if (t == NULL)
         return NULL;
     t->fd = fd;
-    Py_INCREF(sock);
+    Py_XINCREF(sock);
     t->sock = sock;
     t->high = FLOW_DEFAULT_HIGH;
     t->low = FLOW_DEFAULT_HIGH / 4;
     t->paused = 0;
     Py_INCREF(loop);
-    t->loop = (LoopCore *)loop;
+    t->loop = loop;
     if (extra == Py_None) {
         t->extra = PyDict_New();
     } else {
@@ -200,7 +193,28 @@ static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     t->go_open = 1;
-    return (PyObject *)t;
+    return t;
+}
+
+static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"loop", "sock", "protocol", "extra", "server", NULL};
+    PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO|OO", kwlist, LoopCore_Type, &loop, &sock,
+                                     &protocol, &extra, &server))
+        return NULL;
+    PyObject *fdo = PyObject_CallMethod(sock, "fileno", NULL);
+    if (fdo == NULL)
+        return NULL;
+    int fd = PyLong_AsLong(fdo);
+    Py_DECREF(fdo);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the socket is closed");
+        return NULL;
+    }
+    return (PyObject *)transport_make(tp, (LoopCore *)loop, fd, sock, protocol, extra, server);
 }
 
 /* Everything happens in tr_new; asyncio.BaseTransport.__init__ (which
@@ -842,6 +856,168 @@ void transport_loop_closing(LoopCore *lp, PyObject *obj)
         PyErr_Clear();
 }
 
+/* ---- accepted in C ---- */
+
+static PyObject *tr_force_close(Transport *t, PyObject *exc);
+
+/* (host, port) of an IPv4 address packed as goloop.h's GL_EV_ACCEPT says. */
+static PyObject *inet4_tuple(uint32_t addr, uint16_t port)
+{
+    char host[INET_ADDRSTRLEN];
+    struct in_addr a;
+    a.s_addr = addr;   /* as it lay in the sockaddr: network order */
+    if (inet_ntop(AF_INET, &a, host, sizeof host) == NULL)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return Py_BuildValue("(si)", host, (int)ntohs(port));
+}
+
+/* The extra info asyncio's transport has from birth, built from the
+ * addresses Go's EvAccept carried: no syscall, no socket object. */
+static PyObject *accept_extra(gl_comp *c)
+{
+    PyObject *local = inet4_tuple(c->buf, (uint16_t)(c->aux >> 16));
+    PyObject *peer = local ? inet4_tuple((uint32_t)c->ptr, (uint16_t)(c->ptr >> 32)) : NULL;
+    PyObject *extra = peer ? PyDict_New() : NULL;
+    if (extra != NULL && (PyDict_SetItemString(extra, "sockname", local) < 0 ||
+                          PyDict_SetItemString(extra, "peername", peer) < 0))
+        Py_CLEAR(extra);
+    Py_XDECREF(local);
+    Py_XDECREF(peer);
+    return extra;
+}
+
+/* A server's new IPv4 connection, from Go's EvAccept to a transport with
+ * connection_made scheduled, in C: what _streams._accept_connection_fd and
+ * _make_socket_transport do in Python for every other connection, in the
+ * same order with the same outcomes. The fd is Go's from here on (no socket
+ * object until the program asks); the listening socket already had
+ * TCP_NODELAY set, which accepted sockets inherit. A failure closes the
+ * connection and goes to loop._accept_failed (debug mode reports it). */
+int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *server,
+                     int family, int type, int proto)
+{
+    int fd = c->res;
+    Transport *t = NULL;
+    PyObject *extra = NULL, *made = NULL, *args = NULL;
+    PyObject *protocol = PyObject_CallNoArgs(factory);
+    if (protocol == NULL)
+        goto fail;
+    /* A protocol without connection_made fails here, as asyncio's
+     * transport constructor does. */
+    made = PyObject_GetAttrString(protocol, "connection_made");
+    if (made == NULL || (extra = accept_extra(c)) == NULL)
+        goto fail;
+    t = transport_make(Transport_Type, lp, fd, NULL, protocol, extra, server);
+    if (t == NULL)
+        goto fail;
+    fd = -1;   /* the transport's now: closing it closes the fd */
+    t->sock_lazy = 1;
+    t->sock_family = family;
+    t->sock_type = type;
+    t->sock_proto = proto;
+    if (server != Py_None) {
+        PyObject *r = PyObject_CallMethod(server, "_attach", NULL);
+        if (r == NULL)
+            goto fail;
+        Py_DECREF(r);
+    }
+    args = PyTuple_Pack(1, (PyObject *)t);
+    if (args == NULL)
+        goto fail;
+    Handle *h = loop_call_soon(lp, made, args, NULL);
+    if (h == NULL)
+        goto fail;
+    Py_DECREF(h);
+    if (schedule_method(t, "_start_reading", NULL) < 0)
+        goto fail;
+    Py_DECREF(args);
+    Py_DECREF(made);
+    Py_DECREF(extra);
+    Py_DECREF(protocol);
+    Py_DECREF(t);
+    return 0;
+
+fail:;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (fd >= 0)
+        loop_close_orphan(lp, fd);
+    else if (t != NULL) {
+        PyObject *a = tr_force_close(t, Py_None);   /* Go closes the fd */
+        if (a == NULL)
+            PyErr_Clear();
+        Py_XDECREF(a);
+    }
+    int r = 0;
+    if (ev != NULL && (PyErr_GivenExceptionMatches(ev, PyExc_SystemExit) ||
+                       PyErr_GivenExceptionMatches(ev, PyExc_KeyboardInterrupt))) {
+        PyErr_Restore(et, ev, etb);
+        r = -1;
+    } else {
+        PyObject *res = PyObject_CallMethod((PyObject *)lp, "_accept_failed", "OOO",
+                                            ev ? ev : Py_None, protocol ? protocol : Py_None,
+                                            t ? (PyObject *)t : Py_None);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        if (res == NULL)
+            r = -1;
+        Py_XDECREF(res);
+    }
+    Py_XDECREF(args);
+    Py_XDECREF(made);
+    Py_XDECREF(extra);
+    Py_XDECREF(protocol);
+    Py_XDECREF((PyObject *)t);
+    return r;
+}
+
+/* get_extra_info as asyncio.BaseTransport's, except that a transport made
+ * by transport_accept makes its socket object when first asked: most
+ * programs never ask, and making one is most of a connection's Python cost.
+ * loop._lazy_socket makes it (the fd is Go's: a _GoOwnedSocket; after
+ * Go closed the fd, a detached one, as asyncio's closed socket). */
+static PyObject *tr_get_extra_info(Transport *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get_extra_info() takes 1 or 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *name = args[0], *dflt = nargs > 1 ? args[1] : Py_None;
+    if (t->extra == NULL)
+        return Py_NewRef(dflt);
+    PyObject *v = PyDict_GetItemWithError(t->extra, name);
+    if (v != NULL)
+        return Py_NewRef(v);
+    if (PyErr_Occurred())
+        return NULL;
+    if (t->sock_lazy && t->sock == NULL && t->loop != NULL && PyUnicode_Check(name) &&
+        PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
+        PyObject *pair = PyObject_CallMethod((PyObject *)t->loop, "_lazy_socket", "Oiiiii",
+                                             (PyObject *)t, t->sock_family, t->sock_type,
+                                             t->sock_proto, t->fd, (int)t->go_open);
+        if (pair == NULL)
+            return NULL;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_TypeError, "_lazy_socket: (socket, transport socket) expected");
+            return NULL;
+        }
+        t->sock = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        v = PyTuple_GET_ITEM(pair, 1);
+        int r = PyDict_SetItemString(t->extra, "socket", v);
+        Py_INCREF(v);
+        Py_DECREF(pair);
+        if (r < 0) {
+            Py_DECREF(v);
+            return NULL;
+        }
+        return v;
+    }
+    return Py_NewRef(dflt);
+}
+
 /* ---- Python methods ---- */
 
 static PyObject *tr_start_reading(Transport *t, PyObject *unused)
@@ -1341,6 +1517,7 @@ static PyObject *get_conn_lost(Transport *t, void *c) { return PyLong_FromLong(t
 
 static PyMethodDef tr_methods[] = {
     {"write", (PyCFunction)tr_write, METH_O, NULL},
+    {"get_extra_info", (PyCFunction)(void (*)(void))tr_get_extra_info, METH_FASTCALL, NULL},
     {"writelines", (PyCFunction)tr_writelines, METH_O, NULL},
     {"write_eof", (PyCFunction)tr_write_eof, METH_NOARGS, NULL},
     {"can_write_eof", (PyCFunction)tr_can_write_eof, METH_NOARGS, NULL},

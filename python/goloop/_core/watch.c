@@ -4,6 +4,7 @@
  * still on its way is simply not found: an EvPoll for it is dropped, an
  * EvAccept's fd is closed. */
 #include "core.h"
+#include <sys/socket.h>
 
 PyTypeObject *Watcher_Type;
 PyTypeObject *Listener_Type;
@@ -22,6 +23,11 @@ typedef struct {
     PyObject_HEAD
     LoopCore *loop;
     PyObject *callback;     /* callback(fd) for a new connection, callback(-errno) for an error */
+    /* serve(): plain connections whose EvAccept carries their addresses
+     * become transports in C (transport_accept); callback gets the rest. */
+    PyObject *factory;
+    PyObject *server;
+    int family, type, proto;
     int fd;
     char armed;
     char closed;            /* close() ran: connections still arriving are closed, not handed on */
@@ -231,6 +237,24 @@ static PyObject *l_start(Listener *l, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* serve(protocol_factory, server, family, type, proto): what a plain
+ * (no TLS) server makes of each connection, for transport_accept. */
+static PyObject *l_serve(Listener *l, PyObject *args)
+{
+    PyObject *factory, *server;
+    int family, type, proto;
+    if (!PyArg_ParseTuple(args, "OOiii", &factory, &server, &family, &type, &proto))
+        return NULL;
+    Py_INCREF(factory);
+    Py_INCREF(server);
+    Py_XSETREF(l->factory, factory);
+    Py_XSETREF(l->server, server);
+    l->family = family;
+    l->type = type;
+    l->proto = proto;
+    Py_RETURN_NONE;
+}
+
 static PyObject *l_stop(Listener *l, PyObject *unused)
 {
     if (!l->armed || l->loop->h == 0)
@@ -255,6 +279,8 @@ static PyObject *l_close(Listener *l, PyObject *unused)
         Py_RETURN_FALSE;
     l->closed = 1;
     Py_CLEAR(l->callback);
+    Py_CLEAR(l->factory);
+    Py_CLEAR(l->server);
     if (!go_usable(l->loop))
         Py_RETURN_FALSE;
     if (l->armed && loop_submit(l->loop, GL_OP_ACCEPT_STOP, l->fd, LTOKEN(l), NULL, 0, 0) < 0)
@@ -281,6 +307,8 @@ void listener_loop_closing(LoopCore *lp, PyObject *obj)
     l->armed = 0;
     l->closed = 1;
     Py_CLEAR(l->callback);
+    Py_CLEAR(l->factory);
+    Py_CLEAR(l->server);
 }
 
 int listener_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
@@ -295,6 +323,17 @@ int listener_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
          * nobody else may have it, and its client must not wait. */
         if (c->res >= 0)
             loop_close_orphan(lp, c->res);
+        return 0;
+    }
+    if (l->factory != NULL && c->res >= 0 && (c->aux & 0xffff) == AF_INET) {
+        /* The listener may be closed from a callback this runs: keep what
+         * the call needs. */
+        PyObject *factory = Py_NewRef(l->factory), *server = Py_NewRef(l->server);
+        int r = transport_accept(lp, c, factory, server, l->family, l->type, l->proto);
+        Py_DECREF(factory);
+        Py_DECREF(server);
+        if (r < 0)
+            return report_callback_error(lp, "Exception in accept callback", NULL, NULL);
         return 0;
     }
     PyObject *arg = PyLong_FromLong(c->res);
@@ -312,6 +351,8 @@ static int l_traverse(Listener *l, visitproc visit, void *arg)
 {
     Py_VISIT(l->loop);
     Py_VISIT(l->callback);
+    Py_VISIT(l->factory);
+    Py_VISIT(l->server);
     Py_VISIT(Py_TYPE(l));
     return 0;
 }
@@ -319,6 +360,8 @@ static int l_traverse(Listener *l, visitproc visit, void *arg)
 static int l_clear(Listener *l)
 {
     Py_CLEAR(l->callback);
+    Py_CLEAR(l->factory);
+    Py_CLEAR(l->server);
     if (l->loop != NULL)
         owners_release(l->loop, l->token);   /* before the loop may go */
     Py_CLEAR(l->loop);
@@ -339,6 +382,7 @@ static PyObject *l_closed(Listener *l, void *c) { return PyBool_FromLong(l->clos
 
 static PyMethodDef l_methods[] = {
     {"start", (PyCFunction)l_start, METH_NOARGS, NULL},
+    {"serve", (PyCFunction)l_serve, METH_VARARGS, NULL},
     {"stop", (PyCFunction)l_stop, METH_NOARGS, NULL},
     {"close", (PyCFunction)l_close, METH_NOARGS, NULL},
     {NULL}
