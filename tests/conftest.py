@@ -6,8 +6,10 @@ afterwards and fails the test if the loop left file descriptors open: close() mu
 release everything, and a test that leaks on asyncio is itself wrong.
 
 Markers:
-  xfail_loop(name, reason)   strict xfail for one loop (used only for uvloop
-                             deviations from asyncio; goloop failures stay red)
+  xfail_loop(name, reason)   strict xfail for one loop (used for uvloop's
+                             deviations from asyncio, and for asyncio 3.11's own
+                             deviations from its documentation; goloop failures
+                             stay red)
   skip_loop(name, reason)    skip on one loop: a uvloop deviation that would only
                              fail after a long timeout
   no_fd_check(*names, reason) skip the /proc/self/fd comparison for those loops (all
