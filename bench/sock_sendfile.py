@@ -3,6 +3,11 @@ exists, so the disk is not measured) sent over a loopback TCP connection to a
 reader in another process that reads until EOF.
 
     python bench/sock_sendfile.py LOOP [MiB] [runs]
+    python bench/sock_sendfile.py LOOP small [KiB] [calls]
+
+The second form measures the cost of one call instead: `calls` sock_sendfile
+calls (default 20000) of a small file (16 KiB) on one connection, as a static
+file server makes them; it prints calls per second and CPU time per call.
 
 LOOP is goloop, goloop-epoll, uvloop or asyncio. uvloop 0.17 has no
 sock_sendfile (NotImplementedError); for it the script runs asyncio's own
@@ -48,6 +53,18 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 
+def make_loop(name):
+    if name.startswith("goloop"):
+        if name == "goloop-epoll":
+            os.environ["GOLOOP_BACKEND"] = "epoll"
+        import goloop
+        return goloop.new_event_loop()
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 async def one(f, size, name):
     loop = asyncio.get_running_loop()
     proc = subprocess.Popen(_PIN + [sys.executable, "-c", _READER], stdout=subprocess.PIPE, text=True)
@@ -71,26 +88,56 @@ async def one(f, size, name):
         proc.wait()
 
 
+async def small(f, size, calls, name):
+    loop = asyncio.get_running_loop()
+    proc = subprocess.Popen(_PIN + [sys.executable, "-c", _READER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        send = loop.sock_sendfile
+        if name == "uvloop":
+            def send(sock, f, offset, count, fallback):
+                f.seek(0)  # the fallback reads from the position when offset is 0
+                return asyncio.BaseEventLoop._sock_sendfile_fallback(loop, sock, f, offset, count)
+        c0, t0 = cpu(), time.perf_counter()
+        for _ in range(calls):
+            await send(sock, f, 0, size, fallback=False)
+        dt, dc = time.perf_counter() - t0, cpu() - c0
+        sock.close()
+        got = int(await loop.run_in_executor(None, proc.stdout.readline))
+        assert got == size * calls, (got, size * calls)
+        return calls / dt, dc / calls * 1e6
+    finally:
+        proc.wait()
+
+
 def main():
     name = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "small":
+        kib = int(sys.argv[3]) if len(sys.argv) > 3 else 16
+        calls = int(sys.argv[4]) if len(sys.argv) > 4 else 20000
+        loop = make_loop(name)
+        with tempfile.TemporaryFile() as f:
+            f.write(os.urandom(kib << 10))
+            f.flush()
+            try:
+                rates = [loop.run_until_complete(small(f, kib << 10, calls, name)) for _ in range(3)]
+            finally:
+                loop.close()
+        print(f"{name}: {calls} calls of {kib} KiB x 3: best {max(r for r, _ in rates):.0f} calls/s, "
+              f"median {statistics.median(r for r, _ in rates):.0f} calls/s, "
+              f"CPU {statistics.median(c for _, c in rates):.1f} us/call")
+        return
     mib = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     size = mib << 20
-    if name.startswith("goloop"):
-        if name == "goloop-epoll":
-            os.environ["GOLOOP_BACKEND"] = "epoll"
-        import goloop
-        factory = goloop.new_event_loop
-    elif name == "uvloop":
-        import uvloop
-        factory = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
     where = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryFile(dir=where) as f:
         f.write(os.urandom(1 << 20) * mib)
         f.flush()
-        loop = factory()
+        loop = make_loop(name)
         try:
             results = [loop.run_until_complete(one(f, size, name)) for _ in range(runs)]
         finally:

@@ -470,3 +470,17 @@ def test_loop_close_with_a_sendfile_pending(loop):
 
 def recv_until_eof_nowait(sock):
     return read_available(sock)
+
+
+@pytest.mark.skip_loop("uvloop", reason="goloop only: its ops' size limit")
+@pytest.mark.skip_loop("asyncio", reason="goloop only: its ops' size limit")
+@pytest.mark.parametrize("count", [None, 50_001, 100_000 + 7])
+def test_one_call_in_several_ops(loop, monkeypatch, count):
+    # goloop only: Go takes at most 1 GiB per op, so a larger count (or "to
+    # the end" of a larger file) is several ops in turn; with the limit made
+    # small, a 100 KB file shows the bytes, the result and the position.
+    import goloop.loop
+    monkeypatch.setattr(goloop.loop, "_SENDFILE_MAX", 4096)
+    n, got, pos = run(loop, send_and_receive(loop, SMALL, 3, count))
+    want = SMALL[3:] if count is None else SMALL[3:3 + count]
+    assert (n, got, pos) == (len(want), want, 3 + len(want))
