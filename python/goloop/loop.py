@@ -525,6 +525,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             if _sock_came_in(r):
                 self._sock_keep(sock, 'accept', r.result())
             raise
+
     async def _sock_sendfile_native(self, sock, file, offset, count):
         # asyncio's sock_sendfile (BaseEventLoop) has checked the arguments
         # and calls this, then its fallback on SendfileNotAvailableError.
@@ -543,6 +544,8 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
         fd = self._sock_fd(sock)
         if fd < 0:
             return await _Unix._sock_sendfile_native(self, sock, file, offset, count)
+        # (A socket left in blocking mode blocks in sendfile(2), which has no
+        # MSG_DONTWAIT, as asyncio's os.sendfile blocks there.)
         # Go reads a duplicate of the file's fd, which this coroutine owns
         # and closes once Go has answered (or been stopped): the program may
         # close its own file at any moment, even while the op waits, and Go
