@@ -203,8 +203,7 @@ func (b *epollBackend) apply(s *Sub) {
 			return
 		}
 	}
-	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept ||
-		s.Op == OpSockRecvFrom || s.Op == OpSockSendTo) && b.fds[s.Fd] == nil {
+	if isSockOp(s.Op) && b.fds[s.Fd] == nil {
 		// Tried at once, as asyncio's sock_recv/sock_sendall call the
 		// socket first; only an op the socket cannot serve now waits.
 		o, done := tryFresh(s, b.complete)
@@ -254,7 +253,7 @@ func (b *epollBackend) apply(s *Sub) {
 			b.complete(Comp{Token: s.Token, Kind: EvConnect, Res: -int32(unix.ECANCELED)})
 		}
 		b.forgetIfIdle(f)
-	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo:
+	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo, OpSockSendfile:
 		o := f.sk.start(s, b.complete) // replaces a live one of its kind
 		if o.try(f.fd, b.complete) {
 			b.forgetIfIdle(f)

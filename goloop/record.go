@@ -163,6 +163,18 @@ const (
 	// Fd takes it. As OpSockSend otherwise (the fd's one send): one EvSock,
 	// Res = the bytes sent, or -errno.
 	OpSockSendTo
+	// OpSockSendfile sends Len bytes (at most SendfileMax) of the file whose
+	// fd is Arg, from file offset Ptr, on Fd (loop.sock_sendfile) with
+	// sendfile(2), an explicit offset leaving the file's position alone: at
+	// once as far as the socket takes, then one sendfile(2) each time Fd is
+	// writable, as asyncio's selector loop makes one os.sendfile per
+	// writability event. It takes the fd's one send, as OpSockSend does. The
+	// file fd is lent, like Fd: Go uses it only while the op is live (never
+	// after its EvSock) and closes neither. Exactly one EvSock answers it:
+	// Res = the bytes sent (fewer than Len only at the end of the file), or
+	// -errno with Aux = bytes sent before the error, -ECANCELED (Aux
+	// likewise) when OpSockStop stopped it or a later send on Fd replaced it.
+	OpSockSendfile
 	opCount
 )
 
@@ -182,7 +194,7 @@ const (
 	EvDgram
 	// EvSendfile answers OpSendfile.
 	EvSendfile
-	// EvSock answers OpSockRecv and OpSockSend.
+	// EvSock answers OpSockRecv, OpSockSend and the other OpSock* ops.
 	EvSock
 )
 

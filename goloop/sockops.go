@@ -21,14 +21,42 @@ import (
 // live receive and one live send: a second one replaces the first, which
 // is answered at once with -ECANCELED.
 
-// sockOp is one live OpSockRecv, OpSockSend or OpSockAccept.
+// sockOp is one live OpSock* op.
 type sockOp struct {
 	op    uint8
 	token uint64
-	ptr   uintptr // C memory: the destination, or the data
+	ptr   uintptr // C memory: the destination, or the data; OpSockSendfile: the file offset
 	n     int     // its length
-	off   int     // send: bytes sent so far
+	off   int     // send, sendfile: bytes sent so far
+	file  int32   // OpSockSendfile: the file's fd (lent by C, used only while live)
 	live  bool
+}
+
+// isSockOp reports whether op is one of the sock ops (sockops.go serves it).
+func isSockOp(op uint8) bool {
+	switch op {
+	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo, OpSockSendfile:
+		return true
+	}
+	return false
+}
+
+// sockSends reports whether op takes the fd's send slot (and waits for
+// writability) rather than its receive slot.
+func sockSends(op uint8) bool {
+	return op == OpSockSend || op == OpSockSendTo || op == OpSockSendfile
+}
+
+// sockOpOf is the live op for a submission.
+func sockOpOf(s *Sub) sockOp {
+	o := sockOp{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len), live: true}
+	if s.Op == OpSockSendfile {
+		o.file = int32(s.Arg)
+		if o.n > SendfileMax {
+			o.n = SendfileMax
+		}
+	}
+	return o
 }
 
 // sockOps is an fd's live socket operations.
@@ -39,7 +67,7 @@ type sockOps struct {
 func (s *sockOps) live() bool { return s.recv.live || s.send.live }
 
 func (s *sockOps) of(op uint8) *sockOp {
-	if op == OpSockSend || op == OpSockSendTo {
+	if sockSends(op) {
 		return &s.send
 	}
 	return &s.recv
@@ -50,7 +78,7 @@ func (s *sockOps) of(op uint8) *sockOp {
 // whether the op is over; if not, the op (with what a send has sent
 // already) is for adopt, on the fd's new state.
 func tryFresh(s *Sub, complete func(Comp)) (sockOp, bool) {
-	o := sockOp{op: s.Op, token: s.Token, ptr: s.Ptr, n: int(s.Len), live: true}
+	o := sockOpOf(s)
 	return o, o.try(s.Fd, complete)
 }
 
@@ -64,7 +92,7 @@ func (s *sockOps) start(sub *Sub, complete func(Comp)) *sockOp {
 	if o.live {
 		o.end(-int32(unix.ECANCELED), complete)
 	}
-	*o = sockOp{op: sub.Op, token: sub.Token, ptr: sub.Ptr, n: int(sub.Len), live: true}
+	*o = sockOpOf(sub)
 	return o
 }
 
@@ -119,6 +147,8 @@ func (o *sockOp) try(fd int32, complete func(Comp)) bool {
 		return o.tryRecvFrom(fd, complete)
 	case OpSockSendTo:
 		return o.trySendTo(fd, complete)
+	case OpSockSendfile:
+		return o.trySendfile(fd, complete)
 	}
 	return o.tryRecv(fd, complete)
 }
@@ -210,5 +240,24 @@ func (o *sockOp) trySend(fd int32, complete func(Comp)) bool {
 		o.off += int(r)
 	}
 	o.end(int32(o.n), complete)
+	return true
+}
+
+// trySendfile makes OpSockSendfile's sendfile(2) call, the transport's own
+// (sendfileSome, fdstate.go): one call that moves bytes per readiness, so a
+// peer that drains at once cannot take the whole file before any callback
+// runs, as with asyncio's one os.sendfile per writability event.
+func (o *sockOp) trySendfile(fd int32, complete func(Comp)) bool {
+	q := queued{op: OpSendfile, ptr: o.ptr, n: o.n, off: o.off, file: o.file}
+	done, e := sendfileSome(fd, &q)
+	o.off = q.off
+	switch {
+	case !done:
+		return false
+	case e != 0:
+		o.end(-int32(e), complete)
+	default:
+		o.end(int32(o.off), complete)
+	}
 	return true
 }

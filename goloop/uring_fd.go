@@ -199,8 +199,7 @@ func (b *uringBackend) apply(s *Sub) {
 			return
 		}
 	}
-	if (s.Op == OpSockRecv || s.Op == OpSockSend || s.Op == OpSockAccept ||
-		s.Op == OpSockRecvFrom || s.Op == OpSockSendTo) && b.fds[s.Fd] == nil {
+	if isSockOp(s.Op) && b.fds[s.Fd] == nil {
 		// Tried at once, as asyncio's sock_recv/sock_sendall call the
 		// socket first; only an op the socket cannot serve now gets state
 		// and a readiness poll.
@@ -210,7 +209,7 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 		f := b.state(s.Fd)
 		f.sk.adopt(s.Op, o)
-		b.sockWait(f, s.Op == OpSockSend || s.Op == OpSockSendTo)
+		b.sockWait(f, sockSends(s.Op))
 		return
 	}
 	f := b.state(s.Fd)
@@ -286,9 +285,9 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 	case OpDgramRecvStart:
 		b.dgramRecvStart(f, s)
-	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo:
+	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo, OpSockSendfile:
 		f.sk.start(s, b.complete)
-		b.sockPump(f, s.Op == OpSockSend || s.Op == OpSockSendTo)
+		b.sockPump(f, sockSends(s.Op))
 	case OpSockStop:
 		switch f.sk.stop(s.Token, b.complete) {
 		case OpSockRecv:
@@ -353,7 +352,7 @@ func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
 // under way reports EvClosed, and only once.
 func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect, OpSockRecv: EvSock, OpSockSend: EvSock, OpSockAccept: EvSock,
-		OpSockRecvFrom: EvSock, OpSockSendTo: EvSock,
+		OpSockRecvFrom: EvSock, OpSockSendTo: EvSock, OpSockSendfile: EvSock,
 		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
 		OpSendTo: EvSend, OpDgramRecvStart: EvDgram, OpSendfile: EvSendfile}[s.Op]
 	if kind != EvNone {

@@ -38,7 +38,9 @@ enum {
     GL_OP_SOCK_STOP, /* the sock op with this token gives up: EvSock -ECANCELED at once */
     GL_OP_SOCK_ACCEPT, /* sock_accept: accept4 on fd; ptr/len: room for the peer's sockaddr */
     GL_OP_SOCK_RECVFROM, /* sock_recvfrom*: ptr: a gl_sendto that Go fills (name, namelen) */
-    GL_OP_SOCK_SENDTO    /* sock_sendto: ptr: a gl_sendto */
+    GL_OP_SOCK_SENDTO,   /* sock_sendto: ptr: a gl_sendto */
+    GL_OP_SOCK_SENDFILE  /* sock_sendfile: sendfile(2) on fd; arg: file fd (lent while live),
+                            ptr: file offset, len: count (at most GL_SENDFILE_MAX) */
 };
 enum {
     GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,

@@ -126,7 +126,7 @@ class _SockFuture(asyncio.Future):
     """The future of a sock op in Go: cancelling it stops the op in Go at once
     (before cancel() returns), so Go reads or writes nothing more for it and
     the program may close the socket right after (_core/sockops.c)."""
-    __slots__ = ('_sk',)
+    __slots__ = ('_sk', '_sent')   # _sent: how far a stopped sock_sendfile got (sockops.c)
 
     def cancel(self, msg=None):
         if not self.done():
@@ -181,6 +181,25 @@ def _sock_came_in(fut):
     received is kept for the next sock_* call on that socket (Loop._sock_keep)
     rather than lost."""
     return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _sendfile_sent(fut):
+    # How far a sock_sendfile op got whose task was cancelled: its result if
+    # that came in first, else what Go's stop said (sockops.c sets _sent).
+    if _sock_came_in(fut):
+        res, sent = fut.result()
+        return res if res >= 0 else sent
+    return getattr(fut, '_sent', 0)
+
+
+def _sendfile_error(e, total):
+    # asyncio's: nothing sent yet is SendfileNotAvailableError (its fallback
+    # may still do it), else the OSError, ENOTCONN as ConnectionError.
+    if not total:
+        return exceptions.SendfileNotAvailableError("os.sendfile call failed")
+    if e == errno.ENOTCONN:
+        return ConnectionError("socket is not connected", errno.ENOTCONN)
+    return OSError(e, os.strerror(e))
 
 
 def _buffer_bytes(buf, n):
@@ -506,6 +525,69 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             if _sock_came_in(r):
                 self._sock_keep(sock, 'accept', r.result())
             raise
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        # asyncio's sock_sendfile (BaseEventLoop) has checked the arguments
+        # and calls this, then its fallback on SendfileNotAvailableError.
+        # What asyncio's native path refuses, it refuses alike
+        # (unix_events), and an empty file is 0 at once.
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not (count or fsize):
+            return 0  # empty file
+        fd = self._sock_fd(sock)
+        if fd < 0:
+            return await _Unix._sock_sendfile_native(self, sock, file, offset, count)
+        # (A socket left in blocking mode blocks in sendfile(2), which has no
+        # MSG_DONTWAIT, as asyncio's os.sendfile blocks there.)
+        # Go reads a duplicate of the file's fd, which this coroutine owns
+        # and closes once Go has answered (or been stopped): the program may
+        # close its own file at any moment, even while the op waits, and Go
+        # never reads from a number that may by then name another file. The
+        # duplicate shares the file's position, which is set through it.
+        own = os.dup(fileno)
+        total = 0
+        try:
+            while True:
+                # Go takes at most 1 GiB per op; "to the end" is ops in turn
+                # until one stops short, as asyncio's calls until sendfile says 0.
+                want = _SENDFILE_MAX if count is None else min(count - total, _SENDFILE_MAX)
+                if want <= 0:
+                    return total
+                r = _core._sock_sendfile_go(self, fd, own, offset + total, want)
+                if type(r) is _SockFuture:
+                    try:
+                        r = await r
+                    except exceptions.CancelledError:
+                        total += _sendfile_sent(r)
+                        raise
+                elif r is NotImplemented:  # an offset Go cannot take: asyncio's errors
+                    os.close(own)
+                    own = -1
+                    return await _Unix._sock_sendfile_native(self, sock, file, offset, count)
+                res, sent = r
+                if res < 0:
+                    total += sent
+                    raise _sendfile_error(-res, total)
+                total += res
+                if res < want:
+                    return total  # the end of the file
+        finally:
+            # asyncio's position after, also after an error or a cancel
+            # (only when something was sent, as asyncio's).
+            if own >= 0:
+                try:
+                    if total:
+                        os.lseek(own, offset + total, os.SEEK_SET)
+                finally:
+                    os.close(own)
+
     _sock_read_done = _Selector._sock_read_done
     _sock_write_done = _Selector._sock_write_done
     _sock_recvfrom = _Selector._sock_recvfrom
@@ -668,10 +750,11 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     # ---- sendfile (docs/sendfile.md) ----
     # loop.sendfile is asyncio's BaseEventLoop.sendfile (argument checks,
     # native first, then the fallback), calling the two hooks below.
-    # sock_sendfile is asyncio's too, native through os.sendfile on our
-    # readiness, as its selector loop does it.
+    # sock_sendfile is asyncio's too (argument checks, native first, then the
+    # fallback), with a native path in Go (_sock_sendfile_native above).
 
-    _sock_sendfile_native = _Unix._sock_sendfile_native
+    # (sock_sendfile's native path is Go's, in the sock_* block above; a
+    # socket Go does not take goes asyncio's way, with these.)
     _sock_sendfile_native_impl = _Unix._sock_sendfile_native_impl
     _sock_sendfile_update_filepos = _Unix._sock_sendfile_update_filepos
     _sock_add_cancellation_callback = _Unix._sock_add_cancellation_callback

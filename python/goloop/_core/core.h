@@ -193,6 +193,7 @@ PyObject *lc_sock_recvfrom_go(LoopCore *lp, PyObject *const *args, Py_ssize_t na
 PyObject *lc_sock_recvfrom_into_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_sendto_go(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lc_sock_stop(LoopCore *lp, PyObject *arg);
+PyObject *sock_sendfile_go(PyObject *m, PyObject *const *args, Py_ssize_t nargs);   /* _core._sock_sendfile_go */
 void sockop_loop_closing(LoopCore *lp, PyObject *op);
 PyObject *sockops_setup(PyObject *m, PyObject *cls);
 int init_sockops(PyObject *m);

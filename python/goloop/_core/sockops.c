@@ -1,4 +1,5 @@
-/* sock_recv, sock_recv_into and sock_sendall completed in Go (docs/sockops.md).
+/* sock_recv, sock_recv_into, sock_sendall, sock_accept, sock_recvfrom*,
+ * sock_sendto and sock_sendfile completed in Go (docs/sockops.md).
  *
  * Each call is a SockOp: it takes a slot in the owner table (TAG_SOCKOP),
  * hands Go one GL_OP_SOCK_RECV or GL_OP_SOCK_SEND on the program's fd and
@@ -30,7 +31,7 @@
 #include <errno.h>
 #include <string.h>
 
-enum { SK_RECV, SK_RECV_INTO, SK_SEND, SK_ACCEPT, SK_RECVFROM, SK_RECVFROM_INTO, SK_SENDTO };
+enum { SK_RECV, SK_RECV_INTO, SK_SEND, SK_ACCEPT, SK_RECVFROM, SK_RECVFROM_INTO, SK_SENDTO, SK_SENDFILE };
 
 #define ACCEPT_NAME_CAP 128   /* a struct sockaddr_storage */
 
@@ -49,6 +50,7 @@ typedef struct {
     Py_buffer view;       /* SK_RECV_INTO, SK_SEND: held while Go has the op */
     uint64_t token;
     int fd;
+    int ffd;              /* SK_SENDFILE: the file fd Go reads (the caller's, lent while in flight) */
     uint32_t len;
     uint8_t kind;
     char inflight;        /* Go has it: slot bound, pinned */
@@ -65,6 +67,7 @@ static PyObject *Address;      /* loop.py's _sock_address(sock, address bytes) -
 static PyObject *str_sk;       /* "_sk": the future's token attribute */
 static PyObject *kwnames_loop; /* ("loop",) */
 static PyObject *str_set_result, *str_set_exception, *str_done;
+static PyObject *str_sent;     /* "_sent": how far a stopped sock_sendfile got */
 
 static void op_release_buffers(SockOp *op)
 {
@@ -105,6 +108,7 @@ static SockOp *op_new(LoopCore *lp, int kind, int fd)
     memset(&op->view, 0, sizeof op->view);
     op->token = 0;
     op->fd = fd;
+    op->ffd = -1;
     op->len = 0;
     op->kind = (uint8_t)kind;
     op->inflight = op->stopping = op->done = 0;
@@ -118,6 +122,15 @@ static SockOp *op_new(LoopCore *lp, int kind, int fd)
  * Python turns into its subclass, ConnectionResetError and so on). */
 static PyObject *op_result(SockOp *op)
 {
+    if (op->kind == SK_SENDFILE) {
+        /* (res, aux) as Go said it, never an exception: an error's meaning
+         * depends on what the whole call sent before it (loop.py). */
+        PyObject *r = PyLong_FromLong(op->res), *a = PyLong_FromUnsignedLong(op->aux);
+        PyObject *t = (r && a) ? PyTuple_Pack(2, r, a) : NULL;
+        Py_XDECREF(r);
+        Py_XDECREF(a);
+        return t;
+    }
     if (op->res < 0) {
         int e = -op->res;
         PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", e, strerror(e));
@@ -191,6 +204,14 @@ static void op_settle_future(LoopCore *lp, SockOp *op)
     }
     int pending = done == Py_False;
     Py_DECREF(done);
+    if (op->kind == SK_SENDFILE && op->res == -ECANCELED) {
+        /* Stopped (its future is being cancelled) or replaced: the bytes it
+         * sent, for the file position the coroutine sets (loop.py). */
+        PyObject *sent = PyLong_FromUnsignedLong(op->aux);
+        if (sent == NULL || PyObject_SetAttr(fut, str_sent, sent) < 0)
+            report_callback_error(lp, "Exception in sock op completion", NULL, NULL);
+        Py_XDECREF(sent);
+    }
     if (!pending || op->res == -ECANCELED) {
         if (op->kind == SK_ACCEPT && op->res >= 0)
             loop_close_orphan(lp, op->res);   /* accepted for nobody */
@@ -273,7 +294,8 @@ static PyObject *op_start(LoopCore *lp, SockOp *op, uint8_t glop, const void *pt
     op->len = len;
     if (owners_bind(lp, (PyObject *)op, TAG_SOCKOP, &op->token) < 0)
         return NULL;
-    if (loop_submit(lp, glop, op->fd, op->token, ptr, len, 0) < 0) {
+    uint32_t arg = op->kind == SK_SENDFILE ? (uint32_t)op->ffd : 0;
+    if (loop_submit(lp, glop, op->fd, op->token, ptr, len, arg) < 0) {
         owners_release(lp, op->token);
         return NULL;
     }
@@ -515,6 +537,40 @@ PyObject *lc_sock_sendto_go(LoopCore *lp, PyObject *const *args, Py_ssize_t narg
     return r;
 }
 
+/* _core._sock_sendfile_go(loop, fd, file_fd, offset, count) -> (res, aux),
+ * a future (whose result is that pair), or NotImplemented (asyncio's path).
+ * One GL_OP_SOCK_SENDFILE of at most GL_SENDFILE_MAX bytes: res is the
+ * bytes sent (fewer than count only at the end of the file) or -errno, aux
+ * the bytes sent before an error. file_fd is the caller's (loop.py's
+ * duplicate): Go uses it only while the op is live, and the caller closes
+ * it only after the op is answered. A module function, not a LoopCore
+ * method: loop.c's method table is left alone. */
+PyObject *sock_sendfile_go(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)m;
+    int fd, ffd;
+    if (nargs != 5 || !PyObject_TypeCheck(args[0], LoopCore_Type) ||
+        fd_arg(args[1], &fd) < 0 || fd_arg(args[2], &ffd) < 0)
+        return PyErr_Occurred() ? NULL
+            : PyErr_Format(PyExc_TypeError, "_sock_sendfile_go(loop, fd, file_fd, offset, count)");
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[3]);
+    if (off == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t count = PyLong_AsSsize_t(args[4]);
+    if (count == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || ffd < 0 || count <= 0 || (size_t)count > GL_SENDFILE_MAX || off > (unsigned long long)INT64_MAX)
+        Py_RETURN_NOTIMPLEMENTED;
+    LoopCore *lp = (LoopCore *)args[0];
+    SockOp *op = op_new(lp, SK_SENDFILE, fd);
+    if (op == NULL)
+        return NULL;
+    op->ffd = ffd;
+    PyObject *r = op_start(lp, op, GL_OP_SOCK_SENDFILE, (const void *)(uintptr_t)off, (uint32_t)count);
+    Py_DECREF(op);
+    return r;
+}
+
 /* loop._sock_stop(token): the op's future is being cancelled. The stop is
  * applied now, before cancel() returns: Go reads or writes nothing more for
  * the op, and the program may close the socket right after. Its
@@ -580,7 +636,8 @@ int init_sockops(PyObject *m)
     str_set_result = PyUnicode_InternFromString("set_result");
     str_set_exception = PyUnicode_InternFromString("set_exception");
     str_done = PyUnicode_InternFromString("done");
+    str_sent = PyUnicode_InternFromString("_sent");
     SockOp_Type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &op_spec, NULL);
     return (str_sk == NULL || kwnames_loop == NULL || str_set_result == NULL ||
-            str_set_exception == NULL || str_done == NULL || SockOp_Type == NULL) ? -1 : 0;
+            str_set_exception == NULL || str_done == NULL || str_sent == NULL || SockOp_Type == NULL) ? -1 : 0;
 }
