@@ -99,3 +99,60 @@ func unpack4(v uint64) *unix.SockaddrInet4 {
 	copy(sa.Addr[:], raw[:4])
 	return sa
 }
+
+// A successful IPv4 connect's EvConnect carries the socket's own address
+// (record.go); an IPv6 one carries none.
+func TestConnectCarriesLocalAddress(t *testing.T) {
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		forEachBackend(t, func(t *testing.T, b Backend) {
+			lfd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(lfd)
+			var raw []byte
+			if family == unix.AF_INET {
+				unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+			} else if err := unix.Bind(lfd, &unix.SockaddrInet6{Addr: [16]byte{15: 1}}); err != nil {
+				t.Skip("no IPv6 loopback:", err)
+			}
+			unix.Listen(lfd, 4)
+			sa, _ := unix.Getsockname(lfd)
+			if a, ok := sa.(*unix.SockaddrInet4); ok {
+				raw = heapBuf(16)
+				raw[0] = unix.AF_INET
+				raw[2], raw[3] = byte(a.Port>>8), byte(a.Port)
+				copy(raw[4:8], a.Addr[:])
+			} else {
+				a6 := sa.(*unix.SockaddrInet6)
+				raw = heapBuf(28)
+				raw[0] = unix.AF_INET6
+				raw[2], raw[3] = byte(a6.Port>>8), byte(a6.Port)
+				copy(raw[8:24], a6.Addr[:])
+			}
+			cfd, _ := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			defer unix.Close(cfd)
+			got := collect(t, b, []Sub{{Op: OpConnect, Fd: int32(cfd), Token: 2, Ptr: ptrOf(raw), Len: uint32(len(raw))}},
+				hasKind(EvConnect, 2))
+			for _, c := range got {
+				if c.Kind != EvConnect {
+					continue
+				}
+				if c.Res != 0 {
+					t.Fatalf("connect: %+v", c)
+				}
+				if family != unix.AF_INET {
+					if c.Aux != 0 {
+						t.Fatalf("IPv6 carries no address: %+v", c)
+					}
+					continue
+				}
+				local, _ := unix.Getsockname(cfd)
+				if want := unpack4(uint64(c.Buf) | uint64(c.Aux>>16)<<32); c.Aux&0xffff != unix.AF_INET ||
+					*want != *local.(*unix.SockaddrInet4) {
+					t.Fatalf("local %+v from %+v, want %+v", want, c, local)
+				}
+			}
+		})
+	}
+}

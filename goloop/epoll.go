@@ -240,7 +240,9 @@ func (b *epollBackend) apply(s *Sub) {
 	case OpConnect:
 		switch e := connectRaw(f.fd, s.Ptr, s.Len); e {
 		case 0:
-			b.complete(Comp{Token: s.Token, Kind: EvConnect})
+			c := Comp{Token: s.Token, Kind: EvConnect}
+			connectedAddrs(&c, f.fd, &b.accSc)
+			b.complete(c)
 		case unix.EINPROGRESS, unix.EAGAIN:
 			f.connOn, f.connTok = true, s.Token
 			f.connPtr, f.connLen = s.Ptr, s.Len
@@ -508,7 +510,9 @@ func (b *epollBackend) settleConnect(f *epFd) {
 		res = -int32(e)
 	}
 	f.connOn = false
-	b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
+	c := Comp{Token: f.connTok, Kind: EvConnect, Res: res}
+	connectedAddrs(&c, f.fd, &b.accSc)
+	b.complete(c)
 	b.markDirty(f)
 }
 

@@ -302,6 +302,18 @@ func acceptAddrs(c *Comp, lfd int32, nfd int, local *uint64, sc *acceptScratch) 
 	c.Aux = unix.AF_INET | uint32(mine>>32)<<16
 }
 
+// connectedAddrs puts an IPv4 socket's local address into its successful
+// EvConnect (record.go), as acceptAddrs does for an accepted connection:
+// C knows the peer (it gave the sockaddr), so the transport's sockname and
+// peername cost Python no syscall.
+func connectedAddrs(c *Comp, fd int32, sc *acceptScratch) {
+	if c.Res == 0 && getsockname4(fd, sc) {
+		mine := sc.packInet4()
+		c.Buf = uint32(mine)
+		c.Aux = unix.AF_INET | uint32(mine>>32)<<16
+	}
+}
+
 // acceptSome accepts up to 64 connections from a readable listener, the same
 // on both backends: a readiness wait, then accept4 in a loop. (io_uring's
 // own multishot accept keeps its place at the head of the listening

@@ -73,7 +73,9 @@ const (
 	OpAcceptStart
 	OpAcceptStop
 	// OpConnect connects Fd to the sockaddr at Ptr/Len: EvConnect, Res 0 or
-	// -errno, once. Fd stays its owner's; Go uses it until EvConnect.
+	// -errno, once. Fd stays its owner's; Go uses it until EvConnect. A
+	// successful IPv4 connect's EvConnect carries the socket's own address
+	// as EvAccept carries it (Buf, and Aux = AF_INET | port << 16).
 	OpConnect
 	// OpPollStart watches Fd for readiness (Arg = PollIn|PollOut), level
 	// triggered like select(): EvPoll with Aux = ready mask, every Poll call

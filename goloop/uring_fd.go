@@ -343,7 +343,9 @@ func (b *uringBackend) onConnect(f *urFd, c *uringCQE) {
 	}
 	if f.connOn {
 		f.connOn = false
-		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: c.res})
+		done := Comp{Token: f.connTok, Kind: EvConnect, Res: c.res}
+		connectedAddrs(&done, f.fd, &b.accSc)
+		b.complete(done)
 	}
 }
 

@@ -692,3 +692,30 @@ def test_listeners_sharing_a_socket_share_its_connections(loop_name):
             t.join(10)
         lsock.close()
     assert counts == [0, 50]
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"),
+                                         pytest.param(socket.AF_INET6, "::1", marks=needs_ipv6)],
+                         ids=["ipv4", "ipv6"])
+def test_create_connection_transport_addresses(loop, family, host):
+    """create_connection's transport knows its sockname and peername as the
+    socket says them, before and after close (goloop takes IPv4 ones from
+    Go's connect instead of asking the socket: docs/architecture.md)."""
+
+    async def go():
+        srv = await loop.create_server(Echo, host, 0, family=family)
+        async with srv:
+            addr = srv.sockets[0].getsockname()
+            tr, pr = await loop.create_connection(lambda: Recorder(loop), host, addr[1])
+            sock = tr.get_extra_info("socket")
+            want = {"sockname": sock.getsockname(), "peername": sock.getpeername()}
+            seen = {k: tr.get_extra_info(k) for k in want}
+            tr.close()
+            await pr.lost
+            after = {k: tr.get_extra_info(k) for k in want}
+            return want, seen, after, addr
+
+    want, seen, after, addr = run(loop, go())
+    assert want["peername"][:2] == addr[:2]
+    assert seen == want
+    assert after == want

@@ -115,7 +115,7 @@ class StreamsMixin:
             sock = None
             try:
                 sock = socket.socket(af, type_ | _SOCK_NONBLOCK, proto_)
-                await self._connect_resolved(sock, address)
+                addrs = await self._connect_resolved(sock, address)
                 break
             except OSError as exc:
                 errors.append(exc)
@@ -134,7 +134,19 @@ class StreamsMixin:
                     ', '.join(str(exc) for exc in errors)))
             finally:
                 errors = None
-        return await self._create_connection_transport(sock, protocol_factory, None, None)
+        # asyncio's _create_connection_transport for a plain socket, less
+        # its setblocking (the socket was born non-blocking) and with the
+        # addresses Go's connect brought (no getsockname/getpeername).
+        extra = {'sockname': addrs[0], 'peername': addrs[1]} if addrs else None
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_socket_transport(sock, protocol, waiter, extra=extra)
+        try:
+            await waiter
+        except:  # noqa: E722 (asyncio's: the transport goes with any exception)
+            transport.close()
+            raise
+        return transport, protocol
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):

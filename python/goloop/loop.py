@@ -478,11 +478,12 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             _, _, _, _, address = resolved[0]
         if sock.fileno() >= 0:
             self._ensure_fd_no_transport(sock.fileno())
-        return await self._connect_resolved(sock, address)
+        await self._connect_resolved(sock, address)
 
     async def _connect_resolved(self, sock, address):
         # The connect itself, for an address already resolved (what
-        # create_connection's addresses are).
+        # create_connection's addresses are). Returns (sockname, peername)
+        # when Go's answer carried them (IPv4: connect.c), else None.
         fd = sock.fileno()
         raw = None
         if fd >= 0:

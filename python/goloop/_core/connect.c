@@ -11,6 +11,8 @@
  * with the future: token -> (future, sockaddr bytes, address as given). */
 #include "core.h"
 #include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
 
 /* loop._connect_start(fd, sockaddr, address) -> (token, future) */
 PyObject *lc_connect_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
@@ -75,7 +77,28 @@ PyObject *lc_connect_stop(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* EvConnect: settle the future as asyncio's sock_connect would. */
+/* What a connected IPv4 socket's transport needs for its extra info, with
+ * no syscall: (sockname, peername), the first from Go's EvConnect, the
+ * second from the sockaddr the connect was given. None for anything else
+ * (the transport then asks the socket). */
+static PyObject *connected_addrs(gl_comp *c, PyObject *sockaddr)
+{
+    struct sockaddr_in sin;
+    if ((c->aux & 0xffff) != AF_INET || PyBytes_GET_SIZE(sockaddr) != sizeof sin)
+        Py_RETURN_NONE;
+    memcpy(&sin, PyBytes_AS_STRING(sockaddr), sizeof sin);
+    if (sin.sin_family != AF_INET)
+        Py_RETURN_NONE;
+    PyObject *local = inet4_address(c->buf, (uint16_t)(c->aux >> 16));
+    PyObject *peer = local ? inet4_address(sin.sin_addr.s_addr, sin.sin_port) : NULL;
+    PyObject *r = peer ? PyTuple_Pack(2, local, peer) : NULL;
+    Py_XDECREF(local);
+    Py_XDECREF(peer);
+    return r;
+}
+
+/* EvConnect: settle the future as asyncio's sock_connect would (its result
+ * is connected_addrs' answer, which sock_connect itself drops). */
 int connect_dispatch(LoopCore *lp, gl_comp *c)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(c->token);
@@ -94,7 +117,11 @@ int connect_dispatch(LoopCore *lp, gl_comp *c)
         /* A socket already connected there: Python's connect() returns
          * quietly on EISCONN, so asyncio's sock_connect does too. */
         if (c->res == 0 || c->res == -EISCONN) {
-            res = PyObject_CallMethod(fut, "set_result", "O", Py_None);
+            PyObject *addrs = connected_addrs(c, PyTuple_GET_ITEM(entry, 1));
+            PyObject *name = addrs ? PyUnicode_FromString("set_result") : NULL;
+            res = name ? PyObject_CallMethodOneArg(fut, name, addrs) : NULL;
+            Py_XDECREF(name);
+            Py_XDECREF(addrs);
         } else {
             /* asyncio's words for a connect that failed after EINPROGRESS */
             PyObject *msg = PyUnicode_FromFormat("Connect call failed %S", PyTuple_GET_ITEM(entry, 2));

@@ -154,6 +154,7 @@ int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
 int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *server,
                      int family, int type, int proto);
+PyObject *inet4_address(uint32_t addr, uint16_t port);
 int init_transport_type(PyObject *m);
 
 /* dgram.c */

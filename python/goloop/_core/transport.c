@@ -860,8 +860,9 @@ void transport_loop_closing(LoopCore *lp, PyObject *obj)
 
 static PyObject *tr_force_close(Transport *t, PyObject *exc);
 
-/* (host, port) of an IPv4 address packed as goloop.h's GL_EV_ACCEPT says. */
-static PyObject *inet4_tuple(uint32_t addr, uint16_t port)
+/* (host, port) of an IPv4 address and port as they lie in a sockaddr
+ * (network order): what socket's getsockname gives for AF_INET. */
+PyObject *inet4_address(uint32_t addr, uint16_t port)
 {
     char host[INET_ADDRSTRLEN];
     struct in_addr a;
@@ -875,8 +876,8 @@ static PyObject *inet4_tuple(uint32_t addr, uint16_t port)
  * addresses Go's EvAccept carried: no syscall, no socket object. */
 static PyObject *accept_extra(gl_comp *c)
 {
-    PyObject *local = inet4_tuple(c->buf, (uint16_t)(c->aux >> 16));
-    PyObject *peer = local ? inet4_tuple((uint32_t)c->ptr, (uint16_t)(c->ptr >> 32)) : NULL;
+    PyObject *local = inet4_address(c->buf, (uint16_t)(c->aux >> 16));
+    PyObject *peer = local ? inet4_address((uint32_t)c->ptr, (uint16_t)(c->ptr >> 32)) : NULL;
     PyObject *extra = peer ? PyDict_New() : NULL;
     if (extra != NULL && (PyDict_SetItemString(extra, "sockname", local) < 0 ||
                           PyDict_SetItemString(extra, "peername", peer) < 0))
