@@ -507,6 +507,38 @@ def markdown(results):
                        f"| {r['lost_cpu_us']:.1f} | {rel} | {relc} |")
         out.append("")
 
+    tls = [r for r in results.get("tls", []) if r.get("kind") in ("echo", "churn")]
+    if tls:
+        m = results.get("meta", {})
+        labels = []
+        for r in tls:
+            if r["loop"] not in labels:
+                labels.append(r["loop"])
+        labels.sort(key=lambda lb: (LOOP_ORDER.index(lb) if lb in LOOP_ORDER else len(LOOP_ORDER), lb))
+        gos = [lb for lb in labels if lb == "goloop" or lb.startswith("goloop[")]
+        tby = {(r["kind"], r["variant"], r["conns"], r["size"], r["loop"]): r for r in tls}
+        cells = list(dict.fromkeys((r["kind"], r["variant"], r["conns"], r["size"]) for r in tls))
+        out.append(f"**TLS** (TLS {m.get('tls_version', '?')}, {m.get('tls_key', '?')} certificate "
+                   f"verified by the Go client; median of {m.get('tls_rounds', '?')} interleaved "
+                   "rounds; ratios: medians / paired / by CPU)\n")
+        cols = " | ".join(labels) + " | " + " | ".join(f"{g}/uvloop" for g in gos if "uvloop" in labels)
+        out.append(f"| cell | {cols} | server CPU us/req ({'/'.join(labels)}) | p50/p99 us ({'/'.join(labels)}) |")
+        out.append("|---|" + "--:|" * (len(labels) + sum(1 for g in gos if "uvloop" in labels) + 2))
+        for kind, variant, conns, size in cells:
+            rs = [tby.get((kind, variant, conns, size, lb)) for lb in labels]
+            d = dict(zip(labels, rs))
+            key = "cpu_us_per_conn" if kind == "churn" else "cpu_us_per_req"
+            name = (f"echo {variant}, {conns} conns x {size_name(size)} (req/s)" if kind == "echo"
+                    else f"new connections/s, {conns} concurrent")
+            rats = " | ".join(" / ".join(_fmt_ratio(x) for x in (
+                ratio(d[g], d["uvloop"]), paired_ratio(d[g], d["uvloop"]),
+                _tls_cpu_ratio(d[g], d["uvloop"], key))) for g in gos if "uvloop" in labels)
+            ok = [r is not None and not r.get("error") for r in rs]
+            cpus = " / ".join(f"{r[key]:.1f}" if k else "-" for r, k in zip(rs, ok))
+            lat = " / ".join(f"{r['p50_us']:,.0f}/{r['p99_us']:,.0f}" if k else "-" for r, k in zip(rs, ok))
+            out.append(f"| {name} | " + " | ".join(rps(r) for r in rs) + f" | {rats} | {cpus} | {lat} |")
+        out.append("")
+
     def where(r):
         if "count" in r and "conns" not in r:
             return f"{LOOP_NAMES[r['loop']]} create_connection"

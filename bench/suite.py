@@ -688,9 +688,9 @@ def parse_args(argv):
                    help="the TLS cells' certificate: ECDSA P-256 (default) or RSA 2048")
     p.add_argument("--tls-version", default="1.3", choices=["1.2", "1.3"],
                    help="TLS version the load generator asks for (default 1.3)")
-    p.add_argument("--tls-variants", default="protocol",
+    p.add_argument("--tls-variants", default="protocol,streams",
                    help="echo variants of the TLS echo cells (protocol, buffered, streams; "
-                        "default protocol)")
+                        "default protocol,streams)")
     p.add_argument("--tls-goloop-env", action="append", default=[], metavar="K=V",
                    help="run goloop once more in every TLS cell with K=V in its environment "
                         "(e.g. GOLOOP_TLS=python); repeatable")

@@ -31,6 +31,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -90,7 +91,19 @@ func main() {
 	flag.BoolVar(&topt.insecure, "insecure", false, "with -tls: do not verify the server's certificate")
 	flag.BoolVar(&topt.resume, "tls-resume", false, "with -tls -churn: resume sessions with the server's tickets (default: every connection a full handshake)")
 	flag.StringVar(&topt.serverName, "tls-server-name", "localhost", "with -tls: SNI and the name the certificate must carry")
+	cpuProfile := flag.String("cpuprofile", "", "write the generator's own CPU profile (pprof) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	// One thread drives every connection through epoll, as the servers do:
 	// no goroutine per connection, no scheduler between a wake-up and the
@@ -134,6 +147,7 @@ func main() {
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
 	if res.Error != "" {
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
