@@ -580,6 +580,8 @@ def make_cert(directory, kind):
     Made once per run, in the run's temporary directory; nothing is kept.
     Returns (cert path, key path).
     """
+    if not shutil.which("openssl"):
+        raise RuntimeError("the openssl command is missing (apt-get install openssl)")
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     r = procs.run_bounded(
         ["openssl", "req", "-x509", *TLS_KEYS[kind], "-nodes", "-keyout", key, "-out", cert,
@@ -716,8 +718,6 @@ def parse_args(argv):
     for kv in args.tls_goloop_env:
         if "=" not in kv or not kv.split("=", 1)[0]:
             p.error(f"--tls-goloop-env wants K=V, not {kv!r}")
-    if "tls" in args.only and not shutil.which("openssl"):
-        p.error("the TLS cells need the openssl command (apt-get install openssl)")
     return args
 
 
