@@ -334,7 +334,8 @@ def tls_table(results):
     m = results.get("meta", {})
     out = [f"== TLS (issue 9): {m.get('tls_version', '?')} requested, {m.get('tls_key', '?')} "
            f"certificate, verified by the Go client; median of {m.get('tls_rounds', '?')} "
-           "interleaved rounds, each the faster of two windows =="]
+           f"interleaved rounds, each the fastest of {m.get('churn_windows', '?')} x "
+           f"{m.get('window_s', '?')} s windows =="]
     out += [f"  ERROR {r['error']}" for r in setup]
     labels = []
     for r in rows_in:
