@@ -254,12 +254,19 @@ func (m *tlsMeter) report(res *result, churn bool) {
 	}
 }
 
-// tlsDial connects and completes a handshake within deadline.
-func tlsDial(network, target string, cfg *tls.Config, deadline time.Time, reset bool) (*tls.Conn, error) {
+// tlsDial connects and completes a handshake within deadline. The socket is
+// in m.conns from the connect on, so that the end of the run interrupts a
+// handshake too; the caller removes it (forget) when done with it.
+func (m *tlsMeter) tlsDial(network, target string, cfg *tls.Config, deadline time.Time, reset bool) (*tls.Conn, error) {
 	d := net.Dialer{Deadline: deadline}
 	raw, err := d.Dial(network, target)
 	if err != nil {
 		return nil, err
+	}
+	m.conns.Store(raw, nil)
+	if m.stopping.Load() {
+		m.forget(raw)
+		return nil, errors.New("stopping")
 	}
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
@@ -271,10 +278,16 @@ func tlsDial(network, target string, cfg *tls.Config, deadline time.Time, reset 
 	c := tls.Client(raw, cfg)
 	c.SetDeadline(deadline)
 	if err := c.Handshake(); err != nil {
-		raw.Close()
+		m.forget(raw)
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	return c, nil
+}
+
+// forget closes a socket and takes it out of m.conns.
+func (m *tlsMeter) forget(c net.Conn) {
+	c.Close()
+	m.conns.Delete(c)
 }
 
 // checkEcho verifies the sequence number in the first and last byte.
@@ -304,15 +317,18 @@ func runTLS(res *result, addr, unixPath string, warmup, duration time.Duration, 
 	}
 	res.TLS = true
 	m := newTLSMeter()
-	defer m.closeAll()
+	var wg sync.WaitGroup
+	defer func() {
+		m.closeAll()
+		wg.Wait()
+	}()
 	conns := make([]*tls.Conn, 0, res.Conns)
 	for i := 0; i < res.Conns; i++ {
-		c, err := tlsDial(network, target, cfg, time.Now().Add(ioTimeout), false)
+		c, err := m.tlsDial(network, target, cfg, time.Now().Add(ioTimeout), false)
 		if err != nil {
 			return fmt.Errorf("connect %d: %w", i, err)
 		}
 		c.SetDeadline(time.Time{})
-		m.conns.Store(c, nil)
 		m.handshake(c)
 		conns = append(conns, c)
 	}
@@ -320,7 +336,11 @@ func runTLS(res *result, addr, unixPath string, warmup, duration time.Duration, 
 	m.lastProgress = time.Now()
 	m.mu.Unlock()
 	for _, c := range conns {
-		go m.echoLoop(c, res.Size)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.echoLoop(c, res.Size)
+		}()
 	}
 	return m.drive(res, warmup, duration, windows, serverPid, ioTimeout, false)
 }
@@ -340,8 +360,14 @@ func (m *tlsMeter) echoLoop(c *tls.Conn, size int) {
 	)
 	if size > largeWrite {
 		kick, written = make(chan struct{}), make(chan error, 1)
-		defer close(kick)
+		var writer sync.WaitGroup
+		writer.Add(1)
+		defer func() {
+			close(kick)
+			writer.Wait()
+		}()
 		go func() {
+			defer writer.Done()
 			for range kick {
 				_, err := c.Write(out)
 				written <- err
@@ -438,19 +464,15 @@ func (m *tlsMeter) churnLoop(network, target string, cfg *tls.Config, size int, 
 
 // oneConn is one whole connection: connect, handshake, echo, close.
 func (m *tlsMeter) oneConn(network, target string, cfg *tls.Config, out, in []byte, seq byte, deadline time.Time) error {
-	c, err := tlsDial(network, target, cfg, deadline, true)
+	c, err := m.tlsDial(network, target, cfg, deadline, true)
 	if err != nil {
 		return err
 	}
-	m.conns.Store(c, nil)
 	defer func() {
 		// close_notify, then the reset close.
 		c.Close()
-		m.conns.Delete(c)
+		m.conns.Delete(c.NetConn())
 	}()
-	if m.stopping.Load() {
-		return errors.New("stopping")
-	}
 	m.handshake(c)
 	out[0], out[len(out)-1] = seq, seq
 	if _, err := c.Write(out); err != nil {
