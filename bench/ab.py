@@ -3,6 +3,8 @@
     python bench/ab.py [--a goloop] [--b uvloop] [--variant protocol]
                        [--conns 10] [--size 1024] [--rounds 10] [--seconds 1]
                        [--a-path DIR] [--b-path DIR] [--churn]
+                       [--a-env K=V ...] [--b-env K=V ...]
+                       [--tls [--tls-key ecdsa|rsa] [--tls-version 1.2|1.3]]
 
 --churn pairs the new-connection cell instead (the load generator's -churn:
 connect, one message of --size bytes, reset close; protocol servers): the
@@ -12,6 +14,16 @@ servers' CPU per connection (cpu_us_per_req) as well as the rates.
 --a-path/--b-path put DIR first on that server's PYTHONPATH, so two builds
 of the same loop can be paired (a change's before and after: --a goloop
 --a-path OLD/python --b goloop --b-path NEW/python).
+
+--a-env/--b-env K=V (repeatable) add K=V to that server's environment, so
+one build can be paired with itself under two settings (--a goloop --a-env
+GOLOOP_TLS=python --b goloop).
+
+--tls pairs the TLS cell instead: both servers serve TLS (echo_server.py
+--tls, a certificate made for this run by openssl, ECDSA P-256 unless
+--tls-key rsa), and the load generator speaks TLS (--tls-version, default
+1.3) and verifies the certificate. With --churn every connection is a full
+handshake, a --size echo and a close (use --size 64 for the suite's cell).
 
 Both servers stay up (pinned to CPU 0; the idle one costs nothing), and the
 load generator (CPU 1) alternates between them, one window each per round.
@@ -25,8 +37,10 @@ PYTHONPATH as for bench/run.sh.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -38,6 +52,7 @@ import suite  # noqa: E402
 def window(server, args):
     argv = ["taskset", "-c", str(suite.CLIENT_CPU), suite.LOADGEN,
             *(["-churn"] if args.churn else []),
+            *(suite.tls_loadgen_flags(args.tls_version, args.cert[0]) if args.tls else []),
             "-addr", f"127.0.0.1:{server.port}", "-conns", str(args.conns),
             "-size", str(args.size), "-warmup", "0.3s", "-duration", f"{args.seconds}s",
             "-windows", "1", "-server-pid", str(server.pid)]
@@ -63,7 +78,19 @@ def main(argv):
     p.add_argument("--b-path", default=None, help="PYTHONPATH entry for b's server")
     p.add_argument("--churn", action="store_true",
                    help="new connections per second (protocol servers) instead of echo")
+    p.add_argument("--a-env", action="append", default=[], metavar="K=V",
+                   help="add K=V to a's server environment (repeatable)")
+    p.add_argument("--b-env", action="append", default=[], metavar="K=V",
+                   help="add K=V to b's server environment (repeatable)")
+    p.add_argument("--tls", action="store_true", help="the TLS cell: servers and load over TLS")
+    p.add_argument("--tls-key", default="ecdsa", choices=sorted(suite.TLS_KEYS))
+    p.add_argument("--tls-version", default="1.3", choices=["1.2", "1.3"])
     args = p.parse_args(argv)
+    for kv in args.a_env + args.b_env:
+        if "=" not in kv or not kv.split("=", 1)[0]:
+            p.error(f"--a-env/--b-env want K=V, not {kv!r}")
+    if args.tls and args.variant not in suite.TLS_VARIANTS:
+        p.error(f"--variant {args.variant} has no TLS (TLS variants: {', '.join(suite.TLS_VARIANTS)})")
     # Sides are named by loop, or by loop and build when both run one loop.
     name_a, name_b = args.a, args.b
     if name_a == name_b:
@@ -78,17 +105,28 @@ def main(argv):
         pass
 
     servers = {}
+    tmp = tempfile.mkdtemp(prefix="goloop-ab-")
+    negotiated = None
     try:
-        for name, loop, path in ((name_a, args.a, args.a_path), (name_b, args.b, args.b_path)):
+        tls_argv = []
+        if args.tls:
+            args.cert = suite.make_cert(tmp, args.tls_key)
+            tls_argv = ["--tls", ":".join(args.cert)]
+        sides = ((name_a, args.a, args.a_path, args.a_env), (name_b, args.b, args.b_path, args.b_env))
+        for name, loop, path, extra in sides:
             port = procs.free_port()
             env = None
-            if path:
+            if path or extra:
                 env = dict(os.environ)
+            if path:
                 env["PYTHONPATH"] = os.path.abspath(path) + (
                     os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            for kv in extra:
+                k, v = kv.split("=", 1)
+                env[k] = v
             servers[name] = procs.Server(
                 [python, "-X", "faulthandler", suite.ECHO_SERVER, "--loop", loop,
-                 "--variant", args.variant, "--port", str(port)],
+                 "--variant", args.variant, "--port", str(port), *tls_argv],
                 cpu=suite.SERVER_CPU, port=port, cwd=suite.SERVER_CWD, env=env)
         ratios, rps = [], {name_a: [], name_b: []}
         cpu = {name_a: [], name_b: []}
@@ -100,10 +138,14 @@ def main(argv):
                 rps[name].append(got[name]["rps"])
                 cpu[name].append(got[name].get("server_cpu_us_per_req", 0.0))
             ratios.append(got[name_a]["rps"] / got[name_b]["rps"])
+            if args.tls:
+                negotiated = " ".join(str(got[name_a].get(k)) for k in
+                                      ("tls_version", "tls_cipher", "tls_curve"))
             print(f"round {i + 1:2}: {name_a} {got[name_a]['rps']:>9,.0f}  "
                   f"{name_b} {got[name_b]['rps']:>9,.0f}  ratio {ratios[-1]:.3f}", file=sys.stderr)
     finally:
         procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median(ratios)
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [med, med, med]
@@ -111,6 +153,8 @@ def main(argv):
         "churn": args.churn, "variant": args.variant, "conns": args.conns, "size": args.size,
         "rounds": args.rounds, "seconds": args.seconds,
         "a": name_a, "b": name_b, "a_path": args.a_path, "b_path": args.b_path,
+        "a_env": args.a_env, "b_env": args.b_env,
+        "tls": (f"{negotiated}, {args.tls_key} certificate" if args.tls else None),
         "ratio_median": round(med, 3), "ratio_q1": round(q[0], 3), "ratio_q3": round(q[2], 3),
         "rps_median": {k: round(statistics.median(v)) for k, v in rps.items()},
         "cpu_us_per_req_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},

@@ -124,8 +124,11 @@ class Server:
         except (OSError, ValueError):
             return ""
 
-    def echo_probe(self, timeout=3.0):
-        """One byte echoed on a fresh connection: the server still serves."""
+    def echo_probe(self, timeout=3.0, ssl_context=None):
+        """One byte echoed on a fresh connection: the server still serves.
+
+        ssl_context: a client ssl.SSLContext, for a server that speaks TLS.
+        """
         try:
             if self.unix:
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -133,6 +136,8 @@ class Server:
                 s.connect(self.unix)
             else:
                 s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+            if ssl_context is not None:
+                s = ssl_context.wrap_socket(s, server_hostname="localhost")
             with s:
                 s.sendall(b"?")
                 return s.recv(1) == b"?"

@@ -61,6 +61,24 @@ def progress_connect(loop, rnd, out):
           f"lost {us('lost_us')} us (cpu {us('lost_cpu_us')})", file=sys.stderr, flush=True)
 
 
+def progress_tls(kind, label, variant, conns, size, rnd, out):
+    if kind == "churn":
+        what = f"tls new conns {label:<8} {conns:>3} conns  round {rnd + 1}"
+    else:
+        what = f"tls echo {variant:<8} {label:<8} {cell_name(conns, size)}  round {rnd + 1}"
+    if out.get("error"):
+        print(f"  {what}  ERROR {out['error']}", file=sys.stderr, flush=True)
+        return
+    unit = "conn/s" if kind == "churn" else "req/s"
+    print(f"  {what}  {out['rps']:>9,.0f} {unit}  p50 {out['p50_us']:>7,.0f} us  "
+          f"p99 {out['p99_us']:>7,.0f} us  cpu {out.get('server_cpu_us_per_req', 0):6.1f} us  "
+          f"{out.get('tls_version', '?')} {out.get('tls_cipher', '?')}"
+          + (f"  errors {out.get('errors', 0)}" if kind == "churn" else "")
+          + f"  other {out.get('other_cpu', 0):.2f} CPU"
+          + (f"  LOG {out['server_log']}" if out.get("server_log") else ""),
+          file=sys.stderr, flush=True)
+
+
 def _fmt_rps(row):
     if row is None:
         return "-"
@@ -296,6 +314,92 @@ def connect_table(results):
     return "\n".join(out) + "\n"
 
 
+# Issue 9's targets for the TLS cells, goloop over uvloop.
+TLS_ECHO_TARGET = 1.3
+TLS_CHURN_TARGET = 1.2
+
+
+def _tls_cpu_ratio(a, b, key):
+    """b's server CPU per request over a's (a's rate ratio if both were CPU-bound)."""
+    if not a or not b or a.get("error") or b.get("error") or not a.get(key):
+        return None
+    return b[key] / a[key]
+
+
+def tls_table(results):
+    rows_in = [r for r in results.get("tls", []) if r.get("kind") in ("echo", "churn")]
+    setup = [r for r in results.get("tls", []) if r.get("kind") == "setup"]
+    if not rows_in and not setup:
+        return ""
+    m = results.get("meta", {})
+    out = [f"== TLS (issue 9): {m.get('tls_version', '?')} requested, {m.get('tls_key', '?')} "
+           f"certificate, verified by the Go client; median of {m.get('tls_rounds', '?')} "
+           f"interleaved rounds, each the fastest of {m.get('churn_windows', '?')} x "
+           f"{m.get('window_s', '?')} s windows =="]
+    out += [f"  ERROR {r['error']}" for r in setup]
+    labels = []
+    for r in rows_in:
+        if r["loop"] not in labels:
+            labels.append(r["loop"])
+    labels.sort(key=lambda lb: (LOOP_ORDER.index(lb) if lb in LOOP_ORDER else len(LOOP_ORDER), lb))
+    gos = [lb for lb in labels if lb == "goloop" or lb.startswith("goloop[")]
+    others = [lb for lb in ("uvloop", "asyncio") if lb in labels]
+    by = {(r["kind"], r["variant"], r["conns"], r["size"], r["loop"]): r for r in rows_in}
+    cells = []
+    for r in rows_in:
+        c = (r["kind"], r["variant"], r["conns"], r["size"])
+        if c not in cells:
+            cells.append(c)
+    head = ["cell"] + labels
+    for g in gos:
+        for o in others:
+            short = "go" if g == "goloop" else g
+            head += [f"{short}/{o[:3]} (med/paired/cpu)"]
+    rows, lat, notes, verdicts = [], [], [], []
+    for kind, variant, conns, size in cells:
+        name = (f"echo {variant} {conns} x {size_name(size)}" if kind == "echo"
+                else f"new conns, {conns} concurrent")
+        rs = {lb: by.get((kind, variant, conns, size, lb)) for lb in labels}
+        row = [name] + [_fmt_rps(rs[lb]) for lb in labels]
+        key = "cpu_us_per_conn" if kind == "churn" else "cpu_us_per_req"
+        target = TLS_CHURN_TARGET if kind == "churn" else TLS_ECHO_TARGET
+        for g in gos:
+            for o in others:
+                row.append(" / ".join(_fmt_ratio(x) for x in (
+                    ratio(rs[g], rs[o]), paired_ratio(rs[g], rs[o]), _tls_cpu_ratio(rs[g], rs[o], key))))
+                if o == "uvloop":
+                    p = paired_ratio(rs[g], rs[o])
+                    verdicts.append(f"{name}: {g}/uvloop paired {_fmt_ratio(p)}, target >= {target}: "
+                                    f"{_met(p, target, True)}")
+        rows.append(row)
+        lrow = [name]
+        for lb in labels:
+            r = rs[lb]
+            if r is None or r.get("error"):
+                lrow += ["-", "-"]
+            else:
+                lrow += [f"{r['p50_us']:,.0f}/{r['p99_us']:,.0f}", f"{r[key]:.1f}"
+                         + (f" e{r['errors']}" if r.get("errors") else "")]
+            for k in ("error", "crash", "server_log", "last_error", "failed_rounds"):
+                if r is not None and r.get(k):
+                    notes.append(f"  {lb} {name}: {k}: {r[k]}")
+        lat.append(lrow)
+    lhead = ["cell"]
+    for lb in labels:
+        lhead += [f"{lb} p50/p99 us", "cpu us/req"]
+    out += [_table(head, rows)]
+    out += [f"target {v}" for v in verdicts]
+    neg = sorted({f"{r.get('tls_version')} {r.get('tls_cipher')} {r.get('tls_curve')}"
+                  for r in rows_in if not r.get("error")})
+    if neg:
+        out.append("negotiated: " + "; ".join(neg))
+    out += ["", "-- TLS: latency (echo: a round trip; new conns: connect->handshake->echo->close) "
+            "and server CPU per request or connection --", _table(lhead, lat)]
+    if notes:
+        out += ["Notes:"] + notes
+    return "\n".join(out) + "\n"
+
+
 def tables(results):
     m = results.get("meta", {})
     head = (f"machine: {m.get('machine', '?')}\n"
@@ -309,7 +413,8 @@ def tables(results):
                  f"{m.get('churn_warmup_s')} s warm-up and the fastest of {m.get('churn_windows')} x "
                  f"{m.get('window_s')} s windows\n")
     return "\n".join(p for p in (head, echo_tables(results), http_table(results),
-                                  churn_table(results), connect_table(results)) if p)
+                                  churn_table(results), connect_table(results),
+                                  tls_table(results)) if p)
 
 
 def markdown(results):
@@ -401,6 +506,38 @@ def markdown(results):
                 _fmt_ratio(_connect_ratio(conn, k, lp)) for k in ("close_cpu_us", "lost_cpu_us"))
             out.append(f"| {lp} | {r['close_us']:.1f} | {r['lost_us']:.1f} | {r['close_cpu_us']:.1f} "
                        f"| {r['lost_cpu_us']:.1f} | {rel} | {relc} |")
+        out.append("")
+
+    tls = [r for r in results.get("tls", []) if r.get("kind") in ("echo", "churn")]
+    if tls:
+        m = results.get("meta", {})
+        labels = []
+        for r in tls:
+            if r["loop"] not in labels:
+                labels.append(r["loop"])
+        labels.sort(key=lambda lb: (LOOP_ORDER.index(lb) if lb in LOOP_ORDER else len(LOOP_ORDER), lb))
+        gos = [lb for lb in labels if lb == "goloop" or lb.startswith("goloop[")]
+        tby = {(r["kind"], r["variant"], r["conns"], r["size"], r["loop"]): r for r in tls}
+        cells = list(dict.fromkeys((r["kind"], r["variant"], r["conns"], r["size"]) for r in tls))
+        out.append(f"**TLS** (TLS {m.get('tls_version', '?')}, {m.get('tls_key', '?')} certificate "
+                   f"verified by the Go client; median of {m.get('tls_rounds', '?')} interleaved "
+                   "rounds; ratios: medians / paired / by CPU)\n")
+        cols = " | ".join(labels) + " | " + " | ".join(f"{g}/uvloop" for g in gos if "uvloop" in labels)
+        out.append(f"| cell | {cols} | server CPU us/req ({'/'.join(labels)}) | p50/p99 us ({'/'.join(labels)}) |")
+        out.append("|---|" + "--:|" * (len(labels) + sum(1 for g in gos if "uvloop" in labels) + 2))
+        for kind, variant, conns, size in cells:
+            rs = [tby.get((kind, variant, conns, size, lb)) for lb in labels]
+            d = dict(zip(labels, rs))
+            key = "cpu_us_per_conn" if kind == "churn" else "cpu_us_per_req"
+            name = (f"echo {variant}, {conns} conns x {size_name(size)} (req/s)" if kind == "echo"
+                    else f"new connections/s, {conns} concurrent")
+            rats = " | ".join(" / ".join(_fmt_ratio(x) for x in (
+                ratio(d[g], d["uvloop"]), paired_ratio(d[g], d["uvloop"]),
+                _tls_cpu_ratio(d[g], d["uvloop"], key))) for g in gos if "uvloop" in labels)
+            ok = [r is not None and not r.get("error") for r in rs]
+            cpus = " / ".join(f"{r[key]:.1f}" if k else "-" for r, k in zip(rs, ok))
+            lat = " / ".join(f"{r['p50_us']:,.0f}/{r['p99_us']:,.0f}" if k else "-" for r, k in zip(rs, ok))
+            out.append(f"| {name} | " + " | ".join(rps(r) for r in rs) + f" | {rats} | {cpus} | {lat} |")
         out.append("")
 
     def where(r):

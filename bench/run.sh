@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # goloop's side-by-side benchmark (`make bench`): echo on four asyncio APIs,
-# aiohttp, and new connections (server: connections/s; client: the cost of
-# create_connection), on goloop, uvloop and asyncio, against a C epoll ceiling.
+# aiohttp, new connections (server: connections/s; client: the cost of
+# create_connection) and TLS (echo, new TLS connections/s), on goloop, uvloop
+# and asyncio, against a C epoll ceiling (not for TLS).
 #
 #   bash bench/run.sh [--quick] [suite options, see bench/suite.py --help]
 #
@@ -19,6 +20,7 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 dpkg -s python3-matplotlib >/dev/null 2>&1 || need+=(python3-matplotlib)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)   # the TLS cells' certificate
 if ((${#need[@]})); then
     echo "installing ${need[*]}" >&2
     apt-get install -y "${need[@]}" >/dev/null ||

@@ -1,7 +1,9 @@
-"""goloop's side-by-side benchmark: echo (four asyncio APIs), aiohttp, new connections.
+"""goloop's side-by-side benchmark: echo (four asyncio APIs), aiohttp, new connections, TLS.
 
     python bench/suite.py [--quick] [--unix] [--loops goloop,uvloop,asyncio]
-                          [--variants protocol,...] [--only echo,http,churn,connect]
+                          [--variants protocol,...] [--only echo,http,churn,connect,tls]
+                          [--tls-key ecdsa|rsa] [--tls-version 1.2|1.3]
+                          [--tls-variants protocol,...] [--tls-goloop-env K=V]
                           [--out FILE]
 
 Servers run pinned to CPU 0, load generators (bench/bin/loadgen, wrk) to
@@ -13,7 +15,8 @@ Environment: BENCH_SECONDS (one timed window, default 1), BENCH_WINDOWS
 BENCH_HTTP_SECONDS (default 5), BENCH_CHURN_ROUNDS (interleaved rounds of
 the new-connection server cells, default 3), BENCH_CONNECT_ROUNDS (client
 processes per loop for create_connection, interleaved, default 3),
-BENCH_CONNECT_COUNT (connections per timed round there, default 1000), BENCH_NICE (priority of the servers and
+BENCH_CONNECT_COUNT (connections per timed round there, default 1000),
+BENCH_TLS_ROUNDS (interleaved rounds of the TLS cells, default 3), BENCH_NICE (priority of the servers and
 load generators, default -20), BENCH_REALTIME (default 1: run them
 SCHED_FIFO so that other work on the machine cannot delay them; 0 to leave
 them under the normal scheduler), PYTHON (interpreter for the servers, default
@@ -48,7 +51,20 @@ SIZES = [1024, 10 * 1024, 100 * 1024]
 # connection echoes.
 CHURN_CONNS = [10, 50]
 CHURN_SIZE = 64
-SECTIONS = ["echo", "http", "churn", "connect"]
+# TLS (issue 9): echo over TLS with 10 connections, and new TLS connections
+# per second (full handshake, one 64-byte echo, close). No C server here: the
+# C echo has no TLS.
+TLS_CONNS = 10
+TLS_SIZES = [1024, 100 * 1024]
+TLS_CHURN_CONNS = 10
+TLS_VARIANTS = ["protocol", "buffered", "streams"]   # sockets has no TLS
+TLS_KEYS = {
+    # What most servers use; and the classic alternative, whose signature
+    # makes the server's side of a handshake several times dearer.
+    "ecdsa": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+    "rsa": ["-newkey", "rsa:2048"],
+}
+SECTIONS = ["echo", "http", "churn", "connect", "tls"]
 LOADGEN = os.path.join(HERE, "bin", "loadgen")
 CECHO = os.path.join(HERE, "bin", "cecho")
 ECHO_SERVER = os.path.join(HERE, "servers", "echo_server.py")
@@ -93,8 +109,10 @@ class Suite:
         self.connect_count = int(env_float("BENCH_CONNECT_COUNT", 300 if args.quick else 1000))
         self.churn_warmup = 0.25 if args.quick else 0.5
         self.churn_windows = 1 if args.quick else 2
+        self.tls_rounds = int(env_float("BENCH_TLS_ROUNDS", 1 if args.quick else 3))
         self.tmp = tempfile.mkdtemp(prefix="goloop-bench-")
         self.unavailable = {}
+        self.tls_cert = None    # (cert, key) once made
 
     # -- echo -------------------------------------------------------------
 
@@ -348,6 +366,84 @@ class Suite:
             rows.append(connect_row(loop, self.connect_count, runs[loop]))
         return rows
 
+
+    # -- TLS ----------------------------------------------------------------
+
+    def tls_servers(self):
+        """(label, loop, extra environment) of every server in a TLS cell.
+
+        goloop runs once more per --tls-goloop-env, so that its TLS paths
+        (say GOLOOP_TLS=python) are measured beside each other in one run.
+        """
+        out = [(lp, lp, {}) for lp in self.args.loops]
+        if "goloop" in self.args.loops:
+            for kv in self.args.tls_goloop_env:
+                out.append((f"goloop[{kv}]", "goloop", dict([kv.split("=", 1)])))
+        return out
+
+    def tls_run(self, label, loop, env, variant, conns, size, churn):
+        """One TLS server process, one load generator run against it."""
+        if loop in self.unavailable:
+            return {"error": "unavailable: " + self.unavailable[loop]}
+        cert, key = self.tls_cert
+        port = procs.free_port()
+        try:
+            server = procs.Server(
+                [self.python, "-X", "faulthandler", ECHO_SERVER, "--loop", loop,
+                 "--variant", variant, "--port", str(port), "--tls", f"{cert}:{key}"],
+                cpu=SERVER_CPU, port=port, cwd=SERVER_CWD,
+                env=dict(os.environ, **env) if env else None)
+        except procs.ServerError as e:
+            return {"error": f"server did not start: {e}"}
+        with server:
+            argv = ["taskset", "-c", str(CLIENT_CPU), LOADGEN, *(["-churn"] if churn else []),
+                    *tls_loadgen_flags(self.args.tls_version, cert),
+                    "-addr", f"127.0.0.1:{port}", "-conns", str(conns), "-size", str(size),
+                    "-warmup", f"{self.churn_warmup}s", "-duration", f"{self.window}s",
+                    "-windows", str(self.churn_windows), "-server-pid", str(server.pid)]
+            budget = self.churn_warmup + self.window * self.churn_windows + 30
+            try:
+                r = procs.run_bounded(argv, timeout=budget)
+                out = json.loads(r.stdout.strip().splitlines()[-1])
+            except subprocess.TimeoutExpired:
+                out = {"error": f"load generator exceeded {budget:.0f}s"}
+            except (ValueError, IndexError):
+                out = {"error": f"load generator failed: {r.stderr.strip()[-200:]}"}
+            if not server.alive():
+                out["error"] = f"server died (exit {server.proc.returncode}): {server.stderr_tail()}"
+            elif not out.get("error"):
+                server.echo_probe(ssl_context=tls_client_context(cert))
+            log = [ln for ln in server.stderr_text().splitlines() if ln.strip()]
+        if log:
+            out["server_log"] = f"{len(log)} lines, first: {log[0][:160]}"
+        if server.died is not None:
+            out["crash"] = f"server died after the load (exit {server.died}): {server.last_words}"
+        return out
+
+    def tls_matrix(self):
+        """TLS echo and new TLS connections/s, interleaved rounds as for churn."""
+        try:
+            self.tls_cert = make_cert(self.tmp, self.args.tls_key)
+        except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+            return [{"kind": "setup", "error": f"no certificate: {e}"}]
+        servers = self.tls_servers()
+        variants = self.args.tls_variants
+        cells = [("echo", v, TLS_CONNS, size)
+                 for size in (TLS_SIZES[:1] if self.args.quick else TLS_SIZES) for v in variants]
+        cells.append(("churn", "protocol", TLS_CHURN_CONNS, CHURN_SIZE))
+        rows = []
+        for kind, variant, conns, size in cells:
+            runs = {label: [] for label, _, _ in servers}
+            for rnd in range(self.tls_rounds):
+                k = rnd % len(servers)
+                for label, loop, env in servers[k:] + servers[:k]:
+                    out = self.tls_run(label, loop, env, variant, conns, size, kind == "churn")
+                    runs[label].append(out)
+                    report.progress_tls(kind, label, variant, conns, size, rnd, out)
+            for label, loop, env in servers:
+                rows.append(tls_row(kind, label, loop, env, variant, conns, size, runs[label]))
+        return rows
+
     # -- all --------------------------------------------------------------
 
     def run(self):
@@ -362,7 +458,9 @@ class Suite:
         http = self.http_suite() if "http" in only else []
         churn = self.churn_matrix() if "churn" in only else []
         connect = self.connect_suite() if "connect" in only else []
-        return {"meta": meta, "echo": echo, "aiohttp": http, "churn": churn, "connect": connect}
+        tls = self.tls_matrix() if "tls" in only else []
+        return {"meta": meta, "echo": echo, "aiohttp": http, "churn": churn, "connect": connect,
+                "tls": tls}
 
     def meta(self):
         def out(argv):
@@ -397,6 +495,10 @@ class Suite:
             "churn_rounds": self.churn_rounds, "churn_size": CHURN_SIZE,
             "churn_warmup_s": self.churn_warmup, "churn_windows": self.churn_windows,
             "connect_rounds": self.connect_rounds, "connect_count": self.connect_count,
+            "tls_rounds": self.tls_rounds, "tls_key": self.args.tls_key,
+            "tls_version": self.args.tls_version, "tls_goloop_env": self.args.tls_goloop_env,
+            "openssl": (out([self.python, "-c", "import ssl; print(ssl.OPENSSL_VERSION)"])
+                        if "tls" in self.args.only else None),
             "loadavg": [round(x, 2) for x in os.getloadavg()],
             "quick": self.args.quick, "sections": self.args.only,
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
@@ -472,6 +574,77 @@ def churn_row(loop, conns, runs):
     return row
 
 
+def make_cert(directory, kind):
+    """A self-signed certificate for localhost and 127.0.0.1 (Debian's openssl CLI).
+
+    Made once per run, in the run's temporary directory; nothing is kept.
+    Returns (cert path, key path).
+    """
+    if not shutil.which("openssl"):
+        raise RuntimeError("the openssl command is missing (apt-get install openssl)")
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    r = procs.run_bounded(
+        ["openssl", "req", "-x509", *TLS_KEYS[kind], "-nodes", "-keyout", key, "-out", cert,
+         "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        timeout=60, fifo=False)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip()[-200:])
+    return cert, key
+
+
+def tls_loadgen_flags(version, cert):
+    """The load generator's TLS flags: the certificate is verified, as a real client does."""
+    return ["-tls", "-tls-version", version, "-ca", cert]
+
+
+def tls_client_context(cert):
+    import ssl
+    ctx = ssl.create_default_context(cafile=cert)
+    return ctx
+
+
+def tls_row(kind, label, loop, env, variant, conns, size, runs):
+    """One server's TLS cell: medians over its interleaved rounds."""
+    row = {"kind": kind, "loop": label, "variant": variant, "conns": conns, "size": size}
+    if label != loop:
+        row["base_loop"], row["env"] = loop, env
+    good = [r for r in runs if not r.get("error")]
+    bad = [r for r in runs if r.get("error")]
+    for key in ("crash", "server_log"):
+        msgs = [r[key] for r in runs if r.get(key)]
+        if msgs:
+            row[key] = msgs[0]
+    if not good:
+        row["error"] = bad[0]["error"] if bad else "no runs"
+        return row
+    if bad:
+        row["failed_rounds"] = [r["error"] for r in bad]
+    cpu_key = "cpu_us_per_conn" if kind == "churn" else "cpu_us_per_req"
+    row.update(
+        rps=round(_median(r["rps"] for r in good)),
+        rounds_rps=[None if r.get("error") else round(r["rps"]) for r in runs],
+        p50_us=round(_median(r["p50_us"] for r in good), 1),
+        p99_us=round(_median(r["p99_us"] for r in good), 1),
+        loadgen_cpu=round(_median(r.get("loadgen_cpu_util", 0.0) for r in good), 2),
+        other_cpu=round(_median(r.get("other_cpu", 0.0) for r in good), 2))
+    row[cpu_key] = round(_median(r.get("server_cpu_us_per_req", 0.0) for r in good), 2)
+    row["rounds_cpu"] = [None if r.get("error") else round(r.get("server_cpu_us_per_req", 0.0), 2)
+                         for r in runs]
+    last = good[-1]
+    row.update(tls_version=last.get("tls_version"), tls_cipher=last.get("tls_cipher"),
+               tls_curve=last.get("tls_curve"))
+    if kind == "churn":
+        row["errors"] = sum(r.get("errors", 0) for r in good)
+        row["tls_resumed"] = sum(r.get("tls_resumed", 0) for r in good)
+        lasterr = [r["last_error"] for r in good if r.get("last_error")]
+        if lasterr:
+            row["last_error"] = lasterr[-1]
+    else:
+        row["mb_per_s"] = round(_median(r["bytes_per_s"] for r in good) / 1e6, 1)
+    return row
+
+
 def connect_row(loop, count, runs):
     """One loop's create_connection cost: medians over all its timed rounds."""
     row = {"loop": loop, "count": count}
@@ -492,7 +665,7 @@ def connect_row(loop, count, runs):
 def compact_json(results):
     """JSON with one line per measurement: small, and a rerun diffs cell by cell."""
     parts = ['{\n "meta": ' + json.dumps(results["meta"], indent=1).replace("\n", "\n ")]
-    for key in ("echo", "aiohttp", "churn", "connect"):
+    for key in ("echo", "aiohttp", "churn", "connect", "tls"):
         rows = ",\n  ".join(json.dumps(r) for r in results.get(key, []))
         parts.append(f' "{key}": [\n  {rows}\n ]' if rows else f' "{key}": []')
     return ",\n".join(parts) + "\n}\n"
@@ -506,11 +679,23 @@ def parse_args(argv):
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--only", default=",".join(SECTIONS),
                    help="sections to run: echo, http (aiohttp), churn (new connections per "
-                        "second, server side), connect (create_connection cost, client side)")
+                        "second, server side), connect (create_connection cost, client side), "
+                        "tls (TLS echo and new TLS connections per second)")
     p.add_argument("--skip-echo", action="store_true")
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--skip-churn", action="store_true")
     p.add_argument("--skip-connect", action="store_true")
+    p.add_argument("--skip-tls", action="store_true")
+    p.add_argument("--tls-key", default="ecdsa", choices=sorted(TLS_KEYS),
+                   help="the TLS cells' certificate: ECDSA P-256 (default) or RSA 2048")
+    p.add_argument("--tls-version", default="1.3", choices=["1.2", "1.3"],
+                   help="TLS version the load generator asks for (default 1.3)")
+    p.add_argument("--tls-variants", default="protocol,streams",
+                   help="echo variants of the TLS echo cells (protocol, buffered, streams; "
+                        "default protocol,streams)")
+    p.add_argument("--tls-goloop-env", action="append", default=[], metavar="K=V",
+                   help="run goloop once more in every TLS cell with K=V in its environment "
+                        "(e.g. GOLOOP_TLS=python); repeatable")
     p.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
     args = p.parse_args(argv)
     args.loops = [x for x in args.loops.split(",") if x]
@@ -526,6 +711,13 @@ def parse_args(argv):
     for x in args.variants:
         if x not in VARIANTS:
             p.error(f"unknown variant {x}")
+    args.tls_variants = [x for x in args.tls_variants.split(",") if x]
+    for x in args.tls_variants:
+        if x not in TLS_VARIANTS:
+            p.error(f"no TLS echo variant {x} (TLS variants: {', '.join(TLS_VARIANTS)})")
+    for kv in args.tls_goloop_env:
+        if "=" not in kv or not kv.split("=", 1)[0]:
+            p.error(f"--tls-goloop-env wants K=V, not {kv!r}")
     return args
 
 

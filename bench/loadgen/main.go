@@ -9,6 +9,11 @@
 // the edges of each window, so CPU per request covers exactly the requests
 // counted.
 //
+// With -tls, both modes speak TLS through Go's crypto/tls (see tls.go):
+// -tls-version 1.2|1.3, -tls-cipher (1.2 only), -ca FILE to verify the
+// server's certificate or -insecure not to, -tls-resume for churn with
+// session tickets (off by default: every connection a full handshake).
+//
 // With -churn, every unit of -conns instead makes a new connection per
 // message: connect, send, read the echo, close (with a reset, see churn.go),
 // and rps is then connections per second, the latencies those of a whole
@@ -26,6 +31,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,6 +60,14 @@ type result struct {
 	Timeouts       uint64    `json:"timeouts,omitempty"`
 	LastError      string    `json:"last_error,omitempty"`
 	Error          string    `json:"error,omitempty"`
+	// -tls only: what was negotiated (on the latest handshake), and how many
+	// handshakes the run made and how many of them resumed a session.
+	TLS           bool   `json:"tls,omitempty"`
+	TLSVersion    string `json:"tls_version,omitempty"`
+	TLSCipher     string `json:"tls_cipher,omitempty"`
+	TLSCurve      string `json:"tls_curve,omitempty"`
+	TLSHandshakes uint64 `json:"tls_handshakes,omitempty"`
+	TLSResumed    uint64 `json:"tls_resumed,omitempty"`
 }
 
 func main() {
@@ -69,14 +83,37 @@ func main() {
 	serverPid := flag.Int("server-pid", 0, "server process whose CPU time to measure")
 	ioTimeout := flag.Duration("io-timeout", 10*time.Second, "a request taking longer than this is an error")
 	churn := flag.Bool("churn", false, "a new connection per message: connect, send, read the echo, close")
+	useTLS := flag.Bool("tls", false, "speak TLS (Go's crypto/tls) to the server, in echo or -churn mode")
+	var topt tlsOptions
+	flag.StringVar(&topt.version, "tls-version", "1.3", "TLS version: 1.2 or 1.3")
+	flag.StringVar(&topt.cipher, "tls-cipher", "", "TLS 1.2 cipher suite (Go's name); default: Go's choice")
+	flag.StringVar(&topt.caFile, "ca", "", "with -tls: verify the server's certificate against this PEM CA file")
+	flag.BoolVar(&topt.insecure, "insecure", false, "with -tls: do not verify the server's certificate")
+	flag.BoolVar(&topt.resume, "tls-resume", false, "with -tls -churn: resume sessions with the server's tickets (default: every connection a full handshake)")
+	flag.StringVar(&topt.serverName, "tls-server-name", "localhost", "with -tls: SNI and the name the certificate must carry")
+	cpuProfile := flag.String("cpuprofile", "", "write the generator's own CPU profile (pprof) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	// One thread drives every connection through epoll, as the servers do:
 	// no goroutine per connection, no scheduler between a wake-up and the
 	// next write. That keeps the generator's cost per request well below a
-	// server's, which is what lets it measure them.
+	// server's, which is what lets it measure them. (-tls runs a goroutine
+	// per connection instead, see tls.go, still on one P.)
 	runtime.GOMAXPROCS(1)
-	runtime.LockOSThread()
+	if !*useTLS {
+		runtime.LockOSThread()
+	}
 
 	if err := watchCPUs(*cpus); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -87,12 +124,30 @@ func main() {
 	if *churn {
 		res.Mode, drive = "churn", runChurn
 	}
+	if *useTLS {
+		cfg, err := topt.config()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		tlsDrive := runTLS
+		if *churn {
+			tlsDrive = runTLSChurn
+		}
+		drive = func(res *result, addr, unixPath string, warmup, duration time.Duration, windows int, _ bool, serverPid int, ioTimeout time.Duration) error {
+			return tlsDrive(res, addr, unixPath, warmup, duration, windows, serverPid, ioTimeout, cfg)
+		}
+	} else if topt.resume || topt.caFile != "" || topt.insecure || topt.cipher != "" {
+		fmt.Fprintln(os.Stderr, "-tls-* flags, -ca and -insecure need -tls")
+		os.Exit(2)
+	}
 	if err := drive(&res, *addr, *unixPath, *warmup, *duration, *windows, *spin, *serverPid, *ioTimeout); err != nil {
 		res.Error = err.Error()
 	}
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
 	if res.Error != "" {
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }

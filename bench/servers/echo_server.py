@@ -2,17 +2,24 @@
 
     python echo_server.py --loop goloop|uvloop|asyncio
                           --variant protocol|buffered|streams|sockets
-                          (--port N | --unix PATH)
+                          (--port N | --unix PATH) [--tls CERT:KEY]
 
 Each variant is the idiomatic way to write an echo with that asyncio API, so the
 benchmark compares what applications actually run. The server listens on
 127.0.0.1 only and runs until it is killed.
+
+--tls CERT:KEY serves TLS: an ssl.SSLContext(PROTOCOL_TLS_SERVER) with that
+certificate chain and key (PEM files), handed to create_server /
+start_server as ssl=, for the protocol, buffered and streams variants. The
+sockets variant has no TLS (the loop's sock_* methods move raw bytes) and
+refuses --tls.
 """
 
 import argparse
 import asyncio
 import os
 import socket
+import ssl
 import sys
 
 from loops import new_loop
@@ -50,8 +57,8 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
 
 async def serve_protocol(loop, args, factory):
     if args.unix:
-        return await loop.create_unix_server(factory, args.unix, backlog=1024)
-    return await loop.create_server(factory, "127.0.0.1", args.port, backlog=1024)
+        return await loop.create_unix_server(factory, args.unix, backlog=1024, ssl=args.ssl)
+    return await loop.create_server(factory, "127.0.0.1", args.port, backlog=1024, ssl=args.ssl)
 
 
 async def echo_stream(reader, writer):
@@ -73,8 +80,9 @@ async def echo_stream(reader, writer):
 
 async def serve_streams(loop, args):
     if args.unix:
-        return await asyncio.start_unix_server(echo_stream, args.unix, backlog=1024)
-    return await asyncio.start_server(echo_stream, "127.0.0.1", args.port, backlog=1024)
+        return await asyncio.start_unix_server(echo_stream, args.unix, backlog=1024, ssl=args.ssl)
+    return await asyncio.start_server(echo_stream, "127.0.0.1", args.port, backlog=1024,
+                                      ssl=args.ssl)
 
 
 async def echo_sock(loop, conn):
@@ -137,7 +145,19 @@ def parse_args(argv):
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", type=int)
     where.add_argument("--unix")
-    return p.parse_args(argv)
+    p.add_argument("--tls", metavar="CERT:KEY",
+                   help="serve TLS with this certificate chain and key (not with --variant sockets)")
+    args = p.parse_args(argv)
+    args.ssl = None
+    if args.tls:
+        if args.variant == "sockets":
+            p.error("--variant sockets has no TLS (sock_* methods move raw bytes)")
+        cert, sep, key = args.tls.partition(":")
+        if not sep or not cert or not key:
+            p.error("--tls wants CERT:KEY")
+        args.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        args.ssl.load_cert_chain(cert, key)
+    return args
 
 
 if __name__ == "__main__":
