@@ -31,13 +31,34 @@ func FuzzContract(f *testing.F) {
 	f.Add([]byte{0, 6, 1, 6, 0, 2, 255, 2, 255, 5, 4, 12, 20})
 	f.Add([]byte{8, 14, 9, 14, 8, 10, 3, 11, 7, 15, 12, 13})
 	f.Fuzz(func(t *testing.T, script []byte) {
-		if len(script) > 256 {
-			script = script[:256]
-		}
-		for _, kind := range []string{"epoll", "io_uring"} {
-			runContract(t, kind, script)
-		}
+		fuzzBackends(t, script, 256, runContract)
 	})
+}
+
+// fuzzBackends runs one fuzz input on both backends, each with a small
+// pool and ring (so buffers run out and queues fill), the io_uring one on a
+// locked thread as the loop's.
+func fuzzBackends(t *testing.T, script []byte, max int, run func(*testing.T, string, Backend, []byte)) {
+	if len(script) > max {
+		script = script[:max]
+	}
+	for _, kind := range []string{"epoll", "io_uring"} {
+		func() {
+			if kind == "io_uring" {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+			}
+			b, err := NewBackend(kind, Options{BufSize: 512, BufCount: 8, Entries: 64})
+			if err != nil {
+				if kind == "io_uring" {
+					t.Skipf("io_uring unavailable: %v", err)
+				}
+				t.Fatal(err)
+			}
+			defer b.Close()
+			run(t, kind, b, script)
+		}()
+	}
 }
 
 const contractConns = 3
@@ -57,19 +78,7 @@ type contractConn struct {
 	bufs            [][]byte
 }
 
-func runContract(t *testing.T, kind string, script []byte) {
-	if kind == "io_uring" {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-	}
-	b, err := NewBackend(kind, Options{BufSize: 512, BufCount: 8, Entries: 64})
-	if err != nil {
-		if kind == "io_uring" {
-			t.Skipf("io_uring unavailable: %v", err)
-		}
-		t.Fatal(err)
-	}
-	defer b.Close()
+func runContract(t *testing.T, kind string, b Backend, script []byte) {
 	conns := make([]*contractConn, contractConns)
 	for i := range conns {
 		a, c := socketpair(t)

@@ -3,7 +3,6 @@ package goloop
 import (
 	"bytes"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
@@ -31,12 +30,7 @@ func FuzzSockOps(f *testing.F) {
 	f.Add([]byte{4, 40, 0, 3, 0, 5, 2, 0, 6, 0, 0, 60, 7, 1, 0, 8, 7, 1})
 	f.Add([]byte{9, 200, 9, 100, 5, 255, 11, 0, 7, 1, 13, 77, 5, 255, 7, 1, 3, 0})
 	f.Fuzz(func(t *testing.T, script []byte) {
-		if len(script) > 200 {
-			script = script[:200]
-		}
-		for _, kind := range []string{"epoll", "io_uring"} {
-			runSockOps(t, kind, script)
-		}
+		fuzzBackends(t, script, 200, runSockOps)
 	})
 }
 
@@ -61,19 +55,7 @@ type sockOpsConn struct {
 	shut, sawEOF     bool
 }
 
-func runSockOps(t *testing.T, kind string, script []byte) {
-	if kind == "io_uring" {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-	}
-	b, err := NewBackend(kind, Options{BufSize: 512, BufCount: 8, Entries: 64})
-	if err != nil {
-		if kind == "io_uring" {
-			t.Skipf("io_uring unavailable: %v", err)
-		}
-		t.Fatal(err)
-	}
-	defer b.Close()
+func runSockOps(t *testing.T, kind string, b Backend, script []byte) {
 
 	// The file sendfile reads: its bytes are known, so what reaches the
 	// peer can be checked.
