@@ -149,8 +149,8 @@ func TestKTLSInstallErrors(t *testing.T) {
 		{Version: 0x0302, Cipher: KTLSAES128GCM, TX: good},
 		{Version: TLS13, Cipher: 99, TX: good},
 		{Version: TLS13, Cipher: KTLSAES128GCM},
-		{Version: TLS13, Cipher: KTLSAES256GCM, TX: good},                                              // 16-byte key
-		{Version: TLS12, Cipher: KTLSAES128GCM, RX: good},                                              // 12-byte IV for 1.2 GCM
+		{Version: TLS13, Cipher: KTLSAES256GCM, TX: good},                                             // 16-byte key
+		{Version: TLS12, Cipher: KTLSAES128GCM, RX: good},                                             // 12-byte IV for 1.2 GCM
 		{Version: TLS12, Cipher: KTLSChaCha20Poly1305, TX: &KTLSKeys{Key: make([]byte, 32), IV: nil}}, // no IV
 	} {
 		tx, rx, err := InstallKTLS(-1, cfg)
