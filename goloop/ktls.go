@@ -388,10 +388,16 @@ func RecvRecord(fd int, p []byte, flags int) (n int, recType uint8, err error) {
 	return n, recType, nil
 }
 
-// SendRecord sends p as one record of type recType on a socket with kernel
+// SendRecord sends p as a record of type recType on a socket with kernel
 // TLS TX (an alert, a handshake message); application data needs no such
-// call, write(2) is enough. flags go to sendmsg.
+// call, write(2) is enough. More than 16 KiB becomes several records, and a
+// non-blocking socket may take only part (n < len(p)). flags go to sendmsg.
 func SendRecord(fd int, recType uint8, p []byte, flags int) (int, error) {
+	if len(p) == 0 {
+		// sendmsg on a stream socket with only a control message would
+		// send x/sys/unix's dummy byte as the record.
+		return 0, errors.New("ktls: empty record")
+	}
 	oob := make([]byte, unix.CmsgSpace(1))
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 	h.Level, h.Type = solTLS, tlsSetRecordType

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -268,6 +270,52 @@ func TestKTLSTXOnly(t *testing.T) {
 	}
 }
 
+// sendfile(2) on a kernel-TLS socket: the kernel reads the file's pages and
+// encrypts them into records, no user-space copy (what loop.sendfile on a
+// kTLS connection will use).
+func TestKTLSSendfile(t *testing.T) {
+	requireKTLS(t)
+	data := make([]byte, 3<<20|123)
+	rand.NewChaCha8([32]byte{3}).Read(data)
+	f, err := os.CreateTemp("", "ktls-sendfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range ktlsCases {
+		t.Run(c.name, func(t *testing.T) {
+			k := ktlsHandshake(t, c, true, false)
+			k.install(t, true, true)
+			k.tcp.SetDeadline(time.Now().Add(time.Minute))
+			got := make(chan []byte, 1)
+			go func() {
+				b := make([]byte, len(data))
+				n, _ := io.ReadFull(k.peer, b)
+				got <- b[:n]
+			}()
+			off := int64(0)
+			for off < int64(len(data)) {
+				var n int
+				var serr error
+				werr := k.rc.Write(func(fd uintptr) bool {
+					n, serr = unix.Sendfile(int(fd), int(f.Fd()), &off, len(data)-int(off))
+					return serr != unix.EAGAIN
+				})
+				if werr != nil || serr != nil || n == 0 {
+					t.Fatalf("sendfile at %d: %d, %v %v", off, n, werr, serr)
+				}
+			}
+			if b := <-got; sha256.Sum256(b) != sha256.Sum256(data) {
+				t.Fatalf("crypto/tls received %d other bytes", len(b))
+			}
+		})
+	}
+}
+
 // readRawRecord reads one whole TLS record off the wire.
 func readRawRecord(r io.Reader) ([]byte, error) {
 	hdr := make([]byte, 5)
@@ -277,4 +325,38 @@ func readRawRecord(r io.Reader) ([]byte, error) {
 	rec := append(hdr, make([]byte, int(hdr[3])<<8|int(hdr[4]))...)
 	_, err := io.ReadFull(r, rec[5:])
 	return rec, err
+}
+
+// What the kernel refuses, and how InstallKTLS reports it: a direction
+// installed twice (no rekey on 6.1: EBUSY), and a cipher the kernel does not
+// know (EINVAL, the ErrKTLSUnsupported class a caller falls back on).
+func TestKTLSKernelRefusals(t *testing.T) {
+	requireKTLS(t)
+	a, b, err := loopbackPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(a)
+	defer unix.Close(b)
+	k := &KTLSKeys{Key: make([]byte, 16), IV: make([]byte, 12)}
+	cfg := KTLSConfig{Version: TLS13, Cipher: KTLSAES128GCM, TX: k}
+	if tx, _, err := InstallKTLS(a, cfg); !tx || err != nil {
+		t.Fatalf("first TX: %v %v", tx, err)
+	}
+	tx, rx, err := InstallKTLS(a, cfg)
+	var ke *KTLSError
+	if tx || rx || !errors.As(err, &ke) || ke.Step != "TLS_TX" || ke.Err != unix.EBUSY {
+		t.Fatalf("second TX: %v %v %v; want TLS_TX EBUSY", tx, rx, err)
+	}
+	t.Logf("second TX: %v", err)
+	ci := tls12CryptoInfoAESGCM128{info: tlsCryptoInfo{version: TLS13, cipherType: 99}}
+	if err := setULP(b); err != nil {
+		t.Fatal(err)
+	}
+	serr := setsockoptPtr(b, solTLS, tlsTX, unsafe.Pointer(&ci), unsafe.Sizeof(ci))
+	err = &KTLSError{Step: "TLS_TX", Err: serr}
+	if !errors.Is(err, ErrKTLSUnsupported) {
+		t.Fatalf("unknown cipher: %v; want ErrKTLSUnsupported", err)
+	}
+	t.Logf("unknown cipher: %v", err)
 }
