@@ -101,14 +101,15 @@ test-asan: venv
 # failure. Where the script is missing (a clean clone elsewhere) or the VM
 # cannot start (no guest output), this says SKIP and succeeds; once the guest
 # runs, its result counts, and /proc/net/tls_stat must show kernel TLS
-# sockets both ways. Log: build/ktls/vm.log. About 45 s with a cached VM.
+# sockets both ways. Built with -race, as go-test is. Log: build/ktls/vm.log.
+# About 40 s with a cached VM.
 KTLS_VM ?= ../shared/vm/vm_run.sh
 KTLS_TEST := build/ktls/goloop.test
 test-ktls: deps
 	@if [ ! -x "$(KTLS_VM)" ]; then \
 		echo "SKIP test-ktls: $(KTLS_VM) not found; the kernel TLS tests need that VM (docs/ktls.md)"; exit 0; \
 	fi; \
-	mkdir -p build/ktls && go test -c -o $(KTLS_TEST) ./goloop || exit 1; \
+	mkdir -p build/ktls && go test -race -c -o $(KTLS_TEST) ./goloop || exit 1; \
 	log=build/ktls/vm.log; \
 	VM_TIMEOUT=$${VM_TIMEOUT:-900} $(KTLS_VM) 'echo "ktlsvm: guest up, kernel $$(uname -r)"; \
 		cd goloop && GOLOOP_KTLS_REQUIRED=1 ../$(KTLS_TEST) -test.run KTLS -test.v -test.count=1 -test.timeout 10m; \
