@@ -32,6 +32,7 @@ type Features struct {
 	GOARCH    string        `json:"goarch"`
 	Kernel    string        `json:"kernel"`
 	IOUring   UringFeatures `json:"io_uring"`
+	KTLS      KTLSFeatures  `json:"ktls"`
 }
 
 // UringFeatures: Usable is what "auto" decides (NewBackend tries io_uring
@@ -70,6 +71,7 @@ func probeFeatures() Features {
 		b.Close()
 	}
 	probeRing(u)
+	f.KTLS = probeKTLSFeatures()
 	return f
 }
 
