@@ -50,12 +50,13 @@ py-test: build
 	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=epoll GOLOOP_TEST_LOOPS=goloop ../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 --tb=native .
 
 # Every Go fuzz target for a bounded number of executions: the backends'
-# completion contract (FuzzContract) and the resolver's parsers. Counts, not
+# completion contract (FuzzContract), the sock ops' (FuzzSockOps) and the
+# resolver's parsers. Counts, not
 # durations: go1.26's fuzz coordinator can fail a duration-bounded run with a
 # bare "context deadline exceeded" as the time runs out (golang/go#75804, fixed
 # in go1.27); an execution count has no deadline to race. Each count is about
 # ten seconds here. FUZZTIME=30s (or =N x) overrides every target's budget.
-FUZZ_TARGETS := ./goloop:FuzzContract:20000x ./goloop/dns:FuzzLeanUnpack:200000x \
+FUZZ_TARGETS := ./goloop:FuzzContract:20000x ./goloop:FuzzSockOps:3000x ./goloop/dns:FuzzLeanUnpack:200000x \
         ./goloop/dns:FuzzAppendQuery:200000x ./goloop/dns:FuzzHosts:200000x \
         ./goloop/dns:FuzzResolvConf:200000x ./goloop/dns:FuzzServices:200000x
 fuzz: deps
