@@ -144,6 +144,11 @@ UVLOOP_HANGS = {
     "test_bidirectional_pty": "uvloop: the PTY's data never arrives (60 s timeout)",
     "test_write_pipe": "uvloop: the pipe's data never arrives (60 s timeout)",
     "test_write_pty": "uvloop: the PTY's data never arrives (60 s timeout)",
+    # Not a hang, a race of uvloop's own: under load (seen about one run in three
+    # with the load average near 3.5 on two CPUs) its process_exited comes before
+    # the stdout pipe's connection_lost, so the test's check that every pipe was
+    # disconnected fails. asyncio and goloop finish the pipes first.
+    "test_subprocess_shell": "uvloop: process_exited can come before a pipe's connection_lost",
 }
 
 
