@@ -72,6 +72,11 @@ export PYTHONPATH=$LIB
 export GOLOOP_TEST_LOOPS=goloop GOLOOP_REQUIRED=1
 # tests that bound RSS skip that bound: ASAN's quarantine keeps freed memory
 export GOLOOP_ASAN=1
+# CPython's module tests get a per-test hang guard (test_cpython_modules.py:
+# 10 s). Sanitized C and PYTHONMALLOC=malloc make TLS handshakes several times
+# slower: test_ssl's test_create_connection_ssl_1 (25 handshakes and transfers)
+# ran past 10 s here with the machine loaded. A hang still ends at this bound.
+export GOLOOP_CPYTHON_TEST_TIMEOUT=${GOLOOP_CPYTHON_TEST_TIMEOUT:-60}
 
 where=$(cd tests && "$PY" -c 'import goloop, goloop._core as c; print(c.__file__)')
 [ "$where" = "$CORE" ] || { echo "asan: tests would import $where, not $CORE"; exit 1; }
