@@ -238,6 +238,26 @@ static Py_ssize_t bio_pending(PyObject *bio)
     return n;
 }
 
+/* After a read that returned data: 1 when another read could return more
+ * (OpenSSL holds decrypted bytes, or the incoming BIO holds records), 0 when
+ * it could only raise SSLWantReadError. asyncio makes that read and catches
+ * the exception; an exception per record is most of what a small record
+ * costs, so it is skipped when the answer is known. -1 on error. */
+static int more_to_read(TLSProtocol *p)
+{
+    Py_ssize_t n = bio_pending(p->incoming);
+    if (n != 0)
+        return n < 0 ? -1 : 1;
+    PyObject *r = call0(p->sslobj, S_pending);
+    if (r == NULL)
+        return -1;
+    n = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (n < 0)
+        return PyErr_Occurred() ? -1 : 0;
+    return n > 0;
+}
+
 static int set_state(TLSProtocol *p, int new_state)
 {
     int s = p->state;
@@ -731,6 +751,17 @@ static int do_read_buffered(TLSProtocol *p)
         if (count == 0)
             break;
         offset += count;
+        if (offset < wants) {
+            int more = more_to_read(p);
+            if (more < 0) {
+                rc = -1;
+                break;
+            }
+            if (!more) {
+                again = 1;
+                break;
+            }
+        }
     }
     PyBuffer_Release(&view);
     Py_DECREF(buf);
@@ -797,6 +828,12 @@ static int do_read_copied(TLSProtocol *p)
             break;
         }
         off += count;
+        int more = more_to_read(p);
+        if (more <= 0) {
+            if (more < 0)
+                rc = -1;
+            break;
+        }
     }
     if (rc < 0) {
         Py_XDECREF(parts);
