@@ -762,6 +762,47 @@ def test_pause_reading(loop, certs):
     run(loop, go(), timeout=30)
 
 
+def test_peer_ends_while_app_paused(loop, certs):
+    """Data and close_notify arrive while the app transport is paused: nothing is
+    delivered until resume_reading, then the data, eof_received and
+    connection_lost(None), in that order."""
+    sent = loop.create_future()
+
+    def peer(lsock):
+        conn, _ = lsock.accept()
+        conn.settimeout(PEER_TIMEOUT)
+        tls = wrap_peer(certs.server(), conn, True)
+        tls.sendall(b"!")
+        assert tls.recv(1) == b"p"      # the app has paused
+        tls.sendall(b"held back")
+        # close_notify out, then wait for the loop's (which follows resume_reading)
+        loop.call_soon_threadsafe(sent.set_result, None)
+        tls.unwrap()
+        conn.close()
+
+    async def go():
+        with listener() as lsock:
+            lsock.settimeout(PEER_TIMEOUT)
+            served = in_thread(loop, peer, lsock)
+            tr, pr = await loop.create_connection(lambda: Recorder(loop), *lsock.getsockname(),
+                                                  ssl=certs.client(), server_hostname=HOST)
+            await pr.received(1)
+            tr.pause_reading()
+            tr.write(b"p")
+            await sent
+            # Nothing to wait for: this checks that nothing is delivered while paused
+            # (the peer's data and close_notify arrive meanwhile).
+            await asyncio.sleep(0.3)
+            assert bytes(pr.data) == b"!" and not pr.eof.done()
+            tr.resume_reading()
+            assert await pr.lost is None
+            await served
+            assert bytes(pr.data) == b"!held back"
+            assert pr.compact_events() == ["made", "data", "eof", "lost"]
+
+    run(loop, go())
+
+
 class BufferedEcho(asyncio.BufferedProtocol):
     """A BufferedProtocol app with a small buffer: many buffer_updated per record."""
 
