@@ -39,7 +39,8 @@ setup(
             "goloop._core",
             sources=[os.path.join(CORE, f) for f in
                      ("module.c", "go.c", "owners.c", "loop.c", "handle.c", "transport.c",
-                      "watch.c", "calls.c", "connect.c", "dgram.c", "flow.c", "sockops.c")],
+                      "watch.c", "calls.c", "connect.c", "dgram.c", "flow.c", "sockops.c",
+                      "tls.c")],
             include_dirs=["pybind", CORE],
             depends=[os.path.join(CORE, "core.h"), "pybind/goloop.h"],
             extra_compile_args=["-O2", "-Wall", "-Wno-unused-function",

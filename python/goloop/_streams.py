@@ -193,8 +193,10 @@ class StreamsMixin:
             ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
             call_connection_made=True):
         # TLS through any ssl.SSLContext: asyncio's memory-BIO SSL protocol
-        # (OpenSSL in userspace) running over our transport.
-        ssl_protocol = sslproto.SSLProtocol(
+        # (OpenSSL in userspace) over our transport, in C (_tls.py, tls.c;
+        # GOLOOP_TLS=python: asyncio's own).
+        from . import _tls
+        ssl_protocol = _tls.ssl_protocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,

@@ -199,6 +199,11 @@ void sockop_loop_closing(LoopCore *lp, PyObject *op);
 PyObject *sockops_setup(PyObject *m, PyObject *cls);
 int init_sockops(PyObject *m);
 
+/* tls.c: asyncio's SSL protocol in C over _ssl's objects (docs/tls.md) */
+extern PyTypeObject *TLSProtocol_Type;
+extern PyTypeObject *TLSTransport_Type;
+int init_tls(PyObject *m);
+
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);
 int listener_dispatch(LoopCore *lp, PyObject *l, gl_comp *c);

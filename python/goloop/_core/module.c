@@ -159,7 +159,7 @@ static int module_exec(PyObject *m)
     }
     if (init_handle_types(m) < 0 || init_loop_type(m) < 0 || init_transport_type(m) < 0 ||
         init_watch_types(m) < 0 || init_calls(m) < 0 || init_dgram_type(m) < 0 ||
-        init_sockops(m) < 0)
+        init_sockops(m) < 0 || init_tls(m) < 0)
         return -1;
     return 0;
 }

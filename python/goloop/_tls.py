@@ -1,0 +1,65 @@
+"""TLS for any ssl.SSLContext: the C protocol (_core.TLSProtocol, _core/tls.c)
+that runs asyncio 3.11's SSLProtocol state machine without Python frames per
+record, and the switch back to asyncio's own pure-Python SSLProtocol
+(GOLOOP_TLS=python, read when each connection is made).
+
+What is here runs once per connection: asyncio's argument checks and the
+public construction of the memory BIOs and the ssl.SSLObject
+(context.wrap_bio), whose _ssl._SSLSocket the C protocol then drives."""
+import _ssl
+import os
+import ssl
+
+from asyncio import constants, exceptions, sslproto
+from asyncio.log import logger
+
+from . import _core
+
+_core._tls_setup(ssl.SSLWantReadError, ssl.SSLSyscallError, ssl.SSLError,
+                 ssl.CertificateError, exceptions.CancelledError, logger, _ssl._SSLSocket)
+# What asyncio's _SSLProtocolTransport says of itself: another start_tls may
+# wrap it (TLS in TLS), and loop.sendfile() falls back to reads and writes.
+_core.SSLProtocolTransport._start_tls_compatible = True
+_core.SSLProtocolTransport._sendfile_compatible = constants._SendfileMode.FALLBACK
+
+
+def c_enabled():
+    """False when GOLOOP_TLS=python asks for asyncio's SSLProtocol."""
+    return os.environ.get('GOLOOP_TLS', '').strip().lower() != 'python'
+
+
+def ssl_protocol(loop, app_protocol, sslcontext, waiter, server_side=False,
+                 server_hostname=None, call_connection_made=True,
+                 ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+    """An SSL protocol with asyncio's SSLProtocol constructor and behaviour:
+    goloop's C one, or asyncio's own under GOLOOP_TLS=python. Its app
+    transport is `._app_transport`."""
+    if not c_enabled():
+        return sslproto.SSLProtocol(
+            loop, app_protocol, sslcontext, waiter, server_side, server_hostname,
+            call_connection_made=call_connection_made,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+    if ssl_handshake_timeout is None:
+        ssl_handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
+    elif ssl_handshake_timeout <= 0:
+        raise ValueError(
+            f"ssl_handshake_timeout should be a positive number, "
+            f"got {ssl_handshake_timeout}")
+    if ssl_shutdown_timeout is None:
+        ssl_shutdown_timeout = constants.SSL_SHUTDOWN_TIMEOUT
+    elif ssl_shutdown_timeout <= 0:
+        raise ValueError(
+            f"ssl_shutdown_timeout should be a positive number, "
+            f"got {ssl_shutdown_timeout}")
+    if not sslcontext:
+        sslcontext = sslproto._create_transport_context(server_side, server_hostname)
+    if not server_hostname or server_side:
+        server_hostname = None
+    incoming = ssl.MemoryBIO()
+    outgoing = ssl.MemoryBIO()
+    sslobject = sslcontext.wrap_bio(incoming, outgoing, server_side=server_side,
+                                    server_hostname=server_hostname)
+    return _core.TLSProtocol(loop, app_protocol, sslcontext, waiter, server_side,
+                             call_connection_made, ssl_handshake_timeout,
+                             ssl_shutdown_timeout, incoming, outgoing, sslobject)
