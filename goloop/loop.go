@@ -1,6 +1,7 @@
 package goloop
 
 import (
+	"runtime"
 	"sync"
 	"time"
 )
@@ -15,7 +16,12 @@ type Loop struct {
 	closed  bool // under mu: Post must not wake a backend that is gone
 	calls   calls
 	running sync.WaitGroup // calls whose goroutine has not returned
+	born    time.Time
+	yieldAt time.Duration // since born: when Poll next yields its P (Poll)
 }
+
+// yieldEvery is how often Poll lets the Go scheduler run (see Poll).
+const yieldEvery = 5 * time.Millisecond
 
 // closeWait bounds how long Close waits for cancelled calls to return: a
 // method that ignores its context must not hang the loop's close.
@@ -32,7 +38,7 @@ func NewLoop(kind string, opt Options) (*Loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Loop{b: b}, nil
+	return &Loop{b: b, born: time.Now()}, nil
 }
 
 func (l *Loop) Backend() Backend { return l.b }
@@ -57,6 +63,17 @@ func (l *Loop) Wake() error { return l.b.Wake() }
 
 // Poll is one loop iteration's crossing: submissions in, completions out.
 func (l *Loop) Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error) {
+	// Poll runs on the goroutine of a call from C that lasts as long as the
+	// loop, on a P whose schedule tick never moves: after 10 ms the
+	// runtime's sysmon counts that as one goroutine hogging its P, and from
+	// then on takes the P away at nearly every tick (about 2,000 handoffs a
+	// second under load, each costing the loop thread a slow way back in),
+	// and preempts the goroutine with a signal when it is in Go. A Gosched
+	// now and then moves the tick, which is what sysmon looks at.
+	if now := time.Since(l.born); now >= l.yieldAt {
+		l.yieldAt = now + yieldEvery
+		runtime.Gosched()
+	}
 	n := 0
 	l.mu.Lock()
 	if len(l.posted) > 0 {
