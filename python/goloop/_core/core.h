@@ -174,6 +174,8 @@ int init_calls(PyObject *m);
 #define FLOW_DEFAULT_HIGH (64 * 1024)
 int flow_parse_limits(PyObject *args, PyObject *kw, PyObject **h, PyObject **l,
                       Py_ssize_t *hv, Py_ssize_t *lv);
+int flow_limits_from(PyObject *high, PyObject *low, Py_ssize_t default_high,
+                     PyObject **h, PyObject **l, Py_ssize_t *hv, Py_ssize_t *lv);
 PyObject *flow_limits(PyObject *high_obj, PyObject *low_obj, Py_ssize_t high, Py_ssize_t low);
 int flow_call(LoopCore *lp, PyObject *transport, PyObject *protocol, const char *method);
 

@@ -24,11 +24,23 @@ int flow_parse_limits(PyObject *args, PyObject *kw, PyObject **h_out, PyObject *
     PyObject *high = Py_None, *low = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:set_write_buffer_limits", kwlist, &high, &low))
         return -1;
+    return flow_limits_from(high, low, FLOW_DEFAULT_HIGH, h_out, l_out, hv, lv);
+}
+
+/* The same for limits already taken apart (None or NULL: not given), with
+ * default_high where asyncio has its own (the TLS protocol's differ). */
+int flow_limits_from(PyObject *high, PyObject *low, Py_ssize_t default_high,
+                     PyObject **h_out, PyObject **l_out, Py_ssize_t *hv, Py_ssize_t *lv)
+{
+    if (high == NULL)
+        high = Py_None;
+    if (low == NULL)
+        low = Py_None;
     PyObject *h = NULL, *l = NULL, *four = PyLong_FromLong(4);
     if (four == NULL)
         return -1;
     if (high == Py_None)
-        h = low == Py_None ? PyLong_FromSsize_t(FLOW_DEFAULT_HIGH) : PyNumber_Multiply(four, low);
+        h = low == Py_None ? PyLong_FromSsize_t(default_high) : PyNumber_Multiply(four, low);
     else
         h = (Py_INCREF(high), high);
     if (h != NULL)

@@ -1287,45 +1287,17 @@ static void proto_dealloc(TLSProtocol *p)
 static int parse_limits(PyObject *high, PyObject *low, Py_ssize_t kb, PyObject **ho, PyObject **lo,
                         Py_ssize_t *hv, Py_ssize_t *lv)
 {
-    PyObject *h = NULL, *l = NULL, *four = PyLong_FromLong(4);
-    if (four == NULL)
+    PyObject *h, *l;
+    if (flow_limits_from(high, low, kb * 1024, &h, &l, hv, lv) < 0)
         return -1;
-    if (high == Py_None || high == NULL)
-        h = (low == Py_None || low == NULL) ? PyLong_FromSsize_t(kb * 1024) : PyNumber_Multiply(four, low);
-    else
-        h = (Py_INCREF(high), high);
-    if (h != NULL)
-        l = (low == Py_None || low == NULL) ? PyNumber_FloorDivide(h, four) : (Py_INCREF(low), low);
-    Py_DECREF(four);
-    if (h == NULL || l == NULL)
-        goto fail;
-    PyObject *zero = PyLong_FromLong(0);
-    int ok = zero ? PyObject_RichCompareBool(h, l, Py_GE) : -1;
-    if (ok == 1)
-        ok = PyObject_RichCompareBool(l, zero, Py_GE);
-    Py_XDECREF(zero);
-    if (ok < 0)
-        goto fail;
-    if (!ok) {
-        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", h, l);
-        goto fail;
-    }
-    double dh = PyFloat_AsDouble(h), dl = PyFloat_AsDouble(l);
-    if (PyErr_Occurred())
-        goto fail;
-    /* asyncio compares numbers: size >= high. Keep the comparison exact
-     * for the integers that matter, saturate the rest. */
-    *hv = dh >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)dh;
-    *lv = dl >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)dl;
-    if (dh != (double)*hv && dh < (double)PY_SSIZE_T_MAX)   /* fractional high: size >= 1.5 is size >= 2 */
+    /* sslproto pauses at size >= high (the transports at size > high): a
+     * fractional high, 1.5, is then size >= 2. */
+    double dh = PyFloat_AsDouble(h);
+    if (dh < (double)PY_SSIZE_T_MAX && dh != (double)*hv)
         *hv += 1;
     Py_XSETREF(*ho, h);
     Py_XSETREF(*lo, l);
     return 0;
-fail:
-    Py_XDECREF(h);
-    Py_XDECREF(l);
-    return -1;
 }
 
 /* TLSProtocol(loop, app_protocol, sslcontext, waiter, server_side,
