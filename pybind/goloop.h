@@ -39,17 +39,54 @@ enum {
     GL_OP_SOCK_ACCEPT, /* sock_accept: accept4 on fd; ptr/len: room for the peer's sockaddr */
     GL_OP_SOCK_RECVFROM, /* sock_recvfrom*: ptr: a gl_sendto that Go fills (name, namelen) */
     GL_OP_SOCK_SENDTO,   /* sock_sendto: ptr: a gl_sendto */
-    GL_OP_SOCK_SENDFILE  /* sock_sendfile: sendfile(2) on fd; arg: file fd (lent while live),
+    GL_OP_SOCK_SENDFILE, /* sock_sendfile: sendfile(2) on fd; arg: file fd (lent while live),
                             ptr: file offset, len: count (at most GL_SENDFILE_MAX) */
+    GL_OP_RECV_RECORD,   /* read exactly one TLS record (header + body), never a byte past it:
+                            one GL_EV_RECV as OpRecvStart's (buffer to give back), res = its
+                            length, 0 at EOF, -errno. One at a time; C asks for the next. */
+    GL_OP_KTLS           /* ptr: a gl_ktls (C memory until GL_EV_KTLS). Ordered with the sends:
+                            installed once every earlier send is out; later sends wait for it */
 };
 enum {
     GL_EV_NONE, GL_EV_RECV, GL_EV_SEND, GL_EV_SHUTDOWN, GL_EV_CLOSED,
     GL_EV_ACCEPT, GL_EV_CONNECT, GL_EV_POLL, GL_EV_POSTED,
     GL_EV_DGRAM,
     GL_EV_SENDFILE,  /* res: bytes sent or -errno; aux: bytes sent before an error */
-    GL_EV_SOCK       /* res: bytes received/sent, the accepted fd, or -errno; aux: bytes sent
+    GL_EV_SOCK,      /* res: bytes received/sent, the accepted fd, or -errno; aux: bytes sent
                         before an error, or the accepted peer's address length */
+    GL_EV_KTLS       /* res: 0 installed, or -errno; aux: GL_KTLS_TX | GL_KTLS_RX installed */
 };
+/* Kernel TLS (goloop/ktls*.go, docs/ktls.md). After a handshake done in user
+ * space, C hands the secrets over; Go derives the record keys and installs
+ * them. res 0: what was asked is installed (from then on sends are plaintext,
+ * and a receive started afterwards gets plaintext). res < 0 with aux 0:
+ * nothing changed, carry on in user space (-ENOENT: no tls module;
+ * -EOPNOTSUPP: the kernel refuses this version or suite; -EINVAL: bad
+ * gl_ktls). res < 0 with aux != 0: one direction went in and the other did
+ * not; the connection cannot go on.
+ * On a socket with kernel RX, a receive ends with EOF (res 0) at the peer's
+ * close_notify, drops TLS 1.3 NewSessionTickets, and ends with -EPROTO for any
+ * other record that is not data; aux then = record type << 8 | alert
+ * description or handshake message type. GL_OP_SEND with arg
+ * GL_ARG_RECTYPE(t) sends its bytes as one record of type t (21: an alert). */
+typedef struct {
+    uint16_t version;         /* 0x0303 TLS 1.2, 0x0304 TLS 1.3 */
+    uint16_t suite;           /* IANA cipher suite id, e.g. 0x1301 */
+    uint8_t  server;          /* 1: this end is the server (it sends with the server's keys) */
+    uint8_t  rx;              /* 1: install RX as well as TX */
+    uint8_t  secret_len;      /* TLS 1.3: bytes in each traffic secret (32 or 48) */
+    uint8_t  _pad;
+    uint64_t tx_seq;          /* sequence number of the next record this end sends */
+    uint64_t rx_seq;          /* ... and of the next it receives */
+    uint8_t  client_random[32];   /* TLS 1.2 */
+    uint8_t  server_random[32];   /* TLS 1.2 */
+    uint8_t  master[48];          /* TLS 1.2 master secret */
+    uint8_t  client_secret[48];   /* TLS 1.3 CLIENT_TRAFFIC_SECRET_0 */
+    uint8_t  server_secret[48];   /* TLS 1.3 SERVER_TRAFFIC_SECRET_0 */
+} gl_ktls;
+#define GL_KTLS_TX 1
+#define GL_KTLS_RX 2
+#define GL_ARG_RECTYPE(t) ((uint32_t)(t) << 8)
 /* GL_EV_ACCEPT of an IPv4 connection: aux = AF_INET | local port << 16,
  * ptr = peer address | peer port << 32, buf = local address; each as its
  * sockaddr bytes lie (network order). aux 0: no addresses (record.go). */
