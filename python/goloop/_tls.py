@@ -20,7 +20,11 @@ _core._tls_setup(ssl.SSLWantReadError, ssl.SSLSyscallError, ssl.SSLError,
 # What asyncio's _SSLProtocolTransport says of itself: another start_tls may
 # wrap it (TLS in TLS), and loop.sendfile() falls back to reads and writes.
 _core.SSLProtocolTransport._start_tls_compatible = True
-_core.SSLProtocolTransport._sendfile_compatible = constants._SendfileMode.FALLBACK
+# Under kernel TLS, sendfile(2) on the socket is TLS: the native path
+# (loop._sendfile_native takes the stream transport under it).
+_core.SSLProtocolTransport._sendfile_compatible = property(
+    lambda t: constants._SendfileMode.TRY_NATIVE if t._ktls_raw is not None
+    else constants._SendfileMode.FALLBACK)
 
 
 # Kernel TLS (docs/ktls.md): whether OpenSSL's secrets can be had at all

@@ -762,8 +762,14 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, _core.Transport):
-            raise exceptions.SendfileNotAvailableError(
-                f"native sendfile is not supported for transport {transp!r}")
+            # A TLS transport whose records the kernel makes: sendfile(2)
+            # on its socket sends the file encrypted, with no copy
+            # (docs/ktls.md). Any other: asyncio's fallback.
+            raw = getattr(transp, '_ktls_raw', None)
+            if raw is None:
+                raise exceptions.SendfileNotAvailableError(
+                    f"native sendfile is not supported for transport {transp!r}")
+            transp = raw
         # What asyncio's selector loop checks here (through sock_sendfile):
         # the same errors for the same arguments.
         self._check_sendfile_params(transp.get_extra_info('socket'), file, offset, count)

@@ -2049,7 +2049,21 @@ static PyMethodDef tt_methods[] = {
     {NULL}
 };
 
+/* _ktls_raw: the stream transport under us when the kernel does our
+ * records, so that loop.sendfile can use sendfile(2) on it (the kernel
+ * encrypts the file's pages): only while nothing of the app's waits in
+ * our backlog, which the file must not overtake. Otherwise None. */
+static PyObject *tt_get_ktls_raw(TLSTransport *t, void *c)
+{
+    TLSProtocol *p = t->proto;
+    if (p != NULL && p->ktls_state == KT_ON && (p->ktls_dirs & GL_KTLS_TX) && p->state == ST_WRAPPED &&
+        PyList_GET_SIZE(p->backlog) == 0 && p->transport != NULL)
+        return Py_NewRef(p->transport);
+    Py_RETURN_NONE;
+}
+
 static PyGetSetDef tt_getset[] = {
+    {"_ktls_raw", (getter)tt_get_ktls_raw, NULL, NULL, NULL},
     {"_protocol_paused", (getter)tt_get_protocol_paused, NULL, NULL, NULL},
     {"_ssl_protocol", (getter)tt_get_ssl_protocol, NULL, NULL, NULL},
     {"_closed", (getter)tt_get_closed, (setter)tt_set_closed, NULL, NULL},
