@@ -760,6 +760,11 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     _sock_sendfile_update_filepos = _Unix._sock_sendfile_update_filepos
     _sock_add_cancellation_callback = _Unix._sock_add_cancellation_callback
 
+    def tls_stats(self):
+        """TLS connections this loop made (handshake done), by who does their
+        records: {'kernel': n, 'openssl': m} (docs/tls.md, kernel TLS)."""
+        return {'kernel': self._tls_kernel, 'openssl': self._tls_user}
+
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, _core.Transport):
             # A TLS transport whose records the kernel makes: sendfile(2)

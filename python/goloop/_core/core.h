@@ -94,6 +94,7 @@ struct LoopCore {
     uint32_t nslots, capslots, free_slot;
     Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
     uint64_t polls;        /* goloop_poll calls made: batches handed to Go */
+    uint64_t tls_kernel, tls_user;   /* TLS connections made, by who does their records (tls.c) */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
     PyObject *connects;    /* dict token -> (future, sockaddr, address): connects in Go (connect.c) */
     uint64_t next_call;

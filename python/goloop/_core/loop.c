@@ -999,6 +999,8 @@ static PyMemberDef lc_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopCore, weakreflist), READONLY},
     {"_calls", T_OBJECT, offsetof(LoopCore, calls), READONLY},
     {"_connects", T_OBJECT, offsetof(LoopCore, connects), READONLY},
+    {"_tls_kernel", T_ULONGLONG, offsetof(LoopCore, tls_kernel), READONLY},
+    {"_tls_user", T_ULONGLONG, offsetof(LoopCore, tls_user), READONLY},
     {NULL}
 };
 

@@ -532,6 +532,13 @@ static int on_handshake_complete(TLSProtocol *p, PyObject *hs_exc)
 
 static int handshake_finish(TLSProtocol *p)
 {
+    if (PyObject_TypeCheck(p->loop, LoopCore_Type)) {
+        LoopCore *lp = (LoopCore *)p->loop;
+        if (p->ktls_state == KT_ON)
+            lp->tls_kernel++;
+        else
+            lp->tls_user++;
+    }
     if (p->app_state == APP_INIT) {
         p->app_state = APP_CON_MADE;
         PyObject *app = p->app_protocol;
