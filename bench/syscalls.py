@@ -1,0 +1,342 @@
+"""Syscalls per request (issue 10): the server process's system calls, all
+threads, counted by the kernel's syscall tracepoints through `perf stat`,
+while the echo server (asyncio.Protocol, 1 KiB, 10 and 100 connections)
+and the aiohttp hello server (wrk -t1 -c100) are under load; and the same
+server idle. goloop runs on both backends (GOLOOP_BACKEND=io_uring, epoll),
+beside uvloop, asyncio and (echo only) the C epoll echo.
+
+    python bench/syscalls.py [--rounds 3] [--window 2] [--loops ...]
+                             [--only echo,http] [--out FILE]
+
+Method. One server process per (round, loop, kind), pinned to CPU 0, the
+load (bench/bin/loadgen, wrk) on CPU 1 as in bench/suite.py. The load runs
+warmup + window + 1 s; `perf stat -p PID --per-thread` is attached for
+`window` seconds starting 1.5 s into it, so its window lies inside the load
+generator's timed window. Requests in the perf window = the load
+generator's requests/s x the perf window's length (both are steady-state
+rates over overlapping windows). Counted: raw_syscalls:sys_enter (every
+syscall), one syscalls:sys_enter_X per syscall in SYSCALLS (the
+breakdown; the rest is "other"), futex calls split by op (wake / wait),
+and context switches. Attaching only these few events keeps perf's own
+cost low: with all ~360 syscall tracepoints attached, the per-task event
+context switched on every context switch cut goloop's throughput by a
+quarter, and so its batching, and so the counts.
+
+Rounds interleave the loops (the order rotates); medians are reported.
+Results: bench/results/counts-syscalls.json and a table on stdout.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import procs  # noqa: E402
+
+SERVER_CPU, CLIENT_CPU = 0, 1
+LOADGEN = os.path.join(HERE, "bin", "loadgen")
+CECHO = os.path.join(HERE, "bin", "cecho")
+ECHO_SERVER = os.path.join(HERE, "servers", "echo_server.py")
+HTTP_SERVER = os.path.join(HERE, "servers", "http_server.py")
+SERVER_CWD = os.path.join(HERE, "servers")
+CONFIGS = {
+    "goloop-io_uring": ("goloop", {"GOLOOP_BACKEND": "io_uring"}),
+    "goloop-epoll": ("goloop", {"GOLOOP_BACKEND": "epoll"}),
+    "uvloop": ("uvloop", {}),
+    "asyncio": ("asyncio", {}),
+    "c": ("c", {}),
+}
+ECHO_CONNS = [10, 100]
+HTTP_CONNS = 100
+SIZE = 1024
+# The breakdown: every syscall these servers make in any number, by name.
+SYSCALLS = [
+    "io_uring_enter", "epoll_wait", "epoll_pwait", "epoll_ctl", "ppoll",
+    "read", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg",
+    "accept4", "close", "futex", "nanosleep", "clock_nanosleep", "rt_sigprocmask",
+    "sched_yield", "getpid", "tgkill", "madvise", "mmap", "munmap", "getsockname",
+    "getpeername", "setsockopt", "getsockopt", "ioctl", "clock_gettime",
+]
+FUTEX_WAKE = "op == 1 || op == 129"   # FUTEX_WAKE, with or without FUTEX_PRIVATE_FLAG
+FUTEX_WAIT = "op == 0 || op == 128"
+
+
+def perf_events():
+    ev = ["-e", "raw_syscalls:sys_enter", "-e", "context-switches"]
+    ev += ["-e", "syscalls:sys_enter_futex", "--filter", FUTEX_WAKE]
+    ev += ["-e", "syscalls:sys_enter_futex", "--filter", FUTEX_WAIT]
+    for s in SYSCALLS:
+        ev += ["-e", f"syscalls:sys_enter_{s}"]
+    return ev
+
+
+def perf_count(pid, seconds):
+    """Per-thread counts of perf_events() over `seconds`: {"total": {...}, "main": {...}}.
+
+    "main" is the thread whose tid is the pid: the Python thread, which is
+    goloop's loop thread. The two filtered futex events come first among
+    the futex lines (perf prints events in the order given).
+    """
+    argv = ["perf", "stat", "--per-thread", "-x", ",", *perf_events(), "-p", str(pid),
+            "--", "sleep", str(seconds)]
+    t0 = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    elapsed = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError("perf stat: " + r.stderr.strip()[-300:])
+    total, main = {}, {}
+    seen_futex = {}
+    for line in r.stderr.splitlines():
+        f = line.split(",")
+        if len(f) < 4 or "-" not in f[0]:
+            continue
+        thread, value, event = f[0], f[1], f[3]
+        tid = int(thread.rsplit("-", 1)[1])
+        n = 0 if value.startswith("<") else int(float(value))
+        name = event.replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "all")
+        if name == "futex":
+            # Three futex events per thread, in order: wake, wait, all.
+            k = seen_futex.get(tid, 0)
+            seen_futex[tid] = k + 1
+            name = ["futex_wake", "futex_wait", "futex"][k]
+        total[name] = total.get(name, 0) + n
+        if tid == pid:
+            main[name] = main.get(name, 0) + n
+    return {"total": total, "main": main, "seconds": elapsed}
+
+
+class Run:
+    def __init__(self, python, window):
+        self.python, self.window = python, window
+
+    def server(self, name, kind):
+        loop, extra = CONFIGS[name]
+        env = dict(os.environ, **extra)
+        env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
+            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        port = procs.free_port()
+        if loop == "c":
+            argv = [CECHO, "--port", str(port)]
+        elif kind == "echo":
+            argv = [self.python, "-X", "faulthandler", ECHO_SERVER, "--loop", loop,
+                    "--variant", "protocol", "--port", str(port)]
+        else:
+            argv = [self.python, "-X", "faulthandler", HTTP_SERVER, "--loop", loop,
+                    "--port", str(port)]
+        return procs.Server(argv, cpu=SERVER_CPU, port=port, env=env, cwd=SERVER_CWD)
+
+    def idle(self, server):
+        # The readiness probe's connection has just closed: let it settle.
+        time.sleep(0.5)
+        c = perf_count(server.pid, self.window)
+        return {"per_s": {k: round(v / c["seconds"], 1) for k, v in c["total"].items()},
+                "main_per_s": {k: round(v / c["seconds"], 1) for k, v in c["main"].items()}}
+
+    def loaded(self, server, argv_for, parse):
+        """Load for warmup + window + 1 s; perf attached 1.5 s in for `window` s."""
+        length = self.window + 2.5
+        load = subprocess.Popen(argv_for(length), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=procs._server_setup)
+        try:
+            time.sleep(1.5)
+            cpu0 = procs.cpu_seconds(server.pid)
+            c = perf_count(server.pid, self.window)
+            cpu1 = procs.cpu_seconds(server.pid)
+            out, err = load.communicate(timeout=length + 30)
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+        rps = parse(out, err)
+        reqs = rps * c["seconds"]
+        row = {"rps": round(rps), "perf_seconds": round(c["seconds"], 3),
+               "requests": round(reqs),
+               "per_req": {k: round(v / reqs, 4) for k, v in c["total"].items()},
+               "main_per_req": {k: round(v / reqs, 4) for k, v in c["main"].items()},
+               "per_s": {k: round(v / c["seconds"], 1) for k, v in c["total"].items()},
+               "cpu_us_per_req": round((cpu1 - cpu0) / reqs * 1e6, 2)}
+        return row
+
+    def echo(self, server, conns):
+        def argv(length):
+            return ["taskset", "-c", str(CLIENT_CPU), LOADGEN, "-addr", f"127.0.0.1:{server.port}",
+                    "-conns", str(conns), "-size", str(SIZE), "-warmup", "1s",
+                    "-duration", f"{length - 1:.2f}s"]
+
+        def parse(out, err):
+            d = json.loads(out.strip().splitlines()[-1])
+            if d.get("error") or d.get("errors"):
+                raise RuntimeError(f"loadgen: {d.get('error') or d.get('last_error')}")
+            return d["rps"]
+        return self.loaded(server, argv, parse)
+
+    def http(self, server):
+        def argv(length):
+            return ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{HTTP_CONNS}",
+                    f"-d{length:.0f}s", f"http://127.0.0.1:{server.port}/"]
+
+        def parse(out, err):
+            m = re.search(r"Requests/sec:\s*([\d.]+)", out)
+            if not m:
+                raise RuntimeError("wrk: " + (out + err).strip()[-200:])
+            if re.search(r"Non-2xx|Socket errors", out):
+                raise RuntimeError("wrk: " + out.strip()[-200:])
+            return float(m.group(1))
+        return self.loaded(server, argv, parse)
+
+
+def run_round(run, names, kinds, rnd):
+    rows = []
+    k = rnd % len(names)
+    for name in names[k:] + names[:k]:
+        for kind in kinds:
+            if kind == "http" and name == "c":
+                continue
+            row = {"config": name, "kind": kind, "round": rnd}
+            try:
+                with run.server(name, kind) as server:
+                    row["idle"] = run.idle(server)
+                    if kind == "echo":
+                        for c in ECHO_CONNS:
+                            row[f"c{c}"] = run.echo(server, c)
+                    else:
+                        row[f"c{HTTP_CONNS}"] = run.http(server)
+                    if not server.alive():
+                        row["error"] = "server died: " + server.stderr_tail()
+            except (procs.ServerError, RuntimeError, subprocess.TimeoutExpired, ValueError,
+                    IndexError) as e:
+                row["error"] = str(e)[:300]
+            rows.append(row)
+            brief = ", ".join(f"{c}: {row[c]['per_req'].get('all', 0):.3f}/req"
+                              for c in row if c.startswith("c") and c[1:].isdigit())
+            print(f"round {rnd} {name} {kind}: {row.get('error') or brief}", file=sys.stderr)
+    return rows
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(rows):
+    cells = {}
+    for r in rows:
+        if "error" in r:
+            continue
+        for key, v in r.items():
+            if key.startswith("c") and key[1:].isdigit():
+                cells.setdefault((r["kind"], int(key[1:]), r["config"]), []).append(v)
+        cells.setdefault((r["kind"], 0, r["config"]), []).append(r["idle"])
+    out = []
+    for (kind, conns, name), vs in sorted(cells.items()):
+        if conns == 0:
+            names = set().union(*(v["per_s"] for v in vs))
+            out.append({"kind": kind, "conns": 0, "config": name, "rounds": len(vs),
+                        "per_s": {k: median([v["per_s"].get(k, 0) for v in vs]) for k in sorted(names)}})
+            continue
+        names = set().union(*(v["per_req"] for v in vs))
+        out.append({
+            "kind": kind, "conns": conns, "config": name, "rounds": len(vs),
+            "rps": median([v["rps"] for v in vs]),
+            "cpu_us_per_req": median([v["cpu_us_per_req"] for v in vs]),
+            "per_req": {k: median([v["per_req"].get(k, 0) for v in vs]) for k in sorted(names)},
+            "main_per_req": {k: median([v["main_per_req"].get(k, 0) for v in vs]) for k in sorted(names)},
+            "per_s": {k: median([v["per_s"].get(k, 0) for v in vs]) for k in sorted(names)},
+        })
+    return out
+
+
+COLUMNS = [("all", "all"), ("io_uring_enter", "io_uring_enter"),
+           ("epoll", ("epoll_wait", "epoll_pwait", "ppoll")), ("epoll_ctl", "epoll_ctl"),
+           ("recv", ("read", "recvfrom", "recvmsg")),
+           ("send", ("write", "writev", "sendto", "sendmsg")),
+           ("rt_sigprocmask", "rt_sigprocmask"), ("getpid", "getpid"), ("futex", "futex"),
+           ("nanosleep", ("nanosleep", "clock_nanosleep"))]
+
+
+def col(d, names):
+    if isinstance(names, str):
+        names = (names,)
+    return sum(d.get(n, 0) for n in names)
+
+
+def print_tables(summary):
+    print("\nSyscalls per request, server process, all threads (medians):\n")
+    print("| cell | loop | req/s | " + " | ".join(c for c, _ in COLUMNS) +
+          " | other | on loop thread | CPU µs/req |")
+    print("|---|---|--:|" + "--:|" * (len(COLUMNS) + 3))
+    for s in summary:
+        if s["conns"] == 0:
+            continue
+        pr = s["per_req"]
+        other = pr.get("all", 0) - sum(col(pr, n) for c, n in COLUMNS if c != "all")
+        cell = f"{s['kind']} {s['conns']}c" + (" 1 KiB" if s["kind"] == "echo" else "")
+        print(f"| {cell} | {s['config']} | {s['rps']:,.0f} | " +
+              " | ".join(f"{col(pr, n):.3f}" for _, n in COLUMNS) +
+              f" | {other:.3f} | {s['main_per_req'].get('all', 0):.3f} | {s['cpu_us_per_req']} |")
+    print("\nIdle server and the Go runtime's share under load (per second, medians):\n")
+    print("| server | state | syscalls/s | futex wake/s | futex wait/s | nanosleep/s "
+          "| context switches/s |")
+    print("|---|---|--:|--:|--:|--:|--:|")
+    for s in summary:
+        state = "idle" if s["conns"] == 0 else f"{s['conns']}c"
+        ps = s["per_s"]
+        print(f"| {s['kind']} {s['config']} | {state} | {ps.get('all', 0):,.0f} "
+              f"| {ps.get('futex_wake', 0):,.0f} | {ps.get('futex_wait', 0):,.0f} "
+              f"| {col(ps, ('nanosleep', 'clock_nanosleep')):,.0f} "
+              f"| {ps.get('context-switches', 0):,.0f} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--window", type=float, default=2.0, help="seconds perf counts, per cell")
+    p.add_argument("--loops", default=",".join(CONFIGS))
+    p.add_argument("--only", default="echo,http")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "counts-syscalls.json"))
+    args = p.parse_args()
+    names = [n for n in args.loops.split(",") if n]
+    for n in names:
+        if n not in CONFIGS:
+            p.error(f"unknown loop {n!r}; one of {', '.join(CONFIGS)}")
+    kinds = [k for k in args.only.split(",") if k]
+    if os.geteuid() != 0:
+        with open("/proc/sys/kernel/perf_event_paranoid") as f:
+            if int(f.read()) > 1:
+                sys.exit("perf needs root or kernel.perf_event_paranoid <= 1 to count tracepoints")
+    for tool in ("perf", "wrk" if "http" in kinds else "perf", "taskset"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            sys.exit(f"{tool} is missing")
+    env = dict(os.environ, PATH="/usr/local/go/bin:" + os.environ["PATH"])
+    subprocess.run(["go", "build", "-o", LOADGEN, "./bench/loadgen"], cwd=ROOT, check=True, env=env)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", CECHO, "bench/cecho/echo.c"], cwd=ROOT, check=True)
+    run = Run(os.environ.get("PYTHON") or sys.executable, args.window)
+    rows = []
+    try:
+        for rnd in range(args.rounds):
+            rows += run_round(run, names, kinds, rnd)
+    finally:
+        procs.stop_all()
+    summary = summarize(rows)
+    print_tables(summary)
+    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                    capture_output=True, text=True).stdout.strip(),
+           "kernel": os.uname().release, "rounds": args.rounds, "window_s": args.window,
+           "summary": summary, "runs": rows}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
