@@ -113,6 +113,27 @@ def perf_count(pid, seconds):
     return {"total": total, "main": main, "seconds": elapsed}
 
 
+def thread_cpu(pid):
+    """utime+stime of each thread of pid, in seconds: {tid: seconds}."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue   # the thread ended meanwhile
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def other_threads_share(pid, before, after):
+    """Share of the process's CPU time in the window spent by threads other than the main one."""
+    total = sum(after.values()) - sum(v for t, v in before.items() if t in after)
+    main = after.get(pid, 0) - before.get(pid, 0)
+    return (total - main) / total if total > 0 else 0.0
+
+
 class Run:
     def __init__(self, python, window):
         self.python, self.window = python, window
@@ -147,9 +168,9 @@ class Run:
                                 text=True, preexec_fn=procs._server_setup)
         try:
             time.sleep(1.5)
-            cpu0 = procs.cpu_seconds(server.pid)
+            cpu0, th0 = procs.cpu_seconds(server.pid), thread_cpu(server.pid)
             c = perf_count(server.pid, self.window)
-            cpu1 = procs.cpu_seconds(server.pid)
+            cpu1, th1 = procs.cpu_seconds(server.pid), thread_cpu(server.pid)
             out, err = load.communicate(timeout=length + 30)
         finally:
             if load.poll() is None:
@@ -162,7 +183,12 @@ class Run:
                "per_req": {k: round(v / reqs, 4) for k, v in c["total"].items()},
                "main_per_req": {k: round(v / reqs, 4) for k, v in c["main"].items()},
                "per_s": {k: round(v / c["seconds"], 1) for k, v in c["total"].items()},
-               "cpu_us_per_req": round((cpu1 - cpu0) / reqs * 1e6, 2)}
+               "cpu_us_per_req": round((cpu1 - cpu0) / reqs * 1e6, 2),
+               # CPU time of threads other than Python's (goloop: the Go
+               # runtime's, besides the loop thread's own Go code), at the
+               # 10 ms tick resolution of /proc: a rough share.
+               "other_threads_cpu_share": round(other_threads_share(server.pid, th0, th1), 4),
+               "server_cpu_util": round((cpu1 - cpu0) / c["seconds"], 3)}
         return row
 
     def echo(self, server, conns):
@@ -247,6 +273,8 @@ def summarize(rows):
             "kind": kind, "conns": conns, "config": name, "rounds": len(vs),
             "rps": median([v["rps"] for v in vs]),
             "cpu_us_per_req": median([v["cpu_us_per_req"] for v in vs]),
+            "other_threads_cpu_share": median([v["other_threads_cpu_share"] for v in vs]),
+            "server_cpu_util": median([v["server_cpu_util"] for v in vs]),
             "per_req": {k: median([v["per_req"].get(k, 0) for v in vs]) for k in sorted(names)},
             "main_per_req": {k: median([v["main_per_req"].get(k, 0) for v in vs]) for k in sorted(names)},
             "per_s": {k: median([v["per_s"].get(k, 0) for v in vs]) for k in sorted(names)},
@@ -271,8 +299,8 @@ def col(d, names):
 def print_tables(summary):
     print("\nSyscalls per request, server process, all threads (medians):\n")
     print("| cell | loop | req/s | " + " | ".join(c for c, _ in COLUMNS) +
-          " | other | on loop thread | CPU µs/req |")
-    print("|---|---|--:|" + "--:|" * (len(COLUMNS) + 3))
+          " | other | on loop thread | CPU µs/req | CPU off the main thread |")
+    print("|---|---|--:|" + "--:|" * (len(COLUMNS) + 4))
     for s in summary:
         if s["conns"] == 0:
             continue
@@ -281,7 +309,8 @@ def print_tables(summary):
         cell = f"{s['kind']} {s['conns']}c" + (" 1 KiB" if s["kind"] == "echo" else "")
         print(f"| {cell} | {s['config']} | {s['rps']:,.0f} | " +
               " | ".join(f"{col(pr, n):.3f}" for _, n in COLUMNS) +
-              f" | {other:.3f} | {s['main_per_req'].get('all', 0):.3f} | {s['cpu_us_per_req']} |")
+              f" | {other:.3f} | {s['main_per_req'].get('all', 0):.3f} | {s['cpu_us_per_req']} "
+              f"| {100 * s['other_threads_cpu_share']:.1f}% |")
     print("\nIdle server and the Go runtime's share under load (per second, medians):\n")
     print("| server | state | syscalls/s | futex wake/s | futex wait/s | nanosleep/s "
           "| context switches/s |")
