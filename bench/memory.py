@@ -40,6 +40,15 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 SERVER = os.path.join(HERE, "servers", "mem_server.py")
 SERVER_CWD = os.path.join(HERE, "servers")
 HOLDCONNS = os.path.join(HERE, "bin", "holdconns")
+def tree_path(env):
+    """Servers import goloop from this tree when it is built in place (make
+    inplace), else from the interpreter's site-packages (make build)."""
+    if os.path.exists(os.path.join(ROOT, "python", "goloop", "libgoloop.so")):
+        env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
+            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 CONFIGS = {
     "goloop-io_uring": ("goloop", {"GOLOOP_BACKEND": "io_uring"}),
     "goloop-epoll": ("goloop", {"GOLOOP_BACKEND": "epoll"}),
@@ -109,8 +118,7 @@ def server_stats(server, want_held, gc=False):
 def run_one(name, python, counts, tracemalloc=False):
     loop, extra = CONFIGS[name]
     env = dict(os.environ, **extra)
-    env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
-        ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    tree_path(env)
     port = procs.free_port()
     argv = [python, SERVER, "--loop", loop, "--port", str(port)]
     if tracemalloc:
@@ -290,8 +298,7 @@ def main():
     if args.tracemalloc:
         for name in names:
             traced.append(run_one(name, python, counts, tracemalloc=True))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.join(ROOT, "python")
+    env = tree_path(dict(os.environ))
     fixed = {w: fixed_overhead(python, w, env) for w in ("goloop", "uvloop")}
 
     summary = summarize(rows, counts)

@@ -9,12 +9,14 @@ beside uvloop, asyncio and (echo only) the C epoll echo.
                              [--only echo,http] [--out FILE]
 
 Method. One server process per (round, loop, kind), pinned to CPU 0, the
-load (bench/bin/loadgen, wrk) on CPU 1 as in bench/suite.py. The load runs
-warmup + window + 1 s; `perf stat -p PID --per-thread` is attached for
-`window` seconds starting 1.5 s into it, so its window lies inside the load
-generator's timed window. Requests in the perf window = the load
-generator's requests/s x the perf window's length (both are steady-state
-rates over overlapping windows). Counted: raw_syscalls:sys_enter (every
+load (bench/bin/loadgen, wrk) on CPU 1 as in bench/suite.py. First the
+server idles for `window` s, counted; then, per cell, a 1 s warm-up run of
+the load generator, and a `window`-second run of it with perf counting
+around exactly that run. `perf stat -p PID --per-thread` is started with its
+events disabled (-D -1) and switched on and off through its control fifo
+(perf's own set-up takes about a second, which `-- sleep N` would blur into
+the count). Requests = what the load generator reports for its run, an
+exact count. Counted: raw_syscalls:sys_enter (every
 syscall), one syscalls:sys_enter_X per syscall in SYSCALLS (the
 breakdown; the rest is "other"), futex calls split by op (wake / wait),
 and context switches. Attaching only these few events keeps perf's own
@@ -30,9 +32,13 @@ import argparse
 import json
 import os
 import re
+import select
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,6 +53,15 @@ CECHO = os.path.join(HERE, "bin", "cecho")
 ECHO_SERVER = os.path.join(HERE, "servers", "echo_server.py")
 HTTP_SERVER = os.path.join(HERE, "servers", "http_server.py")
 SERVER_CWD = os.path.join(HERE, "servers")
+def tree_path(env):
+    """Servers import goloop from this tree when it is built in place (make
+    inplace), else from the interpreter's site-packages (make build)."""
+    if os.path.exists(os.path.join(ROOT, "python", "goloop", "libgoloop.so")):
+        env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
+            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 CONFIGS = {
     "goloop-io_uring": ("goloop", {"GOLOOP_BACKEND": "io_uring"}),
     "goloop-epoll": ("goloop", {"GOLOOP_BACKEND": "epoll"}),
@@ -78,39 +93,103 @@ def perf_events():
     return ev
 
 
-def perf_count(pid, seconds):
-    """Per-thread counts of perf_events() over `seconds`: {"total": {...}, "main": {...}}.
+class Perf:
+    """`perf stat` attached to a process, counting only between enable() and disable().
 
-    "main" is the thread whose tid is the pid: the Python thread, which is
-    goloop's loop thread. The two filtered futex events come first among
-    the futex lines (perf prints events in the order given).
+    perf takes about a second to set up its tracepoint events, and with
+    `perf stat -p PID -- sleep N` that second is not distinguishable from
+    the counted time. So perf starts with its events disabled (-D -1) and
+    is switched on and off through its control fifo: the window is the
+    time between the two acknowledgements, measured here.
     """
-    argv = ["perf", "stat", "--per-thread", "-x", ",", *perf_events(), "-p", str(pid),
-            "--", "sleep", str(seconds)]
-    t0 = time.monotonic()
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    elapsed = time.monotonic() - t0
-    if r.returncode != 0:
-        raise RuntimeError("perf stat: " + r.stderr.strip()[-300:])
-    total, main = {}, {}
-    seen_futex = {}
-    for line in r.stderr.splitlines():
-        f = line.split(",")
-        if len(f) < 4 or "-" not in f[0]:
-            continue
-        thread, value, event = f[0], f[1], f[3]
-        tid = int(thread.rsplit("-", 1)[1])
-        n = 0 if value.startswith("<") else int(float(value))
-        name = event.replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "all")
-        if name == "futex":
-            # Three futex events per thread, in order: wake, wait, all.
-            k = seen_futex.get(tid, 0)
-            seen_futex[tid] = k + 1
-            name = ["futex_wake", "futex_wait", "futex"][k]
-        total[name] = total.get(name, 0) + n
-        if tid == pid:
-            main[name] = main.get(name, 0) + n
-    return {"total": total, "main": main, "seconds": elapsed}
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.dir = tempfile.mkdtemp(prefix="goloop-perf-")
+        ctl, ack = os.path.join(self.dir, "ctl"), os.path.join(self.dir, "ack")
+        os.mkfifo(ctl)
+        os.mkfifo(ack)
+        self.ack = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
+        self.proc = subprocess.Popen(
+            ["perf", "stat", "-D", "-1", "--control", f"fifo:{ctl},{ack}", "--per-thread",
+             "-x", ",", *perf_events(), "-p", str(pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while True:  # perf opens the control fifo once its events are set up
+            try:
+                self.ctl = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError("perf stat did not start: " + self.proc.stderr.read()[-300:])
+                time.sleep(0.01)
+
+    def _command(self, word):
+        os.write(self.ctl, word.encode() + b"\n")
+        got = b""
+        deadline = time.monotonic() + 30
+        while b"ack\n" not in got:   # perf writes "ack\n" and its C string's NUL
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([self.ack], [], [], max(left, 0))
+            if not r:
+                raise RuntimeError(f"perf stat did not acknowledge {word}")
+            chunk = os.read(self.ack, 64)
+            if not chunk and self.proc.poll() is not None:
+                raise RuntimeError("perf stat exited: " + self.proc.stderr.read()[-300:])
+            got += chunk
+        return time.monotonic()
+
+    def enable(self):
+        self.t0 = self._command("enable")
+
+    def disable(self):
+        self.t1 = self._command("disable")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for attr in ("ctl", "ack"):
+            fd = getattr(self, attr, None)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, attr, None)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def result(self):
+        """Per-thread counts: {"total": {...}, "main": {...}, "seconds": window}.
+
+        "main" is the thread whose tid is the pid: the Python thread, which
+        is goloop's loop thread. The two filtered futex events come first
+        among a thread's futex lines (perf prints events in the order given).
+        """
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        finally:
+            self.close()
+        total, main = {}, {}
+        seen_futex = {}
+        for line in err.splitlines():
+            f = line.split(",")
+            if len(f) < 4 or "-" not in f[0]:
+                continue
+            thread, value, event = f[0], f[1], f[3]
+            tid = int(thread.rsplit("-", 1)[1])
+            n = 0 if value.startswith("<") else int(float(value))
+            name = event.replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "all")
+            if name == "futex":
+                # Three futex events per thread, in order: wake, wait, all.
+                k = seen_futex.get(tid, 0)
+                seen_futex[tid] = k + 1
+                name = ["futex_wake", "futex_wait", "futex"][k]
+            total[name] = total.get(name, 0) + n
+            if tid == self.pid:
+                main[name] = main.get(name, 0) + n
+        if "all" not in total:
+            raise RuntimeError("perf stat printed no counts: " + err.strip()[-300:])
+        return {"total": total, "main": main, "seconds": self.t1 - self.t0}
 
 
 def thread_cpu(pid):
@@ -141,8 +220,7 @@ class Run:
     def server(self, name, kind):
         loop, extra = CONFIGS[name]
         env = dict(os.environ, **extra)
-        env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
-            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        tree_path(env)
         port = procs.free_port()
         if loop == "c":
             argv = [CECHO, "--port", str(port)]
@@ -156,30 +234,41 @@ class Run:
 
     def idle(self, server):
         # The readiness probe's connection has just closed: let it settle.
-        time.sleep(0.5)
-        c = perf_count(server.pid, self.window)
+        perf = Perf(server.pid)
+        try:
+            time.sleep(0.5)
+            perf.enable()
+            time.sleep(self.window)
+            perf.disable()
+            c = perf.result()
+        finally:
+            perf.close()
         return {"per_s": {k: round(v / c["seconds"], 1) for k, v in c["total"].items()},
                 "main_per_s": {k: round(v / c["seconds"], 1) for k, v in c["main"].items()}}
 
     def loaded(self, server, argv_for, parse):
-        """Load for warmup + window + 1 s; perf attached 1.5 s in for `window` s."""
-        length = self.window + 2.5
-        load = subprocess.Popen(argv_for(length), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, preexec_fn=procs._server_setup)
+        """A warm-up run of the load, then a run of `window` s inside perf's window.
+
+        The counted requests are the ones the load generator reports for
+        its run (loadgen: those that began and ended in its window; wrk:
+        all), exact rather than a rate times a time. perf's window also
+        holds the run's connects and closes (10 or 100 accepts and
+        closes: at most 0.002 syscalls per request here).
+        """
+        perf = Perf(server.pid)   # sets itself up during the warm-up
         try:
-            time.sleep(1.5)
+            warm = procs.run_bounded(argv_for(1), timeout=60)
+            parse(warm.stdout, warm.stderr)
             cpu0, th0 = procs.cpu_seconds(server.pid), thread_cpu(server.pid)
-            c = perf_count(server.pid, self.window)
+            perf.enable()
+            r = procs.run_bounded(argv_for(self.window), timeout=self.window + 60)
+            perf.disable()
             cpu1, th1 = procs.cpu_seconds(server.pid), thread_cpu(server.pid)
-            out, err = load.communicate(timeout=length + 30)
+            c = perf.result()
         finally:
-            if load.poll() is None:
-                load.kill()
-                load.wait()
-        rps = parse(out, err)
-        reqs = rps * c["seconds"]
-        row = {"rps": round(rps), "perf_seconds": round(c["seconds"], 3),
-               "requests": round(reqs),
+            perf.close()
+        reqs, rps = parse(r.stdout, r.stderr)
+        row = {"rps": round(rps), "perf_seconds": round(c["seconds"], 3), "requests": reqs,
                "per_req": {k: round(v / reqs, 4) for k, v in c["total"].items()},
                "main_per_req": {k: round(v / reqs, 4) for k, v in c["main"].items()},
                "per_s": {k: round(v / c["seconds"], 1) for k, v in c["total"].items()},
@@ -192,30 +281,36 @@ class Run:
         return row
 
     def echo(self, server, conns):
-        def argv(length):
+        def argv(seconds):
+            # The connections are made before the window opens; 10 ms of
+            # "warm-up" only lets the first requests start inside it.
             return ["taskset", "-c", str(CLIENT_CPU), LOADGEN, "-addr", f"127.0.0.1:{server.port}",
-                    "-conns", str(conns), "-size", str(SIZE), "-warmup", "1s",
-                    "-duration", f"{length - 1:.2f}s"]
+                    "-conns", str(conns), "-size", str(SIZE), "-warmup", "10ms",
+                    "-duration", f"{seconds:.2f}s"]
 
         def parse(out, err):
-            d = json.loads(out.strip().splitlines()[-1])
+            try:
+                d = json.loads(out.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise RuntimeError("loadgen: " + err.strip()[-200:])
             if d.get("error") or d.get("errors"):
                 raise RuntimeError(f"loadgen: {d.get('error') or d.get('last_error')}")
-            return d["rps"]
+            return d["requests"], d["rps"]
         return self.loaded(server, argv, parse)
 
     def http(self, server):
-        def argv(length):
+        def argv(seconds):
             return ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{HTTP_CONNS}",
-                    f"-d{length:.0f}s", f"http://127.0.0.1:{server.port}/"]
+                    f"-d{max(1, round(seconds))}s", f"http://127.0.0.1:{server.port}/"]
 
         def parse(out, err):
-            m = re.search(r"Requests/sec:\s*([\d.]+)", out)
+            m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
             if not m:
                 raise RuntimeError("wrk: " + (out + err).strip()[-200:])
             if re.search(r"Non-2xx|Socket errors", out):
                 raise RuntimeError("wrk: " + out.strip()[-200:])
-            return float(m.group(1))
+            n, t = int(m.group(1)), float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
+            return n, n / t
         return self.loaded(server, argv, parse)
 
 
