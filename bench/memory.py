@@ -313,7 +313,9 @@ def main():
               f"{(f['loop_kb'] - f['import_kb']) / 1024:.1f} MiB, threads {f['threads']}"
               + (f", Go sys {f['go']['sys'] / 2**20:.1f} MiB heap "
                  f"{f['go']['heap_alloc'] / 1024:.0f} KiB" if w == "goloop" else ""))
+    # The machine is shared: its load at the end says how quiet the run was.
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "loadavg_at_end": os.getloadavg(),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip(),
            "python": python, "rounds": args.rounds, "counts": counts,

@@ -451,7 +451,9 @@ def main():
         procs.stop_all()
     summary = summarize(rows)
     print_tables(summary)
+    # The machine is shared: its load at the end says how quiet the run was.
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "loadavg_at_end": os.getloadavg(),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip(),
            "kernel": os.uname().release, "rounds": args.rounds, "window_s": args.window,
