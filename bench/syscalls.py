@@ -378,7 +378,7 @@ def summarize(rows):
 
 
 COLUMNS = [("all", "all"), ("io_uring_enter", "io_uring_enter"),
-           ("epoll", ("epoll_wait", "epoll_pwait", "ppoll")), ("epoll_ctl", "epoll_ctl"),
+           ("epoll", ("epoll_wait", "epoll_pwait", "ppoll")),
            ("recv", ("read", "recvfrom", "recvmsg")),
            ("send", ("write", "writev", "sendto", "sendmsg")),
            ("rt_sigprocmask", "rt_sigprocmask"), ("getpid", "getpid"), ("futex", "futex"),
