@@ -141,7 +141,11 @@ def run_one(name, python, counts, tracemalloc=False):
         row["error"] = str(e)[:400]
     finally:
         if client is not None:
-            client.send("quit") if client.proc.poll() is None else None
+            if client.proc.poll() is None:
+                try:
+                    client.send("quit")
+                except OSError:
+                    pass
             client.stop()
         server.stop()
     if "error" not in row:
