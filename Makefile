@@ -130,5 +130,12 @@ test-ktls: deps
 bench: build
 	PYTHON=$(CURDIR)/$(PY) bash bench/run.sh
 
+# Issue 10's counting targets (docs/counts.md): syscalls per request (perf
+# on the syscall tracepoints) and memory per held connection, 3 rounds each.
+.PHONY: bench-counts
+bench-counts: inplace venv
+	$(PY) bench/syscalls.py
+	$(PY) bench/memory.py --tracemalloc
+
 clean:
 	rm -rf build $(VENV) python/goloop/*.so python/goloop.egg-info *.egg-info
