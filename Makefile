@@ -11,7 +11,8 @@ PY := $(VENV)/bin/python
 DEBS := gcc python3-dev python3-venv python3-pip python3-setuptools python3-wheel \
         python3-pytest python3-pytest-timeout python3-uvloop python3-aiohttp \
         libpython3.11-testsuite unbound dnsmasq-base iproute2 util-linux procps \
-        wrk python3-matplotlib postgresql python3-asyncpg gunicorn python3-gunicorn python3-uvicorn
+        wrk python3-matplotlib postgresql python3-asyncpg gunicorn python3-gunicorn python3-uvicorn \
+        python3-cryptography
 
 .PHONY: all deps venv build inplace test go-test fuzz py-test test-asan test-ktls stress bench clean
 

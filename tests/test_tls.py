@@ -52,6 +52,36 @@ def _issue(d, name, cn, ext, ca="ca"):
              cwd=d)
 
 
+def _expired(d):
+    """expired.pem/.key: signed by the CA for localhost, valid only in 2020 (the
+    openssl command cannot set dates in the past; Debian's python3-cryptography can)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    with open(os.path.join(d, "ca.pem"), "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    with open(os.path.join(d, "ca.key"), "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2020, 1, 1))
+            .not_valid_after(datetime.datetime(2020, 1, 2))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(HOST), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    with open(os.path.join(d, "expired.pem"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.path.join(d, "expired.key"), "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tls-certs"))
@@ -69,6 +99,7 @@ def certs(tmp_path_factory):
              "-nodes", "-keyout", "self.key", "-out", "self.pem", "-days", "2",
              "-subj", f"/CN={HOST}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
              cwd=d)
+    _expired(d)
 
     class Certs:
         dir = d
@@ -348,6 +379,49 @@ def test_self_signed_rejected(loop, certs, tmp_path):
             with pytest.raises(ssl.SSLCertVerificationError) as info:
                 await connect(loop, lambda: Recorder(loop), addr, certs.client())
             assert info.value.verify_code in (18, 19, 20, 21)  # self-signed / unknown issuer
+
+    run(loop, go())
+
+
+def test_expired_certificate_rejected(loop, certs, tmp_path):
+    async def go():
+        srv, addr = await serve(loop, lambda: EchoServer(loop), certs.server("expired"),
+                                "tcp", tmp_path)
+        async with srv:
+            with pytest.raises(ssl.SSLCertVerificationError) as info:
+                await connect(loop, lambda: Recorder(loop), addr, certs.client())
+            assert info.value.verify_code == 10   # X509_V_ERR_CERT_HAS_EXPIRED
+            assert "expired" in str(info.value)
+
+    run(loop, go())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_session_resumption(loop, certs, version, tmp_path):
+    """A Python client resumes its session with the loop's server (TLS 1.2 session
+    tickets, TLS 1.3 tickets sent after the handshake), and the loop's client offers a
+    session asyncio's API cannot pass, so only the server side is asked of it."""
+    ctx_server = certs.server(version=version)
+
+    async def go():
+        srv, addr = await serve(loop, lambda: EchoServer(loop), ctx_server, "tcp", tmp_path)
+        async with srv:
+            def client():
+                ctx = certs.client(version=version)
+                session = None
+                reused = []
+                for _ in range(2):
+                    with socket.create_connection((addr["host"], addr["port"]),
+                                                  timeout=PEER_TIMEOUT) as sock:
+                        with ctx.wrap_socket(sock, server_hostname=HOST, session=session) as tls:
+                            tls.sendall(b"ping")
+                            assert tls.recv(4) == b"ping"   # a 1.3 ticket is read on the way
+                            reused.append(tls.session_reused)
+                            session = tls.session
+                            tls.unwrap()
+                return reused
+
+            assert await in_thread(loop, client) == [False, True]
 
     run(loop, go())
 
