@@ -87,6 +87,10 @@ type urFd struct {
 	kt     ktlsFd
 	recP   armState
 	recIdx uint32
+	// noWaitAll: the socket refused MSG_WAITALL (kernel TLS TX takes only
+	// MSG_MORE, MSG_DONTWAIT and MSG_NOSIGNAL, EOPNOTSUPP before sending
+	// anything): sends go without it, a short send is pumped on.
+	noWaitAll bool
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
@@ -780,6 +784,9 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 	// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
 	// MSG_WAITALL: the kernel itself retries a short send.
 	s.opFlags = unix.MSG_NOSIGNAL | unix.MSG_WAITALL
+	if f.noWaitAll || f.kt.tx {
+		s.opFlags = unix.MSG_NOSIGNAL
+	}
 	f.sending = true
 }
 
@@ -830,6 +837,12 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 		f.sending = true
 		return
 	case res == -int32(unix.EINTR), res == -int32(unix.EAGAIN):
+		b.submitSend(f, &f.out[0])
+		return
+	case res == -int32(unix.EOPNOTSUPP) && !f.noWaitAll && !f.notSock:
+		// Kernel TLS TX (installed by OpKTLS before this fd's state was
+		// made again, or by someone else): no MSG_WAITALL.
+		f.noWaitAll = true
 		b.submitSend(f, &f.out[0])
 		return
 	default:
