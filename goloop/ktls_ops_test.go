@@ -1,9 +1,13 @@
 package goloop
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -31,26 +35,32 @@ type ktlsDriver struct {
 
 func (d *ktlsDriver) run(subs []Sub, done func() bool) {
 	d.t.Helper()
-	out := make([]Comp, 64)
 	deadline := time.Now().Add(60 * time.Second)
 	for !done() {
 		if time.Now().After(deadline) {
 			d.t.Fatalf("timed out; completions %+v, %d bytes received", d.comps, len(d.data))
 		}
-		subs = append(subs, d.ret...)
-		d.ret = nil
-		n, err := d.b.Poll(subs, out, 20*time.Millisecond)
-		if err != nil {
-			d.t.Fatal(err)
-		}
+		d.step(subs, 20*time.Millisecond)
 		subs = nil
-		for _, c := range out[:n] {
-			if c.Kind == EvRecv && c.Res > 0 {
-				d.data = append(d.data, unsafe.Slice((*byte)(unsafe.Pointer(c.Ptr)), c.Res)...)
-				d.ret = append(d.ret, Sub{Op: OpBufReturn, Arg: c.Buf})
-			}
-			d.comps = append(d.comps, c)
+	}
+}
+
+// step is one Poll.
+func (d *ktlsDriver) step(subs []Sub, timeout time.Duration) {
+	d.t.Helper()
+	var out [64]Comp
+	subs = append(subs, d.ret...)
+	d.ret = nil
+	n, err := d.b.Poll(subs, out[:], timeout)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	for _, c := range out[:n] {
+		if c.Kind == EvRecv && c.Res > 0 {
+			d.data = append(d.data, unsafe.Slice((*byte)(unsafe.Pointer(c.Ptr)), c.Res)...)
+			d.ret = append(d.ret, Sub{Op: OpBufReturn, Arg: c.Buf})
 		}
+		d.comps = append(d.comps, c)
 	}
 }
 
@@ -275,6 +285,208 @@ func TestKTLSBackendFatalAlert(t *testing.T) {
 				d.run([]Sub{{Op: OpClose, Fd: fd, Token: 1, Arg: CloseAbort}}, d.has(EvClosed, 1))
 				if len(d.data) != 0 {
 					t.Fatalf("%d bytes of data from nowhere", len(d.data))
+				}
+			})
+		}
+	}
+}
+
+// backendConn is the kernel-TLS end's transport for a crypto/tls handshake
+// driven through a backend, as C drives OpenSSL through memory BIOs: each
+// Read that needs bytes asks the test's loop for one OpRecvRecord and gets
+// that one record; each Write becomes an OpSend. It keeps the first bytes
+// each way, for the hello randoms (as recordConn does).
+type backendConn struct {
+	net.Conn // addresses only; no I/O goes through it
+	want     chan struct{}
+	recs     chan []byte
+	writes   chan []byte
+	buf      []byte
+	in, out  []byte
+}
+
+func (c *backendConn) Read(p []byte) (int, error) {
+	if len(c.buf) == 0 {
+		c.want <- struct{}{}
+		r, ok := <-c.recs
+		if !ok {
+			return 0, io.EOF
+		}
+		c.buf = r
+		c.in = keep(c.in, r)
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
+}
+
+func (c *backendConn) Write(p []byte) (int, error) {
+	c.out = keep(c.out, p)
+	c.writes <- append([]byte(nil), p...)
+	return len(p), nil
+}
+
+// TestKTLSRecvRecordHandshake: the whole way C will take. The kernel-TLS
+// end's crypto/tls handshakes over OpRecvRecord (each record read alone,
+// never a byte past it) and OpSend; then OpKTLS and OpRecvStart in one
+// batch; data both ways, a TLS 1.3 client's ticket (left in the socket
+// behind the handshake) dropped, the peer's close_notify is end of stream.
+func TestKTLSRecvRecordHandshake(t *testing.T) {
+	requireKTLS(t)
+	for _, kind := range []string{"epoll", "io_uring"} {
+		for _, c := range ktlsCases {
+			t.Run(kind+"/"+c.name, func(t *testing.T) {
+				server := c.version == TLS12
+				tickets := !server
+				if c.version == TLS13 {
+					saved, savedNoAES := tls13DefaultSuites, tls13DefaultSuitesNoAES
+					tls13DefaultSuites, tls13DefaultSuitesNoAES = []uint16{c.suite}, []uint16{c.suite}
+					t.Cleanup(func() { tls13DefaultSuites, tls13DefaultSuitesNoAES = saved, savedNoAES })
+				}
+				ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				cli, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv, err := ln.AcceptTCP()
+				ln.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				mine, theirs := cli, srv
+				if server {
+					mine, theirs = srv, cli
+				}
+				dfd, err := dupConnFd(mine)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fd := int32(dfd)
+				t.Cleanup(func() { cli.Close(); srv.Close() })
+				theirs.SetDeadline(time.Now().Add(60 * time.Second))
+
+				cert, pool := ktlsTestCert(t)
+				var keylog bytes.Buffer
+				scfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: c.version, MaxVersion: c.version,
+					SessionTicketsDisabled: !tickets}
+				ccfg := &tls.Config{RootCAs: pool, ServerName: "ktls.test", MinVersion: c.version, MaxVersion: c.version}
+				if tickets {
+					ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+				}
+				if c.version == TLS12 {
+					scfg.CipherSuites, ccfg.CipherSuites = []uint16{c.suite}, []uint16{c.suite}
+				}
+				bc := &backendConn{Conn: mine, want: make(chan struct{}), recs: make(chan []byte, 1), writes: make(chan []byte)}
+				var me, peer *tls.Conn
+				if server {
+					scfg.KeyLogWriter = &keylog
+					me, peer = tls.Server(bc, scfg), tls.Client(theirs, ccfg)
+				} else {
+					ccfg.KeyLogWriter = &keylog
+					me, peer = tls.Client(bc, ccfg), tls.Server(theirs, scfg)
+				}
+				perr := make(chan error, 1)
+				go func() { perr <- peer.Handshake() }()
+				herr := make(chan error, 1)
+				go func() { herr <- me.Handshake() }()
+
+				b, err := NewBackend(kind, Options{BufSize: 16 << 10, BufCount: 64, Entries: 256})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer b.Close()
+				d := &ktlsDriver{t: t, b: b}
+				var subs []Sub
+				sends, records := 0, 0
+				handshaken := false
+				deadline := time.Now().Add(60 * time.Second)
+				for !handshaken || sends > 0 {
+					select {
+					case <-bc.want:
+						subs = append(subs, Sub{Op: OpRecvRecord, Fd: fd, Token: 1})
+					case p := <-bc.writes:
+						m := cAlloc(len(p))
+						copy(m, p)
+						subs = append(subs, Sub{Op: OpSend, Fd: fd, Token: 1, Ptr: ptrOf(m), Len: uint32(len(m))})
+						sends++
+					case err := <-herr:
+						if err != nil {
+							t.Fatalf("handshake through the backend: %v", err)
+						}
+						handshaken = true
+					default:
+						n := len(d.comps)
+						d.data = d.data[:0]
+						d.step(subs, 2*time.Millisecond)
+						subs = nil
+						for _, x := range d.comps[n:] {
+							switch {
+							case x.Kind == EvSend && x.Res < 0:
+								t.Fatalf("handshake send: %+v", x)
+							case x.Kind == EvSend:
+								sends--
+							case x.Kind == EvRecv && x.Res <= 0:
+								t.Fatalf("handshake record: %+v", x)
+							case x.Kind == EvRecv:
+								records++
+								if int(x.Res) != 5+int(binary.BigEndian.Uint16(d.data[3:5])) {
+									t.Fatalf("OpRecvRecord gave %d bytes: % x...", x.Res, d.data[:5])
+								}
+								bc.recs <- append([]byte(nil), d.data...)
+							}
+						}
+						if time.Now().After(deadline) {
+							t.Fatal("handshake timed out")
+						}
+					}
+				}
+				if err := <-perr; err != nil {
+					t.Fatalf("peer handshake: %v", err)
+				}
+				if st := me.ConnectionState(); st.Version != c.version || st.CipherSuite != c.suite {
+					t.Fatalf("negotiated %#04x/%#04x", st.Version, st.CipherSuite)
+				}
+				if records == 0 {
+					t.Fatal("no record came through OpRecvRecord")
+				}
+
+				k := &ktlsEnd{server: server, keylog: keylog.String(), rec: &recordConn{in: bc.in, out: bc.out}}
+				p := ktlsParamsFrom(t, c, k)
+				tickets0 := ktlsStats.tickets.Load()
+				d.data = nil
+				d.run([]Sub{{Op: OpKTLS, Fd: fd, Token: 1, Ptr: paramsPtr(p)}, {Op: OpRecvStart, Fd: fd, Token: 1}}, d.has(EvKTLS, 1))
+				if r, _ := d.last(EvKTLS, 1); r.Res != 0 || r.Aux != KTLSTX|KTLSRX {
+					t.Fatalf("EvKTLS %+v", r)
+				}
+				in := randBytes(64 << 10)
+				werr := make(chan error, 1)
+				go func() { _, err := peer.Write(in); werr <- err }()
+				d.run(nil, func() bool { return len(d.data) >= len(in) || d.recvEnded(1)() })
+				if err := <-werr; err != nil || !bytes.Equal(d.data, in) {
+					t.Fatalf("peer wrote %d bytes (%v), %d arrived", len(in), err, len(d.data))
+				}
+				if tickets && c.version == TLS13 && ktlsStats.tickets.Load() == tickets0 {
+					t.Fatal("no session ticket dropped")
+				}
+				out := randBytes(64 << 10)
+				rerr := make(chan error, 1)
+				got := make([]byte, len(out))
+				go func() { _, err := io.ReadFull(peer, got); rerr <- err }()
+				d.run([]Sub{{Op: OpSend, Fd: fd, Token: 1, Ptr: ptrOf(out), Len: uint32(len(out))}}, d.has(EvSend, 1))
+				if err := <-rerr; err != nil || !bytes.Equal(got, out) {
+					t.Fatalf("peer read: %v", err)
+				}
+				go peer.Close()
+				d.run(nil, d.recvEnded(1))
+				if r, _ := d.last(EvRecv, 1); r.Res != 0 {
+					t.Fatalf("after the peer's close_notify: %+v", r)
+				}
+				d.run([]Sub{{Op: OpClose, Fd: fd, Token: 1}}, d.has(EvClosed, 1))
+				if n := recsOut(b); n != 0 {
+					t.Fatalf("%d record buffers not back", n)
 				}
 			})
 		}

@@ -305,8 +305,8 @@ func skipIfKTLS(t *testing.T) {
 
 // cAlloc is n bytes of stand-in C memory (outside Go's heap, which
 // checkptr would not let Go code read through a uintptr).
-func cAlloc(n int) []byte {
-	n = (n + 7) &^ 7
+func cAlloc(size int) []byte {
+	n := (size + 7) &^ 7
 	if len(cMemory) < n {
 		m, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 		if err != nil {
@@ -314,7 +314,7 @@ func cAlloc(n int) []byte {
 		}
 		cMemory = m
 	}
-	b := cMemory[:n:n]
+	b := cMemory[:size:size]
 	cMemory = cMemory[n:]
 	return b
 }
