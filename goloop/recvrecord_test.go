@@ -488,3 +488,37 @@ func TestKtlsControlRecords(t *testing.T) {
 		t.Fatalf("its rest and one more: %d, skip %d", res, k.skip)
 	}
 }
+
+// The record pool grows a chunk at a time up to its bound, then says no;
+// a double or foreign return changes nothing.
+func TestRecvRecordPoolBound(t *testing.T) {
+	var p recPool
+	defer p.close()
+	ids := map[uint32]bool{}
+	for i := 0; i < recordChunk*recordMaxChunks; i++ {
+		id, ok := p.get()
+		if !ok || ids[id] || id&RecordBufBit == 0 {
+			t.Fatalf("buffer %d: id %#x ok %v", i, id, ok)
+		}
+		ids[id] = true
+		p.buf(id)[recordBufSize-1] = 1 // the whole buffer is there
+	}
+	if _, ok := p.get(); ok {
+		t.Fatal("the pool grew past its bound")
+	}
+	var one uint32
+	for id := range ids {
+		one = id
+		break
+	}
+	p.put(one)
+	p.put(one)
+	p.put(one &^ RecordBufBit)
+	p.put(RecordBufBit | 1<<20)
+	if len(p.free) != 1 {
+		t.Fatalf("%d free after one return (and three bad ones)", len(p.free))
+	}
+	if id, ok := p.get(); !ok || id != one {
+		t.Fatalf("got %#x %v back, want %#x", id, ok, one)
+	}
+}
