@@ -53,7 +53,8 @@ const (
 	OpRecvStop
 	// OpSend sends Len bytes at Ptr, all of them, after earlier sends on Fd.
 	// Exactly one EvSend answers it: Res == Len, or -errno (-ECANCELED when
-	// an abort dropped it). C keeps the memory alive until then.
+	// an abort dropped it). C keeps the memory alive until then. Arg:
+	// ArgNotSock, or ArgRecType(t) for one TLS record of type t (OpKTLS).
 	OpSend
 	// OpShutdown shuts the write side down once earlier sends are done: EvShutdown.
 	OpShutdown
@@ -202,6 +203,10 @@ const (
 	// no byte is lost. OpRecvStart on an fd with an OpRecvRecord pending
 	// answers that one with -ECANCELED and takes over likewise. A close or
 	// an abort gives the bytes' buffer back (nobody will read them).
+	// After an OpRecvStart and OpRecvStop (STARTTLS), what the stopped
+	// receive took in flight (io_uring) comes first, as EvRecv chunks with
+	// FlagMore (the answer has none), and an end of stream it met is the
+	// answer; the record is read only once that receive has left the kernel.
 	OpRecvRecord
 	// OpKTLS installs kernel TLS on the TCP socket Fd once its handshake is
 	// done in user space. Ptr points to a KTLSParams (gl_ktls) in C memory

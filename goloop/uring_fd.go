@@ -256,6 +256,7 @@ func (b *uringBackend) apply(s *Sub) {
 			break
 		}
 		f.kt.rec.live, f.kt.rec.token = true, s.Token
+		b.heldToRecord(f)
 		b.recordPump(f)
 	case OpRecvStop:
 		f.recvOn = false
@@ -504,9 +505,15 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 		bid := uint16(c.flags >> 16)
 		b.pbuf.taken(bid)
 		ch := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res, Ptr: b.pool.addr(uint32(bid)), Buf: uint32(bid), Flags: FlagMore}
-		if f.recvOn {
+		switch {
+		case f.recvOn:
 			b.complete(ch)
-		} else {
+		case f.kt.rec.live:
+			// Reading again, through OpRecvRecord: the stopped receive's
+			// late chunk goes first (FlagMore tells it from the answer).
+			ch.Token = f.kt.rec.token
+			b.complete(ch)
+		default:
 			f.held = append(f.held, ch)
 			b.heldChunks++
 		}
@@ -524,15 +531,19 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 	default:
 		// End of stream or an error: receiving is over.
 		end := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res}
-		if f.recvOn {
+		switch {
+		case f.recvOn:
 			b.complete(end)
 			f.recvOn = false
-		} else {
+		case f.kt.rec.live:
+			f.kt.rec.fail(c.res, &b.recs, b.complete) // the record read's answer: nothing more comes
+		default:
 			f.held = append(f.held, end)
 		}
 	}
 	if !more {
 		b.armRecv(f)
+		b.recordPump(f) // one waiting for this stopped receive to leave the kernel
 	}
 }
 
@@ -700,10 +711,28 @@ func (b *uringBackend) ktlsEIO(f *urFd) bool {
 	return handled
 }
 
+// heldToRecord hands what a stopped receive took after its stop to a new
+// OpRecvRecord, before it reads: the chunks as late chunks (FlagMore), and
+// an end of stream or error as the record read's answer.
+func (b *uringBackend) heldToRecord(f *urFd) {
+	for _, c := range f.held {
+		if c.Res > 0 {
+			c.Token = f.kt.rec.token
+			b.complete(c)
+			b.heldChunks--
+		} else if f.kt.rec.live {
+			f.kt.rec.fail(c.Res, &b.recs, b.complete)
+		}
+	}
+	f.held = nil
+}
+
 // recordPump reads the live OpRecvRecord as far as the socket allows, and
-// waits for readability with a POLL_ADD when it must.
+// waits for readability with a POLL_ADD when it must. While a stopped
+// receive is still in the kernel it reads nothing: that receive may still
+// take bytes (delivered as late chunks), and the record starts after them.
 func (b *uringBackend) recordPump(f *urFd) {
-	if !f.kt.rec.live || f.closing() || f.kt.rec.pump(f.fd, &b.recs, b.complete) {
+	if !f.kt.rec.live || f.closing() || f.recv.inKernel() || f.kt.rec.pump(f.fd, &b.recs, b.complete) {
 		return
 	}
 	if f.recP == reqNone {
