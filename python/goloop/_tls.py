@@ -20,7 +20,35 @@ _core._tls_setup(ssl.SSLWantReadError, ssl.SSLSyscallError, ssl.SSLError,
 # What asyncio's _SSLProtocolTransport says of itself: another start_tls may
 # wrap it (TLS in TLS), and loop.sendfile() falls back to reads and writes.
 _core.SSLProtocolTransport._start_tls_compatible = True
-_core.SSLProtocolTransport._sendfile_compatible = constants._SendfileMode.FALLBACK
+# Under kernel TLS, sendfile(2) on the socket is TLS: the native path
+# (loop._sendfile_native takes the stream transport under it).
+_core.SSLProtocolTransport._sendfile_compatible = property(
+    lambda t: constants._SendfileMode.TRY_NATIVE if t._ktls_raw is not None
+    else constants._SendfileMode.FALLBACK)
+
+
+# Kernel TLS (docs/ktls.md): whether OpenSSL's secrets can be had at all
+# (CPython 3.11's _ssl, reached from C), and, once per process, whether
+# this kernel takes keys. GOLOOP_KTLS=0 turns it off; GOLOOP_KTLS=force
+# offers it even where the kernel has no tls module (tests: the handshake
+# then runs record by record and falls back before the first byte).
+_KTLS_OPENSSL = _core._ktls_init(_ssl.__file__)
+_ktls_kernel = None
+
+
+def ktls_wanted(loop):
+    setting = os.environ.get('GOLOOP_KTLS', '').strip().lower()
+    if setting in ('0', 'off', 'no', 'false') or not _KTLS_OPENSSL:
+        return False
+    if setting == 'force':
+        return True
+    global _ktls_kernel
+    if _ktls_kernel is None:
+        why = loop._go_call_quick("ktls.available", b"")
+        if why is None:
+            return False   # not answered at once: ask again next time
+        _ktls_kernel = why == b""
+    return _ktls_kernel
 
 
 def c_enabled():
@@ -62,4 +90,5 @@ def ssl_protocol(loop, app_protocol, sslcontext, waiter, server_side=False,
                                     server_hostname=server_hostname)
     return _core.TLSProtocol(loop, app_protocol, sslcontext, waiter, server_side,
                              call_connection_made, ssl_handshake_timeout,
-                             ssl_shutdown_timeout, incoming, outgoing, sslobject)
+                             ssl_shutdown_timeout, incoming, outgoing, sslobject,
+                             ktls_wanted(loop))

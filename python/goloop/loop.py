@@ -760,10 +760,21 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     _sock_sendfile_update_filepos = _Unix._sock_sendfile_update_filepos
     _sock_add_cancellation_callback = _Unix._sock_add_cancellation_callback
 
+    def tls_stats(self):
+        """TLS connections this loop made (handshake done), by who does their
+        records: {'kernel': n, 'openssl': m} (docs/tls.md, kernel TLS)."""
+        return {'kernel': self._tls_kernel, 'openssl': self._tls_user}
+
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, _core.Transport):
-            raise exceptions.SendfileNotAvailableError(
-                f"native sendfile is not supported for transport {transp!r}")
+            # A TLS transport whose records the kernel makes: sendfile(2)
+            # on its socket sends the file encrypted, with no copy
+            # (docs/ktls.md). Any other: asyncio's fallback.
+            raw = getattr(transp, '_ktls_raw', None)
+            if raw is None:
+                raise exceptions.SendfileNotAvailableError(
+                    f"native sendfile is not supported for transport {transp!r}")
+            transp = raw
         # What asyncio's selector loop checks here (through sock_sendfile):
         # the same errors for the same arguments.
         self._check_sendfile_params(transp.get_extra_info('socket'), file, offset, count)

@@ -108,6 +108,51 @@ PyObject *lc_go_call_start(LoopCore *lp, PyObject *args)
     return out;
 }
 
+/* _go_call_quick(method, req) -> bytes, or None: for a method Go answers
+ * at once (a quick method), asked by a caller that cannot wait for a loop
+ * iteration (goloop._tls: does the kernel take TLS keys?). None when Go
+ * failed it or did not answer at once (its completion then settles a
+ * future nobody awaits). */
+PyObject *lc_go_call_quick(LoopCore *lp, PyObject *args)
+{
+    const char *method;
+    Py_buffer req;
+    if (!PyArg_ParseTuple(args, "sy*", &method, &req))
+        return NULL;
+    if (loop_check_alive(lp) < 0) {
+        PyBuffer_Release(&req);
+        return NULL;
+    }
+    uint64_t token = ((((++lp->next_call) << CALL_KIND_BITS) | CALL_RAW) << 3) | TAG_CALL;
+    char quick[2048];
+    int qlen = 0;
+    int state = go_call(lp, token, method, req.buf, (int)req.len, quick, (int)sizeof quick, &qlen);
+    PyBuffer_Release(&req);
+    if (state == -3)
+        return NULL;
+    if (state < 0) {
+        PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
+        return NULL;
+    }
+    if (state == 0) {
+        PyObject *fut = PyObject_CallMethod((PyObject *)lp, "create_future", NULL);
+        PyObject *key = fut ? PyLong_FromUnsignedLongLong(token) : NULL;
+        int r = key ? PyDict_SetItem(lp->calls, key, fut) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(fut);
+        if (r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *data = qlen <= (int)sizeof quick ? PyBytes_FromStringAndSize(quick, qlen)
+                                               : take_result(lp, token, qlen);
+    if (data != NULL && state != 1) {
+        Py_DECREF(data);
+        Py_RETURN_NONE;
+    }
+    return data;
+}
+
 PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg)
 {
     unsigned long long token = PyLong_AsUnsignedLongLong(arg);

@@ -94,6 +94,7 @@ struct LoopCore {
     uint32_t nslots, capslots, free_slot;
     Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
     uint64_t polls;        /* goloop_poll calls made: batches handed to Go */
+    uint64_t tls_kernel, tls_user;   /* TLS connections made, by who does their records (tls.c) */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
     PyObject *connects;    /* dict token -> (future, sockaddr, address): connects in Go (connect.c) */
     uint64_t next_call;
@@ -166,6 +167,7 @@ int init_dgram_type(PyObject *m);
 /* calls.c */
 int call_dispatch(LoopCore *lp, gl_comp *c);
 PyObject *lc_go_call_start(LoopCore *lp, PyObject *args);
+PyObject *lc_go_call_quick(LoopCore *lp, PyObject *args);
 PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg);
 PyObject *lc_gai_start(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs);
 int init_calls(PyObject *m);
@@ -205,6 +207,35 @@ int init_sockops(PyObject *m);
 extern PyTypeObject *TLSProtocol_Type;
 extern PyTypeObject *TLSTransport_Type;
 int init_tls(PyObject *m);
+/* A kernel TLS install for this protocol's transport was answered (EvKTLS). */
+int tls_ktls_done(PyObject *proto, int res, uint32_t aux);
+
+/* ktls.c: what kernel TLS needs from OpenSSL's handshake (docs/ktls.md) */
+typedef struct {
+    uint8_t client[48], server[48];   /* TLS 1.3 traffic secrets 0, from the key log */
+    uint8_t client_len, server_len;
+} ktls_secrets;
+typedef struct {
+    uint8_t hdr[5], hlen;
+    char ccs;                 /* a ChangeCipherSpec went by */
+    uint32_t left;            /* body bytes of the current record still to come */
+    uint64_t records, after_ccs;
+} ktls_stream;
+int ktls_init(const char *ssl_module_path);
+void *ktls_ssl_of(PyObject *sslsock);           /* the SSL* of an _ssl._SSLSocket, or NULL */
+int ktls_attach(void *ssl, ktls_secrets *s);    /* until ktls_detach: the key log fills s */
+void ktls_detach(void *ssl);
+void ktls_mark_sent_shutdown(void *ssl);
+void ktls_stream_feed(ktls_stream *st, const uint8_t *p, size_t n);
+int ktls_stream_at_boundary(const ktls_stream *st);
+int ktls_params(void *ssl, const ktls_secrets *s, int server, const ktls_stream *tx, const ktls_stream *rx,
+                uint64_t tx_records_before_last_step, gl_ktls *k);
+
+/* transport.c: what tls.c asks of goloop's stream transport for kernel TLS */
+int transport_is_fresh_socket(PyObject *tr);    /* a socket transport that never read */
+void transport_set_records(PyObject *tr, int on);
+int transport_ktls(PyObject *tr, const gl_ktls *k);   /* -1 with an exception */
+int transport_send_record(PyObject *tr, int type, const char *p, Py_ssize_t n);
 
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);

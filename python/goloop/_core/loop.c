@@ -968,6 +968,7 @@ static PyMethodDef lc_methods[] = {
     {"_run_once", (PyCFunction)lc_run_once, METH_NOARGS, NULL},
     {"_backend_name", (PyCFunction)lc_backend, METH_NOARGS, NULL},
     {"_go_call_start", (PyCFunction)lc_go_call_start, METH_VARARGS, NULL},
+    {"_go_call_quick", (PyCFunction)lc_go_call_quick, METH_VARARGS, NULL},
     {"_go_call_cancel", (PyCFunction)lc_go_call_cancel, METH_O, NULL},
     {"_connect_start", (PyCFunction)(void (*)(void))lc_connect_start, METH_FASTCALL, NULL},
     {"_connect_stop", (PyCFunction)(void (*)(void))lc_connect_stop, METH_FASTCALL, NULL},
@@ -998,6 +999,8 @@ static PyMemberDef lc_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopCore, weakreflist), READONLY},
     {"_calls", T_OBJECT, offsetof(LoopCore, calls), READONLY},
     {"_connects", T_OBJECT, offsetof(LoopCore, connects), READONLY},
+    {"_tls_kernel", T_ULONGLONG, offsetof(LoopCore, tls_kernel), READONLY},
+    {"_tls_user", T_ULONGLONG, offsetof(LoopCore, tls_user), READONLY},
     {NULL}
 };
 

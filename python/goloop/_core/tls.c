@@ -83,7 +83,23 @@ struct TLSProtocol {
     char ssl_writing_paused, app_reading_paused, ssl_reading_paused, app_writing_paused;
     char eof_received;
     PyObject *weakreflist;
+    /* Kernel TLS (docs/ktls.md): during the handshake the transport reads
+     * one record at a time and we count records both ways; once it is done
+     * the secrets go to Go (KT_PENDING: app writes wait in the backlog), and
+     * from its answer on either the kernel does the records (KT_ON: data
+     * passes through in plaintext) or OpenSSL goes on as if nothing had
+     * happened (KT_OFF). */
+    char ktls_want;
+    char ktls_state;
+    char ktls_notify_sent;     /* our close_notify went to the kernel */
+    char ktls_fwd;             /* get_buffer handed out the app's own buffer */
+    uint8_t ktls_dirs;
+    void *ssl;                 /* sslobj's SSL*, while KT_RECORDS */
+    uint64_t tx_before_step;   /* records OpenSSL had written before the handshake's last step */
+    ktls_stream ktx, krx;
+    ktls_secrets ksec;
 };
+enum { KT_OFF, KT_RECORDS, KT_PENDING, KT_ON };
 
 /* ---- small helpers ---- */
 
@@ -278,6 +294,9 @@ static int set_state(TLSProtocol *p, int new_state)
 
 static int do_handshake(TLSProtocol *p);
 static int on_handshake_complete(TLSProtocol *p, PyObject *exc);
+static int ktls_begin(TLSProtocol *p);
+static int handshake_finish(TLSProtocol *p);
+static int dispatch_state(TLSProtocol *p);
 static int start_shutdown(TLSProtocol *p);
 static int do_flush(TLSProtocol *p);
 static int do_shutdown(TLSProtocol *p);
@@ -432,6 +451,7 @@ static int start_handshake(TLSProtocol *p)
 
 static int do_handshake(TLSProtocol *p)
 {
+    p->tx_before_step = p->ktx.records;
     PyObject *r = call0(p->sslobj, S_do_handshake);
     if (r != NULL) {
         Py_DECREF(r);
@@ -464,6 +484,16 @@ static int on_handshake_complete(TLSProtocol *p, PyObject *hs_exc)
         Py_INCREF(hs_exc);
         exc = hs_exc;
     }
+    if (p->ktls_state == KT_RECORDS && (exc != NULL || ktls_begin(p) < 0)) {
+        ktls_detach(p->ssl);
+        p->ssl = NULL;
+        p->ktls_state = KT_OFF;
+        if (exc == NULL) {
+            exc = take_if_exception();
+            if (exc == NULL)
+                return -1;
+        }
+    }
     if (exc != NULL) {
         p->state = ST_UNWRAPPED;
         const char *msg = PyObject_IsInstance(exc, TLS.cert_error) > 0
@@ -492,6 +522,23 @@ static int on_handshake_complete(TLSProtocol *p, PyObject *hs_exc)
     Py_XDECREF(comp);
     if (rc < 0)
         return -1;
+    /* With kernel TLS on its way, the app hears of the connection once the
+     * path is settled: its first write goes the right way, and
+     * get_extra_info('ktls') is final from connection_made on. */
+    if (p->ktls_state == KT_PENDING)
+        return 0;
+    return handshake_finish(p);
+}
+
+static int handshake_finish(TLSProtocol *p)
+{
+    if (PyObject_TypeCheck(p->loop, LoopCore_Type)) {
+        LoopCore *lp = (LoopCore *)p->loop;
+        if (p->ktls_state == KT_ON)
+            lp->tls_kernel++;
+        else
+            lp->tls_user++;
+    }
     if (p->app_state == APP_INIT) {
         p->app_state = APP_CON_MADE;
         PyObject *app = p->app_protocol;
@@ -566,6 +613,22 @@ static int on_shutdown_complete(TLSProtocol *p, PyObject *exc)
 
 static int do_shutdown(TLSProtocol *p)
 {
+    if (p->ktls_state == KT_PENDING)
+        return 0;   /* tls_ktls_done goes on from here */
+    if (p->ktls_state == KT_ON) {
+        /* OpenSSL's state is stale both ways: our close_notify goes to the
+         * kernel, and the peer's comes from it as the end of the stream. */
+        if (!p->ktls_notify_sent && p->transport != NULL) {
+            p->ktls_notify_sent = 1;
+            if (transport_send_record(p->transport, 21, "\x01\x00", 2) < 0)
+                return -1;
+        }
+        if (!p->eof_received)
+            return 0;
+        if (call_eof_received(p) < 0)
+            return -1;
+        return on_shutdown_complete(p, NULL);
+    }
     if (!p->eof_received) {
         PyObject *r = call0(p->sslobj, p->shutdown_name);
         if (r == NULL) {
@@ -646,8 +709,31 @@ static int write_appdata(TLSProtocol *p, PyObject *const *items, Py_ssize_t n, P
     return 0;
 }
 
+/* Kernel TLS sends: the app's bytes go to the transport as they are. */
+static int ktls_write(TLSProtocol *p)
+{
+    while (PyList_GET_SIZE(p->backlog) > 0 && !p->ssl_writing_paused && p->transport != NULL) {
+        PyObject *data = PyList_GET_ITEM(p->backlog, 0);
+        Py_INCREF(data);
+        Py_ssize_t len = data_len(data);
+        PyObject *tr = p->transport;
+        Py_INCREF(tr);
+        PyObject *r = len < 0 ? NULL : call1(tr, S_write, data);
+        Py_DECREF(tr);
+        Py_DECREF(data);
+        if (discard(r) < 0 || PySequence_DelItem(p->backlog, 0) < 0)
+            return -1;
+        p->write_buffer_size -= len;
+    }
+    return control_app_writing(p);
+}
+
 static int do_write(TLSProtocol *p)
 {
+    if (p->ktls_state == KT_PENDING)
+        return control_app_writing(p);
+    if (p->ktls_state == KT_ON)
+        return ktls_write(p);
     while (PyList_GET_SIZE(p->backlog) > 0) {
         PyObject *data = PyList_GET_ITEM(p->backlog, 0);
         Py_INCREF(data);
@@ -684,10 +770,14 @@ static int do_write(TLSProtocol *p)
 
 static int process_outgoing(TLSProtocol *p)
 {
+    if (p->ktls_state == KT_ON)
+        return ktls_write(p);
     if (!p->ssl_writing_paused) {
         PyObject *data = call0(p->outgoing, S_read);
         if (data == NULL)
             return -1;
+        if (p->ktls_state == KT_RECORDS)
+            ktls_stream_feed(&p->ktx, (const uint8_t *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
         if (PyBytes_GET_SIZE(data) > 0) {
             if (p->transport == NULL) {
                 Py_DECREF(data);
@@ -878,6 +968,15 @@ static int do_read_copied(TLSProtocol *p)
 
 static int do_read_inner(TLSProtocol *p)
 {
+    if (p->ktls_state == KT_PENDING)
+        return 0;   /* nothing is read until Go answers */
+    if (p->ktls_state == KT_ON) {
+        /* The data comes through buffer_updated as it arrives; what is
+         * left here is the app's reading switch and the backlog. */
+        if (!p->app_reading_paused && p->transport != NULL && discard(call0(p->transport, S_resume_reading)) < 0)
+            return -1;
+        return ktls_write(p);
+    }
     if (!p->app_reading_paused) {
         int r = p->app_is_buffer ? do_read_buffered(p) : do_read_copied(p);
         if (r < 0)
@@ -992,10 +1091,138 @@ static int control_ssl_reading(TLSProtocol *p)
 
 /* ---- the protocol's methods (called by the stream transport) ---- */
 
+/* ---- kernel TLS ---- */
+
+/* Offered when _tls.py wants it, the transport is goloop's own TCP socket
+ * that has not read yet, and OpenSSL's SSL* can be had (ktls.c). */
+static int ktls_offer(TLSProtocol *p, PyObject *transport)
+{
+    if (!p->ktls_want || p->sslobj == p->sslobject || !transport_is_fresh_socket(transport))
+        return 0;
+    void *ssl = ktls_ssl_of(p->sslobj);
+    if (ssl == NULL || ktls_attach(ssl, &p->ksec) < 0)
+        return 0;
+    p->ssl = ssl;
+    p->ktls_state = KT_RECORDS;
+    transport_set_records(transport, 1);
+    return 0;
+}
+
+/* The handshake is done with records read one by one: hand the secrets
+ * to Go, or give up on the kernel here and read as usual. */
+static int ktls_begin(TLSProtocol *p)
+{
+    ktls_detach(p->ssl);
+    p->ssl = NULL;
+    p->ktls_state = KT_OFF;
+    /* The last step's records (a server's tickets, a client's Finished)
+     * go to the transport now, and are counted. */
+    p->ktls_state = KT_RECORDS;
+    int r = process_outgoing(p);
+    p->ktls_state = KT_OFF;
+    if (r < 0)
+        return -1;
+    Py_ssize_t in = bio_pending(p->incoming), out = bio_pending(p->outgoing);
+    if (in < 0 || out < 0)
+        return -1;
+    gl_ktls k;
+    void *ssl = ktls_ssl_of(p->sslobj);
+    int ok = ssl != NULL && in == 0 && out == 0 && !p->ssl_writing_paused && p->transport != NULL &&
+             ktls_stream_at_boundary(&p->krx) && ktls_stream_at_boundary(&p->ktx) &&
+             ktls_params(ssl, &p->ksec, p->server_side, &p->ktx, &p->krx, p->tx_before_step, &k) == 0;
+    memset(&p->ksec, 0, sizeof p->ksec);
+    if (!ok) {
+        transport_set_records(p->transport, 0);
+        return PyDict_SetItemString(p->extra, "ktls", Py_False);
+    }
+    r = transport_ktls(p->transport, &k);
+    memset(&k, 0, sizeof k);
+    if (r < 0)
+        return -1;
+    p->ktls_state = KT_PENDING;
+    return 0;
+}
+
+int tls_ktls_done(PyObject *proto, int res, uint32_t aux)
+{
+    TLSProtocol *p = (TLSProtocol *)proto;
+    if (p->ktls_state != KT_PENDING)
+        return 0;
+    Py_INCREF(p);
+    int rc;
+    if (res < 0 && aux != 0) {
+        /* One direction is the kernel's and the other OpenSSL's keys are
+         * no longer in step with it: the connection cannot go on. */
+        p->ktls_state = KT_OFF;
+        PyObject *exc = PyObject_CallFunction(PyExc_ConnectionError, "is", -res,
+                                              "kernel TLS was installed for one direction only");
+        rc = exc ? 0 : -1;
+        if (exc != NULL) {
+            fatal_error(p, exc, "Fatal error on SSL protocol");
+            Py_DECREF(exc);
+        }
+    } else {
+        p->ktls_state = res == 0 ? KT_ON : KT_OFF;
+        p->ktls_dirs = res == 0 ? (uint8_t)aux : 0;
+        rc = PyDict_SetItemString(p->extra, "ktls", res == 0 ? Py_True : Py_False);
+        if (rc == 0 && res == 0 && p->app_reading_paused && p->transport != NULL)
+            rc = discard(call0(p->transport, S_pause_reading));
+        /* What waited: the app's connection_made and its waiter, or a close. */
+        if (rc == 0)
+            rc = p->state == ST_WRAPPED ? handshake_finish(p) : dispatch_state(p);
+    }
+    Py_DECREF(p);
+    return rc;
+}
+
+/* Kernel TLS receives: plaintext, in the app's buffer (get_buffer gave it
+ * out) or in ours. Only WRAPPED and FLUSHING give data to the app, as
+ * asyncio's; in SHUTDOWN it is read and dropped. */
+static int ktls_received(TLSProtocol *p, const char *data, Py_ssize_t n)
+{
+    if ((p->state != ST_WRAPPED && p->state != ST_FLUSHING) || p->app_state != APP_CON_MADE || n == 0)
+        return 0;
+    if (!p->app_is_buffer) {
+        PyObject *b = PyBytes_FromStringAndSize(data, n);
+        PyObject *app = p->app_protocol;
+        Py_INCREF(app);
+        PyObject *r = b ? call1(app, S_data_received, b) : NULL;
+        Py_DECREF(app);
+        Py_XDECREF(b);
+        return guarded(p, discard(r), "Fatal error on SSL protocol");
+    }
+    while (n > 0) {
+        PyObject *h = PyLong_FromSsize_t(n);
+        PyObject *buf = h ? PyObject_CallOneArg(p->app_get_buffer, h) : NULL;
+        Py_XDECREF(h);
+        Py_buffer view;
+        if (buf == NULL || PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+            Py_XDECREF(buf);
+            return guarded(p, -1, "Fatal error on SSL protocol");
+        }
+        Py_DECREF(buf);
+        Py_ssize_t k = view.len < n ? view.len : n;
+        memcpy(view.buf, data, k);
+        PyBuffer_Release(&view);
+        data += k;
+        n -= k;
+        PyObject *kk = PyLong_FromSsize_t(k);
+        PyObject *r = kk ? PyObject_CallOneArg(p->app_buffer_updated, kk) : NULL;
+        Py_XDECREF(kk);
+        if (guarded(p, discard(r), "Fatal error on SSL protocol") < 0)
+            return -1;
+        if (k == 0 || p->app_state != APP_CON_MADE)
+            break;
+    }
+    return 0;
+}
+
 static PyObject *proto_connection_made(TLSProtocol *p, PyObject *transport)
 {
     Py_INCREF(transport);
     Py_XSETREF(p->transport, transport);
+    if (ktls_offer(p, transport) < 0)
+        return NULL;
     if (start_handshake(p) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -1035,6 +1262,15 @@ static PyObject *proto_connection_lost(TLSProtocol *p, PyObject *exc)
 
 static PyObject *proto_get_buffer(TLSProtocol *p, PyObject *n)
 {
+    p->ktls_fwd = 0;
+    if (p->ktls_state == KT_ON && p->app_is_buffer && p->state == ST_WRAPPED && p->app_state == APP_CON_MADE &&
+        !p->app_reading_paused) {
+        /* The kernel's plaintext goes straight into the app's buffer. */
+        PyObject *buf = PyObject_CallOneArg(p->app_get_buffer, n);
+        if (buf != NULL)
+            p->ktls_fwd = 1;
+        return buf;
+    }
     /* asyncio's want is at most max_size, and its buffer is max_size long. */
     Py_INCREF(p->rbuf_view);
     return p->rbuf_view;
@@ -1060,10 +1296,23 @@ static PyObject *proto_buffer_updated(TLSProtocol *p, PyObject *arg)
     Py_ssize_t n = PyLong_AsSsize_t(arg);
     if (n == -1 && PyErr_Occurred())
         return NULL;
+    if (p->ktls_fwd) {
+        p->ktls_fwd = 0;
+        if (guarded(p, discard(PyObject_CallOneArg(p->app_buffer_updated, arg)), "Fatal error on SSL protocol") < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
     if (n < 0 || n > PyByteArray_GET_SIZE(p->rbuf)) {
         PyErr_SetString(PyExc_ValueError, "buffer_updated: nbytes out of range");
         return NULL;
     }
+    if (p->ktls_state == KT_ON) {
+        if (ktls_received(p, PyByteArray_AS_STRING(p->rbuf), n) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (p->ktls_state == KT_RECORDS)
+        ktls_stream_feed(&p->krx, (const uint8_t *)PyByteArray_AS_STRING(p->rbuf), n);
     PyObject *mv = PyMemoryView_FromMemory(PyByteArray_AS_STRING(p->rbuf), n, PyBUF_READ);
     PyObject *r = mv ? call1(p->incoming, S_write, mv) : NULL;
     Py_XDECREF(mv);
@@ -1079,6 +1328,12 @@ static PyObject *proto_buffer_updated(TLSProtocol *p, PyObject *arg)
  * (start_tls over someone's plain protocol transport). */
 static PyObject *proto_data_received(TLSProtocol *p, PyObject *data)
 {
+    if (p->ktls_state != KT_OFF) {
+        /* Only goloop's own transport is offered kernel TLS, and it is
+         * always buffered with us. */
+        PyErr_SetString(PyExc_RuntimeError, "kernel TLS: data_received from a transport that is not goloop's");
+        return NULL;
+    }
     PyObject *r = call1(p->incoming, S_write, data);
     if (r == NULL)
         return NULL;
@@ -1243,6 +1498,11 @@ static int proto_traverse(TLSProtocol *p, visitproc visit, void *arg)
 
 static int proto_clear(TLSProtocol *p)
 {
+    /* OpenSSL's key log must not write into us once we are gone (the SSL
+     * may outlive us: the SSLObject is the program's too). */
+    ktls_detach(p->ssl);
+    p->ssl = NULL;
+    memset(&p->ksec, 0, sizeof p->ksec);
     Py_CLEAR(p->loop);
     Py_CLEAR(p->app_protocol);
     Py_CLEAR(p->app_get_buffer);
@@ -1306,9 +1566,9 @@ static int parse_limits(PyObject *high, PyObject *low, Py_ssize_t kb, PyObject *
 static PyObject *proto_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     PyObject *loop, *app, *ctx, *waiter, *hs, *sd, *inc, *out, *sslobject;
-    int server_side, call_cm;
-    if (!PyArg_ParseTuple(args, "OOOOppOOOOO:TLSProtocol", &loop, &app, &ctx, &waiter, &server_side,
-                          &call_cm, &hs, &sd, &inc, &out, &sslobject))
+    int server_side, call_cm, ktls = 0;
+    if (!PyArg_ParseTuple(args, "OOOOppOOOOO|p:TLSProtocol", &loop, &app, &ctx, &waiter, &server_side,
+                          &call_cm, &hs, &sd, &inc, &out, &sslobject, &ktls))
         return NULL;
     if (TLS.want_read == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "goloop._core._tls_setup() was not called");
@@ -1322,6 +1582,7 @@ static PyObject *proto_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     Py_INCREF(ctx);
     p->sslcontext = ctx;
     p->server_side = (char)server_side;
+    p->ktls_want = (char)ktls;
     if (waiter != Py_None) {
         Py_INCREF(waiter);
         p->waiter = waiter;
@@ -1355,7 +1616,7 @@ static PyObject *proto_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         Py_INCREF(S_unwrap);
         p->shutdown_name = S_unwrap;
     }
-    p->extra = Py_BuildValue("{s:O}", "sslcontext", ctx);
+    p->extra = Py_BuildValue("{s:O,s:O}", "sslcontext", ctx, "ktls", Py_False);
     p->backlog = PyList_New(0);
     p->rbuf = PyByteArray_FromStringAndSize(NULL, MAX_SIZE);
     p->rbuf_view = p->rbuf ? PyMemoryView_FromObject(p->rbuf) : NULL;
@@ -1535,6 +1796,9 @@ static PyObject *tt_pause_reading(TLSTransport *t, PyObject *unused)
     if (p == NULL)
         return NULL;
     p->app_reading_paused = 1;
+    /* Kernel TLS has no BIO to fill up to the limits: the stream stops. */
+    if (p->ktls_state == KT_ON && p->transport != NULL && discard(call0(p->transport, S_pause_reading)) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1792,7 +2056,21 @@ static PyMethodDef tt_methods[] = {
     {NULL}
 };
 
+/* _ktls_raw: the stream transport under us when the kernel does our
+ * records, so that loop.sendfile can use sendfile(2) on it (the kernel
+ * encrypts the file's pages): only while nothing of the app's waits in
+ * our backlog, which the file must not overtake. Otherwise None. */
+static PyObject *tt_get_ktls_raw(TLSTransport *t, void *c)
+{
+    TLSProtocol *p = t->proto;
+    if (p != NULL && p->ktls_state == KT_ON && (p->ktls_dirs & GL_KTLS_TX) && p->state == ST_WRAPPED &&
+        PyList_GET_SIZE(p->backlog) == 0 && p->transport != NULL)
+        return Py_NewRef(p->transport);
+    Py_RETURN_NONE;
+}
+
 static PyGetSetDef tt_getset[] = {
+    {"_ktls_raw", (getter)tt_get_ktls_raw, NULL, NULL, NULL},
     {"_protocol_paused", (getter)tt_get_protocol_paused, NULL, NULL, NULL},
     {"_ssl_protocol", (getter)tt_get_ssl_protocol, NULL, NULL, NULL},
     {"_closed", (getter)tt_get_closed, (setter)tt_set_closed, NULL, NULL},
@@ -1838,8 +2116,21 @@ static PyObject *tls_setup(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* _ktls_init(path of _ssl's shared object) -> whether OpenSSL's handshake
+ * secrets can be had for kernel TLS (ktls.c). */
+static PyObject *tls_ktls_init(PyObject *m, PyObject *path)
+{
+    PyObject *b;
+    if (!PyUnicode_FSConverter(path, &b))
+        return NULL;
+    int ok = ktls_init(PyBytes_AS_STRING(b));
+    Py_DECREF(b);
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef tls_module_methods[] = {
     {"_tls_setup", tls_setup, METH_VARARGS, NULL},
+    {"_ktls_init", tls_ktls_init, METH_O, NULL},
     {NULL}
 };
 

@@ -72,6 +72,15 @@ typedef struct {
      * object until the program asks for extra info 'socket' (lazy_socket). */
     char sock_lazy;
     int sock_family, sock_type, sock_proto;
+    /* Kernel TLS (tls.c, docs/ktls.md): during a handshake that may go to
+     * the kernel, reads are one TLS record at a time (records), so nothing
+     * past the handshake leaves the socket; then OpKTLS is in Go's hands
+     * with ktls_params (ktls_wait: no read is asked until its answer). */
+    char records;
+    char ever_read;             /* a receive was ever asked for */
+    char ktls_wait;
+    uint8_t ktls;               /* GL_KTLS_TX | GL_KTLS_RX installed */
+    gl_ktls *ktls_params;
 } Transport;
 
 #define TOKEN(t) ((t)->token)
@@ -87,7 +96,7 @@ typedef struct {
 static void pin_update(Transport *t)
 {
     int want = t->go_open && (t->armed || t->slen > 0 || t->close_sent || t->sf_waiter != NULL ||
-                              t->hup_watch);
+                              t->hup_watch || t->ktls_wait);
     if (want && !t->pinned) {
         t->pinned = 1;
         Py_INCREF(t);
@@ -245,6 +254,16 @@ static int tr_traverse(Transport *t, visitproc visit, void *arg)
     return 0;
 }
 
+/* The keys' secrets live in C memory only while Go may read them. */
+static void ktls_params_free(Transport *t)
+{
+    if (t->ktls_params != NULL) {
+        memset(t->ktls_params, 0, sizeof *t->ktls_params);
+        PyMem_RawFree(t->ktls_params);
+        t->ktls_params = NULL;
+    }
+}
+
 static int tr_clear(Transport *t)
 {
     Py_CLEAR(t->extra);
@@ -319,6 +338,7 @@ static void tr_dealloc(Transport *t)
     for (Py_ssize_t i = 0; i < t->slen; i++)
         Py_DECREF(t->sendq[(t->shead + i) % t->scap]);
     PyMem_Free(t->sendq);
+    ktls_params_free(t);
     if (t->loop != NULL)
         owners_release(t->loop, t->token);
     Py_CLEAR(t->loop);
@@ -382,10 +402,10 @@ static int schedule_method(Transport *t, const char *name, PyObject *arg)
 
 static void arm(Transport *t)
 {
-    if (!t->armed && !t->close_sent && t->loop->h != 0) {
-        if (loop_submit(t->loop, GL_OP_RECV_START, t->fd, TOKEN(t), NULL, 0,
-                        t->notsock ? GL_ARG_NOTSOCK : 0) == 0)
-            t->armed = 1;
+    if (!t->armed && !t->close_sent && !t->ktls_wait && t->loop->h != 0) {
+        if (loop_submit(t->loop, t->records ? GL_OP_RECV_RECORD : GL_OP_RECV_START, t->fd, TOKEN(t),
+                        NULL, 0, t->notsock ? GL_ARG_NOTSOCK : 0) == 0)
+            t->armed = t->ever_read = 1;
         pin_update(t);
     }
 }
@@ -615,6 +635,12 @@ static int on_recv(Transport *t, gl_comp *c)
 {
     if (c->res > 0) {
         int r = 0;
+        if (t->records) {
+            /* A record read is answered once: the next is asked for below,
+             * after the protocol had this one (it may end record mode). */
+            t->armed = 0;
+            pin_update(t);
+        }
         const char *p = (const char *)(uintptr_t)c->ptr;
         if (t->closing || t->conn_lost) {
             /* asyncio stops reading at close(): late chunks are dropped. */
@@ -628,6 +654,8 @@ static int on_recv(Transport *t, gl_comp *c)
         }
         /* The buffer goes back in the next batch, after C copied it out. */
         loop_submit(t->loop, GL_OP_BUF_RETURN, 0, 0, NULL, 0, c->buf);
+        if (t->records && !t->paused && !t->closing && !t->conn_lost)
+            arm(t);
         return r;
     }
     t->armed = 0;
@@ -641,7 +669,23 @@ static int on_recv(Transport *t, gl_comp *c)
     }
     const char *msg = t->pipe_mode != PIPE_NONE ? "Fatal read error on pipe transport"
                                                 : "Fatal read error on socket transport";
-    PyObject *exc = oserror(-c->res);
+    PyObject *exc;
+    if (c->res == -EPROTO && (t->ktls & GL_KTLS_RX) && c->aux != 0) {
+        /* A record the kernel handed over that is not data (goloop.h). */
+        unsigned type = c->aux >> 8, code = c->aux & 0xff;
+        exc = type == 21 ? PyObject_CallFunction(PyExc_ConnectionResetError, "is", EPROTO,
+                                                 "the peer sent a fatal TLS alert")
+                         : PyObject_CallFunction(PyExc_ConnectionResetError, "is", EPROTO,
+                                                 "the peer sent a TLS record kernel TLS cannot follow");
+        if (exc != NULL) {
+            PyObject *v = PyLong_FromUnsignedLong(type == 21 ? code : c->aux);
+            if (v == NULL || PyObject_SetAttrString(exc, type == 21 ? "tls_alert" : "tls_record", v) < 0)
+                Py_CLEAR(exc);
+            Py_XDECREF(v);
+        }
+    } else {
+        exc = oserror(-c->res);
+    }
     if (exc == NULL)
         return fatal_from_current(t, msg);
     fatal_error(t, exc, msg);
@@ -818,6 +862,26 @@ int transport_recv_run(LoopCore *lp, PyObject *obj, gl_comp *c, int n)
 
 static int on_hup(Transport *t, gl_comp *c);
 
+/* EvKTLS: the keys are in (reads start again, now plaintext), or they are
+ * not and the connection carries on in user space (reads start again, still
+ * records from the wire), or half went in and the protocol ends it. */
+static int on_ktls(Transport *t, gl_comp *c)
+{
+    ktls_params_free(t);
+    t->ktls_wait = 0;
+    pin_update(t);
+    if (c->res == 0)
+        t->ktls = (uint8_t)c->aux;
+    if (t->closing || t->conn_lost || c->res == -ECANCELED)
+        return 0;
+    int r = 0;
+    if (t->protocol != NULL && Py_IS_TYPE(t->protocol, TLSProtocol_Type))
+        r = tls_ktls_done(t->protocol, c->res, c->aux);
+    if (!t->paused && !t->closing && !t->conn_lost)
+        arm(t);
+    return r;
+}
+
 int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
 {
     Transport *t = (Transport *)obj;
@@ -839,6 +903,9 @@ int transport_dispatch(LoopCore *lp, PyObject *obj, gl_comp *c)
     case GL_EV_POLL:
         r = on_hup(t, c);
         break;
+    case GL_EV_KTLS:
+        r = on_ktls(t, c);
+        break;
     default:
         break;
     }
@@ -854,6 +921,80 @@ void transport_loop_closing(LoopCore *lp, PyObject *obj)
     t->closing = 1;
     if (send_close(t, 1) < 0)
         PyErr_Clear();
+}
+
+/* ---- for tls.c: kernel TLS ---- */
+
+static int enqueue_arg(Transport *t, PyObject *b, uint32_t arg);
+
+int transport_is_fresh_socket(PyObject *tr)
+{
+    if (!Py_IS_TYPE(tr, Transport_Type))
+        return 0;
+    Transport *t = (Transport *)tr;
+    if (t->pipe_mode != PIPE_NONE || t->notsock || t->ever_read || t->closing || t->conn_lost || !t->go_open ||
+        t->close_sent || (t->held != NULL && PyList_GET_SIZE(t->held) > 0))
+        return 0;
+    int family = t->sock_family;
+    if (family == 0 && t->sock != NULL) {
+        PyObject *f = PyObject_GetAttrString(t->sock, "family");
+        family = f ? (int)PyLong_AsLong(f) : -1;
+        Py_XDECREF(f);
+        PyErr_Clear();
+    }
+    return family == AF_INET || family == AF_INET6;   /* kernel TLS is TCP's */
+}
+
+/* Record mode on: from the next read on. Off: the read under way (one
+ * record at most) still comes, and nothing more is asked until OpKTLS's
+ * answer (transport_ktls) or, when the caller gives up on kernel TLS, at
+ * once with plain reads. */
+void transport_set_records(PyObject *tr, int on)
+{
+    Transport *t = (Transport *)tr;
+    t->records = on ? 1 : 0;
+    if (!on && !t->ktls_wait && !t->paused && !t->closing && !t->conn_lost)
+        arm(t);
+}
+
+int transport_ktls(PyObject *tr, const gl_ktls *k)
+{
+    Transport *t = (Transport *)tr;
+    if (t->ktls_wait || t->close_sent || !t->go_open) {
+        PyErr_SetString(PyExc_RuntimeError, "kernel TLS: the transport cannot take it now");
+        return -1;
+    }
+    gl_ktls *copy = PyMem_RawMalloc(sizeof *copy);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, k, sizeof *copy);
+    if (loop_submit(t->loop, GL_OP_KTLS, t->fd, TOKEN(t), copy, sizeof *copy, 0) < 0) {
+        memset(copy, 0, sizeof *copy);
+        PyMem_RawFree(copy);
+        return -1;
+    }
+    t->records = 0;
+    t->ktls_params = copy;
+    t->ktls_wait = 1;
+    pin_update(t);
+    return 0;
+}
+
+/* One record of the given type through kernel TLS (a close_notify alert),
+ * in order with the writes. */
+int transport_send_record(PyObject *tr, int type, const char *p, Py_ssize_t n)
+{
+    Transport *t = (Transport *)tr;
+    if (!(t->ktls & GL_KTLS_TX) || t->close_sent || t->conn_lost)
+        return 0;
+    PyObject *b = PyBytes_FromStringAndSize(p, n);
+    if (b == NULL)
+        return -1;
+    int r = enqueue_arg(t, b, GL_ARG_RECTYPE(type));
+    Py_DECREF(b);
+    return r;
 }
 
 /* ---- accepted in C ---- */
@@ -1030,6 +1171,11 @@ static PyObject *tr_start_reading(Transport *t, PyObject *unused)
 
 static int enqueue(Transport *t, PyObject *b)
 {
+    return enqueue_arg(t, b, 0);
+}
+
+static int enqueue_arg(Transport *t, PyObject *b, uint32_t arg)
+{
     if (t->slen == t->scap) {
         Py_ssize_t ncap = t->scap ? t->scap * 2 : 8;
         PyObject **n = PyMem_Malloc(sizeof(PyObject *) * ncap);
@@ -1046,7 +1192,7 @@ static int enqueue(Transport *t, PyObject *b)
     }
     Py_ssize_t len = PyBytes_GET_SIZE(b);
     if (loop_submit(t->loop, GL_OP_SEND, t->fd, TOKEN(t), PyBytes_AS_STRING(b), (uint32_t)len,
-                    t->notsock ? GL_ARG_NOTSOCK : 0) < 0)
+                    (t->notsock ? GL_ARG_NOTSOCK : 0) | arg) < 0)
         return -1;
     Py_INCREF(b);
     t->sendq[(t->shead + t->slen) % t->scap] = b;
