@@ -528,6 +528,10 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 	case c.res == -int32(unix.EIO) && f.recvOn && !f.notSock && b.ktlsEIO(f):
 		// Kernel TLS RX met a record that is not data: read and judged
 		// (recvrecord.go); the re-arm below goes on unless it ended.
+	case c.res == -int32(unix.EIO) && !f.recvOn && !f.notSock && (f.kt.rx || ktlsULP(f.fd)):
+		// The same, met by a receive C stopped (paused reading): the
+		// record stays in the socket, and the next receive meets it. Held
+		// as an end, it would reach C as a read error.
 	default:
 		// End of stream or an error: receiving is over.
 		end := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res}
