@@ -17,7 +17,10 @@ import (
 // do (write, close, reset), following C's rules (nothing for a token after
 // its close but an upgrade), and checks the contract record.go promises:
 //
-//   - every OpSend, OpSendfile and OpShutdown is answered exactly once, every OpClose by
+// OpRecvRecord (the peer writes TLS record frames now and then) and OpKTLS
+// (refused on these Unix sockets, in its place in the queue) take part too.
+//
+//   - every OpSend, OpSendfile, OpShutdown and OpKTLS is answered exactly once, every OpClose by
 //     exactly one EvClosed, and nothing names a token after its EvClosed;
 //   - a receive buffer is never lent twice without being given back;
 //   - each connection receives a prefix of what its own peer wrote, in
@@ -30,6 +33,7 @@ func FuzzContract(f *testing.F) {
 	f.Add([]byte{0, 8, 16, 6, 14, 22, 2, 200, 10, 250, 18, 100, 4, 13, 21})
 	f.Add([]byte{0, 6, 1, 6, 0, 2, 255, 2, 255, 5, 4, 12, 20})
 	f.Add([]byte{8, 14, 9, 14, 8, 10, 3, 11, 7, 15, 12, 13})
+	f.Add([]byte{6, 0x85, 0, 0x81, 2, 40, 3, 0x81, 6, 0x83, 1, 0, 0, 0x81, 7, 1})
 	f.Fuzz(func(t *testing.T, script []byte) {
 		fuzzBackends(t, script, 256, runContract)
 	})
@@ -74,8 +78,10 @@ type contractConn struct {
 	peerGone        bool
 	sent, peerWrote []byte // what C sent on fd, what the peer wrote
 	got, peerGot    []byte // what arrived on fd, what arrived at the peer
-	sendsOut        int    // OpSend/OpSendfile/OpShutdown not yet answered
+	sendsOut        int    // OpSend/OpSendfile/OpShutdown/OpKTLS not yet answered
 	bufs            [][]byte
+	recPending      bool // an OpRecvRecord waits for its answer
+	lossy           bool // an OpRecvRecord refused a header (-EBADMSG): those 5 bytes are gone
 }
 
 func runContract(t *testing.T, kind string, b Backend, script []byte) {
@@ -105,6 +111,7 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 		t.Fatal(err)
 	}
 	lent := map[uint32]bool{}
+	params := testParams() // OpKTLS's gl_ktls, in stand-in C memory
 	var subs []Sub
 	out := make([]Comp, 64)
 	pattern := byte(1)
@@ -121,6 +128,16 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			}
 			switch x.Kind {
 			case EvRecv:
+				if c.recPending {
+					// OpRecvRecord's one answer.
+					c.recPending = false
+					if x.Res == -int32(unix.EBADMSG) {
+						c.lossy = true
+					}
+					if x.Res <= 0 {
+						continue
+					}
+				}
 				if x.Res > 0 {
 					if lent[x.Buf] {
 						t.Fatalf("%s: buffer %d lent twice", kind, x.Buf)
@@ -131,7 +148,7 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 				} else {
 					c.recvOn, c.recvEnded = false, true
 				}
-			case EvSend, EvShutdown, EvSendfile:
+			case EvSend, EvShutdown, EvSendfile, EvKTLS:
 				c.sendsOut--
 				if c.sendsOut < 0 {
 					t.Fatalf("%s: conn %d: more send/shutdown answers than requests", kind, i)
@@ -178,12 +195,15 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			arg = script[k+1]
 		}
 		switch {
-		case op == 0 && !c.closeSent && !c.recvOn:
+		case op == 0 && !c.closeSent && !c.recvOn && !c.recPending && arg&0x80 != 0:
+			subs = append(subs, Sub{Op: OpRecvRecord, Fd: c.fd, Token: c.tok})
+			c.recPending = true
+		case op == 0 && !c.closeSent && !c.recvOn && !c.recPending:
 			subs = append(subs, Sub{Op: OpRecvStart, Fd: c.fd, Token: c.tok})
 			c.recvOn = true
-		case op == 1 && !c.closeSent && c.recvOn:
+		case op == 1 && !c.closeSent && (c.recvOn || c.recPending):
 			subs = append(subs, Sub{Op: OpRecvStop, Fd: c.fd, Token: c.tok})
-			c.recvOn = false
+			c.recvOn, c.recPending = false, false
 		case op == 2 && !c.closeSent && arg&0x80 != 0:
 			off, n := int(arg)*97, int(arg&0x7f)*53+1
 			c.sent = append(c.sent, fileData[off:off+n]...)
@@ -197,21 +217,27 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			c.sent = append(c.sent, data...)
 			subs = append(subs, Sub{Op: OpSend, Fd: c.fd, Token: c.tok, Ptr: ptrOf(data), Len: uint32(n)})
 			c.sendsOut++
+		case op == 3 && !c.closeSent && arg&0x80 != 0:
+			subs = append(subs, Sub{Op: OpKTLS, Fd: c.fd, Token: c.tok, Ptr: paramsPtr(params)})
+			c.sendsOut++
 		case op == 3 && !c.closeSent:
 			subs = append(subs, Sub{Op: OpShutdown, Fd: c.fd, Token: c.tok})
 			c.sendsOut++
 		case op == 4 && !c.closeSent:
 			subs = append(subs, Sub{Op: OpClose, Fd: c.fd, Token: c.tok})
-			c.closeSent, c.gracefulSent, c.recvOn = true, true, false
+			c.closeSent, c.gracefulSent, c.recvOn, c.recPending = true, true, false, false
 		case op == 5 && (!c.closeSent || c.gracefulSent):
 			arg := CloseAbort
 			if c.gracefulSent {
 				arg |= CloseUpgrade
 			}
 			subs = append(subs, Sub{Op: OpClose, Fd: c.fd, Token: c.tok, Arg: arg})
-			c.closeSent, c.gracefulSent, c.recvOn = true, false, false
+			c.closeSent, c.gracefulSent, c.recvOn, c.recPending = true, false, false, false
 		case op == 6 && !c.peerGone:
 			data := bytes.Repeat([]byte{pattern}, int(arg)*11+1)
+			if arg&0x80 != 0 {
+				data = tlsRecord(23, data[:int(arg&0x7f)*13])
+			}
 			pattern++
 			if n, err := unix.Write(int(c.peer), data); err == nil && n > 0 {
 				c.peerWrote = append(c.peerWrote, data[:n]...)
@@ -233,7 +259,7 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 	for {
 		waiting := -1
 		for i, c := range conns {
-			if c.recvOn && c.peerGone && !c.closeSent && !c.recvEnded {
+			if (c.recvOn && !c.recvEnded || c.recPending) && c.peerGone && !c.closeSent {
 				waiting = i
 			}
 		}
@@ -268,7 +294,7 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 		poll(10 * time.Millisecond)
 	}
 	for i, c := range conns {
-		if !bytes.HasPrefix(c.peerWrote, c.got) {
+		if !c.lossy && !bytes.HasPrefix(c.peerWrote, c.got) {
 			t.Fatalf("%s: conn %d received %d bytes that are not its peer's (peer wrote %d)", kind, i, len(c.got), len(c.peerWrote))
 		}
 		if !bytes.HasPrefix(c.sent, c.peerGot) {

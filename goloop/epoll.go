@@ -23,6 +23,7 @@ type epollBackend struct {
 	dirty   []*epFd
 	starved []*epFd
 	dg      *bufPool // datagram buffers (dgram_epoll.go), made on first use
+	recs    recPool  // record buffers (recvrecord.go), made on first use
 }
 
 type epFd struct {
@@ -46,6 +47,7 @@ type epFd struct {
 	connLen  uint32
 	dgram    bool    // the receive is a datagram receive (OpDgramRecvStart)
 	sk       sockOps // sock_recv/sock_sendall on an fd its owner keeps (sockops.go)
+	kt       ktlsFd  // OpRecvRecord, kernel TLS (recvrecord.go)
 
 	out outQueue // sends, shutdowns and a graceful close, in order
 	// blocked is set while the head of out waits for EPOLLOUT.
@@ -95,6 +97,7 @@ func (b *epollBackend) Close() error {
 	b.fds = nil
 	b.wk.close()
 	b.pool.close()
+	b.recs.close()
 	b.dgramClose()
 	return unix.Close(b.epfd)
 }
@@ -188,6 +191,10 @@ func (b *epollBackend) wait(ms int) (int, error) {
 
 func (b *epollBackend) apply(s *Sub) {
 	if s.Op == OpBufReturn {
+		if s.Arg&DgramBufBit == 0 && s.Arg&RecordBufBit != 0 {
+			b.recs.put(s.Arg)
+			return
+		}
 		if !b.dgramBufReturn(s.Arg) {
 			b.pool.put(s.Arg)
 		}
@@ -221,11 +228,22 @@ func (b *epollBackend) apply(s *Sub) {
 	}
 	switch s.Op {
 	case OpRecvStart:
+		f.kt.rec.takeOver(s.Token, &b.recs, b.complete)
 		f.recvOn, f.recvTok = true, s.Token
+	case OpRecvRecord:
+		if f.recvOn || f.kt.rec.live {
+			b.complete(Comp{Token: s.Token, Kind: EvRecv, Res: -int32(unix.EBUSY)})
+			break
+		}
+		f.kt.rec.live, f.kt.rec.token = true, s.Token
+		if f.kt.rec.pump(f.fd, &b.recs, b.complete) {
+			b.forgetIfIdle(f)
+		}
 	case OpDgramRecvStart:
 		b.dgramRecvStart(f, s)
 	case OpRecvStop:
 		f.recvOn = false
+		f.kt.rec.live = false
 		b.forgetIfIdle(f)
 	case OpAcceptStart:
 		f.acceptOn, f.accTok, f.accLocal = true, s.Token, accLocalUnknown
@@ -263,7 +281,7 @@ func (b *epollBackend) apply(s *Sub) {
 	case OpSockStop:
 		f.sk.stop(s.Token, b.complete)
 		b.forgetIfIdle(f) // now: the owner may close the fd before the next Poll
-	case OpSend, OpSendTo, OpShutdown, OpClose, OpSendfile:
+	case OpSend, OpSendTo, OpShutdown, OpClose, OpSendfile, OpKTLS:
 		if s.Op == OpClose && s.Arg&CloseAbort != 0 {
 			b.abort(f)
 			b.closeFd(f, s.Token)
@@ -284,7 +302,7 @@ func (b *epollBackend) apply(s *Sub) {
 // number may come back as a new fd, before this batch's sync runs. A stale
 // registration for a closed file would otherwise hide the new one.
 func (b *epollBackend) forgetIfIdle(f *epFd) {
-	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn || f.sk.live() {
+	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn || f.sk.live() || f.kt.rec.held() {
 		return
 	}
 	if f.registered != 0 {
@@ -315,6 +333,8 @@ func (b *epollBackend) flush(f *epFd) {
 			var e unix.Errno
 			if q.op == OpSendTo {
 				done, e = sendDgram(f.fd, q)
+			} else if q.rectype != 0 {
+				done, e = sendRecordSome(f.fd, q)
 			} else {
 				done, e = sendSome(f.fd, q, &f.notSock)
 			}
@@ -340,6 +360,8 @@ func (b *epollBackend) flush(f *epFd) {
 			b.complete(q.result(res))
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
+		case OpKTLS:
+			b.complete(f.kt.run(f.fd, q.token, q.ptr))
 		case OpClose:
 			tok := q.token
 			f.out = f.out[i+1:]
@@ -365,6 +387,7 @@ func (b *epollBackend) closeFd(f *epFd, token uint64) {
 	if f.registered != 0 {
 		unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(f.fd), nil)
 	}
+	f.kt.rec.drop(&b.recs) // no answer after a close, as for OpRecvStart
 	var res int32
 	if err := unix.Close(int(f.fd)); err != nil {
 		res = errnoOf(err)
@@ -382,13 +405,14 @@ func (b *epollBackend) sync() {
 			continue
 		}
 		var want uint32
-		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 || f.sk.recv.live {
+		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 || f.sk.recv.live || f.kt.rec.live {
 			want |= unix.EPOLLIN
 		}
 		if f.blocked || f.connOn || f.pollMask&PollOut != 0 || f.sk.send.live {
 			want |= unix.EPOLLOUT
 		}
-		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved && !f.sk.live()
+		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved && !f.sk.live() &&
+			!f.kt.rec.held()
 		if want == f.registered {
 			if idle {
 				delete(b.fds, f.fd) // nothing left to remember about this fd
@@ -447,6 +471,9 @@ func (b *epollBackend) failFd(f *epFd, res int32) {
 		f.connOn = false
 		b.complete(Comp{Token: f.connTok, Kind: EvConnect, Res: res})
 	}
+	if f.kt.rec.live {
+		f.kt.rec.fail(res, &b.recs, b.complete)
+	}
 	f.out.fail(res, true, b.complete)
 	f.sk.fail(res, b.complete)
 	f.blocked = false
@@ -478,6 +505,9 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 	}
 	if in && f.recvOn && !f.starved {
 		b.recvOne(f)
+	}
+	if in && f.kt.rec.live && f.kt.rec.pump(f.fd, &b.recs, b.complete) {
+		b.markDirty(f)
 	}
 	if outReady && f.connOn {
 		b.settleConnect(f)
@@ -545,6 +575,17 @@ func (b *epollBackend) recvOne(f *epFd) {
 			continue
 		case err == unix.EAGAIN:
 			b.pool.put(id)
+		case err == unix.EIO && !f.notSock:
+			// Kernel TLS RX: a record that is not data (recvrecord.go).
+			b.pool.put(id)
+			handled, over := ktlsRecvEIO(f.fd, &f.kt, &b.recs, f.recvTok, b.complete)
+			if !handled {
+				f.recvOn = false
+				b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: errnoOf(err)})
+			} else if over {
+				f.recvOn = false
+			}
+			b.markDirty(f)
 		case err != nil:
 			b.pool.put(id)
 			f.recvOn = false

@@ -23,12 +23,13 @@ const (
 // queued is one entry of an fd's ordered output queue: a send, a shutdown
 // or a graceful close, which must happen in the order C asked for them.
 type queued struct {
-	op    uint8 // OpSend, OpSendTo, OpShutdown, OpClose or OpSendfile
-	token uint64
-	ptr   uintptr // OpSendfile: the file offset
-	n     int     // bytes to send
-	off   int     // bytes already sent
-	file  int32   // OpSendfile: the file's fd (lent by C)
+	op      uint8 // OpSend, OpSendTo, OpShutdown, OpClose, OpSendfile or OpKTLS
+	rectype uint8 // OpSend: a record of this type through kernel TLS (ArgRecType), 0: plain bytes
+	token   uint64
+	ptr     uintptr // OpSendfile: the file offset; OpKTLS: the KTLSParams
+	n       int     // bytes to send
+	off     int     // bytes already sent
+	file    int32   // OpSendfile: the file's fd (lent by C)
 }
 
 // queuedOf is the queue entry for a submission.
@@ -40,12 +41,18 @@ func queuedOf(s *Sub) queued {
 			q.n = SendfileMax
 		}
 	}
+	if s.Op == OpSend {
+		q.rectype = uint8((s.Arg & argRecTypeMask) >> 8)
+	}
 	return q
 }
 
 // result is the completion that ends a send or a sendfile with res: the
 // bytes sent, or -errno (a sendfile then also says how far it got).
 func (q *queued) result(res int32) Comp {
+	if q.op == OpKTLS {
+		return Comp{Token: q.token, Kind: EvKTLS, Res: res}
+	}
 	if q.op == OpSendfile {
 		c := Comp{Token: q.token, Kind: EvSendfile, Res: res}
 		if res < 0 {
@@ -86,7 +93,7 @@ func (q *outQueue) fail(res int32, closes bool, complete func(Comp)) {
 	for i := range *q {
 		e := &(*q)[i]
 		switch e.op {
-		case OpSend, OpSendTo, OpSendfile:
+		case OpSend, OpSendTo, OpSendfile, OpKTLS:
 			complete(e.result(res))
 		case OpShutdown:
 			complete(Comp{Token: e.token, Kind: EvShutdown, Res: res})

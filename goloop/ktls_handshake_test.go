@@ -168,6 +168,8 @@ type ktlsEnd struct {
 	cfg    KTLSConfig
 	server bool
 	state  tls.ConnectionState
+	keylog string      // the kernel-TLS end's NSS key log (ktls_ops_test.go builds a KTLSParams from it)
+	rec    *recordConn // its handshake transport, with the hello randoms
 }
 
 // ktlsHandshake connects, handshakes with crypto/tls on both ends and
@@ -241,7 +243,8 @@ func ktlsHandshake(t *testing.T, c ktlsCase, ktlsServer, tickets bool) *ktlsEnd 
 	if k.rc, err = k.tcp.SyscallConn(); err != nil {
 		t.Fatal(err)
 	}
-	k.cfg = deriveFromKeyLog(t, c, keylog.String(), rec, ktlsServer)
+	k.keylog, k.rec = keylog.String(), rec
+	k.cfg = deriveFromKeyLog(t, c, k.keylog, rec, ktlsServer)
 	return k
 }
 

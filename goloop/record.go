@@ -53,7 +53,8 @@ const (
 	OpRecvStop
 	// OpSend sends Len bytes at Ptr, all of them, after earlier sends on Fd.
 	// Exactly one EvSend answers it: Res == Len, or -errno (-ECANCELED when
-	// an abort dropped it). C keeps the memory alive until then.
+	// an abort dropped it). C keeps the memory alive until then. Arg:
+	// ArgNotSock, or ArgRecType(t) for one TLS record of type t (OpKTLS).
 	OpSend
 	// OpShutdown shuts the write side down once earlier sends are done: EvShutdown.
 	OpShutdown
@@ -177,6 +178,70 @@ const (
 	// -errno with Aux = bytes sent before the error, -ECANCELED (Aux
 	// likewise) when OpSockStop stopped it or a later send on Fd replaced it.
 	OpSockSendfile
+	// OpRecvRecord reads exactly one TLS record (its 5-byte header and the
+	// body the header's length names) from the stream socket Fd, and never a
+	// byte past it: what follows stays in the socket, for the kernel TLS RX
+	// that OpKTLS may install next, or for the next OpRecvRecord. Go reads
+	// it itself inside Poll when Fd is readable (epoll readiness, or an
+	// io_uring POLL_ADD: never a recv in the kernel), as many reads as the
+	// record takes; the bytes so far are kept per fd. Exactly one EvRecv
+	// answers it, as OpRecvStart's chunks look but without FlagMore: Res =
+	// the record's length (header included), Ptr/Buf naming a buffer C gives
+	// back with OpBufReturn (a record buffer: Buf has RecordBufBit); Res 0:
+	// end of stream before the record's first byte; -EBADMSG: the header is
+	// no TLS record's (type not 20..24, or a body longer than RecordMaxBody),
+	// its 5 bytes are consumed; -EBUSY: a receive (OpRecvStart or another
+	// OpRecvRecord) is armed on Fd already; -ENOBUFS: no record buffer left;
+	// or another -errno (the partial record is dropped). End of stream in
+	// the middle of a record delivers the partial bytes as the answer (Res
+	// < the header's length), and the next OpRecvRecord answers 0. One at a
+	// time per fd: C asks for the next after each answer.
+	// OpRecvStop and OpClose stop it as they stop OpRecvStart: no answer
+	// comes for it after them. After OpRecvStop the bytes of a record read
+	// so far stay with the fd: a later OpRecvRecord goes on with that
+	// record, and a later OpRecvStart delivers them as its first chunk, so
+	// no byte is lost. OpRecvStart on an fd with an OpRecvRecord pending
+	// answers that one with -ECANCELED and takes over likewise. A close or
+	// an abort gives the bytes' buffer back (nobody will read them).
+	// After an OpRecvStart and OpRecvStop (STARTTLS), what the stopped
+	// receive took in flight (io_uring) comes first, as EvRecv chunks with
+	// FlagMore (the answer has none), and an end of stream it met is the
+	// answer; the record is read only once that receive has left the kernel.
+	OpRecvRecord
+	// OpKTLS installs kernel TLS on the TCP socket Fd once its handshake is
+	// done in user space. Ptr points to a KTLSParams (gl_ktls) in C memory
+	// that C keeps unchanged until the EvKTLS answering it; Go reads it only
+	// when the op runs, copies it and wipes its copies of the secrets after
+	// use, and never touches it after EvKTLS. Ordered with the output
+	// queue: it runs once every earlier OpSend/OpSendTo/OpSendfile/
+	// OpShutdown on Fd is done (fully written), and later ones wait for it.
+	// Running derives the record keys (TLS 1.3: from the traffic secrets;
+	// TLS 1.2: from the master secret and the hello randoms) and installs
+	// TX (this end's keys, at TXSeq) and, with RX 1, RX (the peer's, at
+	// RXSeq). Exactly one EvKTLS answers it: Res 0 with Aux = KTLSTX|KTLSRX
+	// as installed; Res -errno with Aux 0 when the socket is unchanged
+	// (-ENOENT: the kernel has no tls module; -EOPNOTSUPP: the kernel
+	// refuses this version or suite; -EINVAL: bad params: Ptr 0, unknown
+	// version, a suite kernel TLS cannot carry, SecretLen not the suite's
+	// hash length, Server or RX not 0/1; -ENOTCONN, -EBUSY...); Res -errno
+	// with Aux != 0 when TX went in and RX did not (the connection cannot go
+	// on); -ECANCELED, Aux 0, when an abort dropped it before it ran. C must
+	// not have a receive armed on Fd when it asks for RX (it reads the
+	// handshake with OpRecvRecord) and starts OpRecvStart after EvKTLS.
+	// From then on a receive on Fd gets plaintext; a record that is not
+	// application data ends it (read(2) and io_uring's recv fail with EIO
+	// on one, and Go then reads it with RecvRecord): the peer's
+	// close_notify (an alert whose description is 0) is end of stream (Res
+	// 0); TLS 1.3 NewSessionTickets (handshake records of message type 4
+	// only) are dropped and receiving goes on; any other record ends the
+	// receive with Res -EPROTO and Aux = record type << 8 | alert
+	// description or handshake message type (0xff: a record too short to
+	// say); a record the kernel cannot decrypt is -EBADMSG.
+	// An OpSend whose Arg has ArgRecType(t) (t != 0) sends its bytes as one
+	// record of type t (an alert: 21) through kernel TLS TX
+	// (sendmsg with TLS_SET_RECORD_TYPE), in queue order, answered with
+	// EvSend as any send (-EINVAL for Len 0).
+	OpKTLS
 	opCount
 )
 
@@ -198,7 +263,53 @@ const (
 	EvSendfile
 	// EvSock answers OpSockRecv, OpSockSend and the other OpSock* ops.
 	EvSock
+	// EvKTLS answers OpKTLS: Res 0 or -errno, Aux = KTLSTX|KTLSRX installed.
+	EvKTLS
 )
+
+// EvKTLS's Aux bits: the directions kernel TLS carries on the socket.
+const (
+	KTLSTX uint32 = 1
+	KTLSRX uint32 = 2
+)
+
+// ArgRecType is an OpSend's Arg for a record of type t (GL_ARG_RECTYPE):
+// see OpKTLS.
+func ArgRecType(t uint8) uint32 { return uint32(t) << 8 }
+
+// argRecTypeMask is where ArgRecType lies in Arg.
+const argRecTypeMask uint32 = 0xff00
+
+// RecordMaxBody is the longest record body OpRecvRecord accepts: 2^14
+// bytes of plaintext plus 2048 of expansion (RFC 5246 6.2.3; TLS 1.3 allows
+// less).
+const RecordMaxBody = 16384 + 2048
+
+// RecordBufBit marks a record buffer id in EvRecv.Buf and OpBufReturn: the
+// buffers of OpRecvRecord and of the records a kernel-TLS receive reads
+// itself (recvrecord.go), a pool apart from the receive buffers because
+// io_uring owns those through its buffer ring.
+const RecordBufBit uint32 = 1 << 30
+
+// KTLSParams is gl_ktls (pybind/goloop.h): what OpKTLS's Ptr points to.
+type KTLSParams struct {
+	Version      uint16 // TLS12 or TLS13
+	Suite        uint16 // IANA cipher suite id
+	Server       uint8  // 1: this end is the server (it sends with the server's keys)
+	RX           uint8  // 1: install RX as well as TX
+	SecretLen    uint8  // TLS 1.3: bytes in each traffic secret (the suite's hash length)
+	_            uint8
+	TXSeq        uint64   // sequence number of the next record this end sends
+	RXSeq        uint64   // ... and of the next it receives
+	ClientRandom [32]byte // TLS 1.2
+	ServerRandom [32]byte // TLS 1.2
+	Master       [48]byte // TLS 1.2 master secret
+	ClientSecret [48]byte // TLS 1.3 CLIENT_TRAFFIC_SECRET_0
+	ServerSecret [48]byte // TLS 1.3 SERVER_TRAFFIC_SECRET_0
+}
+
+var _ [232 - unsafe.Sizeof(KTLSParams{})]byte
+var _ [unsafe.Sizeof(KTLSParams{}) - 232]byte
 
 // SendfileMax is the most one OpSendfile may ask for: its count must fit
 // in Res.
@@ -244,3 +355,11 @@ const (
 	PollErr uint32 = 0x8
 	PollHup uint32 = 0x10
 )
+
+// The op and event numbers the kernel TLS ABI fixed in pybind/goloop.h.
+var _ [OpRecvRecord - 23]byte
+var _ [23 - OpRecvRecord]byte
+var _ [OpKTLS - 24]byte
+var _ [24 - OpKTLS]byte
+var _ [EvKTLS - 12]byte
+var _ [12 - EvKTLS]byte

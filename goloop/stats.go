@@ -35,5 +35,12 @@ func runtimeStats(req []byte) ([]byte, error) {
 		"sys":          ms.Sys,
 		"num_gc":       uint64(ms.NumGC),
 		"goroutines":   uint64(runtime.NumGoroutine()),
+		// OpKTLS in this process (recvrecord.go): directions installed,
+		// installs that failed, and TLS 1.3 session tickets a kernel-TLS
+		// receive dropped.
+		"ktls_tx":      ktlsStats.tx.Load(),
+		"ktls_rx":      ktlsStats.rx.Load(),
+		"ktls_failed":  ktlsStats.failed.Load(),
+		"ktls_tickets": ktlsStats.tickets.Load(),
 	})
 }

@@ -42,7 +42,8 @@ type uringBackend struct {
 	inflight   int     // requests whose last CQE has not come back
 	heldChunks int     // chunks (buffers) held for paused fds
 
-	dg *urDgram // datagram buffers and their ring (dgram_uring.go), made on first use
+	dg   *urDgram // datagram buffers and their ring (dgram_uring.go), made on first use
+	recs recPool  // record buffers (recvrecord.go), made on first use
 
 	wakeArmed bool
 	woken     bool
@@ -73,6 +74,7 @@ const (
 	kAcceptPoll   // readiness wait of a listener: accept4 follows (acceptSome)
 	kSockRecvPoll // readiness wait of a sock_recv: recv follows (sockops.go)
 	kSockSendPoll // readiness wait of a sock_sendall: send follows
+	kRecordPoll   // readiness wait of an OpRecvRecord: reads follow (recvrecord.go)
 )
 
 // UringPinned makes io_uring backends created afterwards bind their ring to
@@ -299,6 +301,8 @@ func (b *uringBackend) handle(c *uringCQE) {
 		b.onSockPoll(f, c, false)
 	case kSockSendPoll:
 		b.onSockPoll(f, c, true)
+	case kRecordPoll:
+		b.onRecordPoll(f, c)
 	case kCancel, kPollRemove:
 	}
 	b.settle(f)
@@ -357,6 +361,7 @@ func (b *uringBackend) release() {
 		b.r = nil
 	}
 	b.wk.close()
+	b.recs.close()
 	if b.pool != nil {
 		b.pool.close()
 		b.pool = nil

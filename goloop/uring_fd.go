@@ -81,6 +81,16 @@ type urFd struct {
 	sk                   sockOps
 	skRecvP, skSendP     armState
 	skRecvIdx, skSendIdx uint32
+
+	// OpRecvRecord and kernel TLS (recvrecord.go): the record read waits
+	// with a POLL_ADD too, so only Go's reads take bytes from the socket.
+	kt     ktlsFd
+	recP   armState
+	recIdx uint32
+	// noWaitAll: the socket refused MSG_WAITALL (kernel TLS TX takes only
+	// MSG_MORE, MSG_DONTWAIT and MSG_NOSIGNAL, EOPNOTSUPP before sending
+	// anything): sends go without it, a short send is pumped on.
+	noWaitAll bool
 }
 
 func (f *urFd) closing() bool { return f.state != fdOpen }
@@ -137,7 +147,7 @@ func (b *uringBackend) forget(f *urFd) {
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
 		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && !f.eofHeld && f.state == fdOpen &&
-		!f.sk.live() && !f.skRecvP.inKernel() && !f.skSendP.inKernel()
+		!f.sk.live() && !f.skRecvP.inKernel() && !f.skSendP.inKernel() && !f.kt.rec.held() && !f.recP.inKernel()
 }
 
 // settle finishes a close whose cancellations have all come back, and
@@ -173,6 +183,10 @@ func (b *uringBackend) apply(s *Sub) {
 	case OpBufReturn:
 		if s.Arg&DgramBufBit != 0 {
 			b.dgramBufReturn(s.Arg)
+			return
+		}
+		if s.Arg&RecordBufBit != 0 {
+			b.recs.put(s.Arg)
 			return
 		}
 		if b.pbuf.give(s.Arg) && len(b.starved) > 0 {
@@ -222,6 +236,8 @@ func (b *uringBackend) apply(s *Sub) {
 	}
 	switch s.Op {
 	case OpRecvStart:
+		f.kt.rec.takeOver(s.Token, &b.recs, b.complete)
+		b.sockUnwait(f, &f.recP, f.recIdx, kRecordPoll)
 		f.recvTok, f.recvOn = s.Token, true
 		for _, c := range f.held {
 			c.Token = f.recvTok
@@ -234,8 +250,20 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 		f.held = nil
 		b.armRecv(f)
+	case OpRecvRecord:
+		if f.recvOn || f.kt.rec.live {
+			b.complete(Comp{Token: s.Token, Kind: EvRecv, Res: -int32(unix.EBUSY)})
+			break
+		}
+		f.kt.rec.live, f.kt.rec.token = true, s.Token
+		b.heldToRecord(f)
+		b.recordPump(f)
 	case OpRecvStop:
 		f.recvOn = false
+		if f.kt.rec.live {
+			f.kt.rec.live = false
+			b.sockUnwait(f, &f.recP, f.recIdx, kRecordPoll)
+		}
 		if f.recv == reqArmed {
 			if b.unarm(f, f.recvIdx) {
 				f.recv = reqNone
@@ -295,7 +323,7 @@ func (b *uringBackend) apply(s *Sub) {
 		case OpSockSend:
 			b.sockUnwait(f, &f.skSendP, f.skSendIdx, kSockSendPoll)
 		}
-	case OpSend, OpSendTo, OpShutdown, OpSendfile:
+	case OpSend, OpSendTo, OpShutdown, OpSendfile, OpKTLS:
 		f.out = append(f.out, queuedOf(s))
 		b.pumpLater(f)
 	case OpClose:
@@ -356,7 +384,8 @@ func (b *uringBackend) refuse(s *Sub) {
 	kind := map[uint8]uint8{OpSend: EvSend, OpShutdown: EvShutdown, OpConnect: EvConnect, OpSockRecv: EvSock, OpSockSend: EvSock, OpSockAccept: EvSock,
 		OpSockRecvFrom: EvSock, OpSockSendTo: EvSock, OpSockSendfile: EvSock,
 		OpRecvStart: EvRecv, OpAcceptStart: EvAccept, OpPollStart: EvPoll,
-		OpSendTo: EvSend, OpDgramRecvStart: EvDgram, OpSendfile: EvSendfile}[s.Op]
+		OpSendTo: EvSend, OpDgramRecvStart: EvDgram, OpSendfile: EvSendfile,
+		OpRecvRecord: EvRecv, OpKTLS: EvKTLS}[s.Op]
 	if kind != EvNone {
 		b.complete(Comp{Token: s.Token, Kind: kind, Res: -int32(unix.EBADF)})
 	}
@@ -476,9 +505,15 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 		bid := uint16(c.flags >> 16)
 		b.pbuf.taken(bid)
 		ch := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res, Ptr: b.pool.addr(uint32(bid)), Buf: uint32(bid), Flags: FlagMore}
-		if f.recvOn {
+		switch {
+		case f.recvOn:
 			b.complete(ch)
-		} else {
+		case f.kt.rec.live:
+			// Reading again, through OpRecvRecord: the stopped receive's
+			// late chunk goes first (FlagMore tells it from the answer).
+			ch.Token = f.kt.rec.token
+			b.complete(ch)
+		default:
 			f.held = append(f.held, ch)
 			b.heldChunks++
 		}
@@ -490,18 +525,29 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 	case c.res == 0 && f.recvOn && f.sending:
 		f.recvOn, f.eofHeld = false, true
 		b.eofHeld = append(b.eofHeld, f)
+	case c.res == -int32(unix.EIO) && f.recvOn && !f.notSock && b.ktlsEIO(f):
+		// Kernel TLS RX met a record that is not data: read and judged
+		// (recvrecord.go); the re-arm below goes on unless it ended.
+	case c.res == -int32(unix.EIO) && !f.recvOn && !f.notSock && (f.kt.rx || ktlsULP(f.fd)):
+		// The same, met by a receive C stopped (paused reading): the
+		// record stays in the socket, and the next receive meets it. Held
+		// as an end, it would reach C as a read error.
 	default:
 		// End of stream or an error: receiving is over.
 		end := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res}
-		if f.recvOn {
+		switch {
+		case f.recvOn:
 			b.complete(end)
 			f.recvOn = false
-		} else {
+		case f.kt.rec.live:
+			f.kt.rec.fail(c.res, &b.recs, b.complete) // the record read's answer: nothing more comes
+		default:
 			f.held = append(f.held, end)
 		}
 	}
 	if !more {
 		b.armRecv(f)
+		b.recordPump(f) // one waiting for this stopped receive to leave the kernel
 	}
 }
 
@@ -608,6 +654,12 @@ func (b *uringBackend) pump(f *urFd) {
 		q := &f.out[0]
 		switch q.op {
 		case OpSend:
+			if q.rectype != 0 {
+				if !b.sendRecord(f, q) {
+					return
+				}
+				break
+			}
 			if q.off < q.n {
 				b.submitSend(f, q)
 				return
@@ -623,6 +675,8 @@ func (b *uringBackend) pump(f *urFd) {
 			}
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
+		case OpKTLS:
+			b.complete(f.kt.run(f.fd, q.token, q.ptr))
 		case OpClose:
 			tok := q.token
 			f.out.pop()
@@ -631,6 +685,75 @@ func (b *uringBackend) pump(f *urFd) {
 		}
 		f.out.pop()
 	}
+}
+
+// sendRecord sends a queued OpSend with a record type (sendRecordSome) at
+// the head of the queue, or waits for writability as sendfile does. It
+// reports whether the entry is finished (and completed).
+func (b *uringBackend) sendRecord(f *urFd, q *queued) bool {
+	done, e := sendRecordSome(f.fd, q)
+	if !done {
+		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
+		p.opFlags = PollOut
+		f.sending = true
+		return false
+	}
+	res := int32(q.n)
+	if e != 0 {
+		res = -int32(e)
+	}
+	b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
+	return true
+}
+
+// ktlsEIO handles a receive's EIO on a kernel-TLS socket; false: not one.
+func (b *uringBackend) ktlsEIO(f *urFd) bool {
+	handled, over := ktlsRecvEIO(f.fd, &f.kt, &b.recs, f.recvTok, b.complete)
+	if handled && over {
+		f.recvOn = false
+	}
+	return handled
+}
+
+// heldToRecord hands what a stopped receive took after its stop to a new
+// OpRecvRecord, before it reads: the chunks as late chunks (FlagMore), and
+// an end of stream or error as the record read's answer.
+func (b *uringBackend) heldToRecord(f *urFd) {
+	for _, c := range f.held {
+		if c.Res > 0 {
+			c.Token = f.kt.rec.token
+			b.complete(c)
+			b.heldChunks--
+		} else if f.kt.rec.live {
+			f.kt.rec.fail(c.Res, &b.recs, b.complete)
+		}
+	}
+	f.held = nil
+}
+
+// recordPump reads the live OpRecvRecord as far as the socket allows, and
+// waits for readability with a POLL_ADD when it must. While a stopped
+// receive is still in the kernel it reads nothing: that receive may still
+// take bytes (delivered as late chunks), and the record starts after them.
+func (b *uringBackend) recordPump(f *urFd) {
+	if !f.kt.rec.live || f.closing() || f.recv.inKernel() || f.kt.rec.pump(f.fd, &b.recs, b.complete) {
+		return
+	}
+	if f.recP == reqNone {
+		f.recIdx = b.r.sqLocal
+		p := b.fdSQE(f, iouOpPollAdd, kRecordPoll)
+		p.opFlags = PollIn
+		f.recP = reqArmed
+	}
+}
+
+func (b *uringBackend) onRecordPoll(f *urFd, c *uringCQE) {
+	f.recP = reqNone
+	if c.res < 0 && c.res != -int32(unix.ECANCELED) && c.res != -int32(unix.EINTR) && f.kt.rec.live && !f.closing() {
+		f.kt.rec.fail(c.res, &b.recs, b.complete)
+		return
+	}
+	b.recordPump(f)
 }
 
 // maxGather bounds how many queued sends one sendmsg carries.
@@ -672,7 +795,7 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 	n := 0 // q is the head, an OpSend: at least it goes
 	for i := range f.out {
 		e := &f.out[i]
-		if e.op != OpSend || n == maxGather {
+		if e.op != OpSend || e.rectype != 0 || n == maxGather {
 			break
 		}
 		f.iov[2*n] = uint64(e.ptr + uintptr(e.off))
@@ -694,13 +817,16 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 	// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
 	// MSG_WAITALL: the kernel itself retries a short send.
 	s.opFlags = unix.MSG_NOSIGNAL | unix.MSG_WAITALL
+	if f.noWaitAll || f.kt.tx {
+		s.opFlags = unix.MSG_NOSIGNAL
+	}
 	f.sending = true
 }
 
 // sent completes the queued sends n bytes cover, in order, and advances
 // the one they end in.
 func (b *uringBackend) sent(f *urFd, n int) {
-	for n > 0 && len(f.out) > 0 && f.out[0].op == OpSend {
+	for n > 0 && len(f.out) > 0 && f.out[0].op == OpSend && f.out[0].rectype == 0 {
 		q := &f.out[0]
 		if k := q.n - q.off; n < k {
 			q.off += n
@@ -746,6 +872,12 @@ func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
 	case res == -int32(unix.EINTR), res == -int32(unix.EAGAIN):
 		b.submitSend(f, &f.out[0])
 		return
+	case res == -int32(unix.EOPNOTSUPP) && !f.noWaitAll && !f.notSock:
+		// Kernel TLS TX (installed by OpKTLS before this fd's state was
+		// made again, or by someone else): no MSG_WAITALL.
+		f.noWaitAll = true
+		b.submitSend(f, &f.out[0])
+		return
 	default:
 		b.complete(Comp{Token: f.out[0].token, Kind: EvSend, Res: res})
 		f.out.pop()
@@ -778,6 +910,7 @@ func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
 func (b *uringBackend) startClose(f *urFd, token uint64, abort bool) {
 	f.state, f.closeTok = fdClosing, token
 	f.recvOn, f.accOn, f.pollMask = false, false, 0
+	f.kt.rec.live = false
 	f.sk.fail(-int32(unix.ECANCELED), b.complete)
 	f.aborting = abort
 	if !f.sending {
@@ -792,6 +925,7 @@ func (b *uringBackend) startClose(f *urFd, token uint64, abort bool) {
 func (b *uringBackend) finishClose(f *urFd) {
 	f.state = fdClosed
 	f.dropHeld(b)
+	f.kt.rec.drop(&b.recs) // no answer after a close, as for OpRecvStart
 	var res int32
 	if err := unix.Close(int(f.fd)); err != nil {
 		res = errnoOf(err)
