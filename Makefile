@@ -103,11 +103,14 @@ test-asan: venv
 # failure. Where the script is missing (a clean clone elsewhere) or the VM
 # cannot start (no guest output), this says SKIP and succeeds; once the guest
 # runs, its result counts, and /proc/net/tls_stat must show kernel TLS
-# sockets both ways. Built with -race, as go-test is. Log: build/ktls/vm.log.
-# About 40 s with a cached VM.
+# sockets both ways. Built with -race, as go-test is. Then, in the same
+# guest, goloop's Python TLS tests on both backends: test_tls.py's asyncio
+# semantics over kernel TLS (on by default there), and test_ktls.py, which
+# requires each goloop connection to be the kernel's (GOLOOP_KTLS_REQUIRED=1,
+# docs/tls.md). Log: build/ktls/vm.log. About 3 minutes with a cached VM.
 KTLS_VM ?= ../shared/vm/vm_run.sh
 KTLS_TEST := build/ktls/goloop.test
-test-ktls: deps
+test-ktls: build
 	@if [ ! -x "$(KTLS_VM)" ]; then \
 		echo "SKIP test-ktls: $(KTLS_VM) not found; the kernel TLS tests need that VM (docs/ktls.md)"; exit 0; \
 	fi; \
@@ -115,7 +118,12 @@ test-ktls: deps
 	log=build/ktls/vm.log; \
 	VM_TIMEOUT=$${VM_TIMEOUT:-900} $(KTLS_VM) 'echo "ktlsvm: guest up, kernel $$(uname -r)"; \
 		cd goloop && GOLOOP_KTLS_REQUIRED=1 ../$(KTLS_TEST) -test.run KTLS -test.v -test.count=1 -test.timeout 10m; \
-		rc=$$?; echo "ktlsvm: /proc/net/tls_stat after the tests:"; cat /proc/net/tls_stat; exit $$rc' 2>&1 \
+		rc=$$?; cd ../tests && for b in io_uring epoll; do \
+			echo "ktlsvm: python tests, $$b"; \
+			GOLOOP_KTLS_REQUIRED=1 GOLOOP_REQUIRED=1 GOLOOP_BACKEND=$$b GOLOOP_TEST_LOOPS=goloop \
+			../$(PY) -m pytest -q -p no:cacheprovider --timeout 300 test_ktls.py test_tls.py || rc=1; \
+		done; \
+		echo "ktlsvm: /proc/net/tls_stat after the tests:"; cat /proc/net/tls_stat; exit $$rc' 2>&1 \
 		| tee $$log | grep -v -e '^=== RUN' -e '^=== PAUSE' -e '^=== CONT'; \
 	rc=$${PIPESTATUS[0]}; \
 	if ! grep -q '^ktlsvm: guest up' $$log; then \
