@@ -42,6 +42,8 @@ type uringBackend struct {
 	inflight   int     // requests whose last CQE has not come back
 	heldChunks int     // chunks (buffers) held for paused fds
 
+	gathers []*sendGather // free iovec/msghdr blocks for gathered sends (takeGather)
+
 	dg   *urDgram // datagram buffers and their ring (dgram_uring.go), made on first use
 	recs recPool  // record buffers (recvrecord.go), made on first use
 
