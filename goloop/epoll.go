@@ -52,6 +52,8 @@ type epFd struct {
 	out outQueue // sends, shutdowns and a graceful close, in order
 	// blocked is set while the head of out waits for EPOLLOUT.
 	blocked bool
+	// flushDue: out was empty when this batch queued to it; sync flushes.
+	flushDue bool
 }
 
 func newEpoll(opt Options) (Backend, error) {
@@ -289,7 +291,10 @@ func (b *epollBackend) apply(s *Sub) {
 		}
 		f.out.push(s)
 		if len(f.out) == 1 {
-			b.flush(f) // an idle socket sends at once: no wait for readiness
+			// An idle socket sends without waiting for readiness, once the
+			// batch is applied (sync): what the same iteration queued
+			// behind it then leaves in the same sendmsg.
+			f.flushDue = true
 		}
 	}
 	if f.state == fdOpen {
@@ -331,6 +336,15 @@ func (b *epollBackend) flush(f *epFd) {
 		case OpSend, OpSendTo:
 			var done bool
 			var e unix.Errno
+			if q.op == OpSend && q.rectype == 0 && !f.notSock && i+1 < len(f.out) && gatherable(&f.out[i+1]) {
+				var blocked bool
+				if i, blocked = b.sendGathered(f, i); blocked {
+					f.blocked = true
+					return
+				}
+				i-- // the loop's i++ lands on the first entry not sent
+				continue
+			}
 			if q.op == OpSendTo {
 				done, e = sendDgram(f.fd, q)
 			} else if q.rectype != 0 {
@@ -373,6 +387,62 @@ func (b *epollBackend) flush(f *epFd) {
 	}
 }
 
+func gatherable(q *queued) bool { return q.op == OpSend && q.rectype == 0 }
+
+// sendGathered sends the consecutive plain sends from out[i] on with one
+// sendmsg per call (as the io_uring backend does), so writes one iteration
+// made (an HTTP response's head and body) cost one syscall, not one each.
+// It completes what went out whole and returns the index of the first
+// entry not done; blocked: the socket is full. An error ends the entry at
+// the head, as sendSome's does, and the rest go on in flush.
+func (b *epollBackend) sendGathered(f *epFd, i int) (int, bool) {
+	for i < len(f.out) && gatherable(&f.out[i]) {
+		// Raw iovec and msghdr words, as the io_uring backend builds them:
+		// the bytes are C's memory, never a Go pointer.
+		var iov [2 * maxGather]uint64
+		n := 0
+		for j := i; j < len(f.out) && n < maxGather && gatherable(&f.out[j]); j++ {
+			q := &f.out[j]
+			iov[2*n] = uint64(q.ptr + uintptr(q.off))
+			iov[2*n+1] = uint64(q.n - q.off)
+			n++
+		}
+		// struct msghdr: name, namelen, iov, iovlen, control, controllen, flags
+		msg := [7]uint64{2: uint64(uintptr(unsafe.Pointer(&iov[0]))), 3: uint64(n)}
+		r, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&msg[0])), unix.MSG_NOSIGNAL)
+		if ft := faultAt(faultSend); ft != 0 && e == 0 {
+			e, r = ft, 0 // as if nothing was sent
+		}
+		switch e {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return i, true
+		case unix.ENOTSOCK:
+			f.notSock = true // a pipe C did not say was one: flush writes it
+			return i, false
+		default:
+			q := &f.out[i]
+			b.complete(Comp{Token: q.token, Kind: EvSend, Res: -int32(e)})
+			return i + 1, false
+		}
+		sent := int(r)
+		for i < len(f.out) && gatherable(&f.out[i]) {
+			q := &f.out[i]
+			if k := q.n - q.off; sent < k {
+				q.off += sent
+				break
+			}
+			sent -= q.n - q.off
+			q.off = q.n
+			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
+			i++
+		}
+	}
+	return i, false
+}
+
 // abort ends every operation still pending on f with -ECANCELED.
 func (b *epollBackend) abort(f *epFd) {
 	f.out.cancel(b.complete)
@@ -401,6 +471,10 @@ func (b *epollBackend) closeFd(f *epFd, token uint64) {
 func (b *epollBackend) sync() {
 	for _, f := range b.dirty {
 		f.isDirty = false
+		if f.flushDue && f.state == fdOpen {
+			f.flushDue = false
+			b.flush(f)
+		}
 		if f.state != fdOpen {
 			continue
 		}
