@@ -379,3 +379,37 @@ def test_ktls_100mib(loop, loop_name, certs):
             await srv.wait_closed()
 
     run(loop, go())
+
+
+def test_ktls_keeps_the_programs_key_log(loop, loop_name, certs, tmp_path):
+    """goloop reads TLS 1.3 secrets through OpenSSL's key log callback, chained in
+    front of CPython's: a program's SSLContext.keylog_filename still gets every line,
+    whether it was set before goloop's callback went on the context or after."""
+    log = tmp_path / "keys.log"
+    ctx = certs.client(version=ssl.TLSVersion.TLSv1_3)
+
+    def peer(lsock, n):
+        for _ in range(n):
+            conn, _ = lsock.accept()
+            conn.settimeout(PEER_TIMEOUT)
+            _echo_peer(certs.server(), True, conn, 100)
+
+    async def one(addr):
+        tr, pr = await loop.create_connection(lambda: EchoBack(loop), *addr,
+                                              ssl=ctx, server_hostname=HOST)
+        assert await pr.lost is None
+
+    async def go():
+        with listener() as lsock:
+            lsock.settimeout(PEER_TIMEOUT)
+            served = in_thread(loop, peer, lsock, 3)
+            await one(lsock.getsockname())          # goloop's callback goes on first
+            ctx.keylog_filename = str(log)           # CPython's replaces it...
+            await one(lsock.getsockname())
+            await one(lsock.getsockname())           # ...and goloop chains in front again
+            await served
+        lines = log.read_text().splitlines()
+        for label in ("CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"):
+            assert sum(line.startswith(label + " ") for line in lines) == 2
+
+    run(loop, go())
