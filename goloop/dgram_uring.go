@@ -8,7 +8,7 @@ import (
 
 // The io_uring backend's datagrams: a multishot recvmsg that takes buffers
 // from the datagram pool's own provided-buffer ring (group dgramGroup), and
-// sends in the order of the fd's output queue, each at once (sendToNow).
+// sends in the order of the fd's output queue, each at once (sendNow).
 
 type urDgram struct {
 	pool    *bufPool
@@ -140,28 +140,13 @@ func (b *uringBackend) dgramOrphan(c *uringCQE) {
 	}
 }
 
-// sendToNow sends the datagram at the head of f's queue with one sendto,
-// as the epoll backend does: a datagram leaves whole or not at all, at once,
-// so a request in the ring would only add a completion to wait for. It
-// reports false when the socket is full; then a POLLOUT wait is armed, and
-// onSendPoll pumps again. (A SENDMSG left to the kernel's own EAGAIN retry
-// was also seen to send an empty datagram first, on a Unix datagram socket
-// whose peer had been full: kernel 6.18.)
-func (b *uringBackend) sendToNow(f *urFd, q *queued) bool {
-	done, e := sendDgram(f.fd, q)
-	if !done {
-		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
-		p.opFlags = PollOut
-		f.sending = true
-		return false
-	}
-	res := int32(q.n)
-	if e != 0 {
-		res = -int32(e)
-	}
-	b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
-	return true
-}
+// A datagram is sent from the head of f's queue with one sendto, at once
+// (uring_fd.go's sendNow with sendDgram), as the epoll backend does: it
+// leaves whole or not at all, so a request in the ring would only add a
+// completion to wait for; a full socket arms a POLLOUT wait and onSendPoll
+// pumps again. (A SENDMSG left to the kernel's own EAGAIN retry was also
+// seen to send an empty datagram first, on a Unix datagram socket whose
+// peer had been full: kernel 6.18.)
 
 func (b *uringBackend) dgramRelease() {
 	if b.dg == nil {

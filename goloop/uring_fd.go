@@ -656,7 +656,7 @@ func (b *uringBackend) pump(f *urFd) {
 		switch q.op {
 		case OpSend:
 			if q.rectype != 0 {
-				if !b.sendRecord(f, q) {
+				if !b.sendNow(f, q, sendRecordSome) {
 					return
 				}
 				break
@@ -667,11 +667,11 @@ func (b *uringBackend) pump(f *urFd) {
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
 		case OpSendTo:
-			if !b.sendToNow(f, q) {
+			if !b.sendNow(f, q, sendDgram) {
 				return // the socket is full: wait for POLLOUT
 			}
 		case OpSendfile:
-			if !b.sendfile(f, q) {
+			if !b.sendNow(f, q, sendfileSome) {
 				return
 			}
 		case OpShutdown:
@@ -686,25 +686,6 @@ func (b *uringBackend) pump(f *urFd) {
 		}
 		f.out.pop()
 	}
-}
-
-// sendRecord sends a queued OpSend with a record type (sendRecordSome) at
-// the head of the queue, or waits for writability as sendfile does. It
-// reports whether the entry is finished (and completed).
-func (b *uringBackend) sendRecord(f *urFd, q *queued) bool {
-	done, e := sendRecordSome(f.fd, q)
-	if !done {
-		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
-		p.opFlags = PollOut
-		f.sending = true
-		return false
-	}
-	res := int32(q.n)
-	if e != 0 {
-		res = -int32(e)
-	}
-	b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
-	return true
 }
 
 // ktlsEIO handles a receive's EIO on a kernel-TLS socket; false: not one.
@@ -778,19 +759,23 @@ func (b *uringBackend) takeGather() *sendGather {
 	return new(sendGather)
 }
 
-// sendfile does OpSendfile's I/O at the head of the queue: sendfile(2)
-// while the socket takes bytes, then a poll for writability in the kernel
-// (the head stays "sending", so later entries keep their place). It
-// reports whether the entry is finished (and completed).
-func (b *uringBackend) sendfile(f *urFd, q *queued) bool {
-	done, e := sendfileSome(f.fd, q)
+// sendNow does the I/O of the queue's head that the kernel's ring does not
+// (some: a sendfile(2), a datagram's sendto, a record-typed sendmsg) while
+// the socket takes it, then waits for writability with a poll in the kernel
+// (the head stays "sending", so later entries keep their place). It reports
+// whether the entry is finished (and completed).
+func (b *uringBackend) sendNow(f *urFd, q *queued, some func(int32, *queued) (bool, unix.Errno)) bool {
+	done, e := some(f.fd, q)
 	if !done {
 		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
 		p.opFlags = PollOut
 		f.sending = true
 		return false
 	}
-	res := int32(q.off)
+	res := int32(q.n)
+	if q.op == OpSendfile {
+		res = int32(q.off) // less than asked at the end of the file
+	}
 	if e != 0 {
 		res = -int32(e)
 	}
