@@ -387,8 +387,6 @@ func (b *epollBackend) flush(f *epFd) {
 	}
 }
 
-func gatherable(q *queued) bool { return q.op == OpSend && q.rectype == 0 }
-
 // sendGathered sends the consecutive plain sends from out[i] on with one
 // sendmsg per call (as the io_uring backend does), so writes one iteration
 // made (an HTTP response's head and body) cost one syscall, not one each.
@@ -397,16 +395,8 @@ func gatherable(q *queued) bool { return q.op == OpSend && q.rectype == 0 }
 // the head, as sendSome's does, and the rest go on in flush.
 func (b *epollBackend) sendGathered(f *epFd, i int) (int, bool) {
 	for i < len(f.out) && gatherable(&f.out[i]) {
-		// Raw iovec and msghdr words, as the io_uring backend builds them:
-		// the bytes are C's memory, never a Go pointer.
 		var iov [2 * maxGather]uint64
-		n := 0
-		for j := i; j < len(f.out) && n < maxGather && gatherable(&f.out[j]); j++ {
-			q := &f.out[j]
-			iov[2*n] = uint64(q.ptr + uintptr(q.off))
-			iov[2*n+1] = uint64(q.n - q.off)
-			n++
-		}
+		n := gatherSends(f.out[i:], &iov)
 		// struct msghdr: name, namelen, iov, iovlen, control, controllen, flags
 		msg := [7]uint64{2: uint64(uintptr(unsafe.Pointer(&iov[0]))), 3: uint64(n)}
 		r, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&msg[0])), unix.MSG_NOSIGNAL)

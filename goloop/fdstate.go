@@ -106,6 +106,28 @@ func (q *outQueue) fail(res int32, closes bool, complete func(Comp)) {
 	*q = nil
 }
 
+// gatherSends writes the raw iovec words (address, length) of the plain
+// sends at the head of out, at most maxGather, into iov and says how many:
+// both backends send them with one sendmsg. The bytes are C's memory,
+// never a Go pointer.
+func gatherSends(out outQueue, iov *[2 * maxGather]uint64) int {
+	n := 0
+	for i := range out {
+		e := &out[i]
+		if !gatherable(e) || n == maxGather {
+			break
+		}
+		iov[2*n] = uint64(e.ptr + uintptr(e.off))
+		iov[2*n+1] = uint64(e.n - e.off)
+		n++
+	}
+	return n
+}
+
+// gatherable: a plain send (not a record of its own type), which may leave
+// in one sendmsg with its neighbours.
+func gatherable(q *queued) bool { return q.op == OpSend && q.rectype == 0 }
+
 // shutdownWrite is OpShutdown's I/O, the same on both backends: the queue
 // reached it, so every earlier send is out.
 func shutdownWrite(fd int32) int32 {

@@ -796,27 +796,16 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 		f.sending = true
 		return
 	}
-	n := 0 // q is the head, an OpSend: at least it goes
-	for i := range f.out {
-		e := &f.out[i]
-		if e.op != OpSend || e.rectype != 0 || n == maxGather {
-			break
-		}
-		n++
-	}
+	// q is the head, an OpSend: at least it goes. One send needs no iovec.
 	var s *uringSQE
-	if n == 1 {
+	if len(f.out) == 1 || !gatherable(&f.out[1]) {
 		s = b.fdSQE(f, iouOpSend, kSend)
 		s.addr = uint64(q.ptr + uintptr(q.off))
 		s.len = uint32(q.n - q.off)
 	} else {
 		g := b.takeGather()
 		f.gather = g
-		for i := 0; i < n; i++ {
-			e := &f.out[i]
-			g.iov[2*i] = uint64(e.ptr + uintptr(e.off))
-			g.iov[2*i+1] = uint64(e.n - e.off)
-		}
+		n := gatherSends(f.out, &g.iov)
 		// struct msghdr: name, namelen, iov, iovlen, control, controllen, flags
 		g.msg = [7]uint64{2: uint64(uintptr(unsafe.Pointer(&g.iov[0]))), 3: uint64(n)}
 		s = b.fdSQE(f, iouOpSendmsg, kSend)
@@ -835,7 +824,7 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 // sent completes the queued sends n bytes cover, in order, and advances
 // the one they end in.
 func (b *uringBackend) sent(f *urFd, n int) {
-	for n > 0 && len(f.out) > 0 && f.out[0].op == OpSend && f.out[0].rectype == 0 {
+	for n > 0 && len(f.out) > 0 && gatherable(&f.out[0]) {
 		q := &f.out[0]
 		if k := q.n - q.off; n < k {
 			q.off += n
