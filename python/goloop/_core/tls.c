@@ -1112,13 +1112,12 @@ static int ktls_offer(TLSProtocol *p, PyObject *transport)
  * to Go, or give up on the kernel here and read as usual. */
 static int ktls_begin(TLSProtocol *p)
 {
-    ktls_detach(p->ssl);
-    p->ssl = NULL;
-    p->ktls_state = KT_OFF;
-    /* The last step's records (a server's tickets, a client's Finished)
-     * go to the transport now, and are counted. */
-    p->ktls_state = KT_RECORDS;
+    /* Still KT_RECORDS: the last step's records (a server's tickets, a
+     * client's Finished) go to the transport now, and are counted. */
     int r = process_outgoing(p);
+    void *ssl = p->ssl;
+    ktls_detach(ssl);   /* the secrets are all in */
+    p->ssl = NULL;
     p->ktls_state = KT_OFF;
     if (r < 0)
         return -1;
@@ -1126,8 +1125,7 @@ static int ktls_begin(TLSProtocol *p)
     if (in < 0 || out < 0)
         return -1;
     gl_ktls k;
-    void *ssl = ktls_ssl_of(p->sslobj);
-    int ok = ssl != NULL && in == 0 && out == 0 && !p->ssl_writing_paused && p->transport != NULL &&
+    int ok = in == 0 && out == 0 && !p->ssl_writing_paused && p->transport != NULL &&
              ktls_stream_at_boundary(&p->krx) && ktls_stream_at_boundary(&p->ktx) &&
              ktls_params(ssl, &p->ksec, p->server_side, &p->ktx, &p->krx, p->tx_before_step, &k) == 0;
     memset(&p->ksec, 0, sizeof p->ksec);
