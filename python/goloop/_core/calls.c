@@ -36,6 +36,32 @@ static unsigned call_kind(uint64_t token)
     return (unsigned)(token >> 3) & ((1u << CALL_KIND_BITS) - 1);
 }
 
+/* One goloop_call of method on req under a new token of this kind: 0
+ * started (a completion follows), 1 answered, 2 failed at once (*data: the
+ * answer or Go's error text), or -1 with an exception set. */
+static int call_go(LoopCore *lp, const char *method, const char *req, Py_ssize_t len, unsigned kind,
+                   uint64_t *token, PyObject **data)
+{
+    *data = NULL;
+    *token = ((((++lp->next_call) << CALL_KIND_BITS) | kind) << 3) | TAG_CALL;
+    char quick[2048];
+    int qlen = 0;
+    int state = go_call(lp, *token, method, req, (int)len, quick, (int)sizeof quick, &qlen);
+    if (state == -3)   /* Go cannot be entered: the exception says why */
+        return -1;
+    if (state < 0) {
+        PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
+        return -1;
+    }
+    if (state != 0) {
+        *data = qlen <= (int)sizeof quick ? PyBytes_FromStringAndSize(quick, qlen)
+                                          : take_result(lp, *token, qlen);
+        if (*data == NULL)
+            return -1;
+    }
+    return state;
+}
+
 /* Start method on req; returns (token, future) or NULL. */
 static PyObject *start_call(LoopCore *lp, const char *method, const char *req, Py_ssize_t len,
                             unsigned kind)
@@ -45,17 +71,11 @@ static PyObject *start_call(LoopCore *lp, const char *method, const char *req, P
     PyObject *fut = PyObject_CallMethod((PyObject *)lp, "create_future", NULL);
     if (fut == NULL)
         return NULL;
-    uint64_t token = ((((++lp->next_call) << CALL_KIND_BITS) | kind) << 3) | TAG_CALL;
-    char quick[2048];
-    int qlen = 0;
-    int state = go_call(lp, token, method, req, (int)len, quick, (int)sizeof quick, &qlen);
-    if (state == -3) {   /* Go cannot be entered: the exception says why */
-        Py_DECREF(fut);
-        return NULL;
-    }
+    uint64_t token;
+    PyObject *data;
+    int state = call_go(lp, method, req, len, kind, &token, &data);
     if (state < 0) {
         Py_DECREF(fut);
-        PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
         return NULL;
     }
     PyObject *key = PyLong_FromUnsignedLongLong(token);
@@ -72,11 +92,9 @@ static PyObject *start_call(LoopCore *lp, const char *method, const char *req, P
          * callback, not now: the awaiting task still yields to the loop
          * once, as it does on asyncio, so a task resolving cached names in
          * a loop cannot starve the others. */
-        PyObject *data = qlen <= (int)sizeof quick ? PyBytes_FromStringAndSize(quick, qlen)
-                                                   : take_result(lp, token, qlen);
         int is_result = 0;
-        PyObject *value = data ? outcome_of(kind, state == 1, data, &is_result) : NULL;
-        Py_XDECREF(data);
+        PyObject *value = outcome_of(kind, state == 1, data, &is_result);
+        Py_CLEAR(data);
         PyObject *args = value ? Py_BuildValue("(OOO)", fut, is_result ? Py_True : Py_False, value) : NULL;
         Py_XDECREF(value);
         Handle *h = args ? loop_call_soon(lp, settle_later_fn, args, NULL) : NULL;
@@ -90,6 +108,7 @@ static PyObject *start_call(LoopCore *lp, const char *method, const char *req, P
     Py_DECREF(fut);
     return out;
 fail:
+    Py_XDECREF(data);
     Py_XDECREF(key);
     Py_DECREF(fut);
     return NULL;
@@ -119,22 +138,21 @@ PyObject *lc_go_call_quick(LoopCore *lp, PyObject *args)
     Py_buffer req;
     if (!PyArg_ParseTuple(args, "sy*", &method, &req))
         return NULL;
+    PyObject *data = NULL;
     if (loop_check_alive(lp) < 0) {
         PyBuffer_Release(&req);
         return NULL;
     }
-    uint64_t token = ((((++lp->next_call) << CALL_KIND_BITS) | CALL_RAW) << 3) | TAG_CALL;
-    char quick[2048];
-    int qlen = 0;
-    int state = go_call(lp, token, method, req.buf, (int)req.len, quick, (int)sizeof quick, &qlen);
+    uint64_t token;
+    int state = call_go(lp, method, req.buf, req.len, CALL_RAW, &token, &data);
     PyBuffer_Release(&req);
-    if (state == -3)
+    if (state < 0)
         return NULL;
-    if (state < 0) {
-        PyErr_Format(PyExc_ValueError, "goloop: no Go method named %s", method);
-        return NULL;
-    }
+    if (state == 1)
+        return data;
+    Py_XDECREF(data);
     if (state == 0) {
+        /* Its completion must find a future: one nobody awaits. */
         PyObject *fut = PyObject_CallMethod((PyObject *)lp, "create_future", NULL);
         PyObject *key = fut ? PyLong_FromUnsignedLongLong(token) : NULL;
         int r = key ? PyDict_SetItem(lp->calls, key, fut) : -1;
@@ -142,15 +160,8 @@ PyObject *lc_go_call_quick(LoopCore *lp, PyObject *args)
         Py_XDECREF(fut);
         if (r < 0)
             return NULL;
-        Py_RETURN_NONE;
     }
-    PyObject *data = qlen <= (int)sizeof quick ? PyBytes_FromStringAndSize(quick, qlen)
-                                               : take_result(lp, token, qlen);
-    if (data != NULL && state != 1) {
-        Py_DECREF(data);
-        Py_RETURN_NONE;
-    }
-    return data;
+    Py_RETURN_NONE;
 }
 
 PyObject *lc_go_call_cancel(LoopCore *lp, PyObject *arg)
