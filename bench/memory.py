@@ -40,21 +40,10 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 SERVER = os.path.join(HERE, "servers", "mem_server.py")
 SERVER_CWD = os.path.join(HERE, "servers")
 HOLDCONNS = os.path.join(HERE, "bin", "holdconns")
-def tree_path(env):
-    """Servers import goloop from this tree when it is built in place (make
-    inplace), else from the interpreter's site-packages (make build)."""
-    if os.path.exists(os.path.join(ROOT, "python", "goloop", "libgoloop.so")):
-        env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
-            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+tree_path = procs.tree_path
 
 
-CONFIGS = {
-    "goloop-io_uring": ("goloop", {"GOLOOP_BACKEND": "io_uring"}),
-    "goloop-epoll": ("goloop", {"GOLOOP_BACKEND": "epoll"}),
-    "uvloop": ("uvloop", {}),
-    "asyncio": ("asyncio", {}),
-}
+CONFIGS = procs.LOOP_CONFIGS
 
 
 class LineProc:

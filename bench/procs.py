@@ -27,6 +27,28 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The loops the counting benchmarks (memory.py, syscalls.py) compare: name ->
+# (the server's --loop, extra environment).
+LOOP_CONFIGS = {
+    "goloop-io_uring": ("goloop", {"GOLOOP_BACKEND": "io_uring"}),
+    "goloop-epoll": ("goloop", {"GOLOOP_BACKEND": "epoll"}),
+    "uvloop": ("uvloop", {}),
+    "asyncio": ("asyncio", {}),
+}
+
+
+def tree_path(env):
+    """Servers import goloop from this tree when it is built in place (make
+    inplace), else from the interpreter's site-packages (make build)."""
+    if os.path.exists(os.path.join(ROOT, "python", "goloop", "libgoloop.so")):
+        env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
+            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def can_realtime():
     """Whether this process may make children SCHED_FIFO (root, or CAP_SYS_NICE)."""
     try:

@@ -53,20 +53,11 @@ CECHO = os.path.join(HERE, "bin", "cecho")
 ECHO_SERVER = os.path.join(HERE, "servers", "echo_server.py")
 HTTP_SERVER = os.path.join(HERE, "servers", "http_server.py")
 SERVER_CWD = os.path.join(HERE, "servers")
-def tree_path(env):
-    """Servers import goloop from this tree when it is built in place (make
-    inplace), else from the interpreter's site-packages (make build)."""
-    if os.path.exists(os.path.join(ROOT, "python", "goloop", "libgoloop.so")):
-        env["PYTHONPATH"] = os.path.join(ROOT, "python") + (
-            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+tree_path = procs.tree_path
 
 
 CONFIGS = {
-    "goloop-io_uring": ("goloop", {"GOLOOP_BACKEND": "io_uring"}),
-    "goloop-epoll": ("goloop", {"GOLOOP_BACKEND": "epoll"}),
-    "uvloop": ("uvloop", {}),
-    "asyncio": ("asyncio", {}),
+    **procs.LOOP_CONFIGS,
     "c": ("c", {}),
 }
 ECHO_CONNS = [10, 100]
