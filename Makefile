@@ -85,7 +85,8 @@ stress: build
 # built out of tree into build/asan/ by tests/asan_run.sh and imported through
 # PYTHONPATH, so .venv's normal build is untouched; the Go library is built
 # normally (Go is checked by `go test -race` in go-test). The suite runs with
-# GOLOOP_TEST_LOOPS=goloop on GOLOOP_BACKEND=io_uring, then epoll, under
+# GOLOOP_TEST_LOOPS=goloop on GOLOOP_BACKEND=io_uring, then on epoll the
+# files whose C paths follow the completion order (tests/asan_run.sh), under
 # /usr/bin/python3 (not an ASAN build) with libasan LD_PRELOADed,
 # PYTHONMALLOC=malloc (Python objects visible to ASAN), detect_leaks=0 (CPython
 # does not free everything at exit) and allow_user_segv_handler=1 (the Go

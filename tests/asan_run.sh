@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Python suite (goloop only, io_uring then epoll) against a build of the C
+# The Python suite (goloop only; io_uring, then part of it on epoll) against a build of the C
 # extension goloop._core under AddressSanitizer + UndefinedBehaviorSanitizer.
 # Run by `make test-asan`; by hand: bash tests/asan_run.sh .venv/bin/python
 #
@@ -84,13 +84,27 @@ where=$(cd tests && "$PY" -c 'import goloop, goloop._core as c; print(c.__file__
 # ---- tests
 SANITIZER_LINE=": runtime error: |ERROR: (Address|Undefined|Leak)Sanitizer|SUMMARY: (Address|Undefined)Sanitizer"
 status=0
+# io_uring runs the whole suite. The C extension does not know which backend
+# it runs on; what differs on epoll is the order and timing of completions
+# (sends that finish inside the batch, readiness instead of completions), and
+# that matters to the C code that follows a connection's life. So epoll runs
+# the files whose C paths depend on that order (transports, TLS, close,
+# sendfile, sock ops, datagrams) and leaves out the ones that check argument
+# validation, signals, subprocesses, DNS and CPython's own tests, which take
+# the same C paths on either backend: this keeps `make test` under 20 minutes
+# (ASAN_EPOLL_TESTS=. runs everything).
+ASAN_EPOLL_TESTS=${ASAN_EPOLL_TESTS:-"test_transport.py test_tcp.py test_tls.py test_ktls.py test_start_tls.py
+    test_lifecycle.py test_chaos.py test_close.py test_accept.py test_sendfile.py test_sock.py
+    test_sock_sendfile.py test_udp.py test_unix.py test_reliability.py"}
 for backend in io_uring epoll; do
     log=$LOGS/pytest-$backend.log
+    tests=.
+    [ $backend = epoll ] && tests=$ASAN_EPOLL_TESTS
     echo "asan: pytest, goloop on $backend (-v output in build/asan-logs/${log##*/})"
     # -v names each test before it runs, so the log's last test line is the one
     # a sanitizer abort stopped in.
     (cd tests && GOLOOP_BACKEND=$backend "$PY" -m pytest -v -p no:cacheprovider \
-        --timeout 120 --tb=native --capture=sys .) >"$log" 2>&1
+        --timeout 120 --tb=native --capture=sys $tests) >"$log" 2>&1
     rc=$?
     if [ "$rc" -ne 0 ]; then
         echo "asan: last test started: $(grep -E '^[^ ]+\.py::' "$log" | tail -n 1 | cut -d' ' -f1)"
