@@ -13,12 +13,13 @@ from . import _core
 from ._policy import EventLoopPolicy, install, new_event_loop, run
 from ._dns import DNSError, Resolver
 from .loop import GoCallError, Loop
+from ._tlscontext import TLSContext
 
 _core._set_library(_os.environ.get(
     "GOLOOP_LIBRARY", _os.path.join(_os.path.dirname(__file__), "libgoloop.so")))
 
 __version__ = "0.1.0"
-__all__ = ("Loop", "EventLoopPolicy", "GoCallError", "DNSError", "Resolver",
+__all__ = ("Loop", "EventLoopPolicy", "GoCallError", "DNSError", "Resolver", "TLSContext",
            "install", "new_event_loop", "run", "GunicornWebWorker")
 
 

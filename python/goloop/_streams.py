@@ -5,7 +5,7 @@ import _socket
 import errno
 import os
 import socket
-from asyncio import base_events, constants, futures, sslproto, trsock
+from asyncio import base_events, constants, futures, sslproto, trsock, unix_events
 
 from . import _core
 
@@ -16,6 +16,13 @@ _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
 _raw_proto = _socket.socket.proto.__get__
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_Unix = unix_events._UnixSelectorEventLoop
+
+
+def _build_tls_context(loop, ssl):
+    from ._tlscontext import TLSContext
+    if isinstance(ssl, TLSContext):
+        ssl._go_id(loop)
 
 
 def _kind(sock):
@@ -91,6 +98,7 @@ class StreamsMixin:
         # in turn) by a short road: asyncio's steps, results and errors,
         # without its generic machinery around each (a second resolution in
         # sock_connect, setblocking calls). Everything else is asyncio's.
+        _build_tls_context(self, ssl)
         if (ssl or sock is not None or local_addr is not None or host is None or port is None
                 or server_hostname is not None or ssl_handshake_timeout is not None
                 or ssl_shutdown_timeout is not None or happy_eyeballs_delay is not None
@@ -203,6 +211,21 @@ class StreamsMixin:
             call_connection_made=call_connection_made)
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    # goloop.TLSContext: a certificate or CA file that cannot be loaded
+    # raises from the call that was given it, as ssl's would have at load
+    # time, not from each connection's handshake.
+    async def create_server(self, protocol_factory, host=None, port=None, *, ssl=None, **kwargs):
+        _build_tls_context(self, ssl)
+        return await super().create_server(protocol_factory, host, port, ssl=ssl, **kwargs)
+
+    async def create_unix_server(self, protocol_factory, path=None, *, ssl=None, **kwargs):
+        _build_tls_context(self, ssl)
+        return await _Unix.create_unix_server(self, protocol_factory, path, ssl=ssl, **kwargs)
+
+    async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None, **kwargs):
+        _build_tls_context(self, ssl)
+        return await _Unix.create_unix_connection(self, protocol_factory, path, ssl=ssl, **kwargs)
 
     def _start_serving(self, protocol_factory, sock,
                        sslcontext=None, server=None, backlog=100,

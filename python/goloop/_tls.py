@@ -13,10 +13,11 @@ import ssl
 from asyncio import constants, exceptions, sslproto
 from asyncio.log import logger
 
-from . import _core
+from . import _core, _tlscontext
 
 _core._tls_setup(ssl.SSLWantReadError, ssl.SSLSyscallError, ssl.SSLError,
-                 ssl.CertificateError, exceptions.CancelledError, logger, _ssl._SSLSocket)
+                 ssl.CertificateError, exceptions.CancelledError, logger, _ssl._SSLSocket,
+                 _tlscontext.go_start)
 # What asyncio's _SSLProtocolTransport says of itself: another start_tls may
 # wrap it (TLS in TLS), and loop.sendfile() falls back to reads and writes.
 _core.SSLProtocolTransport._start_tls_compatible = True
@@ -36,9 +37,13 @@ _KTLS_OPENSSL = _core._ktls_init(_ssl.__file__)
 _ktls_kernel = None
 
 
+def _ktls_off():
+    return os.environ.get('GOLOOP_KTLS', '').strip().lower() in ('0', 'off', 'no', 'false')
+
+
 def ktls_wanted(loop):
     setting = os.environ.get('GOLOOP_KTLS', '').strip().lower()
-    if setting in ('0', 'off', 'no', 'false') or not _KTLS_OPENSSL:
+    if _ktls_off() or not _KTLS_OPENSSL:
         return False
     if setting == 'force':
         return True
@@ -61,8 +66,10 @@ def ssl_protocol(loop, app_protocol, sslcontext, waiter, server_side=False,
                  ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
     """An SSL protocol with asyncio's SSLProtocol constructor and behaviour:
     goloop's C one, or asyncio's own under GOLOOP_TLS=python. Its app
-    transport is `._app_transport`."""
-    if not c_enabled():
+    transport is `._app_transport`. With a goloop.TLSContext, the same C
+    protocol with Go's handshake (docs/gotls.md)."""
+    go = isinstance(sslcontext, _tlscontext.TLSContext)
+    if not c_enabled() and not go:
         return sslproto.SSLProtocol(
             loop, app_protocol, sslcontext, waiter, server_side, server_hostname,
             call_connection_made=call_connection_made,
@@ -84,6 +91,17 @@ def ssl_protocol(loop, app_protocol, sslcontext, waiter, server_side=False,
         sslcontext = sslproto._create_transport_context(server_side, server_hostname)
     if not server_hostname or server_side:
         server_hostname = None
+    if go:
+        if not server_side and sslcontext.check_hostname and not server_hostname:
+            raise ValueError("check_hostname requires server_hostname")
+        # Go's handshake needs no OpenSSL object: the BIOs stay empty, and
+        # the TLSObject answers ssl.SSLObject's questions once it is done.
+        # GOLOOP_KTLS=0: Go's record layer even where the kernel has TLS.
+        return _core.TLSProtocol(loop, app_protocol, sslcontext, waiter, server_side,
+                                 call_connection_made, ssl_handshake_timeout,
+                                 ssl_shutdown_timeout, ssl.MemoryBIO(), ssl.MemoryBIO(),
+                                 _tlscontext.TLSObject(sslcontext, server_side, server_hostname),
+                                 False, 2 if _ktls_off() else 1)
     incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
     sslobject = sslcontext.wrap_bio(incoming, outgoing, server_side=server_side,

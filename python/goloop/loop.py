@@ -661,9 +661,8 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
                 pass  # sent
             raise
 
-    # Unix sockets: asyncio's argument handling, our transports.
-    create_unix_connection = _Unix.create_unix_connection
-    create_unix_server = _Unix.create_unix_server
+    # Unix sockets: asyncio's argument handling, our transports
+    # (StreamsMixin's create_unix_*, which build a goloop.TLSContext first).
 
     # ---- signals ----
 
@@ -762,8 +761,11 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
 
     def tls_stats(self):
         """TLS connections this loop made (handshake done), by who does their
-        records: {'kernel': n, 'openssl': m} (docs/tls.md, kernel TLS)."""
-        return {'kernel': self._tls_kernel, 'openssl': self._tls_user}
+        records: {'kernel': n, 'openssl': m, 'go': k} (docs/tls.md: kernel
+        TLS; 'go' is Go's record layer after a goloop.TLSContext handshake
+        where the kernel has no TLS, docs/gotls.md)."""
+        return {'kernel': self._tls_kernel, 'openssl': self._tls_user,
+                'go': self._tls_go}
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, _core.Transport):

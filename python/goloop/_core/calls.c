@@ -127,16 +127,18 @@ PyObject *lc_go_call_start(LoopCore *lp, PyObject *args)
     return out;
 }
 
-/* _go_call_quick(method, req) -> bytes, or None: for a method Go answers
- * at once (a quick method), asked by a caller that cannot wait for a loop
- * iteration (goloop._tls: does the kernel take TLS keys?). None when Go
- * failed it or did not answer at once (its completion then settles a
- * future nobody awaits). */
+/* _go_call_quick(method, req[, detail]) -> bytes, or None: for a method Go
+ * answers at once (a quick method), asked by a caller that cannot wait for
+ * a loop iteration (goloop._tls: does the kernel take TLS keys?). None when
+ * Go failed it or did not answer at once (its completion then settles a
+ * future nobody awaits). With detail true, an answer is (True, bytes) and
+ * a failure (False, Go's error text) (goloop.TLSContext's load errors). */
 PyObject *lc_go_call_quick(LoopCore *lp, PyObject *args)
 {
     const char *method;
     Py_buffer req;
-    if (!PyArg_ParseTuple(args, "sy*", &method, &req))
+    int detail = 0;
+    if (!PyArg_ParseTuple(args, "sy*|p", &method, &req, &detail))
         return NULL;
     PyObject *data = NULL;
     if (loop_check_alive(lp) < 0) {
@@ -148,8 +150,12 @@ PyObject *lc_go_call_quick(LoopCore *lp, PyObject *args)
     PyBuffer_Release(&req);
     if (state < 0)
         return NULL;
-    if (state == 1)
+    if (state == 1 && !detail)
         return data;
+    if (detail && (state == 1 || state == 2)) {
+        PyObject *t = data ? Py_BuildValue("(ON)", state == 1 ? Py_True : Py_False, data) : NULL;
+        return t;
+    }
     Py_XDECREF(data);
     if (state == 0) {
         /* Its completion must find a future: one nobody awaits. */

@@ -94,7 +94,7 @@ struct LoopCore {
     uint32_t nslots, capslots, free_slot;
     Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
     uint64_t polls;        /* goloop_poll calls made: batches handed to Go */
-    uint64_t tls_kernel, tls_user;   /* TLS connections made, by who does their records (tls.c) */
+    uint64_t tls_kernel, tls_user, tls_go;   /* TLS connections made, by who does their records (tls.c) */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
     PyObject *connects;    /* dict token -> (future, sockaddr, address): connects in Go (connect.c) */
     uint64_t next_call;
@@ -232,10 +232,12 @@ int ktls_params(void *ssl, const ktls_secrets *s, int server, const ktls_stream 
                 uint64_t tx_records_before_last_step, gl_ktls *k);
 
 /* transport.c: what tls.c asks of goloop's stream transport for kernel TLS */
-int transport_is_fresh_socket(PyObject *tr);    /* a socket transport that never read */
+int transport_is_fresh_socket(PyObject *tr, int tcp_only);   /* a socket transport that never read */
 void transport_set_records(PyObject *tr, int on);
 int transport_ktls(PyObject *tr, const gl_ktls *k);   /* -1 with an exception */
 int transport_send_record(PyObject *tr, int type, const char *p, Py_ssize_t n);
+void transport_hold(PyObject *tr, int on);        /* no reads while a Go handshake runs */
+int transport_fileno(PyObject *tr);               /* the fd, or -1 once it is Go's to close */
 
 /* watch.c */
 int watcher_dispatch(LoopCore *lp, PyObject *w, gl_comp *c);

@@ -1001,6 +1001,7 @@ static PyMemberDef lc_members[] = {
     {"_connects", T_OBJECT, offsetof(LoopCore, connects), READONLY},
     {"_tls_kernel", T_ULONGLONG, offsetof(LoopCore, tls_kernel), READONLY},
     {"_tls_user", T_ULONGLONG, offsetof(LoopCore, tls_user), READONLY},
+    {"_tls_go", T_ULONGLONG, offsetof(LoopCore, tls_go), READONLY},
     {NULL}
 };
 

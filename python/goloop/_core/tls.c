@@ -31,7 +31,15 @@ enum { APP_INIT, APP_CON_MADE, APP_EOF, APP_CON_LOST };
 static struct {
     PyObject *want_read, *syscall_error, *ssl_error, *cert_error;
     PyObject *cancelled, *logger, *ssl_socket_type;
+    PyObject *go_start;   /* _tls.go_start(proto, fd) -> the Go call's future */
 } TLS;
+
+/* Until pybind/goloop.h has them (Go's record layer, docs/softtls.md). */
+#ifndef GL_KTLS_SOFT
+#define GL_KTLS_SOFT 1
+#define GL_KTLS_SOFT_ONLY 2
+#define GL_KTLS_SOFTWARE 4
+#endif
 
 static PyObject *S_do_handshake, *S_read, *S_write, *S_shutdown, *S_pending, *S_getpeercert,
     *S_cipher, *S_compression, *S_call_soon, *S_call_later, *S_cancel, *S_close, *S_abort,
@@ -96,6 +104,14 @@ struct TLSProtocol {
     uint8_t ktls_dirs;
     void *ssl;                 /* sslobj's SSL*, while KT_RECORDS */
     uint64_t tx_before_step;   /* records OpenSSL had written before the handshake's last step */
+    /* goloop.TLSContext (docs/gotls.md): Go's crypto/tls does the handshake
+     * on a duplicate of the fd while the transport reads nothing (go_fut:
+     * that call, cancelled if the connection ends first), then the kernel
+     * or Go's record layer does the records: there is no OpenSSL to fall
+     * back to. */
+    char go_mode;
+    char go_soft_only;         /* GOLOOP_KTLS=0: Go's record layer, not the kernel's */
+    PyObject *go_fut;
     ktls_stream ktx, krx;
     ktls_secrets ksec;
 };
@@ -293,6 +309,7 @@ static int set_state(TLSProtocol *p, int new_state)
 /* ---- forward declarations: the state machine ---- */
 
 static int do_handshake(TLSProtocol *p);
+static int go_handshake_start(TLSProtocol *p);
 static int on_handshake_complete(TLSProtocol *p, PyObject *exc);
 static int ktls_begin(TLSProtocol *p);
 static int handshake_finish(TLSProtocol *p);
@@ -446,7 +463,7 @@ static int start_handshake(TLSProtocol *p)
     if (h == NULL)
         return -1;
     Py_XSETREF(p->hs_handle, h);
-    return do_handshake(p);
+    return p->go_mode ? go_handshake_start(p) : do_handshake(p);
 }
 
 static int do_handshake(TLSProtocol *p)
@@ -534,10 +551,12 @@ static int handshake_finish(TLSProtocol *p)
 {
     if (PyObject_TypeCheck(p->loop, LoopCore_Type)) {
         LoopCore *lp = (LoopCore *)p->loop;
-        if (p->ktls_state == KT_ON)
-            lp->tls_kernel++;
-        else
+        if (p->ktls_state != KT_ON)
             lp->tls_user++;
+        else if (p->ktls_dirs & GL_KTLS_SOFTWARE)
+            lp->tls_go++;
+        else
+            lp->tls_kernel++;
     }
     if (p->app_state == APP_INIT) {
         p->app_state = APP_CON_MADE;
@@ -1097,7 +1116,7 @@ static int control_ssl_reading(TLSProtocol *p)
  * that has not read yet, and OpenSSL's SSL* can be had (ktls.c). */
 static int ktls_offer(TLSProtocol *p, PyObject *transport)
 {
-    if (!p->ktls_want || p->sslobj == p->sslobject || !transport_is_fresh_socket(transport))
+    if (!p->ktls_want || p->sslobj == p->sslobject || !transport_is_fresh_socket(transport, 1))
         return 0;
     void *ssl = ktls_ssl_of(p->sslobj);
     if (ssl == NULL || ktls_attach(ssl, &p->ksec) < 0)
@@ -1148,12 +1167,13 @@ int tls_ktls_done(PyObject *proto, int res, uint32_t aux)
         return 0;
     Py_INCREF(p);
     int rc;
-    if (res < 0 && aux != 0) {
+    if (res < 0 && (aux != 0 || p->go_mode)) {
         /* One direction is the kernel's and the other OpenSSL's keys are
          * no longer in step with it: the connection cannot go on. */
         p->ktls_state = KT_OFF;
         PyObject *exc = PyObject_CallFunction(PyExc_ConnectionError, "is", -res,
-                                              "kernel TLS was installed for one direction only");
+                                              p->go_mode ? "no TLS record layer could take the keys"
+                                                         : "kernel TLS was installed for one direction only");
         rc = exc ? 0 : -1;
         if (exc != NULL) {
             fatal_error(p, exc, "Fatal error on SSL protocol");
@@ -1162,7 +1182,7 @@ int tls_ktls_done(PyObject *proto, int res, uint32_t aux)
     } else {
         p->ktls_state = res == 0 ? KT_ON : KT_OFF;
         p->ktls_dirs = res == 0 ? (uint8_t)aux : 0;
-        rc = PyDict_SetItemString(p->extra, "ktls", res == 0 ? Py_True : Py_False);
+        rc = PyDict_SetItemString(p->extra, "ktls", res == 0 && !(aux & GL_KTLS_SOFTWARE) ? Py_True : Py_False);
         if (rc == 0 && res == 0 && p->app_reading_paused && p->transport != NULL)
             rc = discard(call0(p->transport, S_pause_reading));
         /* What waited: the app's connection_made and its waiter, or a close. */
@@ -1215,11 +1235,107 @@ static int ktls_received(TLSProtocol *p, const char *data, Py_ssize_t n)
     return 0;
 }
 
+/* ---- goloop.TLSContext: the handshake in Go ---- */
+
+/* The fd goes to _tls.go_start, which hands a duplicate of it to Go's
+ * "tls.handshake" (Go owns and closes the duplicate); the transport reads
+ * and writes nothing until the call's answer. */
+static int go_handshake_start(TLSProtocol *p)
+{
+    int fd = p->transport != NULL ? transport_fileno(p->transport) : -1;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "goloop.TLSContext: the transport has no fd");
+        return -1;
+    }
+    PyObject *fut = PyObject_CallFunction(TLS.go_start, "OOi", (PyObject *)p, p->loop, fd);
+    if (fut == NULL)
+        return -1;
+    Py_XSETREF(p->go_fut, fut);
+    return 0;
+}
+
+/* The connection ended before the handshake: Go stops it and closes its
+ * duplicate (the socket itself is the transport's to close). */
+static int go_cancel_call(TLSProtocol *p)
+{
+    PyObject *fut = p->go_fut;
+    if (fut == NULL)
+        return 0;
+    p->go_fut = NULL;
+    PyObject *r = PyObject_CallMethod(fut, "cancel", NULL);
+    Py_DECREF(fut);
+    return discard(r);
+}
+
+/* _go_done(result, peercert, cipher, ssl_object): Go's handshake
+ * succeeded; result starts with its gl_ktls, wiped here once copied. The
+ * records go to the kernel, or to Go's own record layer where the kernel
+ * has no TLS. */
+static PyObject *proto_go_done(TLSProtocol *p, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "_go_done(result: bytes, peercert, cipher, ssl_object)");
+        return NULL;
+    }
+    Py_CLEAR(p->go_fut);
+    if (!p->go_mode || p->state != ST_DO_HANDSHAKE || p->transport == NULL)
+        Py_RETURN_NONE;   /* too late: the connection is gone */
+    if (PyBytes_GET_SIZE(args[0]) < (Py_ssize_t)sizeof(gl_ktls)) {
+        PyErr_SetString(PyExc_ValueError, "_go_done: the result is shorter than a gl_ktls");
+        return NULL;
+    }
+    gl_ktls k;
+    memcpy(&k, PyBytes_AS_STRING(args[0]), sizeof k);
+    /* Nobody else reads it: the secrets do not stay in Python's heap. */
+    memset(PyBytes_AS_STRING(args[0]), 0, sizeof k);
+    k.rx = 1;
+    k.server = (uint8_t)p->server_side;
+    k._pad = (uint8_t)(p->go_soft_only ? GL_KTLS_SOFT_ONLY : GL_KTLS_SOFT);
+    cancel_handle(&p->hs_handle);
+    if (p->hs_start >= 0 && loop_debug(p)) {
+        PyObject *a = Py_BuildValue("(Od)", (PyObject *)p, (loop_now(p) - p->hs_start) * 1e3);
+        log_msg(S_debug, NULL, "%r: SSL handshake took %.1f ms", a);
+        Py_XDECREF(a);
+    }
+    int rc = -1;
+    if (PyDict_SetItemString(p->extra, "peercert", args[1]) == 0 &&
+        PyDict_SetItemString(p->extra, "cipher", args[2]) == 0 &&
+        PyDict_SetItemString(p->extra, "compression", Py_None) == 0 &&
+        PyDict_SetItemString(p->extra, "ssl_object", args[3]) == 0 && set_state(p, ST_WRAPPED) == 0) {
+        Py_XSETREF(p->sslobject, Py_NewRef(args[3]));
+        transport_hold(p->transport, 0);
+        rc = transport_ktls(p->transport, &k);
+    }
+    memset(&k, 0, sizeof k);
+    if (rc < 0)
+        return NULL;
+    p->ktls_state = KT_PENDING;   /* tls_ktls_done goes on: connection_made, the waiter */
+    Py_RETURN_NONE;
+}
+
+/* _go_failed(exc): the handshake failed (exc as ssl would raise it). */
+static PyObject *proto_go_failed(TLSProtocol *p, PyObject *exc)
+{
+    Py_CLEAR(p->go_fut);
+    if (!p->go_mode || p->state != ST_DO_HANDSHAKE)
+        Py_RETURN_NONE;
+    if (on_handshake_complete(p, exc) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *proto_connection_made(TLSProtocol *p, PyObject *transport)
 {
     Py_INCREF(transport);
     Py_XSETREF(p->transport, transport);
-    if (ktls_offer(p, transport) < 0)
+    if (p->go_mode) {
+        if (!transport_is_fresh_socket(transport, 0)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "goloop.TLSContext needs goloop's own socket transport that has not read yet");
+            return NULL;
+        }
+        transport_hold(transport, 1);
+    } else if (ktls_offer(p, transport) < 0)
         return NULL;
     if (start_handshake(p) < 0)
         return NULL;
@@ -1231,6 +1347,8 @@ static PyObject *proto_connection_lost(TLSProtocol *p, PyObject *exc)
     if (PyList_SetSlice(p->backlog, 0, PY_SSIZE_T_MAX, NULL) < 0)
         return NULL;
     p->write_buffer_size = 0;
+    if (go_cancel_call(p) < 0)
+        return NULL;
     PyObject *r = call0(p->outgoing, S_read);
     if (r == NULL)
         return NULL;
@@ -1491,6 +1609,7 @@ static int proto_traverse(TLSProtocol *p, visitproc visit, void *arg)
     Py_VISIT(p->backlog);
     Py_VISIT(p->hs_handle);
     Py_VISIT(p->sd_handle);
+    Py_VISIT(p->go_fut);
     return 0;
 }
 
@@ -1520,6 +1639,7 @@ static int proto_clear(TLSProtocol *p)
     Py_CLEAR(p->backlog);
     Py_CLEAR(p->hs_handle);
     Py_CLEAR(p->sd_handle);
+    Py_CLEAR(p->go_fut);
     Py_CLEAR(p->rbuf_view);
     Py_CLEAR(p->rbuf);
     Py_CLEAR(p->out_high_obj);
@@ -1564,10 +1684,14 @@ static int parse_limits(PyObject *high, PyObject *low, Py_ssize_t kb, PyObject *
 static PyObject *proto_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     PyObject *loop, *app, *ctx, *waiter, *hs, *sd, *inc, *out, *sslobject;
-    int server_side, call_cm, ktls = 0;
-    if (!PyArg_ParseTuple(args, "OOOOppOOOOO|p:TLSProtocol", &loop, &app, &ctx, &waiter, &server_side,
-                          &call_cm, &hs, &sd, &inc, &out, &sslobject, &ktls))
+    int server_side, call_cm, ktls = 0, go = 0;
+    if (!PyArg_ParseTuple(args, "OOOOppOOOOO|pi:TLSProtocol", &loop, &app, &ctx, &waiter, &server_side,
+                          &call_cm, &hs, &sd, &inc, &out, &sslobject, &ktls, &go))
         return NULL;
+    if (go && TLS.go_start == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "goloop._core._tls_setup() was not given go_start");
+        return NULL;
+    }
     if (TLS.want_read == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "goloop._core._tls_setup() was not called");
         return NULL;
@@ -1580,7 +1704,9 @@ static PyObject *proto_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     Py_INCREF(ctx);
     p->sslcontext = ctx;
     p->server_side = (char)server_side;
-    p->ktls_want = (char)ktls;
+    p->ktls_want = go ? 0 : (char)ktls;
+    p->go_mode = go != 0;
+    p->go_soft_only = go == 2;
     if (waiter != Py_None) {
         Py_INCREF(waiter);
         p->waiter = waiter;
@@ -1664,6 +1790,8 @@ static PyMethodDef proto_methods[] = {
     {"_check_shutdown_timeout", (PyCFunction)proto_check_shutdown_timeout, METH_NOARGS, NULL},
     {"_do_read", (PyCFunction)proto_do_read, METH_NOARGS, NULL},
     {"_resume_app_reading", (PyCFunction)proto_resume_cb, METH_NOARGS, NULL},
+    {"_go_done", (PyCFunction)(void (*)(void))proto_go_done, METH_FASTCALL, NULL},
+    {"_go_failed", (PyCFunction)proto_go_failed, METH_O, NULL},
     {NULL}
 };
 
@@ -2061,7 +2189,8 @@ static PyMethodDef tt_methods[] = {
 static PyObject *tt_get_ktls_raw(TLSTransport *t, void *c)
 {
     TLSProtocol *p = t->proto;
-    if (p != NULL && p->ktls_state == KT_ON && (p->ktls_dirs & GL_KTLS_TX) && p->state == ST_WRAPPED &&
+    if (p != NULL && p->ktls_state == KT_ON && (p->ktls_dirs & GL_KTLS_TX) &&
+        !(p->ktls_dirs & GL_KTLS_SOFTWARE) && p->state == ST_WRAPPED &&
         PyList_GET_SIZE(p->backlog) == 0 && p->transport != NULL)
         return Py_NewRef(p->transport);
     Py_RETURN_NONE;
@@ -2098,12 +2227,15 @@ static PyType_Spec tt_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, tt_slots
 };
 
-/* _tls_setup(want_read, syscall_error, ssl_error, cert_error, cancelled, logger, ssl_socket_type) */
+/* _tls_setup(want_read, syscall_error, ssl_error, cert_error, cancelled, logger, ssl_socket_type
+ *            [, go_start]) */
 static PyObject *tls_setup(PyObject *m, PyObject *args)
 {
-    PyObject *a, *b, *c, *d, *e, *f, *g;
-    if (!PyArg_ParseTuple(args, "OOOOOOO:_tls_setup", &a, &b, &c, &d, &e, &f, &g))
+    PyObject *a, *b, *c, *d, *e, *f, *g, *h = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOOOO|O:_tls_setup", &a, &b, &c, &d, &e, &f, &g, &h))
         return NULL;
+    if (h != NULL)
+        Py_XSETREF(TLS.go_start, Py_NewRef(h));
     PyObject **slots[] = {&TLS.want_read, &TLS.syscall_error, &TLS.ssl_error, &TLS.cert_error,
                           &TLS.cancelled, &TLS.logger, &TLS.ssl_socket_type};
     PyObject *vals[] = {a, b, c, d, e, f, g};

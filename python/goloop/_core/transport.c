@@ -79,6 +79,10 @@ typedef struct {
     char records;
     char ever_read;             /* a receive was ever asked for */
     char ktls_wait;
+    /* A handshake runs in Go on a duplicate of the fd (goloop.TLSContext,
+     * docs/gotls.md): nothing may be read until it ends, or Go's TLS
+     * would miss records. */
+    char go_hold;
     uint8_t ktls;               /* GL_KTLS_TX | GL_KTLS_RX installed */
     gl_ktls *ktls_params;
 } Transport;
@@ -402,7 +406,7 @@ static int schedule_method(Transport *t, const char *name, PyObject *arg)
 
 static void arm(Transport *t)
 {
-    if (!t->armed && !t->close_sent && !t->ktls_wait && t->loop->h != 0) {
+    if (!t->armed && !t->close_sent && !t->ktls_wait && !t->go_hold && t->loop->h != 0) {
         if (loop_submit(t->loop, t->records ? GL_OP_RECV_RECORD : GL_OP_RECV_START, t->fd, TOKEN(t),
                         NULL, 0, t->notsock ? GL_ARG_NOTSOCK : 0) == 0)
             t->armed = t->ever_read = 1;
@@ -927,7 +931,7 @@ void transport_loop_closing(LoopCore *lp, PyObject *obj)
 
 static int enqueue_arg(Transport *t, PyObject *b, uint32_t arg);
 
-int transport_is_fresh_socket(PyObject *tr)
+int transport_is_fresh_socket(PyObject *tr, int tcp_only)
 {
     if (!Py_IS_TYPE(tr, Transport_Type))
         return 0;
@@ -935,6 +939,8 @@ int transport_is_fresh_socket(PyObject *tr)
     if (t->pipe_mode != PIPE_NONE || t->notsock || t->ever_read || t->closing || t->conn_lost || !t->go_open ||
         t->close_sent || (t->held != NULL && PyList_GET_SIZE(t->held) > 0))
         return 0;
+    if (!tcp_only)
+        return 1;
     int family = t->sock_family;
     if (family == 0 && t->sock != NULL) {
         PyObject *f = PyObject_GetAttrString(t->sock, "family");
@@ -955,6 +961,20 @@ void transport_set_records(PyObject *tr, int on)
     t->records = on ? 1 : 0;
     if (!on && !t->ktls_wait && !t->paused && !t->closing && !t->conn_lost)
         arm(t);
+}
+
+/* Held: no receive is asked for (one under way is not stopped: only a
+ * transport that never read is held). Let go: reads may start, once
+ * OpKTLS's answer lets them (transport_ktls follows at once). */
+void transport_hold(PyObject *tr, int on)
+{
+    ((Transport *)tr)->go_hold = on ? 1 : 0;
+}
+
+int transport_fileno(PyObject *tr)
+{
+    Transport *t = (Transport *)tr;
+    return t->go_open && !t->close_sent ? t->fd : -1;
 }
 
 int transport_ktls(PyObject *tr, const gl_ktls *k)
