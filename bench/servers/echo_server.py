@@ -12,7 +12,9 @@ benchmark compares what applications actually run. The server listens on
 certificate chain and key (PEM files), handed to create_server /
 start_server as ssl=, for the protocol, buffered and streams variants. The
 sockets variant has no TLS (the loop's sock_* methods move raw bytes) and
-refuses --tls.
+refuses --tls. With GOLOOP_BENCH_TLS=go in its environment (suite.py
+--tls-goloop-env GOLOOP_BENCH_TLS=go) goloop serves with a goloop.TLSContext
+instead: Go's handshakes and records.
 """
 
 import argparse
@@ -155,7 +157,11 @@ def parse_args(argv):
         cert, sep, key = args.tls.partition(":")
         if not sep or not cert or not key:
             p.error("--tls wants CERT:KEY")
-        args.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if os.environ.get("GOLOOP_BENCH_TLS") == "go" and args.loop == "goloop":
+            import goloop   # Go's handshakes and records (goloop.TLSContext)
+            args.ssl = goloop.TLSContext(ssl.PROTOCOL_TLS_SERVER)
+        else:
+            args.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         args.ssl.load_cert_chain(cert, key)
     return args
 
