@@ -32,7 +32,9 @@ _core.SSLProtocolTransport._sendfile_compatible = property(
 # (CPython 3.11's _ssl, reached from C), and, once per process, whether
 # this kernel takes keys. GOLOOP_KTLS=0 turns it off; GOLOOP_KTLS=force
 # offers it even where the kernel has no tls module (tests: the handshake
-# then runs record by record and falls back before the first byte).
+# then runs record by record and falls back before the first byte);
+# GOLOOP_KTLS=soft gives the records to Go's own record layer instead of
+# the kernel's (docs/softtls.md).
 _KTLS_OPENSSL = _core._ktls_init(_ssl.__file__)
 _ktls_kernel = None
 
@@ -47,6 +49,8 @@ def ktls_wanted(loop):
         return False
     if setting == 'force':
         return True
+    if setting == 'soft':
+        return 2   # Go's record layer after OpenSSL's handshake (docs/softtls.md)
     global _ktls_kernel
     if _ktls_kernel is None:
         why = loop._go_call_quick("ktls.available", b"")
@@ -109,4 +113,4 @@ def ssl_protocol(loop, app_protocol, sslcontext, waiter, server_side=False,
     return _core.TLSProtocol(loop, app_protocol, sslcontext, waiter, server_side,
                              call_connection_made, ssl_handshake_timeout,
                              ssl_shutdown_timeout, incoming, outgoing, sslobject,
-                             ktls_wanted(loop))
+                             int(ktls_wanted(loop)))

@@ -1116,7 +1116,7 @@ static int control_ssl_reading(TLSProtocol *p)
  * that has not read yet, and OpenSSL's SSL* can be had (ktls.c). */
 static int ktls_offer(TLSProtocol *p, PyObject *transport)
 {
-    if (!p->ktls_want || p->sslobj == p->sslobject || !transport_is_fresh_socket(transport, 1))
+    if (!p->ktls_want || p->sslobj == p->sslobject || !transport_is_fresh_socket(transport, p->ktls_want != 2))
         return 0;
     void *ssl = ktls_ssl_of(p->sslobj);
     if (ssl == NULL || ktls_attach(ssl, &p->ksec) < 0)
@@ -1152,6 +1152,8 @@ static int ktls_begin(TLSProtocol *p)
         transport_set_records(p->transport, 0);
         return PyDict_SetItemString(p->extra, "ktls", Py_False);
     }
+    if (p->ktls_want == 2)
+        k._pad = GL_KTLS_SOFT_ONLY;   /* GOLOOP_KTLS=soft: Go's record layer after OpenSSL's handshake */
     r = transport_ktls(p->transport, &k);
     memset(&k, 0, sizeof k);
     if (r < 0)
@@ -1685,7 +1687,7 @@ static PyObject *proto_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     PyObject *loop, *app, *ctx, *waiter, *hs, *sd, *inc, *out, *sslobject;
     int server_side, call_cm, ktls = 0, go = 0;
-    if (!PyArg_ParseTuple(args, "OOOOppOOOOO|pi:TLSProtocol", &loop, &app, &ctx, &waiter, &server_side,
+    if (!PyArg_ParseTuple(args, "OOOOppOOOOO|ii:TLSProtocol", &loop, &app, &ctx, &waiter, &server_side,
                           &call_cm, &hs, &sd, &inc, &out, &sslobject, &ktls, &go))
         return NULL;
     if (go && TLS.go_start == NULL) {
@@ -1704,7 +1706,7 @@ static PyObject *proto_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     Py_INCREF(ctx);
     p->sslcontext = ctx;
     p->server_side = (char)server_side;
-    p->ktls_want = go ? 0 : (char)ktls;
+    p->ktls_want = go ? 0 : (char)ktls;   /* 1: the kernel's records, 2: Go's (GOLOOP_KTLS=soft) */
     p->go_mode = go != 0;
     p->go_soft_only = go == 2;
     if (waiter != Py_None) {
