@@ -362,9 +362,9 @@ func loadCertChain(certFile string, keyFile, password *string) (tls.Certificate,
 	return cert, nil
 }
 
-// privateKeyPEM finds the first private key block, decrypting a legacy
-// encrypted one (Proc-Type: 4,ENCRYPTED) with the password. PKCS#8
-// "ENCRYPTED PRIVATE KEY" is not something crypto/x509 can open.
+// privateKeyPEM finds the first private key block, decrypting an encrypted
+// one with the password: PKCS#8 "ENCRYPTED PRIVATE KEY" (tlspbes2.go) or
+// the legacy PEM encryption (Proc-Type: 4,ENCRYPTED).
 func privateKeyPEM(b []byte, password *string) ([]byte, error) {
 	for {
 		var blk *pem.Block
@@ -376,7 +376,14 @@ func privateKeyPEM(b []byte, password *string) ([]byte, error) {
 			continue
 		}
 		if blk.Type == "ENCRYPTED PRIVATE KEY" {
-			return nil, errors.New("ssl:encrypted keys not supported (PKCS#8 encrypted private key)")
+			if password == nil {
+				return nil, errors.New("ssl:[SSL] PEM lib (the key is encrypted and no password was given)")
+			}
+			der, err := decryptPKCS8(blk.Bytes, []byte(*password))
+			if err != nil {
+				return nil, err
+			}
+			return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 		}
 		//lint:ignore SA1019 legacy PEM encryption is what OpenSSL's traditional format uses
 		if x509.IsEncryptedPEMBlock(blk) { //nolint:staticcheck
