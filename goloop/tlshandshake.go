@@ -183,6 +183,12 @@ func (c *tlsContext) serverConfig(hello *tls.ClientHelloInfo) (*tls.Config, erro
 	}
 	cfg := c.cfg.Clone()
 	cfg.GetConfigForClient = nil
+	if len(cfg.NextProtos) > 0 && len(hello.SupportedProtos) > 0 && !anyIn(cfg.NextProtos, hello.SupportedProtos) {
+		// ssl's server goes on without ALPN when nothing matches (its
+		// selection callback answers NOACK); crypto/tls would fail the
+		// handshake with no_application_protocol.
+		cfg.NextProtos = nil
+	}
 	cfg.KeyLogWriter = keyLogWriter{hs}
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.verifyPeer(hs, cs, "") }
 	base := c.cfg
@@ -201,6 +207,17 @@ func (c *tlsContext) serverConfig(hello *tls.ClientHelloInfo) (*tls.Config, erro
 		return ss, err
 	}
 	return cfg, nil
+}
+
+func anyIn(a, b []string) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (c *tlsContext) handshake(ctx context.Context, hs *hsConn, server bool, hostname string) ([]byte, error) {

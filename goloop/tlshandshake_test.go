@@ -601,6 +601,12 @@ func TestTLSHandshakeALPN(t *testing.T) {
 	if r.info.ALPN == nil || *r.info.ALPN != "http/1.1" {
 		t.Fatalf("alpn %v", r.info.ALPN)
 	}
+	// No protocol in common: ssl's server goes on without ALPN.
+	o = runCase(t, hsCase{ctx: id, server: true, peerCfg: &tls.Config{RootCAs: p.pool(), ServerName: "localhost", NextProtos: []string{"spdy/3"}}})
+	if r = must(t, o); r.info.ALPN != nil {
+		t.Fatalf("alpn %v without a common protocol", *r.info.ALPN)
+	}
+	exchangeData(t, r, o.mine, o.peer)
 	cid := newCtx(t, ctxReq{"cafiles": []string{p.caFile}, "verify_mode": 2, "alpn": []string{"h2"}})
 	o = runCase(t, hsCase{ctx: cid, host: "localhost", peerCfg: &tls.Config{Certificates: []tls.Certificate{loadPair(t, sharedECDSA)}}})
 	if r = must(t, o); r.info.ALPN != nil {
