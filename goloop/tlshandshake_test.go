@@ -868,3 +868,18 @@ func TestTLSParamsLayout(t *testing.T) {
 	}
 	_ = base64.StdEncoding
 }
+
+// A HelloRetryRequest (the server wants a group the client sent no share
+// for) adds a round trip and a second ClientHello; the secrets and numbers
+// are still those of the final handshake.
+func TestTLSHandshakeHelloRetry(t *testing.T) {
+	p := pki(t)
+	id := newCtx(t, ctxReq{"cafiles": []string{p.caFile}, "verify_mode": 2, "check_hostname": true})
+	scfg := &tls.Config{Certificates: []tls.Certificate{loadPair(t, sharedECDSA)}, CurvePreferences: []tls.CurveID{tls.CurveP384}}
+	o := runCase(t, hsCase{ctx: id, host: "localhost", peerCfg: scfg})
+	r := must(t, o)
+	if o.state.CurveID != tls.CurveP384 || !o.state.HelloRetryRequest {
+		t.Fatalf("curve %v, HRR %v", o.state.CurveID, o.state.HelloRetryRequest)
+	}
+	exchangeData(t, r, o.mine, o.peer)
+}
