@@ -273,6 +273,11 @@ func (hs *hsConn) params(st tls.ConnectionState, server bool) (*KTLSParams, erro
 		p.Server = 1
 	}
 	secrets := map[string][]byte{}
+	defer func() {
+		for _, v := range secrets {
+			clear(v)
+		}
+	}()
 	var clientRandom []byte
 	for _, line := range bytes.Split(hs.keylog, []byte("\n")) {
 		f := bytes.Fields(line)
@@ -301,8 +306,6 @@ func (hs *hsConn) params(st tls.ConnectionState, server bool) (*KTLSParams, erro
 		if server {
 			p.TXSeq = uint64(hs.tickets)
 		}
-		clear(cs)
-		clear(ss)
 		return p, nil
 	}
 	master := secrets["CLIENT_RANDOM"]
@@ -313,7 +316,7 @@ func (hs *hsConn) params(st tls.ConnectionState, server bool) (*KTLSParams, erro
 		return nil, errors.New("ssl:no TLS 1.2 master secret in the key log")
 	}
 	copy(p.Master[:], master)
-	clear(master)
+	clear(master) // from the key log (also in secrets) or from the session
 	clientOut, serverOut := hs.out, hs.in
 	if server {
 		clientOut, serverOut = hs.in, hs.out

@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -882,4 +883,41 @@ func TestTLSHandshakeHelloRetry(t *testing.T) {
 		t.Fatalf("curve %v, HRR %v", o.state.CurveID, o.state.HelloRetryRequest)
 	}
 	exchangeData(t, r, o.mine, o.peer)
+}
+
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("SKIP: no /proc/self/fd")
+	}
+	return len(ents)
+}
+
+// Every path closes the dup: after successes, failures and cancels (each
+// in a subtest whose cleanup closes its TCP pair) the process has as many
+// fds open as before.
+func TestTLSHandshakeNoFDLeak(t *testing.T) {
+	p := pki(t)
+	srv := newCtx(t, ctxReq{"server": true, "cert_chain": []any{map[string]any{"certfile": sharedECDSA}}})
+	cli := newCtx(t, ctxReq{"cafiles": []string{p.caFile}, "verify_mode": 2, "check_hostname": true})
+	peerSrv := &tls.Config{Certificates: []tls.Certificate{loadPair(t, sharedECDSA)}}
+	runtime.GC()
+	before := openFDs(t)
+	for i := 0; i < 5; i++ {
+		t.Run("ok", func(t *testing.T) {
+			must(t, runCase(t, hsCase{ctx: srv, server: true, peerCfg: &tls.Config{RootCAs: p.pool(), ServerName: "localhost"}}))
+		})
+		t.Run("verify", func(t *testing.T) {
+			errPrefix(t, runCase(t, hsCase{ctx: cli, host: "example.org", peerCfg: peerSrv}).err, "verify:62:")
+		})
+		t.Run("eof", func(t *testing.T) {
+			errPrefix(t, runCase(t, hsCase{ctx: cli, host: "localhost", peerAction: func(c *net.TCPConn) { c.CloseWrite() }}).err, "eof:")
+		})
+		t.Run("cancel", func(t *testing.T) {
+			errPrefix(t, runCase(t, hsCase{ctx: srv, server: true, cancelAt: 20 * time.Millisecond, peerAction: func(*net.TCPConn) {}}).err, "cancelled:")
+		})
+	}
+	if after := openFDs(t); after != before {
+		t.Fatalf("%d fds open before, %d after", before, after)
+	}
 }
