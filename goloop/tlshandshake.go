@@ -576,5 +576,23 @@ func handshakeError(ctx context.Context, err error) error {
 	if errors.As(err, &errno) {
 		return fmt.Errorf("os:%d:%s", int(errno), errno.Error())
 	}
-	return errors.New("ssl:" + err.Error())
+	text := err.Error()
+	for _, m := range opensslReasons {
+		if strings.Contains(text, m.goText) {
+			return fmt.Errorf("ssl:[SSL: %s] %s (crypto/tls: %s)", m.reason, m.text, text)
+		}
+	}
+	return errors.New("ssl:" + text)
+}
+
+// OpenSSL's reason for the failures ssl users meet most, so the SSLError
+// reads as ssl's would ([SSL: REASON] text); crypto/tls's own text follows
+// in parentheses.
+var opensslReasons = []struct{ goText, reason, text string }{
+	{"client didn't provide a certificate", "PEER_DID_NOT_RETURN_A_CERTIFICATE", "peer did not return a certificate"},
+	{"no cipher suite supported by both", "NO_SHARED_CIPHER", "no shared cipher"},
+	{"no certificates configured", "NO_SHARED_CIPHER", "no shared cipher"},
+	{"offered only unsupported versions", "UNSUPPORTED_PROTOCOL", "unsupported protocol"},
+	{"selected unsupported protocol version", "UNSUPPORTED_PROTOCOL", "unsupported protocol"},
+	{"first record does not look like a TLS handshake", "WRONG_VERSION_NUMBER", "wrong version number"},
 }

@@ -630,7 +630,7 @@ func TestTLSHandshakeClientCerts(t *testing.T) {
 			dict bool
 		}{
 			{"required/given", 2, &clientCert, "", true},
-			{"required/absent", 2, nil, "ssl:", false},
+			{"required/absent", 2, nil, "ssl:[SSL: PEER_DID_NOT_RETURN_A_CERTIFICATE] peer did not return a certificate", false},
 			{"required/unknown-ca", 2, &strangerCert, "verify:20:", false},
 			{"optional/given", 1, &clientCert, "", true},
 			{"optional/absent", 1, nil, "", false},
@@ -919,5 +919,45 @@ func TestTLSHandshakeNoFDLeak(t *testing.T) {
 	}
 	if after := openFDs(t); after != before {
 		t.Fatalf("%d fds open before, %d after", before, after)
+	}
+}
+
+// What the context refuses to negotiate: a TLS 1.2 peer with only suites
+// the record layer cannot carry, a TLS 1.1 peer, a plain-text peer. The
+// errors read as ssl's.
+func TestTLSHandshakeRefusals(t *testing.T) {
+	p := pki(t)
+	srv := newCtx(t, ctxReq{"server": true, "cert_chain": []any{map[string]any{"certfile": sharedECDSA}}})
+	o := runCase(t, hsCase{ctx: srv, server: true, peerCfg: &tls.Config{RootCAs: p.pool(), ServerName: "localhost", MaxVersion: TLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}}})
+	errPrefix(t, o.err, "ssl:[SSL: NO_SHARED_CIPHER] no shared cipher")
+	o = runCase(t, hsCase{ctx: srv, server: true, peerCfg: &tls.Config{RootCAs: p.pool(), ServerName: "localhost", MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}})
+	errPrefix(t, o.err, "ssl:[SSL: UNSUPPORTED_PROTOCOL] unsupported protocol")
+	o = runCase(t, hsCase{ctx: srv, server: true, peerAction: func(c *net.TCPConn) { c.Write([]byte("GET / HTTP/1.0\r\n\r\n")) }})
+	errPrefix(t, o.err, "ssl:[SSL: WRONG_VERSION_NUMBER] wrong version number")
+	// A server whose context has no certificate: ssl says no shared cipher.
+	bare := newCtx(t, ctxReq{"server": true})
+	o = runCase(t, hsCase{ctx: bare, server: true, peerCfg: &tls.Config{RootCAs: p.pool(), ServerName: "localhost"}})
+	errPrefix(t, o.err, "ssl:[SSL: NO_SHARED_CIPHER] no shared cipher")
+	// A client the server answers with TLS 1.2 when it wants 1.3 only.
+	cli := newCtx(t, ctxReq{"cafiles": []string{p.caFile}, "verify_mode": 2, "min_version": TLS13})
+	o = runCase(t, hsCase{ctx: cli, host: "localhost", peerCfg: &tls.Config{Certificates: []tls.Certificate{loadPair(t, sharedECDSA)}, MaxVersion: TLS12}})
+	if o.err == nil || o.peerErr == nil {
+		t.Fatalf("a 1.3-only client against a 1.2-only server: %v / %v", o.err, o.peerErr)
+	}
+}
+
+// A server with an ECDSA and an RSA certificate serves each client the one
+// its suites can use.
+func TestTLSHandshakeTwoCertificates(t *testing.T) {
+	p := pki(t)
+	id := newCtx(t, ctxReq{"server": true, "cert_chain": []any{map[string]any{"certfile": sharedECDSA}, map[string]any{"certfile": sharedRSA}}, "max_version": TLS12})
+	for _, suite := range []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256} {
+		o := runCase(t, hsCase{ctx: id, server: true, peerCfg: &tls.Config{RootCAs: p.pool(), ServerName: "localhost", CipherSuites: []uint16{suite}}})
+		r := must(t, o)
+		if r.p.Suite != suite {
+			t.Fatalf("suite %#x, want %#x", r.p.Suite, suite)
+		}
+		exchangeData(t, r, o.mine, o.peer)
 	}
 }
