@@ -88,8 +88,11 @@ type hsConn struct {
 	verified bool
 }
 
-// The hellos come first in each direction; 4 KiB holds them.
-const hsKeep = 4096
+// The hellos come first in each direction. A ServerHello is small; a
+// ClientHello is usually 0.5-2 KiB (a post-quantum key share is 1.2 KiB)
+// but may span records up to the 64 KiB a hello's 16-bit extensions
+// length allows.
+const hsKeep = 1 << 16
 
 func newHSConn(fd int) (*hsConn, error) {
 	if fd < 0 {
@@ -323,9 +326,12 @@ func (hs *hsConn) params(st tls.ConnectionState, server bool) (*KTLSParams, erro
 	}
 	// The randoms from the hellos: a resumed handshake logs no
 	// CLIENT_RANDOM line to take the client's from.
-	cr, err := tlsHelloRandom(clientOut, 1)
-	if err != nil {
-		return nil, err
+	cr := clientRandom
+	if len(cr) != 32 {
+		var err error
+		if cr, err = tlsHelloRandom(clientOut, 1); err != nil {
+			return nil, err
+		}
 	}
 	sr, err := tlsHelloRandom(serverOut, 2)
 	if err != nil {
