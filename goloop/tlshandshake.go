@@ -100,7 +100,9 @@ func newHSConn(fd int) (*hsConn, error) {
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("os:%d:%v", int(err.(syscall.Errno)), err)
+		var errno syscall.Errno
+		errors.As(err, &errno)
+		return nil, fmt.Errorf("os:%d:%v", int(errno), err)
 	}
 	f := os.NewFile(uintptr(fd), "tls")
 	if f == nil {
