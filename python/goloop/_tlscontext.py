@@ -12,9 +12,13 @@ import base64
 import json
 import os
 import ssl
+import struct
 import weakref
 
 _GL_KTLS_SIZE = 232   # sizeof(gl_ktls), pybind/goloop.h
+# tls.handshake's request (docs/gotls.md): context id, fd, server; then the
+# server_hostname's bytes.
+_HS_REQUEST = struct.Struct("<QiB")
 
 _VERSIONS = {
     ssl.TLSVersion.MINIMUM_SUPPORTED: 0,
@@ -227,13 +231,36 @@ def _version(value):
 
 
 def _load_error(text):
-    kind, _, msg = text.partition(":")
-    msg = msg.strip()
-    if kind == "FileNotFoundError":
-        return FileNotFoundError(2, msg)
-    if kind == "ValueError":
-        return ValueError(msg)
-    return ssl.SSLError(msg)
+    """The exception for Go's error text from tls.context (docs/gotls.md)."""
+    return _go_error(text) or ssl.SSLError(1, text)
+
+
+def _os_error(rest):
+    num, _, msg = rest.partition(":")
+    if num.isdigit():
+        return OSError(int(num), msg)   # its subclass by errno, as OSError picks
+    return OSError(rest)
+
+
+def _ssl_error(text):
+    """ssl.SSLError with the library and reason of Go's "[LIB: REASON] text"."""
+    e = ssl.SSLError(1, text)
+    if text.startswith("[") and "]" in text:
+        head = text[1:text.index("]")]
+        lib, _, reason = head.partition(": ")
+        e.library, e.reason = lib, reason or None
+    return e
+
+
+def _go_error(text):
+    kind, _, rest = text.partition(":")
+    if kind == "os":
+        return _os_error(rest)
+    if kind == "value":
+        return ValueError(rest)
+    if kind == "ssl":
+        return _ssl_error(rest)
+    return None
 
 
 class TLSObject:
@@ -319,8 +346,7 @@ def go_start(proto, loop, fd):
     obj = proto._sslobj
     cid = obj.context._go_id(loop)
     dup = os.dup(fd)   # Go's from the call's start: it closes it, once
-    req = json.dumps({"ctx": cid, "fd": dup, "server": obj.server_side,
-                      "server_hostname": obj.server_hostname or ""}).encode()
+    req = _HS_REQUEST.pack(cid, dup, obj.server_side) + (obj.server_hostname or "").encode()
     try:
         fut = loop._go_call("tls.handshake", req)
     except BaseException:
@@ -361,7 +387,7 @@ _ALERTS = {
 
 def handshake_error(text):
     """The exception ssl would raise for Go's handshake error text
-    (docs/gotls.md: verify:, alert:, eof:, cancelled:, ssl:)."""
+    (docs/gotls.md: verify:, alert:, eof:, cancelled:, ssl:, os:, value:)."""
     kind, _, rest = text.partition(":")
     if kind == "verify":
         code, _, message = rest.partition(":")
@@ -378,9 +404,8 @@ def handshake_error(text):
         e.reason, e.library = reason, "SSL"
         return e
     if kind == "eof":
-        return ConnectionResetError("Connection lost during the TLS handshake")
+        # What asyncio's SSLProtocol gives for an EOF during the handshake.
+        return ConnectionResetError(f"Connection lost during the TLS handshake: {rest}")
     if kind == "cancelled":
         return ConnectionAbortedError("TLS handshake cancelled")
-    e = ssl.SSLError(1, rest or text)
-    e.library = "SSL"
-    return e
+    return _go_error(text) or _ssl_error(text)
