@@ -82,9 +82,9 @@ class TLSContext:
         for f in (certfile, keyfile):
             if f is not None:
                 _check_file(f)
-        self._chain = [{"certfile": os.path.abspath(certfile),
+        self._chain.append({"certfile": os.path.abspath(certfile),
                         "keyfile": keyfile and os.path.abspath(keyfile),
-                        "password": password}]
+                        "password": password})
         self._changed()
 
     def load_verify_locations(self, cafile=None, capath=None, cadata=None):
