@@ -42,13 +42,18 @@ go-test: deps
 	go test -race -count=1 ./...
 
 # The whole Python suite on io_uring (goloop, uvloop and asyncio side by
-# side), then goloop alone again on the epoll backend. --tb=native: pytest's
+# side), then goloop alone again on the epoll backend; then the TLS files
+# with GOLOOP_KTLS=soft on both backends, where Go's record layer does the
+# records of every ssl.SSLContext connection after OpenSSL's handshake
+# (docs/softtls.md), so OpenSSL peers check it in every TLS test. --tb=native: pytest's
 # own traceback style parses the test's source with ast, and on Debian's
 # Python 3.11.2 a parse racing one in another thread (gh-106905, fixed in
 # 3.11.5) raises SystemError and ends the whole session as INTERNALERROR.
 py-test: build
 	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=io_uring ../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 --tb=native .
 	cd tests && GOLOOP_REQUIRED=1 GOLOOP_BACKEND=epoll GOLOOP_TEST_LOOPS=goloop ../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 --tb=native .
+	for b in io_uring epoll; do (cd tests && GOLOOP_KTLS=soft GOLOOP_REQUIRED=1 GOLOOP_BACKEND=$$b GOLOOP_TEST_LOOPS=goloop \
+		../$(PY) -m pytest -q -p no:cacheprovider --timeout 120 --tb=native test_ktls.py test_tls.py test_start_tls.py) || exit 1; done
 
 # Every Go fuzz target for a bounded number of executions: the backends'
 # completion contract (FuzzContract), the sock ops' (FuzzSockOps) and the
@@ -122,7 +127,7 @@ test-ktls: build
 		rc=$$?; cd ../tests && for b in io_uring epoll; do \
 			echo "ktlsvm: python tests, $$b"; \
 			GOLOOP_KTLS_REQUIRED=1 GOLOOP_REQUIRED=1 GOLOOP_BACKEND=$$b GOLOOP_TEST_LOOPS=goloop \
-			../$(PY) -m pytest -q -p no:cacheprovider --timeout 300 test_ktls.py test_tls.py || rc=1; \
+			../$(PY) -m pytest -q -p no:cacheprovider --timeout 300 test_ktls.py test_tls.py test_gotls.py || rc=1; \
 		done; \
 		echo "ktlsvm: /proc/net/tls_stat after the tests:"; cat /proc/net/tls_stat; exit $$rc' 2>&1 \
 		| tee $$log | grep -v -e '^=== RUN' -e '^=== PAUSE' -e '^=== CONT'; \
