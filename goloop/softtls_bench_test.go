@@ -93,7 +93,9 @@ func softEcho(b *testing.B, kind string, c ktlsCase, size int) {
 	var echoing []uint32
 	out := make([]Comp, 256)
 	done, got := 0, 0
-	ping := func() { subs = append(subs, Sub{Op: OpSend, Fd: cli, Token: tokPing, Ptr: ptrOf(msg), Len: uint32(size)}) }
+	ping := func() {
+		subs = append(subs, Sub{Op: OpSend, Fd: cli, Token: tokPing, Ptr: ptrOf(msg), Len: uint32(size)})
+	}
 	b.SetBytes(int64(2 * size))
 	b.ReportAllocs()
 	b.ResetTimer()
