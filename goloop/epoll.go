@@ -234,7 +234,7 @@ func (b *epollBackend) apply(s *Sub) {
 		f.kt.rec.takeOver(s.Token, &b.recs, b.complete)
 		f.recvOn, f.recvTok = !f.kt.softEnded(s.Token, b.complete), s.Token
 	case OpRecvRecord:
-		if f.recvOn || f.kt.rec.live {
+		if f.recvOn || f.kt.rec.live || f.kt.soft != nil { // a soft fd's records are Go's to read
 			b.complete(Comp{Token: s.Token, Kind: EvRecv, Res: -int32(unix.EBUSY)})
 			break
 		}

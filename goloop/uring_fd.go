@@ -255,7 +255,7 @@ func (b *uringBackend) apply(s *Sub) {
 		}
 		b.armRecv(f)
 	case OpRecvRecord:
-		if f.recvOn || f.kt.rec.live {
+		if f.recvOn || f.kt.rec.live || f.kt.soft != nil { // a soft fd's records are Go's to read
 			b.complete(Comp{Token: s.Token, Kind: EvRecv, Res: -int32(unix.EBUSY)})
 			break
 		}
