@@ -348,6 +348,7 @@ func (s *softTLS) seal(q []queued) {
 			buf = append(buf, unsafe.Slice((*byte)(unsafe.Pointer(e.ptr+uintptr(e.off))), k)...)
 			var err error
 			if buf, err = s.tx.sealAt(buf, start, e.rectype); err != nil {
+				buf = buf[:start] // never write plaintext
 				fail(err)
 				break
 			}
@@ -374,6 +375,7 @@ func (s *softTLS) seal(q []queued) {
 		if len(buf)-start-h > 0 {
 			var err error
 			if buf, err = s.tx.sealAt(buf, start, RecordApplicationData); err != nil {
+				buf = buf[:start] // never write plaintext
 				fail(err)
 				break
 			}

@@ -457,3 +457,42 @@ func TestRecordCipherCross(t *testing.T) {
 		})
 	}
 }
+
+// TestSoftTLSSeqExhausted: sequence numbers start where the params say,
+// and never wrap: the record at 2^64 - 2 goes out, every send after it
+// ends with -EOVERFLOW; a receive at 2^64 - 1 ends with -EOVERFLOW.
+func TestSoftTLSSeqExhausted(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		a, peer := socketpair(t)
+		defer unix.Close(int(peer))
+		p := testParams()
+		p.Flags, p.TXSeq, p.RXSeq = KTLSSoftOnly, ^uint64(0)-1, ^uint64(0)
+		cfg, _, _ := p.config()
+		peerRX, _ := newRecordCipher(cfg.Version, cfg.Cipher, cfg.TX)
+		peerTX, _ := newRecordCipher(cfg.Version, cfg.Cipher, &KTLSKeys{Key: cfg.RX.Key, IV: cfg.RX.IV, Seq: 0})
+		collect(t, b, []Sub{{Op: OpKTLS, Fd: a, Token: 1, Ptr: paramsPtr(p)}}, hasKind(EvKTLS, 1))
+		msg := cBytes(t, 100)
+		// One batch's sends share records: one batch, one record.
+		cs := collect(t, b, []Sub{{Op: OpSend, Fd: a, Token: 2, Ptr: ptrOf(msg), Len: 100}}, hasKind(EvSend, 2))
+		cs = append(cs, collect(t, b, []Sub{{Op: OpSend, Fd: a, Token: 3, Ptr: ptrOf(msg), Len: 100}}, hasKind(EvSend, 3))...)
+		cs = append(cs, collect(t, b, []Sub{{Op: OpSend, Fd: a, Token: 4, Ptr: ptrOf(msg), Len: 100}}, hasKind(EvSend, 4))...)
+		want := map[uint64]int32{2: 100, 3: -int32(unix.EOVERFLOW), 4: -int32(unix.EOVERFLOW)}
+		for _, c := range cs {
+			if c.Kind == EvSend && c.Res != want[c.Token] {
+				t.Fatalf("%+v, want Res %d", c, want[c.Token])
+			}
+		}
+		buf := make([]byte, 1000)
+		n, _ := unix.Read(int(peer), buf)
+		if typ, plain, err := peerRX.open(nil, buf[:n]); err != nil || typ != RecordApplicationData || !bytes.Equal(plain, msg) {
+			t.Fatalf("peer: %d bytes, type %d: %v", len(plain), typ, err)
+		}
+		rec, _ := peerTX.seal(nil, RecordApplicationData, []byte("late"))
+		unix.Write(int(peer), rec)
+		cs = collect(t, b, []Sub{{Op: OpRecvStart, Fd: a, Token: 5}}, hasKind(EvRecv, 5))
+		if c := cs[len(cs)-1]; c.Res != -int32(unix.EOVERFLOW) {
+			t.Fatalf("receive at the last sequence number: %+v", c)
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 6}}, hasKind(EvClosed, 6))
+	})
+}
