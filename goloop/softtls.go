@@ -170,6 +170,7 @@ func (s *softTLS) recv(fd int32, k *ktlsFd, p *recPool, tok uint64, complete fun
 		complete(Comp{Token: tok, Kind: EvRecv, Res: res, Aux: aux})
 		return true
 	}
+	drained := false
 	for reads := 0; ; {
 		// Every whole record in the buffer first.
 		for s.in != nil && s.inLen-s.inOff >= 5 {
@@ -213,7 +214,7 @@ func (s *softTLS) recv(fd int32, k *ktlsFd, p *recPool, tok uint64, complete fun
 			p.put(id)
 			id = 0
 		}
-		if reads == softReadsPerEvent {
+		if reads == softReadsPerEvent || drained {
 			break
 		}
 		// Room for more: the partial record moves to the front.
@@ -238,6 +239,9 @@ func (s *softTLS) recv(fd int32, k *ktlsFd, p *recPool, tok uint64, complete fun
 		case n == 0:
 			return end(0, 0) // no close_notify: C judges (as kernel TLS gives it)
 		default:
+			// A short read took all there was: readiness says when there
+			// is more, without a read that finds nothing.
+			drained = n < len(s.in)-s.inLen
 			s.inLen += n
 			continue
 		}
