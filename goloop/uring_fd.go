@@ -721,8 +721,12 @@ func (b *uringBackend) softSend(f *urFd) bool {
 		return true
 	}
 	n, blocked := f.kt.soft.send(f.fd, f.out, b.complete)
-	for ; n > 0; n-- {
-		f.out.pop()
+	if n > 0 {
+		// Moved down rather than sliced past, so the array stays for the
+		// next sends (pop keeps it only for the last entry).
+		k := copy(f.out, f.out[n:])
+		clear(f.out[k:])
+		f.out = f.out[:k]
 	}
 	if blocked {
 		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
