@@ -369,6 +369,22 @@ func TestSoftTLSInstall(t *testing.T) {
 			t.Fatalf("sendfile on a soft fd: %+v", r)
 		}
 		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 7}}, hasKind(EvClosed, 7))
+
+		// A TCP socket with GL_KTLS_SOFT: the kernel is asked first; where
+		// it has no tls module (-ENOENT) Go's record layer takes over.
+		tc, tpeer := tcpPair(t)
+		defer unix.Close(int(tpeer))
+		p := testParams()
+		p.Flags = KTLSSoft
+		cs = collect(t, b, []Sub{{Op: OpKTLS, Fd: tc, Token: 8, Ptr: paramsPtr(p)}}, hasKind(EvKTLS, 8))
+		want := KTLSTX | KTLSRX | KTLSSoftware
+		if KTLSAvailable() == nil {
+			want = KTLSTX | KTLSRX
+		}
+		if r := cs[len(cs)-1]; r.Res != 0 || r.Aux != want {
+			t.Fatalf("GL_KTLS_SOFT on TCP: %+v, want Aux %d", r, want)
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: tc, Token: 9}}, hasKind(EvClosed, 9))
 	})
 }
 
