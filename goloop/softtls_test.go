@@ -512,3 +512,39 @@ func TestSoftTLSSeqExhausted(t *testing.T) {
 		collect(t, b, []Sub{{Op: OpClose, Fd: a, Token: 6}}, hasKind(EvClosed, 6))
 	})
 }
+
+// TestSoftTLSLoopClose: a loop closed with soft fds in every state (a
+// partial record held, sealed output waiting on a full socket, receives
+// armed) frees them without touching anything after: the race detector
+// and the fd table would see it.
+func TestSoftTLSLoopClose(t *testing.T) {
+	for _, kind := range softBackends {
+		t.Run(kind, func(t *testing.T) {
+			b, err := NewBackend(kind, Options{BufSize: 4096, BufCount: 16, Entries: 64})
+			if err != nil {
+				t.Skip(err)
+			}
+			data := cBytes(t, 4<<20)
+			var peers []int32
+			for i := 0; i < 3; i++ {
+				a, peer := socketpair(t)
+				peers = append(peers, peer, a) // the loop's close leaves fds to their owner
+				p := testParams()
+				p.Flags = KTLSSoftOnly
+				collect(t, b, []Sub{{Op: OpKTLS, Fd: a, Token: 1, Ptr: paramsPtr(p)}}, hasKind(EvKTLS, 1))
+				unix.Write(int(peer), []byte{23, 3, 3, 0x10, 0}) // a record's header: the rest never comes
+				b.Poll([]Sub{
+					{Op: OpRecvStart, Fd: a, Token: 2},
+					{Op: OpSend, Fd: a, Token: 3, Ptr: ptrOf(data), Len: uint32(len(data))},
+				}, make([]Comp, 16), 10*time.Millisecond)
+			}
+			b.Poll(nil, make([]Comp, 16), 10*time.Millisecond)
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range peers {
+				unix.Close(int(p))
+			}
+		})
+	}
+}
