@@ -19,6 +19,11 @@ import (
 //
 // OpRecvRecord (the peer writes TLS record frames now and then) and OpKTLS
 // (refused on these Unix sockets, in its place in the queue) take part too.
+// When the script's first byte has bit 0x40, connection 0 is a soft TLS fd
+// (softtls.go, installed with KTLSSoftOnly before the script; the suite
+// chosen by the script's length): its peer seals what it writes and opens
+// what it reads with the peer's keys, so the same prefix checks hold for
+// the plaintext, and a record that does not open at the peer is a failure.
 //
 //   - every OpSend, OpSendfile, OpShutdown and OpKTLS is answered exactly once, every OpClose by
 //     exactly one EvClosed, and nothing names a token after its EvClosed;
@@ -34,6 +39,11 @@ func FuzzContract(f *testing.F) {
 	f.Add([]byte{0, 6, 1, 6, 0, 2, 255, 2, 255, 5, 4, 12, 20})
 	f.Add([]byte{8, 14, 9, 14, 8, 10, 3, 11, 7, 15, 12, 13})
 	f.Add([]byte{6, 0x85, 0, 0x81, 2, 40, 3, 0x81, 6, 0x83, 1, 0, 0, 0x81, 7, 1})
+	// Soft TLS on connection 0.
+	f.Add([]byte{0x40, 6, 0x85, 2, 200, 6, 9, 1, 3, 0, 0x81, 2, 0x81, 4, 1})
+	f.Add([]byte{0x40, 2, 255, 2, 254, 2, 253, 5, 1, 6, 3, 7, 1})
+	f.Add([]byte{0x40, 6, 0xff, 0, 1, 6, 0x87, 1, 1, 0, 3, 3, 0x81, 2, 9, 6, 5, 7, 3})
+	f.Add([]byte{0x40, 6, 0xff, 0, 0, 2, 255, 2, 255, 4, 1, 6, 0xc1, 7, 1, 6, 8})
 	f.Fuzz(func(t *testing.T, script []byte) {
 		fuzzBackends(t, script, 256, runContract)
 	})
@@ -82,6 +92,13 @@ type contractConn struct {
 	bufs            [][]byte
 	recPending      bool // an OpRecvRecord waits for its answer
 	lossy           bool // an OpRecvRecord refused a header (-EBADMSG): those 5 bytes are gone
+	// Soft TLS (connection 0 when asked): the peer's record layer, its
+	// ciphertext not yet opened, and whether a record went out in part
+	// (the peer's socket was full): nothing more can follow it.
+	soft           bool
+	peerTX, peerRX *recordCipher
+	peerRaw        []byte
+	peerStuck      bool
 }
 
 func runContract(t *testing.T, kind string, b Backend, script []byte) {
@@ -112,6 +129,18 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 	}
 	lent := map[uint32]bool{}
 	params := testParams() // OpKTLS's gl_ktls, in stand-in C memory
+	// A soft fd's sends are read through raw pointers, as C memory is: they
+	// come from memory Go does not manage, unmapped once all is answered.
+	var cmem []byte
+	if len(script) > 0 && script[0]&0x40 != 0 {
+		m, err := unix.Mmap(-1, 0, 4<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Munmap(m)
+		cmem = m
+		contractSoft(t, kind, b, conns[0], len(script))
+	}
 	var subs []Sub
 	out := make([]Comp, 64)
 	pattern := byte(1)
@@ -125,6 +154,10 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			c := conns[i]
 			if c.closed {
 				t.Fatalf("%s: conn %d: completion after EvClosed: %+v", kind, i, x)
+			}
+			if c.soft && x.Kind == EvSend && x.Res < 0 && x.Res != -int32(unix.ECANCELED) && x.Res != -int32(unix.EPIPE) &&
+				x.Res != -int32(unix.ECONNRESET) {
+				t.Fatalf("%s: soft conn: %+v", kind, x)
 			}
 			switch x.Kind {
 			case EvRecv:
@@ -184,7 +217,20 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			if n <= 0 || err != nil {
 				return
 			}
-			c.peerGot = append(c.peerGot, buf[:n]...)
+			if !c.soft {
+				c.peerGot = append(c.peerGot, buf[:n]...)
+				continue
+			}
+			c.peerRaw = append(c.peerRaw, buf[:n]...)
+			for len(c.peerRaw) >= 5 && len(c.peerRaw) >= 5+(int(c.peerRaw[3])<<8|int(c.peerRaw[4])) {
+				rec := c.peerRaw[:5+(int(c.peerRaw[3])<<8|int(c.peerRaw[4]))]
+				typ, plain, err := c.peerRX.open(nil, rec)
+				if err != nil || typ != RecordApplicationData {
+					t.Fatalf("%s: soft conn: a record the peer cannot open (type %d): %v", kind, typ, err)
+				}
+				c.peerGot = append(c.peerGot, plain...)
+				c.peerRaw = c.peerRaw[len(rec):]
+			}
 		}
 	}
 
@@ -195,7 +241,7 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			arg = script[k+1]
 		}
 		switch {
-		case op == 0 && !c.closeSent && !c.recvOn && !c.recPending && arg&0x80 != 0:
+		case op == 0 && !c.closeSent && !c.recvOn && !c.recPending && arg&0x80 != 0 && !c.soft:
 			subs = append(subs, Sub{Op: OpRecvRecord, Fd: c.fd, Token: c.tok})
 			c.recPending = true
 		case op == 0 && !c.closeSent && !c.recvOn && !c.recPending:
@@ -206,12 +252,21 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			c.recvOn, c.recPending = false, false
 		case op == 2 && !c.closeSent && arg&0x80 != 0:
 			off, n := int(arg)*97, int(arg&0x7f)*53+1
-			c.sent = append(c.sent, fileData[off:off+n]...)
+			if !c.soft { // a soft fd answers -EOPNOTSUPP
+				c.sent = append(c.sent, fileData[off:off+n]...)
+			}
 			subs = append(subs, Sub{Op: OpSendfile, Fd: c.fd, Token: c.tok, Ptr: uintptr(off), Len: uint32(n), Arg: uint32(file.Fd())})
 			c.sendsOut++
 		case op == 2 && !c.closeSent:
 			n := int(arg)*37 + 1
 			data := bytes.Repeat([]byte{pattern}, n)
+			if c.soft {
+				if len(cmem) < n {
+					break
+				}
+				copy(cmem, data)
+				data, cmem = cmem[:n:n], cmem[n:]
+			}
 			pattern++
 			c.bufs = append(c.bufs, data) // alive until answered
 			c.sent = append(c.sent, data...)
@@ -233,6 +288,32 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			}
 			subs = append(subs, Sub{Op: OpClose, Fd: c.fd, Token: c.tok, Arg: arg})
 			c.closeSent, c.gracefulSent, c.recvOn, c.recPending = true, false, false, false
+		case op == 6 && !c.peerGone && c.soft:
+			if c.peerStuck {
+				break
+			}
+			data := bytes.Repeat([]byte{pattern}, int(arg)*11+1)
+			pattern++
+			rec, err := c.peerTX.seal(nil, RecordApplicationData, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts := [][]byte{rec}
+			if arg&0x80 != 0 { // a record cut in two writes, Go polled between
+				parts = [][]byte{rec[:len(rec)/3], rec[len(rec)/3:]}
+			}
+			for pi, part := range parts {
+				if n, err := unix.Write(int(c.peer), part); err != nil || n < len(part) {
+					c.peerStuck = true
+					break
+				}
+				if pi == 0 && len(parts) > 1 {
+					poll(0)
+				}
+			}
+			if !c.peerStuck {
+				c.peerWrote = append(c.peerWrote, data...)
+			}
 		case op == 6 && !c.peerGone:
 			data := bytes.Repeat([]byte{pattern}, int(arg)*11+1)
 			if arg&0x80 != 0 {
@@ -301,4 +382,57 @@ func runContract(t *testing.T, kind string, b Backend, script []byte) {
 			t.Fatalf("%s: conn %d's peer received %d bytes that were not sent on it (%d sent)", kind, i, len(c.peerGot), len(c.sent))
 		}
 	}
+}
+
+// contractSoft makes c a soft TLS fd (KTLSSoftOnly) before the script
+// runs, with one of the six suites, and gives its peer the other end's
+// record layer.
+func contractSoft(t *testing.T, kind string, b Backend, c *contractConn, pick int) {
+	p := newParams()
+	kc := ktlsCases[pick%len(ktlsCases)]
+	*p = KTLSParams{Version: kc.version, Suite: kc.suite, RX: 1, Flags: KTLSSoftOnly, TXSeq: uint64(pick), RXSeq: 7}
+	suite, _ := KTLSSuiteFor(kc.version, kc.suite)
+	p.SecretLen = uint8(suite.Hash.Size())
+	for i := range p.Master {
+		p.Master[i], p.ClientRandom[i%32], p.ServerRandom[i%32] = byte(i*13+pick), byte(i), byte(i*3)
+	}
+	for i := range p.ClientSecret {
+		p.ClientSecret[i], p.ServerSecret[i] = byte(i*5+pick), byte(i*11)
+	}
+	cfg, _, e := p.config()
+	if e != 0 {
+		t.Fatalf("params: %v", e)
+	}
+	var err error
+	if c.peerTX, err = newRecordCipher(cfg.Version, cfg.Cipher, cfg.RX); err != nil {
+		t.Fatal(err)
+	}
+	if c.peerRX, err = newRecordCipher(cfg.Version, cfg.Cipher, cfg.TX); err != nil {
+		t.Fatal(err)
+	}
+	cs := collectN(t, b, []Sub{{Op: OpKTLS, Fd: c.fd, Token: c.tok, Ptr: paramsPtr(p)}}, EvKTLS)
+	if cs.Res != 0 || cs.Aux != KTLSTX|KTLSRX|KTLSSoftware {
+		t.Fatalf("%s: soft install: %+v", kind, cs)
+	}
+	c.soft = true
+}
+
+// collectN polls until a completion of kind comes, and returns it.
+func collectN(t *testing.T, b Backend, subs []Sub, kind uint8) Comp {
+	out := make([]Comp, 8)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		n, err := b.Poll(subs, out, 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = nil
+		for _, x := range out[:n] {
+			if x.Kind == kind {
+				return x
+			}
+		}
+	}
+	t.Fatal("timed out")
+	return Comp{}
 }

@@ -95,6 +95,7 @@ func (b *epollBackend) Close() error {
 		if f.state == fdOpen {
 			unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 		}
+		f.kt.freeSoft()
 	}
 	b.fds = nil
 	b.wk.close()
@@ -231,9 +232,9 @@ func (b *epollBackend) apply(s *Sub) {
 	switch s.Op {
 	case OpRecvStart:
 		f.kt.rec.takeOver(s.Token, &b.recs, b.complete)
-		f.recvOn, f.recvTok = true, s.Token
+		f.recvOn, f.recvTok = !f.kt.softEnded(s.Token, b.complete), s.Token
 	case OpRecvRecord:
-		if f.recvOn || f.kt.rec.live {
+		if f.recvOn || f.kt.rec.live || f.kt.soft != nil { // a soft fd's records are Go's to read
 			b.complete(Comp{Token: s.Token, Kind: EvRecv, Res: -int32(unix.EBUSY)})
 			break
 		}
@@ -307,7 +308,7 @@ func (b *epollBackend) apply(s *Sub) {
 // number may come back as a new fd, before this batch's sync runs. A stale
 // registration for a closed file would otherwise hide the new one.
 func (b *epollBackend) forgetIfIdle(f *epFd) {
-	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn || f.sk.live() || f.kt.rec.held() {
+	if len(f.out) > 0 || f.recvOn || f.acceptOn || f.pollMask != 0 || f.connOn || f.sk.live() || f.kt.rec.held() || f.kt.soft != nil {
 		return
 	}
 	if f.registered != 0 {
@@ -336,6 +337,17 @@ func (b *epollBackend) flush(f *epFd) {
 		case OpSend, OpSendTo:
 			var done bool
 			var e unix.Errno
+			if q.op == OpSend && f.kt.soft != nil {
+				// Soft TLS: sealed into records, answered as they are
+				// written (softtls.go).
+				n, blocked := f.kt.soft.send(f.fd, f.out[i:], b.complete)
+				if i += n; blocked {
+					f.blocked = true
+					return
+				}
+				i--
+				continue
+			}
 			if q.op == OpSend && q.rectype == 0 && !f.notSock && i+1 < len(f.out) && gatherable(&f.out[i+1]) {
 				var blocked bool
 				if i, blocked = b.sendGathered(f, i); blocked {
@@ -362,6 +374,10 @@ func (b *epollBackend) flush(f *epFd) {
 			}
 			b.complete(Comp{Token: q.token, Kind: EvSend, Res: res})
 		case OpSendfile:
+			if f.kt.soft != nil {
+				b.complete(q.result(-int32(unix.EOPNOTSUPP))) // the file's bytes would need sealing
+				continue
+			}
 			done, e := sendfileSome(f.fd, q)
 			if !done {
 				f.blocked = true
@@ -375,7 +391,7 @@ func (b *epollBackend) flush(f *epFd) {
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpKTLS:
-			b.complete(f.kt.run(f.fd, q.token, q.ptr))
+			b.complete(f.kt.run(f.fd, q.token, q.ptr, &b.recs))
 		case OpClose:
 			tok := q.token
 			f.out = f.out[i+1:]
@@ -448,6 +464,7 @@ func (b *epollBackend) closeFd(f *epFd, token uint64) {
 		unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, int(f.fd), nil)
 	}
 	f.kt.rec.drop(&b.recs) // no answer after a close, as for OpRecvStart
+	f.kt.freeSoft()
 	var res int32
 	if err := unix.Close(int(f.fd)); err != nil {
 		res = errnoOf(err)
@@ -476,7 +493,7 @@ func (b *epollBackend) sync() {
 			want |= unix.EPOLLOUT
 		}
 		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved && !f.sk.live() &&
-			!f.kt.rec.held()
+			!f.kt.rec.held() && f.kt.soft == nil
 		if want == f.registered {
 			if idle {
 				delete(b.fds, f.fd) // nothing left to remember about this fd
@@ -537,6 +554,9 @@ func (b *epollBackend) failFd(f *epFd, res int32) {
 	}
 	if f.kt.rec.live {
 		f.kt.rec.fail(res, &b.recs, b.complete)
+	}
+	if f.kt.soft != nil {
+		f.kt.soft.failTX(unix.Errno(-res))
 	}
 	f.out.fail(res, true, b.complete)
 	f.sk.fail(res, b.complete)
@@ -620,6 +640,13 @@ func (b *epollBackend) acceptSome(f *epFd) {
 func (b *epollBackend) recvOne(f *epFd) {
 	if f.dgram {
 		b.recvDgram(f)
+		return
+	}
+	if f.kt.soft != nil {
+		if f.kt.soft.recv(f.fd, &f.kt, &b.recs, f.recvTok, b.complete) {
+			f.recvOn = false
+			b.markDirty(f)
+		}
 		return
 	}
 	id, ok := b.pool.get()

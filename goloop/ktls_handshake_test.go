@@ -77,7 +77,7 @@ var (
 	testCertPool *x509.CertPool
 )
 
-func ktlsTestCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
+func ktlsTestCert(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	testCertOnce.Do(func() {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -177,7 +177,7 @@ type ktlsEnd struct {
 // tickets lets a TLS 1.3 server send session tickets; they are records
 // under the application keys, so they may only be on when the kernel-TLS end
 // is the client (it receives them as handshake records through RecvRecord).
-func ktlsHandshake(t *testing.T, c ktlsCase, ktlsServer, tickets bool) *ktlsEnd {
+func ktlsHandshake(t testing.TB, c ktlsCase, ktlsServer, tickets bool) *ktlsEnd {
 	t.Helper()
 	if c.version == TLS13 {
 		if tickets && ktlsServer {
@@ -254,7 +254,7 @@ func ktlsHandshake(t *testing.T, c ktlsCase, ktlsServer, tickets bool) *ktlsEnd 
 // starts at 1 both ways. TLS 1.3 application traffic keys have protected
 // nothing yet when the handshake returns (tickets excepted, see
 // ktlsHandshake), so both start at 0.
-func deriveFromKeyLog(t *testing.T, c ktlsCase, keylog string, rec *recordConn, server bool) KTLSConfig {
+func deriveFromKeyLog(t testing.TB, c ktlsCase, keylog string, rec *recordConn, server bool) KTLSConfig {
 	t.Helper()
 	suite, ok := KTLSSuiteFor(c.version, c.suite)
 	if !ok {

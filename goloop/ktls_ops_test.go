@@ -101,7 +101,7 @@ func (d *ktlsDriver) recvEnded(tok uint64) func() bool {
 
 // ktlsParamsFrom is what C hands over after its handshake, from the key
 // log and the hello randoms, in stand-in C memory.
-func ktlsParamsFrom(t *testing.T, c ktlsCase, k *ktlsEnd) *KTLSParams {
+func ktlsParamsFrom(t testing.TB, c ktlsCase, k *ktlsEnd) *KTLSParams {
 	t.Helper()
 	p := newParams()
 	*p = KTLSParams{Version: c.version, Suite: c.suite, RX: 1}

@@ -273,6 +273,21 @@ const (
 	KTLSRX uint32 = 2
 )
 
+// KTLSParams.Flags: Go's own record layer (softtls.go, docs/softtls.md)
+// where the kernel has none. KTLSSoft: if the kernel cannot take the keys
+// before any direction went in (no tls module, a version or suite it
+// refuses, an fd that is not TCP), Go seals and opens the records of this
+// fd itself. KTLSSoftOnly: do not try the kernel. Either needs RX 1.
+const (
+	KTLSSoft     uint8 = 1
+	KTLSSoftOnly uint8 = 2
+)
+
+// KTLSSoftware, in EvKTLS's Aux with KTLSTX|KTLSRX: the record layer is
+// Go's (soft TLS), not the kernel's. Everything after EvKTLS is as for
+// kernel TLS, except that OpSendfile answers -EOPNOTSUPP.
+const KTLSSoftware uint32 = 4
+
 // ArgRecType is an OpSend's Arg for a record of type t (GL_ARG_RECTYPE):
 // see OpKTLS.
 func ArgRecType(t uint8) uint32 { return uint32(t) << 8 }
@@ -293,12 +308,12 @@ const RecordBufBit uint32 = 1 << 30
 
 // KTLSParams is gl_ktls (pybind/goloop.h): what OpKTLS's Ptr points to.
 type KTLSParams struct {
-	Version      uint16 // TLS12 or TLS13
-	Suite        uint16 // IANA cipher suite id
-	Server       uint8  // 1: this end is the server (it sends with the server's keys)
-	RX           uint8  // 1: install RX as well as TX
-	SecretLen    uint8  // TLS 1.3: bytes in each traffic secret (the suite's hash length)
-	_            uint8
+	Version      uint16   // TLS12 or TLS13
+	Suite        uint16   // IANA cipher suite id
+	Server       uint8    // 1: this end is the server (it sends with the server's keys)
+	RX           uint8    // 1: install RX as well as TX
+	SecretLen    uint8    // TLS 1.3: bytes in each traffic secret (the suite's hash length)
+	Flags        uint8    // KTLSSoft, KTLSSoftOnly (was padding: 0 is kernel TLS only)
 	TXSeq        uint64   // sequence number of the next record this end sends
 	RXSeq        uint64   // ... and of the next it receives
 	ClientRandom [32]byte // TLS 1.2

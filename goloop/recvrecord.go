@@ -101,6 +101,8 @@ type ktlsFd struct {
 	// the start of the next handshake records (a message longer than the
 	// record it started in).
 	skip int
+	// soft: Go's record layer (softtls.go), on a soft fd only.
+	soft *softTLS
 }
 
 // recordRead is OpRecvRecord's state on an fd: the op waiting for its
@@ -325,19 +327,26 @@ func (k *ktlsFd) control(typ uint8, body []byte) (int32, uint32) {
 // ktlsStats counts what OpKTLS did in this process (runtime.stats).
 var ktlsStats struct {
 	tx, rx, failed, tickets atomic.Uint64
+	soft                    atomic.Uint64 // installs of Go's record layer (softtls.go)
 }
 
 // runKTLS is OpKTLS's work, when the output queue reaches it: derive the
-// keys from the params C holds at ptr, install them, count, and answer.
-func (k *ktlsFd) run(fd int32, token uint64, ptr uintptr) Comp {
-	res, aux := installParams(fd, ptr)
-	if aux&KTLSTX != 0 {
-		k.tx = true
-		ktlsStats.tx.Add(1)
-	}
-	if aux&KTLSRX != 0 {
-		k.rx = true
-		ktlsStats.rx.Add(1)
+// keys from the params C holds at ptr, install them (in the kernel, or in
+// Go's record layer: softtls.go), count, and answer.
+func (k *ktlsFd) run(fd int32, token uint64, ptr uintptr, rp *recPool) Comp {
+	res, aux := k.install(fd, ptr, rp)
+	switch {
+	case aux&KTLSSoftware != 0:
+		ktlsStats.soft.Add(1)
+	default:
+		if aux&KTLSTX != 0 {
+			k.tx = true
+			ktlsStats.tx.Add(1)
+		}
+		if aux&KTLSRX != 0 {
+			k.rx = true
+			ktlsStats.rx.Add(1)
+		}
 	}
 	if res < 0 {
 		ktlsStats.failed.Add(1)
@@ -345,12 +354,15 @@ func (k *ktlsFd) run(fd int32, token uint64, ptr uintptr) Comp {
 	return Comp{Token: token, Kind: EvKTLS, Res: res, Aux: aux}
 }
 
-func installParams(fd int32, ptr uintptr) (int32, uint32) {
+func (k *ktlsFd) install(fd int32, ptr uintptr, rp *recPool) (int32, uint32) {
 	if ptr == 0 {
 		return -int32(unix.EINVAL), 0
 	}
 	p := *(*KTLSParams)(unsafe.Pointer(ptr)) // C's memory, copied once
 	defer wipe(unsafe.Pointer(&p), unsafe.Sizeof(p))
+	if k.soft != nil {
+		return -int32(unix.EBUSY), 0 // as the kernel answers a direction installed twice
+	}
 	cfg, keys, e := p.config()
 	defer func() {
 		for _, b := range keys {
@@ -360,18 +372,51 @@ func installParams(fd int32, ptr uintptr) (int32, uint32) {
 	if e != 0 {
 		return -int32(e), 0
 	}
-	tx, rx, err := InstallKTLS(int(fd), cfg)
-	var aux uint32
-	if tx {
-		aux |= KTLSTX
+	soft := p.Flags&(KTLSSoft|KTLSSoftOnly) != 0
+	if p.Flags&^(KTLSSoft|KTLSSoftOnly) != 0 || soft && p.RX != 1 {
+		return -int32(unix.EINVAL), 0
 	}
-	if rx {
-		aux |= KTLSRX
+	if p.Flags&KTLSSoftOnly == 0 && (!soft || isTCP(fd)) {
+		tx, rx, err := InstallKTLS(int(fd), cfg)
+		var aux uint32
+		if tx {
+			aux |= KTLSTX
+		}
+		if rx {
+			aux |= KTLSRX
+		}
+		if err == nil {
+			return 0, aux
+		}
+		e := ktlsErrno(err)
+		if !soft || aux != 0 || e != unix.ENOENT && e != unix.EOPNOTSUPP {
+			return -int32(e), aux
+		}
+		// Nothing went in: the socket passes bytes unchanged, and Go's
+		// record layer takes over.
 	}
-	if err == nil {
-		return 0, aux
+	s, e := newSoftTLS(&cfg)
+	if e != 0 {
+		return -int32(e), 0
 	}
-	return -int32(ktlsErrno(err)), aux
+	s.adopt(&k.rec, rp)
+	k.soft = s
+	return 0, KTLSTX | KTLSRX | KTLSSoftware
+}
+
+// isTCP reports whether fd is a TCP socket (kernel TLS takes no other).
+func isTCP(fd int32) bool {
+	v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	return err == nil && v == unix.IPPROTO_TCP
+}
+
+// freeSoft ends the fd's soft record layer, if it has one (a close, an
+// abort, the loop's close).
+func (k *ktlsFd) freeSoft() {
+	if k.soft != nil {
+		k.soft.free()
+		k.soft = nil
+	}
 }
 
 // ktlsErrno is EvKTLS's errno for InstallKTLS's error.

@@ -42,5 +42,7 @@ func runtimeStats(req []byte) ([]byte, error) {
 		"ktls_rx":      ktlsStats.rx.Load(),
 		"ktls_failed":  ktlsStats.failed.Load(),
 		"ktls_tickets": ktlsStats.tickets.Load(),
+		// OpKTLS installs served by Go's record layer (softtls.go).
+		"ktls_soft": ktlsStats.soft.Load(),
 	})
 }

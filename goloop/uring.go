@@ -346,6 +346,7 @@ func (b *uringBackend) Close() error {
 	}
 	for _, f := range b.fds {
 		f.dropHeld(b)
+		f.kt.freeSoft()
 	}
 	b.fds = nil
 	b.release()

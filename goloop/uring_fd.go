@@ -148,7 +148,7 @@ func (b *uringBackend) forget(f *urFd) {
 func (f *urFd) idle() bool {
 	return !f.recvOn && !f.recv.inKernel() && !f.accOn && !f.acc.inKernel() && f.pollMask == 0 && !f.poll.inKernel() &&
 		!f.connOn && !f.conn.inKernel() && len(f.out) == 0 && f.inflight == 0 && len(f.held) == 0 && !f.eofHeld && f.state == fdOpen &&
-		!f.sk.live() && !f.skRecvP.inKernel() && !f.skSendP.inKernel() && !f.kt.rec.held() && !f.recP.inKernel()
+		!f.sk.live() && !f.skRecvP.inKernel() && !f.skSendP.inKernel() && !f.kt.rec.held() && !f.recP.inKernel() && f.kt.soft == nil
 }
 
 // settle finishes a close whose cancellations have all come back, and
@@ -250,9 +250,12 @@ func (b *uringBackend) apply(s *Sub) {
 			}
 		}
 		f.held = nil
+		if f.recvOn && f.kt.softEnded(s.Token, b.complete) {
+			f.recvOn = false
+		}
 		b.armRecv(f)
 	case OpRecvRecord:
-		if f.recvOn || f.kt.rec.live {
+		if f.recvOn || f.kt.rec.live || f.kt.soft != nil { // a soft fd's records are Go's to read
 			b.complete(Comp{Token: s.Token, Kind: EvRecv, Res: -int32(unix.EBUSY)})
 			break
 		}
@@ -400,6 +403,15 @@ func (b *uringBackend) armRecv(f *urFd) {
 	if !f.recvOn || f.recv != reqNone || f.closing() {
 		return
 	}
+	if f.kt.soft != nil {
+		// Soft TLS reads in Go on readiness (softtls.go): no buffer from
+		// the ring, and a stopped receive leaves the bytes in the socket.
+		f.recvIdx = b.r.sqLocal
+		s := b.fdSQE(f, iouOpPollAdd, kRecvPoll)
+		s.opFlags = PollIn
+		f.recvKind, f.recv = kRecvPoll, reqArmed
+		return
+	}
 	if b.pbuf.inRing == 0 {
 		// A recv armed now would end at once with ENOBUFS.
 		f.recv = reqStarved
@@ -470,6 +482,10 @@ func (b *uringBackend) onRecvPoll(f *urFd, c *uringCQE) {
 	f.recv = reqNone
 	switch {
 	case f.closing():
+	case c.res > 0 && f.kt.soft != nil:
+		if f.recvOn && f.kt.soft.recv(f.fd, &f.kt, &b.recs, f.recvTok, b.complete) {
+			f.recvOn = false
+		}
 	case c.res > 0:
 		f.recvRead = true // readable, or an error or hangup the read reports
 	case c.res < 0 && c.res != -int32(unix.ECANCELED) && f.recvOn:
@@ -653,6 +669,12 @@ func (b *uringBackend) pumpDue() {
 func (b *uringBackend) pump(f *urFd) {
 	for len(f.out) > 0 && !f.sending && !f.closing() {
 		q := &f.out[0]
+		if f.kt.soft != nil && (q.op == OpSend || q.op == OpSendfile) {
+			if !b.softSend(f) {
+				return
+			}
+			continue
+		}
 		switch q.op {
 		case OpSend:
 			if q.rectype != 0 {
@@ -677,7 +699,7 @@ func (b *uringBackend) pump(f *urFd) {
 		case OpShutdown:
 			b.complete(Comp{Token: q.token, Kind: EvShutdown, Res: shutdownWrite(f.fd)})
 		case OpKTLS:
-			b.complete(f.kt.run(f.fd, q.token, q.ptr))
+			b.complete(f.kt.run(f.fd, q.token, q.ptr, &b.recs))
 		case OpClose:
 			tok := q.token
 			f.out.pop()
@@ -686,6 +708,33 @@ func (b *uringBackend) pump(f *urFd) {
 		}
 		f.out.pop()
 	}
+}
+
+// softSend does a soft TLS fd's sends at the head of the queue (sealed
+// into records and written by Go, softtls.go), then waits for writability
+// with a poll in the kernel if the socket is full; false: waiting.
+// OpSendfile answers -EOPNOTSUPP: the file's bytes would need sealing.
+func (b *uringBackend) softSend(f *urFd) bool {
+	if q := &f.out[0]; q.op == OpSendfile {
+		b.complete(q.result(-int32(unix.EOPNOTSUPP)))
+		f.out.pop()
+		return true
+	}
+	n, blocked := f.kt.soft.send(f.fd, f.out, b.complete)
+	if n > 0 {
+		// Moved down rather than sliced past, so the array stays for the
+		// next sends (pop keeps it only for the last entry).
+		k := copy(f.out, f.out[n:])
+		clear(f.out[k:])
+		f.out = f.out[:k]
+	}
+	if blocked {
+		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
+		p.opFlags = PollOut
+		f.sending = true
+		return false
+	}
+	return true
 }
 
 // ktlsEIO handles a receive's EIO on a kernel-TLS socket; false: not one.
@@ -899,6 +948,11 @@ func (b *uringBackend) onSendPoll(f *urFd, c *uringCQE) {
 		f.out.pop()
 		f.out.cancel(b.complete)
 	case c.res < 0:
+		if f.kt.soft != nil {
+			f.kt.soft.failTX(unix.Errno(-c.res)) // the sends sealed end with the error, in pump
+			b.pump(f)
+			return
+		}
 		b.complete(q.result(c.res))
 		f.out.pop()
 		b.pump(f)
@@ -928,6 +982,7 @@ func (b *uringBackend) finishClose(f *urFd) {
 	f.state = fdClosed
 	f.dropHeld(b)
 	f.kt.rec.drop(&b.recs) // no answer after a close, as for OpRecvStart
+	f.kt.freeSoft()
 	var res int32
 	if err := unix.Close(int(f.fd)); err != nil {
 		res = errnoOf(err)

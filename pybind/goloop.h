@@ -75,7 +75,7 @@ typedef struct {
     uint8_t  server;          /* 1: this end is the server (it sends with the server's keys) */
     uint8_t  rx;              /* 1: install RX as well as TX */
     uint8_t  secret_len;      /* TLS 1.3: bytes in each traffic secret (32 or 48) */
-    uint8_t  _pad;
+    uint8_t  flags;           /* GL_KTLS_SOFT, GL_KTLS_SOFT_ONLY (0: kernel TLS only) */
     uint64_t tx_seq;          /* sequence number of the next record this end sends */
     uint64_t rx_seq;          /* ... and of the next it receives */
     uint8_t  client_random[32];   /* TLS 1.2 */
@@ -86,6 +86,15 @@ typedef struct {
 } gl_ktls;
 #define GL_KTLS_TX 1
 #define GL_KTLS_RX 2
+/* gl_ktls.flags (docs/softtls.md): GL_KTLS_SOFT: where the kernel cannot take
+ * the keys before any direction went in (-ENOENT, -EOPNOTSUPP, not TCP), Go's
+ * own record layer serves the fd instead; GL_KTLS_SOFT_ONLY: do not try the
+ * kernel. Both need rx = 1. A soft install answers res 0, aux = GL_KTLS_TX |
+ * GL_KTLS_RX | GL_KTLS_SOFTWARE; everything after is as for kernel TLS, but
+ * GL_OP_SENDFILE answers -EOPNOTSUPP. */
+#define GL_KTLS_SOFT 1
+#define GL_KTLS_SOFT_ONLY 2
+#define GL_KTLS_SOFTWARE 4
 #define GL_ARG_RECTYPE(t) ((uint32_t)(t) << 8)
 /* GL_EV_ACCEPT of an IPv4 connection: aux = AF_INET | local port << 16,
  * ptr = peer address | peer port << 32, buf = local address; each as its
