@@ -34,12 +34,6 @@ static struct {
     PyObject *go_start;   /* _tls.go_start(proto, fd) -> the Go call's future */
 } TLS;
 
-/* Until pybind/goloop.h has them (Go's record layer, docs/softtls.md). */
-#ifndef GL_KTLS_SOFT
-#define GL_KTLS_SOFT 1
-#define GL_KTLS_SOFT_ONLY 2
-#define GL_KTLS_SOFTWARE 4
-#endif
 
 static PyObject *S_do_handshake, *S_read, *S_write, *S_shutdown, *S_pending, *S_getpeercert,
     *S_cipher, *S_compression, *S_call_soon, *S_call_later, *S_cancel, *S_close, *S_abort,
@@ -1153,7 +1147,7 @@ static int ktls_begin(TLSProtocol *p)
         return PyDict_SetItemString(p->extra, "ktls", Py_False);
     }
     if (p->ktls_want == 2)
-        k._pad = GL_KTLS_SOFT_ONLY;   /* GOLOOP_KTLS=soft: Go's record layer after OpenSSL's handshake */
+        k.flags = GL_KTLS_SOFT_ONLY;   /* GOLOOP_KTLS=soft: Go's record layer after OpenSSL's handshake */
     r = transport_ktls(p->transport, &k);
     memset(&k, 0, sizeof k);
     if (r < 0)
@@ -1292,7 +1286,7 @@ static PyObject *proto_go_done(TLSProtocol *p, PyObject *const *args, Py_ssize_t
     memset(PyBytes_AS_STRING(args[0]), 0, sizeof k);
     k.rx = 1;
     k.server = (uint8_t)p->server_side;
-    k._pad = (uint8_t)(p->go_soft_only ? GL_KTLS_SOFT_ONLY : GL_KTLS_SOFT);
+    k.flags = (uint8_t)(p->go_soft_only ? GL_KTLS_SOFT_ONLY : GL_KTLS_SOFT);
     cancel_handle(&p->hs_handle);
     if (p->hs_start >= 0 && loop_debug(p)) {
         PyObject *a = Py_BuildValue("(Od)", (PyObject *)p, (loop_now(p) - p->hs_start) * 1e3);
