@@ -93,7 +93,7 @@ status=0
 # validation, signals, subprocesses, DNS and CPython's own tests, which take
 # the same C paths on either backend: this keeps `make test` under 20 minutes
 # (ASAN_EPOLL_TESTS=. runs everything).
-ASAN_EPOLL_TESTS=${ASAN_EPOLL_TESTS:-"test_transport.py test_tcp.py test_tls.py test_ktls.py test_start_tls.py
+ASAN_EPOLL_TESTS=${ASAN_EPOLL_TESTS:-"test_transport.py test_tcp.py test_tls.py test_ktls.py test_gotls.py test_start_tls.py
     test_lifecycle.py test_chaos.py test_close.py test_accept.py test_sendfile.py test_sock.py
     test_sock_sendfile.py test_udp.py test_unix.py test_reliability.py"}
 for backend in io_uring epoll; do
