@@ -2,7 +2,7 @@
 in the kernel (kernel TLS) or in Go's own record layer (docs/gotls.md).
 
 TLSContext is goloop's own API: uvloop and asyncio have nothing to take it, so every
-test here runs on goloop only (the `gl` fixture skips the other loops). What keeps the
+test here runs on goloop only (this module's `loop_name` has no other loop). What keeps the
 tests honest is the other end: a Python ssl socket in a thread, or asyncio's protocol
 with an ssl.SSLContext, so each direction's records are checked by OpenSSL. On this
 machine (no tls module) the records are Go's; `make test-ktls` runs this file in the
@@ -16,6 +16,7 @@ import ssl
 
 import pytest
 
+import conftest
 from bounded import run
 from peers import PEER_TIMEOUT, Recorder, in_thread, listener
 from test_tls import HOST, EchoServer, certs, wrap_peer  # noqa: F401  (certs is a fixture)
@@ -26,10 +27,14 @@ VERSIONS = [pytest.param(ssl.TLSVersion.TLSv1_2, id="tls1.2"),
             pytest.param(ssl.TLSVersion.TLSv1_3, id="tls1.3")]
 
 
+@pytest.fixture(params=[p for p in conftest._loop_params() if p.id == "goloop"])
+def loop_name(request):
+    """goloop only (this module's loop_name overrides conftest's)."""
+    return request.param
+
+
 @pytest.fixture
-def gl(loop, loop_name):
-    if loop_name != "goloop":
-        pytest.skip("goloop.TLSContext is goloop's own API")
+def gl(loop):
     return loop
 
 
