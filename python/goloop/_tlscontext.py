@@ -183,7 +183,9 @@ class TLSContext:
     def _go_id(self, loop):
         """The Go context for these settings, built (again) when they changed.
         Raises what ssl would for a file it cannot load."""
-        if not self._dirty and self._go is not None and self._go[0]() is loop:
+        # Go's contexts are the process's, not a loop's: one id serves every
+        # loop; the loop is kept (weakly) only to free the id later.
+        if not self._dirty and self._go is not None:
             return self._go[1]
         req = json.dumps({
             "server": self._server, "cert_chain": self._chain,
