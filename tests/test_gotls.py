@@ -446,3 +446,91 @@ def test_bad_arguments(gl, certs, tmp_path):
                     tr.close()
 
     run(gl, go())
+
+
+def test_truncation_after_handshake(gl, certs):
+    """The peer closes TCP without close_notify once the handshake is done: what came
+    is delivered, then the end, as asyncio 3.11 does with OpenSSL (test_tls.py)."""
+    def peer(lsock):
+        conn, _ = lsock.accept()
+        conn.settimeout(PEER_TIMEOUT)
+        tls = wrap_peer(certs.server(), conn, True)
+        tls.sendall(b"partial")
+        fd = tls.detach()
+        s = socket.socket(fileno=fd)
+        s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+    async def go():
+        with listener() as lsock:
+            lsock.settimeout(PEER_TIMEOUT)
+            served = in_thread(gl, peer, lsock)
+            tr, pr = await gl.create_connection(lambda: Recorder(gl), *lsock.getsockname(),
+                                                ssl=client_ctx(certs), server_hostname=HOST)
+            await served
+            exc = await pr.lost
+            assert exc is None or isinstance(exc, ConnectionResetError)
+            assert bytes(pr.data) == b"partial"
+
+    run(gl, go())
+
+
+def test_server_handshake_timeout(gl, certs):
+    """A client that connects and never speaks is dropped after ssl_handshake_timeout
+    while Go's handshake waits for its ClientHello; the app never sees the connection."""
+    protos = []
+
+    def client(addr):
+        with socket.create_connection(addr, timeout=PEER_TIMEOUT) as s:
+            return s.recv(100)     # EOF when the server gives up
+
+    async def go():
+        srv = await gl.create_server(lambda: protos.append(EchoServer(gl)) or protos[-1],
+                                     "127.0.0.1", 0, ssl=server_ctx(certs),
+                                     ssl_handshake_timeout=0.3)
+        async with srv:
+            t0 = gl.time()
+            assert await in_thread(gl, client, srv.sockets[0].getsockname()) == b""
+            assert gl.time() - t0 < 5
+        assert all(not p.made.done() for p in protos)
+
+    run(gl, go())
+
+
+def test_loop_close_during_handshakes(gl, certs):
+    """The loop closes while Go's handshakes wait on silent clients (server side) and
+    a silent server (client side): close() returns, and every fd, the Go duplicates
+    included, is closed (the loop fixture checks)."""
+    socks = []
+
+    async def go():
+        srv = await gl.create_server(lambda: EchoServer(gl), "127.0.0.1", 0, ssl=server_ctx(certs))
+        port = srv.sockets[0].getsockname()[1]
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=PEER_TIMEOUT)
+            socks.append(s)
+        lsock = listener()
+        lsock.setblocking(False)   # the loop's sock_* methods want non-blocking sockets
+        socks.append(lsock)
+        task = asyncio.ensure_future(gl.create_connection(
+            lambda: Recorder(gl), *lsock.getsockname(), ssl=client_ctx(certs),
+            server_hostname=HOST))
+        conn, _ = await gl.sock_accept(lsock)
+        socks.append(conn)
+        # The ClientHello arriving means the client's handshake is in Go's hands.
+        assert await gl.sock_recv(conn, 1)
+        srv.close()   # the listener only: the accepted connections stay in their handshakes
+        return task
+
+    task = run(gl, go())
+    gl.close()
+    try:
+        for s in socks[:4]:       # the server side closed the silent clients
+            s.settimeout(PEER_TIMEOUT)
+            assert s.recv(100) == b""
+        socks[-1].settimeout(PEER_TIMEOUT)
+        while socks[-1].recv(65536):   # the client side closed its socket too
+            pass
+    finally:
+        for s in socks:
+            s.close()

@@ -270,6 +270,16 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
             self.remove_signal_handler(sig)
         self._close_subprocesses()
         self._close_core()
+        # Go's calls and connects end with the loop. Their futures are
+        # cancelled while the loop is still open, so that the done callbacks
+        # cancel() schedules (a waiting task, a TLS handshake's) can be
+        # queued; the queue is then dropped, as asyncio drops what is ready
+        # at close. Cancelled once closed, call_soon would raise.
+        for fut in (*self._calls.values(), *(c[0] for c in self._connects.values())):
+            if not fut.done():
+                fut.cancel()
+        self._calls.clear()
+        self._connects.clear()
         self._closed = True
         self._clear_queues()
         for w in self._watchers.values():
@@ -278,11 +288,6 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
                     h.cancel()
         self._watchers.clear()
         self._listeners.clear()
-        for fut in (*self._calls.values(), *(c[0] for c in self._connects.values())):
-            if not fut.done():
-                fut.cancel()
-        self._calls.clear()
-        self._connects.clear()
         for kept in list((self._sock_kept or {}).values()):
             for kind, value in kept:
                 if kind == 'accept':
