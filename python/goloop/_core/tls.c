@@ -1274,8 +1274,11 @@ static PyObject *proto_go_done(TLSProtocol *p, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     Py_CLEAR(p->go_fut);
-    if (!p->go_mode || p->state != ST_DO_HANDSHAKE || p->transport == NULL)
-        Py_RETURN_NONE;   /* too late: the connection is gone */
+    /* Too late: the connection is gone, or going (a handshake timeout or an
+     * abort closed the transport, and its connection_lost is on its way). */
+    if (!p->go_mode || p->state != ST_DO_HANDSHAKE || p->transport == NULL ||
+        transport_fileno(p->transport) < 0)
+        Py_RETURN_NONE;
     if (PyBytes_GET_SIZE(args[0]) < (Py_ssize_t)sizeof(gl_ktls)) {
         PyErr_SetString(PyExc_ValueError, "_go_done: the result is shorter than a gl_ktls");
         return NULL;
@@ -1303,8 +1306,17 @@ static PyObject *proto_go_done(TLSProtocol *p, PyObject *const *args, Py_ssize_t
         rc = transport_ktls(p->transport, &k);
     }
     memset(&k, 0, sizeof k);
-    if (rc < 0)
-        return NULL;
+    if (rc < 0) {
+        /* The keys found no way to the record layer: the handshake failed,
+         * as asyncio ends it (the connection closed, the waiter told). */
+        PyObject *exc = take_if_exception();
+        if (exc == NULL || on_handshake_complete(p, exc) < 0) {
+            Py_XDECREF(exc);
+            return NULL;
+        }
+        Py_DECREF(exc);
+        Py_RETURN_NONE;
+    }
     p->ktls_state = KT_PENDING;   /* tls_ktls_done goes on: connection_made, the waiter */
     Py_RETURN_NONE;
 }
