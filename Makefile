@@ -106,7 +106,8 @@ test-asan: venv
 # kTLS tests skip in go-test), so the Go test binary is built here and run in
 # a VM whose kernel has it: ../shared/vm/vm_run.sh (Debian's 6.1 under QEMU,
 # see its README), where GOLOOP_KTLS_REQUIRED=1 turns their skip into a
-# failure. Where the script is missing (a clean clone elsewhere) or the VM
+# failure; the soft record layer's tests run there too, for its fallback from
+# a kernel that has kTLS but refuses the socket. Where the script is missing (a clean clone elsewhere) or the VM
 # cannot start (no guest output), this says SKIP and succeeds; once the guest
 # runs, its result counts, and /proc/net/tls_stat must show kernel TLS
 # sockets both ways. Built with -race, as go-test is. Then, in the same
@@ -123,7 +124,7 @@ test-ktls: build
 	mkdir -p build/ktls && go test -race -c -o $(KTLS_TEST) ./goloop || exit 1; \
 	log=build/ktls/vm.log; \
 	VM_TIMEOUT=$${VM_TIMEOUT:-900} $(KTLS_VM) 'echo "ktlsvm: guest up, kernel $$(uname -r)"; \
-		cd goloop && GOLOOP_KTLS_REQUIRED=1 ../$(KTLS_TEST) -test.run KTLS -test.v -test.count=1 -test.timeout 10m; \
+		cd goloop && GOLOOP_KTLS_REQUIRED=1 ../$(KTLS_TEST) -test.run "KTLS|SoftTLS" -test.v -test.count=1 -test.timeout 10m; \
 		rc=$$?; cd ../tests && for b in io_uring epoll; do \
 			echo "ktlsvm: python tests, $$b"; \
 			GOLOOP_KTLS_REQUIRED=1 GOLOOP_REQUIRED=1 GOLOOP_BACKEND=$$b GOLOOP_TEST_LOOPS=goloop \

@@ -389,11 +389,14 @@ func (k *ktlsFd) install(fd int32, ptr uintptr, rp *recPool) (int32, uint32) {
 			return 0, aux
 		}
 		e := ktlsErrno(err)
-		if !soft || aux != 0 || e != unix.ENOENT && e != unix.EOPNOTSUPP {
+		if !soft || aux != 0 {
 			return -int32(e), aux
 		}
-		// Nothing went in: the socket passes bytes unchanged, and Go's
-		// record layer takes over.
+		// Nothing went in, whatever the kernel's reason (no tls module,
+		// the cipher, or -ENOTCONN for a socket whose peer's FIN came
+		// before the keys: the kernel takes only ESTABLISHED ones). The
+		// socket still passes bytes unchanged, and Go's record layer
+		// takes over.
 	}
 	s, e := newSoftTLS(&cfg)
 	if e != 0 {

@@ -385,6 +385,25 @@ func TestSoftTLSInstall(t *testing.T) {
 			t.Fatalf("GL_KTLS_SOFT on TCP: %+v, want Aux %d", r, want)
 		}
 		collect(t, b, []Sub{{Op: OpClose, Fd: tc, Token: 9}}, hasKind(EvClosed, 9))
+
+		// The peer's FIN came before the keys (it sent its last record and
+		// closed right after the handshake): a kernel with a tls module
+		// refuses the socket (-ENOTCONN, it takes only ESTABLISHED ones)
+		// before any direction went in, so Go's record layer takes over
+		// there too, and the fd still reads to its end.
+		fc, fpeer := tcpPair(t)
+		unix.Close(int(fpeer))
+		pfd := []unix.PollFd{{Fd: fc, Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(pfd, 10000); n != 1 || err != nil {
+			t.Fatalf("the peer's FIN did not arrive: %d %v", n, err)
+		}
+		p = testParams()
+		p.Flags = KTLSSoft
+		cs = collect(t, b, []Sub{{Op: OpKTLS, Fd: fc, Token: 10, Ptr: paramsPtr(p)}}, hasKind(EvKTLS, 10))
+		if r := cs[len(cs)-1]; r.Res != 0 || r.Aux != KTLSTX|KTLSRX|KTLSSoftware {
+			t.Fatalf("GL_KTLS_SOFT on TCP after the peer's FIN: %+v, want soft", r)
+		}
+		collect(t, b, []Sub{{Op: OpClose, Fd: fc, Token: 11}}, hasKind(EvClosed, 11))
 	})
 }
 

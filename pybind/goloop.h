@@ -61,8 +61,9 @@ enum {
  * them. res 0: what was asked is installed (from then on sends are plaintext,
  * and a receive started afterwards gets plaintext). res < 0 with aux 0:
  * nothing changed, carry on in user space (-ENOENT: no tls module;
- * -EOPNOTSUPP: the kernel refuses this version or suite; -EINVAL: bad
- * gl_ktls). res < 0 with aux != 0: one direction went in and the other did
+ * -EOPNOTSUPP: the kernel refuses this version or suite; -ENOTCONN: the
+ * socket is no longer ESTABLISHED, e.g. the peer's FIN already came; -EINVAL:
+ * bad gl_ktls). res < 0 with aux != 0: one direction went in and the other did
  * not; the connection cannot go on.
  * On a socket with kernel RX, a receive ends with EOF (res 0) at the peer's
  * close_notify, drops TLS 1.3 NewSessionTickets, and ends with -EPROTO for any
@@ -87,7 +88,7 @@ typedef struct {
 #define GL_KTLS_TX 1
 #define GL_KTLS_RX 2
 /* gl_ktls.flags (docs/softtls.md): GL_KTLS_SOFT: where the kernel cannot take
- * the keys before any direction went in (-ENOENT, -EOPNOTSUPP, not TCP), Go's
+ * the keys before any direction went in (whatever its errno; not TCP), Go's
  * own record layer serves the fd instead; GL_KTLS_SOFT_ONLY: do not try the
  * kernel. Both need rx = 1. A soft install answers res 0, aux = GL_KTLS_TX |
  * GL_KTLS_RX | GL_KTLS_SOFTWARE; everything after is as for kernel TLS, but
