@@ -33,7 +33,7 @@ func (b *uringBackend) dgramInit() error {
 	if err != nil {
 		return err
 	}
-	pbuf, err := newPbufRingGroup(b.r.fd, pool, dgramGroup)
+	pbuf, err := newPbufRingGroup(b.r.fd, pool, dgramGroup, dgramBufCount)
 	if err != nil {
 		pool.close()
 		return err
@@ -57,7 +57,7 @@ func (b *uringBackend) armRecvMsg(f *urFd) {
 	if !f.recvOn || f.recv != reqNone || f.closing() || b.dg == nil {
 		return
 	}
-	if b.dg.pbuf.inRing == 0 {
+	if !b.dg.pbuf.available() {
 		// A recvmsg armed now would end at once with ENOBUFS.
 		f.recv = reqStarved
 		b.dg.starved = append(b.dg.starved, f)

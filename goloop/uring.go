@@ -241,10 +241,13 @@ func (b *uringBackend) checkOwner() error {
 
 // reap turns every CQE in the ring into completions (or nothing).
 func (b *uringBackend) reap() {
-	for {
+	for reaped := false; ; reaped = true {
 		head := *b.r.cqHead
 		tail := atomic.LoadUint32(b.r.cqTail)
 		if head == tail {
+			if reaped {
+				b.pbuf.reaped()
+			}
 			return
 		}
 		for ; head != tail; head++ {

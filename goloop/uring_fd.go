@@ -412,8 +412,9 @@ func (b *uringBackend) armRecv(f *urFd) {
 		f.recvKind, f.recv = kRecvPoll, reqArmed
 		return
 	}
-	if b.pbuf.inRing == 0 {
+	if !b.pbuf.available() {
 		// A recv armed now would end at once with ENOBUFS.
+		b.pbuf.starved()
 		f.recv = reqStarved
 		b.starved = append(b.starved, f)
 		b.releaseHeld()
@@ -539,6 +540,9 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 		c.res == -int32(unix.EINTR), c.res == -int32(unix.EAGAIN):
 		// Ours to handle: the re-arm below (or starving until buffers
 		// come back) is all C would have wanted.
+		if c.res == -int32(unix.ENOBUFS) {
+			b.pbuf.starved()
+		}
 	case c.res == 0 && f.recvOn && f.sending:
 		f.recvOn, f.eofHeld = false, true
 		b.eofHeld = append(b.eofHeld, f)
