@@ -503,9 +503,10 @@ def test_peer_close_notify(loop, certs):
     run(loop, go())
 
 
-def test_truncation_after_handshake(loop, certs):
-    """The peer closes TCP without close_notify: asyncio 3.11 delivers what came, then
-    eof_received and connection_lost(None) (it does not report the truncation)."""
+def check_truncation_after_handshake(loop, certs, client_ssl):
+    """A peer that sends, then closes TCP without close_notify: what came is
+    delivered, then the end, without an error other than ConnectionResetError.
+    Also test_gotls.py's, with a goloop.TLSContext as client_ssl."""
     def peer(lsock):
         conn, _ = lsock.accept()
         conn.settimeout(PEER_TIMEOUT)
@@ -518,13 +519,19 @@ def test_truncation_after_handshake(loop, certs):
             lsock.settimeout(PEER_TIMEOUT)
             served = in_thread(loop, peer, lsock)
             tr, pr = await loop.create_connection(lambda: Recorder(loop), *lsock.getsockname(),
-                                                  ssl=certs.client(), server_hostname=HOST)
+                                                  ssl=client_ssl, server_hostname=HOST)
             await served
             exc = await pr.lost
             assert exc is None or isinstance(exc, ConnectionResetError)
             assert bytes(pr.data) == b"partial"
 
     run(loop, go())
+
+
+def test_truncation_after_handshake(loop, certs):
+    """The peer closes TCP without close_notify: asyncio 3.11 delivers what came, then
+    eof_received and connection_lost(None) (it does not report the truncation)."""
+    check_truncation_after_handshake(loop, certs, certs.client())
 
 
 def test_truncation_during_handshake(loop, certs):
