@@ -639,9 +639,12 @@ static int on_recv(Transport *t, gl_comp *c)
 {
     if (c->res > 0) {
         int r = 0;
-        if (t->records) {
+        if (t->records && !(c->flags & GL_FLAG_MORE)) {
             /* A record read is answered once: the next is asked for below,
-             * after the protocol had this one (it may end record mode). */
+             * after the protocol had this one (it may end record mode).
+             * Chunks with GL_FLAG_MORE come before the answer: what a
+             * receive stopped earlier took in flight (goloop.h); the record
+             * read is still pending behind them. */
             t->armed = 0;
             pin_update(t);
         }
