@@ -17,13 +17,38 @@ _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
 _raw_proto = _socket.socket.proto.__get__
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_IPPROTO_TCP, _TCP_NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
 _Unix = unix_events._UnixSelectorEventLoop
 
 
 def _build_tls_context(loop, ssl):
+    if ssl is None or ssl is False:
+        return
     from ._tlscontext import TLSContext
     if isinstance(ssl, TLSContext):
         ssl._go_id(loop)
+
+
+# create_connection's numeric hosts, as asyncio's _ipaddr_info parses them
+# (a pure function of its arguments): a client that connects to one address
+# over and over parses it once.
+_ipaddr_cache = {}
+
+
+def _ipaddr_info(host, port, family, proto):
+    key = (host, port, family, proto)
+    try:
+        return _ipaddr_cache[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable: asyncio's own error, if any, comes later
+        return base_events._ipaddr_info(host, port, family, socket.SOCK_STREAM, proto)
+    info = base_events._ipaddr_info(host, port, family, socket.SOCK_STREAM, proto)
+    if info is not None:
+        if len(_ipaddr_cache) >= 256:
+            _ipaddr_cache.clear()
+        _ipaddr_cache[key] = info
+    return info
 
 
 def _kind(sock):
@@ -110,7 +135,7 @@ class StreamsMixin:
                 ssl_handshake_timeout=ssl_handshake_timeout,
                 ssl_shutdown_timeout=ssl_shutdown_timeout,
                 happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
-        info = base_events._ipaddr_info(host, port, family, socket.SOCK_STREAM, proto)
+        info = _ipaddr_info(host, port, family, proto)
         if info is not None:
             infos = (info,)
         else:
@@ -121,6 +146,7 @@ class StreamsMixin:
                 raise OSError('getaddrinfo() returned empty list')
         errors = []
         for af, type_, proto_, _, address in infos:
+            tcp = proto_ == _IPPROTO_TCP  # what asyncio's _set_nodelay asks of it too
             sock = None
             try:
                 sock = socket.socket(af, type_ | _SOCK_NONBLOCK, proto_)
@@ -149,7 +175,7 @@ class StreamsMixin:
         extra = {'sockname': addrs[0], 'peername': addrs[1]} if addrs else None
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = self._make_socket_transport(sock, protocol, waiter, extra=extra)
+        transport = self._make_socket_transport(sock, protocol, waiter, extra=extra, tcp=tcp)
         try:
             await waiter
         except:  # noqa: E722 (asyncio's: the transport goes with any exception)
@@ -158,14 +184,25 @@ class StreamsMixin:
         return transport, protocol
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
-                               extra=None, server=None):
-        if sock.gettimeout() != 0:  # 0: non-blocking already, as Python made it
-            sock.setblocking(False)
-        try:
-            _set_nodelay(sock)
-        except OSError:
-            pass
-        extra = socket_extra(sock, extra)
+                               extra=None, server=None, tcp=False):
+        # tcp=True: create_connection's own socket, a plain non-blocking
+        # socket.socket of family AF_INET or AF_INET6, type SOCK_STREAM and
+        # proto IPPROTO_TCP, with its addresses in extra when Go had them.
+        if not tcp:
+            if sock.gettimeout() != 0:  # 0: non-blocking already, as Python made it
+                sock.setblocking(False)
+            try:
+                _set_nodelay(sock)
+            except OSError:
+                pass
+            extra = socket_extra(sock, extra)
+        else:
+            try:
+                sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+            except OSError:
+                pass
+            if extra is None:
+                extra = socket_extra(sock, None)
         # A protocol without connection_made fails here, as asyncio's
         # transport constructor does, while the socket is still Python's.
         connection_made = protocol.connection_made

@@ -492,7 +492,11 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
         fd = sock.fileno()
         raw = None
         if fd >= 0:
-            raw = _core._sockaddr_fast(sock.family, address) or _sockaddr(sock.family, address)
+            try:
+                family = _raw_family(sock)  # an int: sock.family builds an enum member
+            except TypeError:
+                family = sock.family
+            raw = _core._sockaddr_fast(family, address) or _sockaddr(family, address)
         if raw is None:
             # What only the socket module understands (or refuses, with its
             # own error): asyncio's way, over Go's readiness.
