@@ -81,6 +81,32 @@ def test_server_transport_addresses_ipv4(loop, loop_name, host, client):
     assert after_fd == -1
 
 
+def test_server_transport_addresses_first_asked_after_close(loop):
+    """asyncio reads a transport's addresses when it makes it (uvloop keeps
+    them too), so a server that first asks once the connection is gone still
+    gets them: goloop keeps Go's EvAccept addresses and makes the Python
+    objects when first asked."""
+
+    async def go():
+        srv = Server(loop)
+        server = await loop.create_server(srv.factory, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port)) as cli:
+                want = {"sockname": cli.getpeername(), "peername": cli.getsockname()}
+                while not srv.protocols:
+                    await asyncio.sleep(0)
+                pr = srv.protocols[0]
+                tr = await pr.made
+                tr.close()
+                await pr.lost
+            gc.collect()
+            return want, {k: tr.get_extra_info(k) for k in ("peername", "sockname")}
+
+    want, got = run(loop, go())
+    assert got == want
+
+
 @needs_ipv6
 def test_server_transport_addresses_ipv6(loop, loop_name):
     seen, want, after, kind, nodelay, after_fd = _serve_one(loop, socket.AF_INET6, "::1", "::1")

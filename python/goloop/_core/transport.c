@@ -72,6 +72,13 @@ typedef struct {
      * object until the program asks for extra info 'socket' (lazy_socket). */
     char sock_lazy;
     int sock_family, sock_type, sock_proto;
+    /* Its IPv4 sockname and peername as Go's EvAccept carried them (network
+     * order), made into extra's 'sockname' and 'peername' when first asked
+     * (addrs_lazy): most servers never ask, and the two tuples with their
+     * strings and ints were a fifth of a held connection's memory. */
+    char addrs_lazy;
+    uint16_t l_port, p_port;
+    uint32_t l_addr, p_addr;
     /* Kernel TLS (tls.c, docs/ktls.md): during a handshake that may go to
      * the kernel, reads are one TLS record at a time (records), so nothing
      * past the handshake leaves the socket; then OpKTLS is in Go's hands
@@ -1036,19 +1043,22 @@ PyObject *inet4_address(uint32_t addr, uint16_t port)
     return Py_BuildValue("(si)", host, (int)ntohs(port));
 }
 
-/* The extra info asyncio's transport has from birth, built from the
- * addresses Go's EvAccept carried: no syscall, no socket object. */
-static PyObject *accept_extra(gl_comp *c)
+/* extra's 'sockname' and 'peername' of a transport_accept transport, from
+ * the addresses kept since its EvAccept: as asyncio's transport has them
+ * from birth, made when first asked. */
+static int materialize_addrs(Transport *t)
 {
-    PyObject *local = inet4_address(c->buf, (uint16_t)(c->aux >> 16));
-    PyObject *peer = local ? inet4_address((uint32_t)c->ptr, (uint16_t)(c->ptr >> 32)) : NULL;
-    PyObject *extra = peer ? PyDict_New() : NULL;
-    if (extra != NULL && (PyDict_SetItemString(extra, "sockname", local) < 0 ||
-                          PyDict_SetItemString(extra, "peername", peer) < 0))
-        Py_CLEAR(extra);
+    PyObject *local = inet4_address(t->l_addr, t->l_port);
+    PyObject *peer = local ? inet4_address(t->p_addr, t->p_port) : NULL;
+    int r = peer == NULL ? -1 : 0;
+    if (r == 0 && (PyDict_SetItemString(t->extra, "sockname", local) < 0 ||
+                   PyDict_SetItemString(t->extra, "peername", peer) < 0))
+        r = -1;
     Py_XDECREF(local);
     Py_XDECREF(peer);
-    return extra;
+    if (r == 0)
+        t->addrs_lazy = 0;
+    return r;
 }
 
 /* A server's new IPv4 connection, from Go's EvAccept to a transport with
@@ -1070,12 +1080,17 @@ int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *serv
     /* A protocol without connection_made fails here, as asyncio's
      * transport constructor does. */
     made = PyObject_GetAttrString(protocol, "connection_made");
-    if (made == NULL || (extra = accept_extra(c)) == NULL)
+    if (made == NULL || (extra = PyDict_New()) == NULL)
         goto fail;
     t = transport_make(Transport_Type, lp, fd, NULL, protocol, extra, server);
     if (t == NULL)
         goto fail;
     fd = -1;   /* the transport's now: closing it closes the fd */
+    t->addrs_lazy = 1;
+    t->l_addr = c->buf;
+    t->l_port = (uint16_t)(c->aux >> 16);
+    t->p_addr = (uint32_t)c->ptr;
+    t->p_port = (uint16_t)(c->ptr >> 32);
     t->sock_lazy = 1;
     t->sock_family = family;
     t->sock_type = type;
@@ -1139,8 +1154,9 @@ fail:;
 }
 
 /* get_extra_info as asyncio.BaseTransport's, except that a transport made
- * by transport_accept makes its socket object when first asked: most
- * programs never ask, and making one is most of a connection's Python cost.
+ * by transport_accept makes its socket object, and its 'sockname' and
+ * 'peername', when first asked: most programs never ask, and making the
+ * socket object is most of a connection's Python cost.
  * loop._lazy_socket makes it (the fd is Go's: a _GoOwnedSocket; after
  * Go closed the fd, a detached one, as asyncio's closed socket). */
 static PyObject *tr_get_extra_info(Transport *t, PyObject *const *args, Py_ssize_t nargs)
@@ -1157,6 +1173,13 @@ static PyObject *tr_get_extra_info(Transport *t, PyObject *const *args, Py_ssize
         return Py_NewRef(v);
     if (PyErr_Occurred())
         return NULL;
+    if (t->addrs_lazy && PyUnicode_Check(name) &&
+        (PyUnicode_CompareWithASCIIString(name, "sockname") == 0 ||
+         PyUnicode_CompareWithASCIIString(name, "peername") == 0)) {
+        if (materialize_addrs(t) < 0)
+            return NULL;
+        return Py_NewRef(PyDict_GetItem(t->extra, name));
+    }
     if (t->sock_lazy && t->sock == NULL && t->loop != NULL && PyUnicode_Check(name) &&
         PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
         PyObject *pair = PyObject_CallMethod((PyObject *)t->loop, "_lazy_socket", "Oiiiii",
