@@ -45,9 +45,9 @@ type epFd struct {
 	connOn   bool
 	connPtr  uintptr // the sockaddr C holds until our EvConnect
 	connLen  uint32
-	dgram    bool    // the receive is a datagram receive (OpDgramRecvStart)
-	sk       sockOps // sock_recv/sock_sendall on an fd its owner keeps (sockops.go)
-	kt       ktlsFd  // OpRecvRecord, kernel TLS (recvrecord.go)
+	dgram    bool     // the receive is a datagram receive (OpDgramRecvStart)
+	sk       *sockOps // sock_recv/sock_sendall on an fd its owner keeps (sockops.go), nil: none yet
+	kt       ktlsFd   // OpRecvRecord, kernel TLS (recvrecord.go)
 
 	out outQueue // sends, shutdowns and a graceful close, in order
 	// blocked is set while the head of out waits for EPOLLOUT.
@@ -221,7 +221,7 @@ func (b *epollBackend) apply(s *Sub) {
 			return
 		}
 		f := b.state(s.Fd)
-		f.sk.adopt(s.Op, o)
+		opsOf(&f.sk).adopt(s.Op, o)
 		b.markDirty(f)
 		return
 	}
@@ -277,7 +277,7 @@ func (b *epollBackend) apply(s *Sub) {
 		}
 		b.forgetIfIdle(f)
 	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo, OpSockSendfile:
-		o := f.sk.start(s, b.complete) // replaces a live one of its kind
+		o := opsOf(&f.sk).start(s, b.complete) // replaces a live one of its kind
 		if o.try(f.fd, b.complete) {
 			b.forgetIfIdle(f)
 		}
@@ -486,10 +486,10 @@ func (b *epollBackend) sync() {
 			continue
 		}
 		var want uint32
-		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 || f.sk.recv.live || f.kt.rec.live {
+		if (f.recvOn && !f.starved) || f.acceptOn || f.pollMask&PollIn != 0 || f.sk.recvLive() || f.kt.rec.live {
 			want |= unix.EPOLLIN
 		}
-		if f.blocked || f.connOn || f.pollMask&PollOut != 0 || f.sk.send.live {
+		if f.blocked || f.connOn || f.pollMask&PollOut != 0 || f.sk.sendLive() {
 			want |= unix.EPOLLOUT
 		}
 		idle := want == 0 && len(f.out) == 0 && !f.recvOn && !f.acceptOn && f.pollMask == 0 && !f.starved && !f.sk.live() &&
@@ -596,10 +596,10 @@ func (b *epollBackend) handle(ev *unix.EpollEvent) {
 	if outReady && f.connOn {
 		b.settleConnect(f)
 	}
-	if in && f.sk.recv.live && f.sk.recv.try(f.fd, b.complete) {
+	if in && f.sk.recvLive() && f.sk.recv.try(f.fd, b.complete) {
 		b.markDirty(f)
 	}
-	if outReady && f.sk.send.live && f.sk.send.try(f.fd, b.complete) {
+	if outReady && f.sk.sendLive() && f.sk.send.try(f.fd, b.complete) {
 		b.markDirty(f)
 	}
 	if outReady && f.blocked {

@@ -59,12 +59,28 @@ func sockOpOf(s *Sub) sockOp {
 	return o
 }
 
-// sockOps is an fd's live socket operations.
+// sockOps is an fd's live socket operations. A backend's fd state holds
+// it by pointer, nil until the fd's first sock op that has to wait: a
+// transport's fd never has one, and a held connection's state is smaller
+// by its size (docs/counts.md). Every method but adopt and start takes a
+// nil *sockOps as "no live op"; those two are called on opsOf's answer.
 type sockOps struct {
 	recv, send sockOp
 }
 
-func (s *sockOps) live() bool { return s.recv.live || s.send.live }
+// opsOf is *p, made if there is none yet.
+func opsOf(p **sockOps) *sockOps {
+	if *p == nil {
+		*p = new(sockOps)
+	}
+	return *p
+}
+
+func (s *sockOps) live() bool { return s != nil && (s.recv.live || s.send.live) }
+
+func (s *sockOps) recvLive() bool { return s != nil && s.recv.live }
+
+func (s *sockOps) sendLive() bool { return s != nil && s.send.live }
 
 func (s *sockOps) of(op uint8) *sockOp {
 	if sockSends(op) {
@@ -102,6 +118,7 @@ func (s *sockOps) start(sub *Sub, complete func(Comp)) *sockOp {
 // answered.
 func (s *sockOps) stop(token uint64, complete func(Comp)) uint8 {
 	switch {
+	case s == nil:
 	case s.recv.live && s.recv.token == token:
 		s.recv.end(-int32(unix.ECANCELED), complete)
 		return OpSockRecv
@@ -115,6 +132,9 @@ func (s *sockOps) stop(token uint64, complete func(Comp)) uint8 {
 // fail answers every live op with res (the fd is being closed, or the
 // backend cannot watch it).
 func (s *sockOps) fail(res int32, complete func(Comp)) {
+	if s == nil {
+		return
+	}
 	if s.recv.live {
 		s.recv.end(res, complete)
 	}

@@ -13,16 +13,56 @@ import (
 // cancellation or a re-arm is on its way; CQEs are judged against what C
 // wants now, not against what it wanted when the request went out.
 type urFd struct {
-	fd       int32
-	slot     uint32
-	gen      uint32
-	inflight int // requests on this fd whose last CQE has not come back
-	notSock  bool
+	// The fields are in size order, not by concern (each says which it
+	// belongs to): a held connection is one urFd, and packed it is a
+	// 256-byte allocation instead of a 416-byte one (TestFdStateSize).
 
-	recvOn          bool     // C wants to receive
-	recv            armState // the receive in the kernel: unarmed, armed, cancelling or starved
-	recvTok         uint64
-	recvIdx, accIdx uint32 // SQ index of the arming SQE
+	// 8 bytes and more.
+	inflight int // requests on this fd whose last CQE has not come back
+	recvTok  uint64
+	accTok   uint64
+	accLocal uint64 // the listener's own address for EvAccept (acceptAddrs)
+	pollTok  uint64
+	connTok  uint64
+	// The sockaddr of a connect asked for while a stopped one is still in
+	// the kernel: submitted when that one's CQE is back (with connLen).
+	connPtr  uintptr
+	closeTok uint64
+	// held keeps what arrived while receiving was stopped (a multishot
+	// recv cannot be stopped between two chunks); RecvStart delivers it.
+	held []Comp
+	out  outQueue // sends, shutdowns and a graceful close, in order
+	// The sendmsg in flight: the queue's consecutive sends as one request,
+	// so writes made in one iteration leave in one call (in the kernel's
+	// order), not one request per iteration. Its iovec and msghdr are
+	// taken from the backend for the one request and given back at its
+	// CQE (the kernel reads them until then): an idle connection carries
+	// none of it (a kilobyte each, at 10,000 connections docs/counts.md).
+	gather *sendGather
+	// sock_recv/sock_sendall on an fd its owner keeps (sockops.go): the
+	// live ops (nil until one has to wait), and the readiness polls they
+	// wait with (a POLL_ADD, never a recv in the kernel, so a stopped
+	// receive consumes nothing: skRecvP, skSendP, skRecvIdx, skSendIdx).
+	sk *sockOps
+	// OpRecvRecord and kernel TLS (recvrecord.go): the record read waits
+	// with a POLL_ADD too (recP, recIdx), so only Go's reads take bytes
+	// from the socket.
+	kt ktlsFd
+
+	// 4 bytes.
+	fd                      int32
+	slot                    uint32
+	gen                     uint32
+	recvIdx, accIdx         uint32 // SQ index of the arming SQE
+	pollMask, pollArmedMask uint32 // what C wants watched, what the armed poll watches
+	connLen                 uint32
+	skRecvIdx, skSendIdx    uint32
+	recIdx                  uint32
+
+	// 1 byte.
+	notSock bool
+	recvOn  bool     // C wants to receive
+	recv    armState // the receive in the kernel: unarmed, armed, cancelling or starved
 	// A non-socket (pipe, tty) cannot take a multishot recv, and a read of
 	// an O_NONBLOCK file fails with EAGAIN instead of waiting: it is
 	// received with a poll, then one read, in turn.
@@ -31,9 +71,6 @@ type urFd struct {
 	// A pipe is read with one multishot read where the kernel has it;
 	// a file that refuses it (a tty) falls back to poll and read for good.
 	recvMulti, noMulti bool
-	// held keeps what arrived while receiving was stopped (a multishot
-	// recv cannot be stopped between two chunks); RecvStart delivers it.
-	held []Comp
 	// eofHeld: the receive ended (0) while a send was in the kernel, in this
 	// Poll call. A peer's reset is reported once, to whichever request
 	// sees it first; when that was the send, the receive reads a plain end
@@ -41,53 +78,20 @@ type urFd struct {
 	// EOF waits for the send's completion in the same call: if the send
 	// failed with EPIPE or ECONNRESET, C gets the reset instead.
 	eofHeld bool
-
-	accOn    bool     // C wants to accept
-	acc      armState // the accept in the kernel: unarmed, armed or cancelling
-	accTok   uint64
-	accLocal uint64 // the listener's own address for EvAccept (acceptAddrs)
-
-	pollMask, pollArmedMask uint32   // what C wants watched, what the armed poll watches
-	poll                    armState // unarmed, armed, cancelling (a removal in flight) or queued
-	pollTok                 uint64
-
-	connOn  bool     // C wants a connect: the one in the kernel, or the next
-	conn    armState // the connect in the kernel: unarmed, armed or cancelling
-	connTok uint64
-	// The sockaddr of a connect asked for while a stopped one is still in
-	// the kernel: submitted when that one's CQE is back.
-	connPtr uintptr
-	connLen uint32
-
-	out     outQueue // sends, shutdowns and a graceful close, in order
-	sending bool     // the head of out (and the sends gathered with it) is in the kernel
-	pumpDue bool     // in b.pumps: pumped once the batch is applied
-	// The sendmsg in flight: the queue's consecutive sends as one request,
-	// so writes made in one iteration leave in one call (in the kernel's
-	// order), not one request per iteration. Its iovec and msghdr are
-	// taken from the backend for the one request and given back at its
-	// CQE (the kernel reads them until then): an idle connection carries
-	// none of it (a kilobyte each, at 10,000 connections docs/counts.md).
-	gather *sendGather
-
+	accOn   bool     // C wants to accept
+	acc     armState // the accept in the kernel: unarmed, armed or cancelling
+	// poll: unarmed, armed, cancelling (a removal in flight) or queued
+	poll     armState
+	connOn   bool     // C wants a connect: the one in the kernel, or the next
+	conn     armState // the connect in the kernel: unarmed, armed or cancelling
+	sending  bool     // the head of out (and the sends gathered with it) is in the kernel
+	pumpDue  bool     // in b.pumps: pumped once the batch is applied
 	state    closeState
 	aborting bool // the close under way is an abort: the send in flight ends the queue
-	closeTok uint64
-
-	dgram bool // the receive is a datagram receive (dgram_uring.go)
-
-	// sock_recv/sock_sendall on an fd its owner keeps (sockops.go): the
-	// live ops, and the readiness polls they wait with (a POLL_ADD, never
-	// a recv in the kernel, so a stopped receive consumes nothing).
-	sk                   sockOps
-	skRecvP, skSendP     armState
-	skRecvIdx, skSendIdx uint32
-
-	// OpRecvRecord and kernel TLS (recvrecord.go): the record read waits
-	// with a POLL_ADD too, so only Go's reads take bytes from the socket.
-	kt     ktlsFd
-	recP   armState
-	recIdx uint32
+	dgram    bool // the receive is a datagram receive (dgram_uring.go)
+	skRecvP  armState
+	skSendP  armState
+	recP     armState
 	// noWaitAll: the socket refused MSG_WAITALL (kernel TLS TX takes only
 	// MSG_MORE, MSG_DONTWAIT and MSG_NOSIGNAL, EOPNOTSUPP before sending
 	// anything): sends go without it, a short send is pumped on.
@@ -223,7 +227,7 @@ func (b *uringBackend) apply(s *Sub) {
 			return
 		}
 		f := b.state(s.Fd)
-		f.sk.adopt(s.Op, o)
+		opsOf(&f.sk).adopt(s.Op, o)
 		b.sockWait(f, sockSends(s.Op))
 		return
 	}
@@ -318,7 +322,7 @@ func (b *uringBackend) apply(s *Sub) {
 	case OpDgramRecvStart:
 		b.dgramRecvStart(f, s)
 	case OpSockRecv, OpSockSend, OpSockAccept, OpSockRecvFrom, OpSockSendTo, OpSockSendfile:
-		f.sk.start(s, b.complete)
+		opsOf(&f.sk).start(s, b.complete)
 		b.sockPump(f, sockSends(s.Op))
 	case OpSockStop:
 		switch f.sk.stop(s.Token, b.complete) {
@@ -1023,6 +1027,9 @@ func (f *urFd) dropHeld(b *uringBackend) {
 // readiness with a one-shot POLL_ADD. A poll still in the kernel (one being
 // cancelled, for a stopped op) is waited for: its CQE pumps again.
 func (b *uringBackend) sockPump(f *urFd, send bool) {
+	if f.sk == nil {
+		return
+	}
 	o := &f.sk.recv
 	if send {
 		o = &f.sk.send
