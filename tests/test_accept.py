@@ -107,6 +107,43 @@ def test_server_transport_addresses_first_asked_after_close(loop):
     assert got == want
 
 
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_transport_socket_first_asked_after_close(loop, loop_name, side):
+    """get_extra_info('socket') first asked once the connection is gone: on
+    asyncio the transport made its socket at birth, so it answers that
+    socket, closed (fileno -1, its family and type); goloop makes a
+    transport's socket object only when asked (accepted and
+    create_connection transports) and must answer the same, not fail on the
+    closed fd (or wrap whatever file took its number since)."""
+
+    async def go():
+        srv = Server(loop)
+        server = await loop.create_server(srv.factory, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            client = Recorder(loop)
+            ctr, _ = await loop.create_connection(lambda: client, "127.0.0.1", port)
+            while not srv.protocols:
+                await asyncio.sleep(0)
+            pr = srv.protocols[0]
+            str_ = await pr.made
+            tr, lost = (str_, pr.lost) if side == "server" else (ctr, client.lost)
+            other = ctr if side == "server" else str_
+            tr.close()
+            await lost
+            other.close()
+            # The closed fd's number, taken again by a file of the program's.
+            with socket.socket() as again:
+                sock = tr.get_extra_info("socket")
+                return sock, again.fileno()
+
+    sock, _ = run(loop, go())
+    if loop_name == "uvloop":
+        assert sock is None  # uvloop's answer once its handle is closed
+    else:
+        assert (sock.fileno(), sock.family, sock.type) == (-1, socket.AF_INET, socket.SOCK_STREAM)
+
+
 @needs_ipv6
 def test_server_transport_addresses_ipv6(loop, loop_name):
     seen, want, after, kind, nodelay, after_fd = _serve_one(loop, socket.AF_INET6, "::1", "::1")

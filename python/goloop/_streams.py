@@ -206,20 +206,36 @@ class StreamsMixin:
         # A protocol without connection_made fails here, as asyncio's
         # transport constructor does, while the socket is still Python's.
         connection_made = protocol.connection_made
-        # From here on the fd is the transport's, and so Go's: the socket
-        # object can no longer close it (one owner per fd).
-        owned = _go_owned(sock)
-        extra['socket'] = trsock.TransportSocket(owned)
+        if tcp:
+            # Nothing else holds create_connection's own socket: the
+            # transport takes the bare fd (Go's from here on) and makes a
+            # socket object only if the program asks (get_extra_info
+            # 'socket', which also registers it in _transports), as a
+            # server's accepted transports do (transport.c).
+            kind = (_raw_family(sock), socket.SOCK_STREAM | _SOCK_NONBLOCK, _IPPROTO_TCP)
+            fd = sock.detach()
+            try:
+                transport = _core.Transport(self, fd, protocol, extra, server, kind)
+            except BaseException:
+                os.close(fd)  # no transport: the fd was still ours
+                raise
+            owned = None
+        else:
+            # From here on the fd is the transport's, and so Go's: the
+            # socket object can no longer close it (one owner per fd).
+            owned = _go_owned(sock)
+            extra['socket'] = trsock.TransportSocket(owned)
+            try:
+                transport = _core.Transport(self, owned, protocol, extra, server)
+            except BaseException:
+                # No transport: the fd is still Python's to close.
+                owned.__class__ = socket.socket
+                if owned is not sock:
+                    owned.close()
+                raise
         try:
-            transport = _core.Transport(self, owned, protocol, extra, server)
-        except BaseException:
-            # No transport: the fd is still Python's to close.
-            owned.__class__ = socket.socket
-            if owned is not sock:
-                owned.close()
-            raise
-        try:
-            self._transports[owned.fileno()] = transport
+            if owned is not None:
+                self._transports[owned.fileno()] = transport
             if server is not None:
                 server._attach()
             self.call_soon(connection_made, transport)
@@ -358,14 +374,24 @@ class StreamsMixin:
             self._report_accept_failure(exc, protocol, transport)
 
     def _lazy_socket(self, transport, family, type_, proto, fd, is_open):
-        # The socket object of a transport made by transport_accept, made
-        # when the program first asks (get_extra_info('socket')). All of
-        # family, type and proto given: socket.socket makes no syscall.
-        owned = _GoOwnedSocket(family, type_, proto, fileno=fd)
+        # The socket object of a transport made over a bare fd (accepted in
+        # C, or create_connection's own), made when the program first asks
+        # (get_extra_info('socket')). socket.socket checks the fd with one
+        # getsockname; family, type and proto given, it asks nothing else.
         if is_open:
+            owned = _GoOwnedSocket(family, type_, proto, fileno=fd)
             self._transports[fd] = transport  # sock_* on it are refused, as asyncio refuses them
         else:
-            owned.detach()  # Go closed the fd: a closed socket, as asyncio's would be
+            # Go closed the fd: asyncio's answer is its socket, closed. Not
+            # made over the fd number (socket.socket checks it with
+            # getsockname: EBADF, or another file that took the number
+            # since), but as a socket of its own, closed at once.
+            try:
+                owned = socket.socket(family, type_, proto)
+                owned.close()
+            except OSError:  # out of fds: a bare closed socket object
+                owned = socket.socket.__new__(socket.socket)
+                owned._io_refs, owned._closed = 0, True
         return owned, trsock.TransportSocket(owned)
 
     # What asyncio's _accept_connection2 does after `await waiter`, as the

@@ -216,13 +216,36 @@ static Transport *transport_make(PyTypeObject *tp, LoopCore *loop, int fd, PyObj
     return t;
 }
 
+/* Transport(loop, sock, protocol, extra=None, server=None, kind=None).
+ * With kind=(family, type, proto), sock is a bare fd number that nothing
+ * else holds (create_connection's own socket, detached): the transport
+ * makes its socket object when first asked, as transport_accept's do. */
 static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"loop", "sock", "protocol", "extra", "server", NULL};
-    PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO|OO", kwlist, LoopCore_Type, &loop, &sock,
-                                     &protocol, &extra, &server))
+    static char *kwlist[] = {"loop", "sock", "protocol", "extra", "server", "kind", NULL};
+    PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None, *kind = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO|OOO", kwlist, LoopCore_Type, &loop, &sock,
+                                     &protocol, &extra, &server, &kind))
         return NULL;
+    if (kind != Py_None) {
+        int family, type, proto;
+        int fd = PyLong_Check(sock) ? _PyLong_AsInt(sock) : -1;
+        if (fd == -1 && PyErr_Occurred())
+            return NULL;
+        if (fd < 0 || !PyArg_ParseTuple(kind, "iii", &family, &type, &proto)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "kind= takes a bare fd number");
+            return NULL;
+        }
+        Transport *t = transport_make(tp, (LoopCore *)loop, fd, NULL, protocol, extra, server);
+        if (t != NULL) {
+            t->sock_lazy = 1;
+            t->sock_family = family;
+            t->sock_type = type;
+            t->sock_proto = proto;
+        }
+        return (PyObject *)t;
+    }
     PyObject *fdo = PyObject_CallMethod(sock, "fileno", NULL);
     if (fdo == NULL)
         return NULL;
