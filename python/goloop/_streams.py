@@ -149,7 +149,10 @@ class StreamsMixin:
             tcp = proto_ == _IPPROTO_TCP  # what asyncio's _set_nodelay asks of it too
             sock = None
             try:
-                sock = socket.socket(af, type_ | _SOCK_NONBLOCK, proto_)
+                # _socket's own object: nothing but this road ever sees it
+                # (the transport takes its bare fd), and it skips
+                # socket.socket's Python __init__.
+                sock = _socket.socket(af, type_ | _SOCK_NONBLOCK, proto_)
                 addrs = await self._connect_resolved(sock, address)
                 break
             except OSError as exc:
