@@ -216,6 +216,16 @@ static Transport *transport_make(PyTypeObject *tp, LoopCore *loop, int fd, PyObj
     return t;
 }
 
+/* t has no socket object until the program asks (get_extra_info
+ * 'socket'): loop._lazy_socket makes it for this family, type and proto. */
+static void set_sock_lazy(Transport *t, int family, int type, int proto)
+{
+    t->sock_lazy = 1;
+    t->sock_family = family;
+    t->sock_type = type;
+    t->sock_proto = proto;
+}
+
 /* Transport(loop, sock, protocol, extra=None, server=None, kind=None).
  * With kind=(family, type, proto), sock is a bare fd number that nothing
  * else holds (create_connection's own socket, detached): the transport
@@ -238,12 +248,8 @@ static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
             return NULL;
         }
         Transport *t = transport_make(tp, (LoopCore *)loop, fd, NULL, protocol, extra, server);
-        if (t != NULL) {
-            t->sock_lazy = 1;
-            t->sock_family = family;
-            t->sock_type = type;
-            t->sock_proto = proto;
-        }
+        if (t != NULL)
+            set_sock_lazy(t, family, type, proto);
         return (PyObject *)t;
     }
     PyObject *fdo = PyObject_CallMethod(sock, "fileno", NULL);
@@ -1114,10 +1120,7 @@ int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *serv
     t->l_port = (uint16_t)(c->aux >> 16);
     t->p_addr = (uint32_t)c->ptr;
     t->p_port = (uint16_t)(c->ptr >> 32);
-    t->sock_lazy = 1;
-    t->sock_family = family;
-    t->sock_type = type;
-    t->sock_proto = proto;
+    set_sock_lazy(t, family, type, proto);
     if (server != Py_None) {
         PyObject *r = PyObject_CallMethod(server, "_attach", NULL);
         if (r == NULL)
@@ -1201,7 +1204,13 @@ static PyObject *tr_get_extra_info(Transport *t, PyObject *const *args, Py_ssize
          PyUnicode_CompareWithASCIIString(name, "peername") == 0)) {
         if (materialize_addrs(t) < 0)
             return NULL;
-        return Py_NewRef(PyDict_GetItem(t->extra, name));
+        /* (A str subclass with its own hash may still miss.) */
+        v = PyDict_GetItemWithError(t->extra, name);
+        if (v != NULL)
+            return Py_NewRef(v);
+        if (PyErr_Occurred())
+            return NULL;
+        return Py_NewRef(dflt);
     }
     if (t->sock_lazy && t->sock == NULL && t->loop != NULL && PyUnicode_Check(name) &&
         PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
