@@ -226,3 +226,134 @@ def test_child_dropping_inherited_pipe_transports_leaves_parent_intact(goloop, b
     assert "child:" not in res.stdout, res.stdout + res.stderr
     assert "parent: (b'to r1', b'to r2')" in res.stdout, res.stdout + res.stderr
     assert "parent closed" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+@pytest.mark.parametrize("child_does", ["close transports", "close loop", "drop everything"])
+def test_child_lets_go_of_inherited_connections(goloop, backend, child_does):
+    # A server's accepted transports and create_connection's own transports have no
+    # socket object until the program asks for one: their fds are bare. A child forked
+    # with them open that closes them, or only closes the inherited loop, or drops it
+    # all, must close its copies of those fds: while a copy lives, the parent's close
+    # sends no FIN and the peer never sees EOF. The child stays alive while the parent
+    # checks, as a worker process would.
+    res = _run_script("""
+        import gc, goloop
+        loop = goloop.new_event_loop()
+        class Peer(asyncio.Protocol):
+            def __init__(self):
+                self.made = loop.create_future()
+                self.lost = loop.create_future()
+            def connection_made(self, tr): self.made.set_result(tr)
+            def connection_lost(self, exc): self.lost.set_result(exc)
+        accepted = []
+        def serve():
+            p = Peer()
+            accepted.append(p)
+            return p
+        async def setup():
+            server = await loop.create_server(serve, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            conns = []
+            for _ in range(2):
+                c, cp = await loop.create_connection(Peer, "127.0.0.1", port)
+                conns.append((c, cp))
+            while len(accepted) < 2:
+                await asyncio.sleep(0)
+            servs = [(await p.made, p) for p in accepted]
+            return server, conns, servs
+        server, conns, servs = loop.run_until_complete(setup())
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                how = %r
+                if how == "close transports":
+                    for tr, _ in conns + servs:
+                        tr.close()
+                    loop.close()
+                elif how == "close loop":
+                    loop.close()
+                else:
+                    del conns[:], servs[:], accepted[:], server, loop
+                gc.collect()
+                os.write(ready_w, b"x")
+                os.read(go_r, 1)  # alive until the parent has looked
+            except BaseException as e:
+                print("child:", repr(e))
+            child_exit(0)
+        assert os.read(ready_r, 1) == b"x"
+        async def check():
+            # conn 0: the parent closes its client end; its server end sees EOF.
+            # conn 1: the parent closes its server end; its client end sees EOF.
+            (c0, _), (c1, cp1) = conns
+            (s0, sp0), (s1, _) = servs
+            c0.close()
+            s1.close()
+            await asyncio.wait_for(sp0.lost, 10)
+            await asyncio.wait_for(cp1.lost, 10)
+            return "both ends saw EOF"
+        try:
+            print("parent:", loop.run_until_complete(check()))
+        except asyncio.TimeoutError:
+            print("parent: no EOF while the child lives")
+        os.write(go_w, b"x")
+        code = wait_child(pid)
+        server.close()
+        loop.close()
+        sys.exit(code)
+    """ % child_does, GOLOOP_BACKEND=backend)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "child:" not in res.stdout, res.stdout + res.stderr
+    assert "parent: both ends saw EOF" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_child_takes_over_an_inherited_connection(goloop, backend):
+    # The worker pattern: a child asks an accepted transport (no socket object yet)
+    # for its socket, answers on a duplicate with blocking calls, and closes both.
+    # The parent's client end gets the child's bytes, then EOF.
+    res = _run_script("""
+        import goloop
+        loop = goloop.new_event_loop()
+        class Client(asyncio.Protocol):
+            def __init__(self):
+                self.data = b""
+                self.lost = loop.create_future()
+            def data_received(self, data): self.data += data
+            def connection_lost(self, exc): self.lost.set_result(exc)
+        made = loop.create_future()
+        class Serve(asyncio.Protocol):
+            def connection_made(self, tr): made.set_result(tr)
+        async def setup():
+            server = await loop.create_server(Serve, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            c, cp = await loop.create_connection(Client, "127.0.0.1", port)
+            return server, c, cp, await made
+        server, c, cp, s = loop.run_until_complete(setup())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                own = s.get_extra_info("socket").dup()  # a transport's socket stays non-blocking
+                own.setblocking(True)
+                own.sendall(b"from the child")
+                own.close()
+                s.close()
+            except BaseException as e:
+                print("child:", repr(e))
+            child_exit(0)
+        code = wait_child(pid)
+        s.close()  # the parent's copy
+        async def check():
+            await asyncio.wait_for(cp.lost, 10)
+            return cp.data
+        print("parent:", loop.run_until_complete(check()))
+        c.close()
+        server.close()
+        loop.close()
+        sys.exit(code)
+    """, GOLOOP_BACKEND=backend)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "child:" not in res.stdout, res.stdout + res.stderr
+    assert "parent: b'from the child'" in res.stdout, res.stdout + res.stderr

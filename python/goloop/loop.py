@@ -38,6 +38,10 @@ _core.Transport._start_tls_compatible = True
 # asyncio's sendfile() tries the transport's native path first: ours queues a
 # sendfile(2) in Go behind earlier writes (docs/sendfile.md).
 _core.Transport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+# A child forked after Go started has no Go: what Go held for its loops
+# (pins on transports, connections accepted but not dispatched) is let go
+# there (docs/architecture.md, "Fork").
+os.register_at_fork(after_in_child=_core._after_fork_child)
 
 _Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop

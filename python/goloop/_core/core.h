@@ -105,6 +105,7 @@ struct LoopCore {
     char debug;
     char stops_now;        /* epoll: a watch's stop goes to Go at once (watch.c) */
     PyObject *weakreflist;
+    LoopCore *fork_next, *fork_prev;   /* every live loop, for the fork hook */
 };
 
 extern PyTypeObject *LoopCore_Type;
@@ -123,6 +124,7 @@ int loop_call_exception_handler(LoopCore *lp, PyObject *ctx);
 int loop_check_alive(LoopCore *lp);
 void loop_close_orphan(LoopCore *lp, int fd);
 int loop_apply_now(LoopCore *lp);    /* submit the batch, take no completion */
+PyObject *loop_after_fork_child(void);   /* os.register_at_fork(after_in_child=) */
 int init_loop_type(PyObject *m);
 
 /* go.c: the one door into Go (fork guard and loop state checked there) */
@@ -153,6 +155,8 @@ int init_handle_types(PyObject *m);
 int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
 int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
+int transport_forked(PyObject *tr, int fd_gone, PyObject *into);   /* in a forked child */
+void transport_child_loop_closing(PyObject *tr);
 int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *server,
                      int family, int type, int proto);
 PyObject *inet4_address(uint32_t addr, uint16_t port);

@@ -3,6 +3,7 @@
  * batch in and the completions out, then completion dispatch, due timers, and
  * the callbacks that were ready when the iteration began. */
 #include "core.h"
+#include <unistd.h>
 #include <math.h>
 #include <time.h>
 
@@ -748,6 +749,18 @@ static PyObject *lc_backend(LoopCore *lp, PyObject *unused)
 static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
 {
     if (!go_usable(lp)) {
+        if (lp->h != 0 && gl_forked()) {
+            /* The inherited loop closed in a child: its transports close
+             * their copies of the fds, as Go closes them in the parent. */
+            for (uint32_t i = 1; i < lp->nslots; i++) {
+                PyObject *obj = lp->slots[i].obj;
+                if (obj == NULL || lp->slots[i].tag != TAG_TRANSPORT)
+                    continue;
+                Py_INCREF(obj);
+                transport_child_loop_closing(obj);
+                Py_DECREF(obj);
+            }
+        }
         lp->h = 0;
         Py_RETURN_NONE;
     }
@@ -853,6 +866,50 @@ static PyObject *backend_choice(PyObject *kw)
     return b;
 }
 
+/* Every live loop, for the fork hook below. */
+static LoopCore *all_loops = NULL;
+
+/* In the child of a fork made after Go started (os.register_at_fork runs
+ * this; gl_forked() is already set by the C-level hook): nothing Go was
+ * doing will ever answer there, so no transport may stay pinned by it, or
+ * a child that drops its loop could never collect them and close its
+ * copies of their fds. What the parent's last batch had not dispatched yet
+ * says what Go already did: an EvClosed means that fd is gone (its number
+ * may be another file's now), an EvAccept's connection is the child's
+ * alone, and nobody's: its copy is closed. */
+PyObject *loop_after_fork_child(void)
+{
+    if (!gl_forked())
+        Py_RETURN_NONE;
+    PyObject *unpinned = PyList_New(0);
+    if (unpinned == NULL)
+        return NULL;
+    for (LoopCore *lp = all_loops; lp != NULL; lp = lp->fork_next) {
+        for (int i = lp->cpos; i < lp->ncomps; i++) {
+            gl_comp *c = &lp->comps[i];
+            if (c->kind == GL_EV_ACCEPT && c->res >= 0) {
+                close(c->res);
+                continue;
+            }
+            PyObject *obj = owners_get(lp, c->token);
+            if (c->kind == GL_EV_CLOSED && obj != NULL && (c->token & TAG_MASK) == TAG_TRANSPORT &&
+                transport_forked(obj, 1, unpinned) < 0)
+                goto fail;
+        }
+        lp->ncomps = lp->cpos = 0;
+        for (uint32_t i = 1; i < lp->nslots; i++) {
+            owner_slot *s = &lp->slots[i];
+            if (s->obj != NULL && s->tag == TAG_TRANSPORT && transport_forked(s->obj, 0, unpinned) < 0)
+                goto fail;
+        }
+    }
+    Py_DECREF(unpinned);   /* whatever only Go's pins held goes now */
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(unpinned);
+    return NULL;
+}
+
 static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     if (gl_ensure_loaded() < 0)
@@ -894,6 +951,10 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     lp->stops_now = PyUnicode_CompareWithASCIIString(actual, "epoll") == 0;
     Py_DECREF(actual);
+    lp->fork_next = all_loops;
+    if (all_loops != NULL)
+        all_loops->fork_prev = lp;
+    all_loops = lp;
     return (PyObject *)lp;
 }
 
@@ -923,6 +984,12 @@ static void lc_dealloc(LoopCore *lp)
     PyObject_GC_UnTrack(lp);
     if (lp->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)lp);
+    if (lp->fork_prev != NULL)
+        lp->fork_prev->fork_next = lp->fork_next;
+    else if (all_loops == lp)
+        all_loops = lp->fork_next;
+    if (lp->fork_next != NULL)
+        lp->fork_next->fork_prev = lp->fork_prev;
     clear_queues(lp);
     /* Never closed: at least give Go's fds and buffers back. */
     go_close(lp);

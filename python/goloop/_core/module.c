@@ -119,6 +119,11 @@ static PyObject *runtime_started(PyObject *m, PyObject *unused)
     return PyBool_FromLong(gl_dl != NULL);
 }
 
+static PyObject *after_fork_child(PyObject *m, PyObject *unused)
+{
+    return loop_after_fork_child();
+}
+
 static PyObject *forked(PyObject *m, PyObject *unused)
 {
     return PyBool_FromLong(gl_forked());
@@ -148,6 +153,7 @@ static PyMethodDef module_methods[] = {
     {"_runtime_started", runtime_started, METH_NOARGS, NULL},
     {"_runtime_pid", runtime_pid, METH_NOARGS, NULL},
     {"_forked", forked, METH_NOARGS, NULL},
+    {"_after_fork_child", after_fork_child, METH_NOARGS, NULL},
     {"_sockaddr_fast", (PyCFunction)(void (*)(void))sockaddr_fast, METH_FASTCALL, NULL},
     {"_sockops_setup", sockops_setup, METH_VARARGS, NULL},
     {"_sock_sendfile_go", (PyCFunction)(void (*)(void))sock_sendfile_go, METH_FASTCALL, NULL},

@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 PyTypeObject *Transport_Type;
 PyTypeObject *ReadPipeTransport_Type;
@@ -322,6 +323,77 @@ static int tr_clear(Transport *t)
     return 0;
 }
 
+/* ---- in a forked child (docs/architecture.md, "Fork") ----
+ *
+ * Go is not there: nothing the transport handed it will complete, and the
+ * child's copy of the fd is the transport's own. It is closed when the
+ * program closes or aborts the transport in the child, when the inherited
+ * loop is closed there, or when the transport is collected: through the
+ * socket object if the program had one made (a _GoOwnedSocket closes its
+ * fd in a child), else by number, since a transport over a bare fd has
+ * nothing else that would. Until then a worker may still take the
+ * connection over (get_extra_info('socket')). */
+static void child_close_fd(Transport *t)
+{
+    if (t->sock != NULL) {
+        PyObject *r = PyObject_CallMethod(t->sock, "close", NULL);
+        if (r == NULL)
+            PyErr_WriteUnraisable(t->sock);
+        Py_XDECREF(r);
+    } else if (t->fd >= 0) {
+        close(t->fd);
+    }
+}
+
+static void child_close_copy(Transport *t)
+{
+    if (!t->go_open)
+        return;
+    t->go_open = 0;
+    child_close_fd(t);
+}
+
+/* close() or abort() in a child: connection_lost would come from a loop
+ * that cannot run there, so only the fd goes. */
+static PyObject *child_close(Transport *t)
+{
+    t->closing = 1;
+    Py_CLEAR(t->held);
+    Py_INCREF(t);
+    child_close_copy(t);
+    pin_update(t);
+    Py_DECREF(t);
+    Py_RETURN_NONE;
+}
+
+/* At fork, in the child (loop.c, _after_fork_child): Go's answers will never
+ * come, so a transport no longer pins itself; the pin's reference moves to
+ * `into`, which the caller drops once every loop is done. An EvClosed the
+ * parent's batch had not dispatched yet means Go closed the fd already:
+ * the child has no copy of it to close (the number may be another file's). */
+int transport_forked(PyObject *obj, int fd_gone, PyObject *into)
+{
+    Transport *t = (Transport *)obj;
+    if (fd_gone)
+        t->go_open = 0;
+    if (!t->pinned)
+        return 0;
+    if (PyList_Append(into, obj) < 0)
+        return -1;
+    t->pinned = 0;
+    Py_DECREF(t);
+    return 0;
+}
+
+/* The inherited loop closed in the child: as in the parent, where a loop's
+ * close aborts its transports and Go closes their fds. */
+void transport_child_loop_closing(PyObject *obj)
+{
+    Transport *t = (Transport *)obj;
+    PyObject *r = child_close(t);
+    Py_XDECREF(r);
+}
+
 /* Collected while open: only possible when Go has nothing in flight for
  * it (see pin_update). Warn as asyncio does, and hand the fd to Go to close
  * (the socket object must not close it: Go owns it). In a forked child Go
@@ -335,8 +407,17 @@ static void tr_finalize(Transport *t)
      * program's pipe object (the loop may have closed Go's fd already). */
     int open_go = t->go_open && !t->close_sent && t->loop != NULL;
     int open_pipe = t->pipe_mode != PIPE_NONE && t->pipe != NULL && t->pipe != Py_None;
-    if (!open_go && !open_pipe)
+    if (!open_go && !open_pipe) {
+        if (t->go_open && gl_forked()) {
+            /* Closing in the parent when it forked: Go never closed the
+             * child's copy. */
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            child_close_copy(t);
+            PyErr_Restore(et, ev, etb);
+        }
         return;
+    }
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
     /* (Go's fd of a pipe whose object the program took back, _pipe = None,
@@ -360,6 +441,8 @@ static void tr_finalize(Transport *t)
             Py_XDECREF(r);
         }
         loop_close_orphan(t->loop, t->fd);
+    } else if (gl_forked()) {
+        child_close_fd(t);
     }
     owners_release(t->loop, t->token);
     PyErr_Restore(et, ev, etb);
@@ -1518,6 +1601,8 @@ static PyObject *tr_can_write_eof(Transport *t, PyObject *unused)
 
 static PyObject *tr_close(Transport *t, PyObject *unused)
 {
+    if (gl_forked())
+        return child_close(t);
     if (t->closing)
         Py_RETURN_NONE;
     t->closing = 1;
@@ -1553,6 +1638,8 @@ static PyObject *tr_close(Transport *t, PyObject *unused)
 
 static PyObject *tr_force_close(Transport *t, PyObject *exc)
 {
+    if (gl_forked())
+        return child_close(t);
     if (t->aborted || !t->go_open)
         Py_RETURN_NONE;
     if (exc != Py_None && t->lost_exc == NULL) {
