@@ -357,3 +357,58 @@ def test_child_takes_over_an_inherited_connection(goloop, backend):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "child:" not in res.stdout, res.stdout + res.stderr
     assert "parent: b'from the child'" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+@pytest.mark.parametrize("child_does", ["close endpoint", "close loop", "drop everything"])
+def test_child_lets_go_of_inherited_datagram_endpoints(goloop, backend, child_does):
+    # An open datagram endpoint is always receiving, so Go's pin holds it; in a child
+    # nothing will ever answer, and a child that closes it, closes the inherited loop or
+    # drops both must release its copy of the fd: while the copy lives, the port stays
+    # bound and the parent cannot bind it again after closing its endpoint.
+    res = _run_script("""
+        import gc, goloop, socket
+        loop = goloop.new_event_loop()
+        class Proto(asyncio.DatagramProtocol):
+            def __init__(self): self.lost = loop.create_future()
+            def connection_lost(self, exc): self.lost.set_result(exc)
+        tr, proto = loop.run_until_complete(
+            loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0)))
+        port = tr.get_extra_info("sockname")[1]
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                how = %r
+                if how == "close endpoint":
+                    tr.close()
+                    loop.close()
+                elif how == "close loop":
+                    loop.close()
+                else:
+                    del tr, proto, loop
+                gc.collect()
+                os.write(ready_w, b"x")
+                os.read(go_r, 1)
+            except BaseException as e:
+                print("child:", repr(e))
+            child_exit(0)
+        assert os.read(ready_r, 1) == b"x"
+        tr.close()
+        loop.run_until_complete(asyncio.wait_for(proto.lost, 10))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            print("parent: bound again")
+        except OSError as e:
+            print("parent:", e)
+        s.close()
+        os.write(go_w, b"x")
+        code = wait_child(pid)
+        loop.close()
+        sys.exit(code)
+    """ % child_does, GOLOOP_BACKEND=backend)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "child:" not in res.stdout, res.stdout + res.stderr
+    assert "parent: bound again" in res.stdout, res.stdout + res.stderr

@@ -157,6 +157,8 @@ int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
 int transport_forked(PyObject *tr, int fd_gone, PyObject *into);   /* in a forked child */
 void transport_child_loop_closing(PyObject *tr);
+int dgram_forked(PyObject *dg, int fd_gone, PyObject *into);
+void dgram_child_loop_closing(PyObject *dg);
 int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *server,
                      int family, int type, int proto);
 PyObject *inet4_address(uint32_t addr, uint16_t port);

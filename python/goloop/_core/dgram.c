@@ -857,8 +857,50 @@ static PyObject *dg_sendto(Dgram *t, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
+/* In a forked child (docs/architecture.md, "Fork"), as transport.c's:
+ * nothing Go was doing will answer, and the child's copy of the fd is the
+ * socket object's to close, when the program closes the endpoint there,
+ * when the inherited loop is closed there, or when it is collected. */
+static PyObject *child_close(Dgram *t)
+{
+    t->closing = 1;
+    Py_INCREF(t);
+    if (t->go_open) {
+        t->go_open = 0;
+        PyObject *r = t->sock != NULL ? PyObject_CallMethod(t->sock, "close", NULL) : Py_NewRef(Py_None);
+        if (r == NULL)
+            PyErr_WriteUnraisable(t->sock);
+        Py_XDECREF(r);
+    }
+    pin_update(t);
+    Py_DECREF(t);
+    Py_RETURN_NONE;
+}
+
+int dgram_forked(PyObject *obj, int fd_gone, PyObject *into)
+{
+    Dgram *t = (Dgram *)obj;
+    if (fd_gone)
+        t->go_open = 0;
+    if (!t->pinned)
+        return 0;
+    if (PyList_Append(into, obj) < 0)
+        return -1;
+    t->pinned = 0;
+    Py_DECREF(t);
+    return 0;
+}
+
+void dgram_child_loop_closing(PyObject *obj)
+{
+    PyObject *r = child_close((Dgram *)obj);
+    Py_XDECREF(r);
+}
+
 static PyObject *dg_close(Dgram *t, PyObject *unused)
 {
+    if (gl_forked())
+        return child_close(t);
     if (t->closing)
         Py_RETURN_NONE;
     t->closing = 1;
@@ -876,6 +918,8 @@ static PyObject *dg_close(Dgram *t, PyObject *unused)
 
 static PyObject *dg_force_close(Dgram *t, PyObject *exc)
 {
+    if (gl_forked())
+        return child_close(t);
     if (t->aborted || !t->go_open)
         Py_RETURN_NONE;
     if (exc != Py_None && t->lost_exc == NULL) {

@@ -754,10 +754,14 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
              * their copies of the fds, as Go closes them in the parent. */
             for (uint32_t i = 1; i < lp->nslots; i++) {
                 PyObject *obj = lp->slots[i].obj;
-                if (obj == NULL || lp->slots[i].tag != TAG_TRANSPORT)
+                unsigned tag = lp->slots[i].tag;
+                if (obj == NULL || (tag != TAG_TRANSPORT && tag != TAG_DGRAM))
                     continue;
                 Py_INCREF(obj);
-                transport_child_loop_closing(obj);
+                if (tag == TAG_TRANSPORT)
+                    transport_child_loop_closing(obj);
+                else
+                    dgram_child_loop_closing(obj);
                 Py_DECREF(obj);
             }
         }
@@ -891,15 +895,17 @@ PyObject *loop_after_fork_child(void)
                 close(c->res);
                 continue;
             }
-            PyObject *obj = owners_get(lp, c->token);
-            if (c->kind == GL_EV_CLOSED && obj != NULL && (c->token & TAG_MASK) == TAG_TRANSPORT &&
-                transport_forked(obj, 1, unpinned) < 0)
+            PyObject *obj = c->kind == GL_EV_CLOSED ? owners_get(lp, c->token) : NULL;
+            unsigned tag = (unsigned)(c->token & TAG_MASK);
+            if (obj != NULL && ((tag == TAG_TRANSPORT && transport_forked(obj, 1, unpinned) < 0) ||
+                                (tag == TAG_DGRAM && dgram_forked(obj, 1, unpinned) < 0)))
                 goto fail;
         }
         lp->ncomps = lp->cpos = 0;
         for (uint32_t i = 1; i < lp->nslots; i++) {
             owner_slot *s = &lp->slots[i];
-            if (s->obj != NULL && s->tag == TAG_TRANSPORT && transport_forked(s->obj, 0, unpinned) < 0)
+            if (s->obj != NULL && ((s->tag == TAG_TRANSPORT && transport_forked(s->obj, 0, unpinned) < 0) ||
+                                   (s->tag == TAG_DGRAM && dgram_forked(s->obj, 0, unpinned) < 0)))
                 goto fail;
         }
     }
