@@ -107,6 +107,35 @@ def test_server_transport_addresses_first_asked_after_close(loop):
     assert got == want
 
 
+def test_client_transport_addresses_first_asked_after_close(loop):
+    """The client side of the same: create_connection's transport answers its
+    addresses after the connection is gone, equal to the other end's view
+    (goloop keeps what Go's connect brought and makes the objects when
+    first asked)."""
+
+    async def go():
+        srv = Server(loop)
+        server = await loop.create_server(srv.factory, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            client = Recorder(loop)
+            tr, _ = await loop.create_connection(lambda: client, "127.0.0.1", port)
+            while not srv.protocols:
+                await asyncio.sleep(0)
+            str_ = await srv.protocols[0].made
+            want = {"sockname": str_.get_extra_info("peername"),
+                    "peername": str_.get_extra_info("sockname")}
+            tr.close()
+            await client.lost
+            str_.close()
+            gc.collect()
+            return want, {k: tr.get_extra_info(k) for k in ("peername", "sockname")}
+
+    want, got = run(loop, go())
+    assert got == want
+    assert got["peername"][0] == "127.0.0.1"
+
+
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_transport_socket_first_asked_after_close(loop, loop_name, side):
     """get_extra_info('socket') first asked once the connection is gone: on

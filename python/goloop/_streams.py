@@ -18,6 +18,7 @@ _raw_type = _socket.socket.type.__get__
 _raw_proto = _socket.socket.proto.__get__
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _IPPROTO_TCP, _TCP_NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
+_STREAM_NONBLOCK = int(socket.SOCK_STREAM) | _SOCK_NONBLOCK
 _Unix = unix_events._UnixSelectorEventLoop
 
 
@@ -153,7 +154,18 @@ class StreamsMixin:
                 # (the transport takes its bare fd), and it skips
                 # socket.socket's Python __init__.
                 sock = _socket.socket(af, type_ | _SOCK_NONBLOCK, proto_)
-                addrs = await self._connect_resolved(sock, address)
+                raw = _core._sockaddr_fast(af, address)
+                if raw is None:  # what only the socket module understands
+                    addrs = await self._connect_resolved(sock, address)
+                    break
+                # _connect_resolved's Go road, inline: one coroutine less.
+                fd = sock.fileno()
+                token, fut = self._connect_start(fd, raw, address)
+                try:
+                    addrs = await fut
+                except exceptions.CancelledError:
+                    self._connect_stop(fd, token)  # Go lets go of the fd before it is closed below
+                    raise
                 break
             except OSError as exc:
                 errors.append(exc)
@@ -174,11 +186,14 @@ class StreamsMixin:
                 errors = None
         # asyncio's _create_connection_transport for a plain socket, less
         # its setblocking (the socket was born non-blocking) and with the
-        # addresses Go's connect brought (no getsockname/getpeername).
-        extra = {'sockname': addrs[0], 'peername': addrs[1]} if addrs else None
+        # addresses Go's connect brought (addrs, packed: no getsockname or
+        # getpeername).
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = self._make_socket_transport(sock, protocol, waiter, extra=extra, tcp=tcp)
+        if tcp:
+            transport = self._tcp_transport(sock, af, protocol, waiter, addrs)
+        else:
+            transport = self._make_socket_transport(sock, protocol, waiter)
         try:
             await waiter
         except:  # noqa: E722 (asyncio's: the transport goes with any exception)
@@ -186,59 +201,68 @@ class StreamsMixin:
             raise
         return transport, protocol
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *,
-                               extra=None, server=None, tcp=False):
-        # tcp=True: create_connection's own socket, a plain non-blocking
-        # socket.socket of family AF_INET or AF_INET6, type SOCK_STREAM and
-        # proto IPPROTO_TCP, with its addresses in extra when Go had them.
-        if not tcp:
-            if sock.gettimeout() != 0:  # 0: non-blocking already, as Python made it
-                sock.setblocking(False)
-            try:
-                _set_nodelay(sock)
-            except OSError:
-                pass
-            extra = socket_extra(sock, extra)
+    def _tcp_transport(self, sock, family, protocol, waiter, addrs):
+        # _make_socket_transport for create_connection's own socket (a
+        # plain non-blocking socket of family AF_INET or AF_INET6, type
+        # SOCK_STREAM and proto IPPROTO_TCP): the same steps with nothing
+        # left to decide. Nothing else holds that socket, so the transport
+        # takes the bare fd (Go's from here on) and makes a socket object
+        # only if the program asks (get_extra_info 'socket', which also
+        # registers it in _transports), as a server's accepted transports
+        # do (transport.c); its addresses too when Go's connect brought
+        # them (addrs, packed: connect.c), else they are asked now.
+        try:
+            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if addrs:
+            extra, kind = None, (family, _STREAM_NONBLOCK, _IPPROTO_TCP, addrs)
         else:
-            try:
-                sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-            except OSError:
-                pass
-            if extra is None:
-                extra = socket_extra(sock, None)
+            extra, kind = socket_extra(sock, None), (family, _STREAM_NONBLOCK, _IPPROTO_TCP)
         # A protocol without connection_made fails here, as asyncio's
         # transport constructor does, while the socket is still Python's.
         connection_made = protocol.connection_made
-        if tcp:
-            # Nothing else holds create_connection's own socket: the
-            # transport takes the bare fd (Go's from here on) and makes a
-            # socket object only if the program asks (get_extra_info
-            # 'socket', which also registers it in _transports), as a
-            # server's accepted transports do (transport.c).
-            kind = (_raw_family(sock), socket.SOCK_STREAM | _SOCK_NONBLOCK, _IPPROTO_TCP)
-            fd = sock.detach()
-            try:
-                transport = _core.Transport(self, fd, protocol, extra, server, kind)
-            except BaseException:
-                os.close(fd)  # no transport: the fd was still ours
-                raise
-            owned = None
-        else:
-            # From here on the fd is the transport's, and so Go's: the
-            # socket object can no longer close it (one owner per fd).
-            owned = _go_owned(sock)
-            extra['socket'] = trsock.TransportSocket(owned)
-            try:
-                transport = _core.Transport(self, owned, protocol, extra, server)
-            except BaseException:
-                # No transport: the fd is still Python's to close.
-                owned.__class__ = socket.socket
-                if owned is not sock:
-                    owned.close()
-                raise
+        fd = sock.detach()
         try:
-            if owned is not None:
-                self._transports[owned.fileno()] = transport
+            transport = _core.Transport(self, fd, protocol, extra, None, kind)
+        except BaseException:
+            os.close(fd)  # no transport: the fd was still ours
+            raise
+        try:
+            self.call_soon(connection_made, transport)
+            self.call_soon(transport._start_reading)
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        except BaseException:
+            transport.abort()  # Go closes the fd
+            raise
+        return transport
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *,
+                               extra=None, server=None):
+        if sock.gettimeout() != 0:  # 0: non-blocking already, as Python made it
+            sock.setblocking(False)
+        try:
+            _set_nodelay(sock)
+        except OSError:
+            pass
+        extra = socket_extra(sock, extra)
+        # A protocol without connection_made fails here, as asyncio's
+        # transport constructor does, while the socket is still Python's.
+        connection_made = protocol.connection_made
+        # From here on the fd is the transport's, and so Go's: the
+        # socket object can no longer close it (one owner per fd).
+        owned = _go_owned(sock)
+        extra['socket'] = trsock.TransportSocket(owned)
+        try:
+            transport = _core.Transport(self, owned, protocol, extra, server)
+        except BaseException:
+            # No transport: the fd is still Python's to close.
+            owned.__class__ = socket.socket
+            if owned is not sock:
+                owned.close()
+            raise
+        try:
+            self._transports[owned.fileno()] = transport
             if server is not None:
                 server._attach()
             self.call_soon(connection_made, transport)

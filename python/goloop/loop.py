@@ -491,8 +491,9 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
 
     async def _connect_resolved(self, sock, address):
         # The connect itself, for an address already resolved (what
-        # create_connection's addresses are). Returns (sockname, peername)
-        # when Go's answer carried them (IPv4: connect.c), else None.
+        # create_connection's addresses are). Returns the addresses Go's
+        # answer carried, packed for the transport (IPv4: connect.c's
+        # connected_addrs), else None.
         fd = sock.fileno()
         raw = None
         if fd >= 0:

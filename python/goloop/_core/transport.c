@@ -228,9 +228,11 @@ static void set_sock_lazy(Transport *t, int family, int type, int proto)
 }
 
 /* Transport(loop, sock, protocol, extra=None, server=None, kind=None).
- * With kind=(family, type, proto), sock is a bare fd number that nothing
- * else holds (create_connection's own socket, detached): the transport
- * makes its socket object when first asked, as transport_accept's do. */
+ * With kind=(family, type, proto[, packed]), sock is a bare fd number that
+ * nothing else holds (create_connection's own socket, detached): the
+ * transport makes its socket object when first asked, as transport_accept's
+ * do, and with packed (connect.c's connected_addrs) its 'sockname' and
+ * 'peername' too. */
 static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"loop", "sock", "protocol", "extra", "server", "kind", NULL};
@@ -240,17 +242,31 @@ static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     if (kind != Py_None) {
         int family, type, proto;
+        PyObject *packed = NULL;
         int fd = PyLong_Check(sock) ? _PyLong_AsInt(sock) : -1;
         if (fd == -1 && PyErr_Occurred())
             return NULL;
-        if (fd < 0 || !PyArg_ParseTuple(kind, "iii", &family, &type, &proto)) {
+        if (fd < 0 || !PyArg_ParseTuple(kind, "iii|O!", &family, &type, &proto, &PyBytes_Type, &packed)) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "kind= takes a bare fd number");
             return NULL;
         }
+        if (packed != NULL && (PyBytes_GET_SIZE(packed) != 12 || family != AF_INET)) {
+            PyErr_SetString(PyExc_ValueError, "kind=: packed IPv4 addresses are 12 bytes");
+            return NULL;
+        }
         Transport *t = transport_make(tp, (LoopCore *)loop, fd, NULL, protocol, extra, server);
-        if (t != NULL)
-            set_sock_lazy(t, family, type, proto);
+        if (t == NULL)
+            return NULL;
+        set_sock_lazy(t, family, type, proto);
+        if (packed != NULL) {
+            const char *p = PyBytes_AS_STRING(packed);
+            memcpy(&t->l_addr, p, 4);
+            memcpy(&t->l_port, p + 4, 2);
+            memcpy(&t->p_addr, p + 6, 4);
+            memcpy(&t->p_port, p + 10, 2);
+            t->addrs_lazy = 1;
+        }
         return (PyObject *)t;
     }
     PyObject *fdo = PyObject_CallMethod(sock, "fileno", NULL);
