@@ -142,7 +142,8 @@ def main(argv):
                 negotiated = " ".join(str(got[name_a].get(k)) for k in
                                       ("tls_version", "tls_cipher", "tls_curve"))
             print(f"round {i + 1:2}: {name_a} {got[name_a]['rps']:>9,.0f}  "
-                  f"{name_b} {got[name_b]['rps']:>9,.0f}  ratio {ratios[-1]:.3f}", file=sys.stderr)
+                  f"{name_b} {got[name_b]['rps']:>9,.0f}  ratio {ratios[-1]:.3f}  "
+                  f"server CPU us/req {cpu[name_a][-1]:.2f} {cpu[name_b][-1]:.2f}", file=sys.stderr)
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -199,6 +199,9 @@ func (b *epollBackend) apply(s *Sub) {
 			return
 		}
 		if !b.dgramBufReturn(s.Arg) {
+			if s.Ptr != 0 {
+				b.pool.lend(s.Arg, s.Ptr, s.Len)
+			}
 			b.pool.put(s.Arg)
 		}
 		for _, f := range b.starved {
@@ -688,7 +691,8 @@ func (b *epollBackend) recvOne(f *epFd) {
 			b.complete(Comp{Token: f.recvTok, Kind: EvRecv})
 			b.markDirty(f)
 		default:
-			b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: int32(n), Ptr: b.pool.addr(id), Buf: id, Flags: FlagMore})
+			b.complete(Comp{Token: f.recvTok, Kind: EvRecv, Res: int32(n), Ptr: b.pool.addr(id), Buf: id,
+				Flags: FlagMore, Aux: uint32(b.pool.size)})
 		}
 		return
 	}

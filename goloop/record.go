@@ -28,7 +28,7 @@ type Comp struct {
 	_     uint16
 	Ptr   uintptr // EvRecv: start of the received bytes in a pool buffer
 	Buf   uint32  // EvRecv: buffer id to give back with OpBufReturn
-	Aux   uint32  // EvPoll: ready mask
+	Aux   uint32  // EvPoll: ready mask; EvRecv from the stream pool: the buffer's size
 }
 
 // Compile-time layout checks: C relies on these sizes.
@@ -84,7 +84,12 @@ const (
 	OpPollStart
 	// OpPollStop ends the watch; no EvPoll for Fd after it.
 	OpPollStop
-	// OpBufReturn gives pool buffer Arg back.
+	// OpBufReturn gives pool buffer Arg back. With Ptr, a stream buffer C
+	// held since its EvRecv (whose Aux is the buffer size) comes back backed
+	// by the Len bytes of C memory at Ptr: C kept the memory the data is in
+	// for the program. Len must be that size. C keeps that memory alive and
+	// untouched until the loop is closed or the buffer comes back again with
+	// other memory.
 	OpBufReturn
 	// OpConnectStop gives up the OpConnect with this Token on Fd (its
 	// caller was cancelled): its EvConnect comes at once with -ECANCELED,

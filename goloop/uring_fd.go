@@ -194,6 +194,9 @@ func (b *uringBackend) apply(s *Sub) {
 			b.recs.put(s.Arg)
 			return
 		}
+		if s.Ptr != 0 && b.pbuf.isOut(s.Arg) {
+			b.pool.lend(s.Arg, s.Ptr, s.Len) // before give: the ring takes the new address
+		}
 		if b.pbuf.give(s.Arg) && len(b.starved) > 0 {
 			st := b.starved
 			b.starved = nil
@@ -526,7 +529,8 @@ func (b *uringBackend) onRecv(f *urFd, c *uringCQE) {
 	case hasBuf:
 		bid := uint16(c.flags >> 16)
 		b.pbuf.taken(bid)
-		ch := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res, Ptr: b.pool.addr(uint32(bid)), Buf: uint32(bid), Flags: FlagMore}
+		ch := Comp{Token: f.recvTok, Kind: EvRecv, Res: c.res, Ptr: b.pool.addr(uint32(bid)), Buf: uint32(bid),
+			Flags: FlagMore, Aux: uint32(b.pool.size)}
 		switch {
 		case f.recvOn:
 			b.complete(ch)

@@ -180,6 +180,9 @@ func (p *pbufRing) taken(bid uint16) {
 	p.out[bid] = true
 }
 
+// isOut reports whether buffer bid is with C (not in the ring, not spare).
+func (p *pbufRing) isOut(bid uint32) bool { return int(bid) < len(p.out) && p.out[bid] }
+
 // give takes back a buffer C returned, the next to go into the ring; ids
 // that are not out (a double return, garbage) are ignored rather than
 // corrupting the ring.

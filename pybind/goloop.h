@@ -97,6 +97,12 @@ typedef struct {
 #define GL_KTLS_SOFT_ONLY 2
 #define GL_KTLS_SOFTWARE 4
 #define GL_ARG_RECTYPE(t) ((uint32_t)(t) << 8)
+/* GL_EV_RECV of a chunk in a stream pool buffer: aux = the buffer's size
+ * (0 for record and datagram buffers). GL_OP_BUF_RETURN (arg: buffer id)
+ * with ptr and len = that size gives such a buffer back backed by C's
+ * memory at ptr from then on, for a buffer C holds: C keeps that memory
+ * alive and untouched until the loop is closed or the buffer comes back
+ * with other memory (record.go; _core/recvlend.c). */
 /* GL_EV_ACCEPT of an IPv4 connection: aux = AF_INET | local port << 16,
  * ptr = peer address | peer port << 32, buf = local address; each as its
  * sockaddr bytes lie (network order). aux 0: no addresses (record.go). */

@@ -106,6 +106,8 @@ struct LoopCore {
     char stops_now;        /* epoll: a watch's stop goes to Go at once (watch.c) */
     PyObject *weakreflist;
     LoopCore *fork_next, *fork_prev;   /* every live loop, for the fork hook */
+    PyObject **lent;       /* stream buffer id -> the bytes object backing it (recvlend.c) */
+    uint32_t nlent;
 };
 
 extern PyTypeObject *LoopCore_Type;
@@ -124,7 +126,12 @@ int loop_call_exception_handler(LoopCore *lp, PyObject *ctx);
 int loop_check_alive(LoopCore *lp);
 void loop_close_orphan(LoopCore *lp, int fd);
 int loop_apply_now(LoopCore *lp);    /* submit the batch, take no completion */
-PyObject *loop_after_fork_child(void);   /* os.register_at_fork(after_in_child=) */
+PyObject *loop_after_fork_child(void);
+
+/* recvlend.c: receive buffers backed by bytes objects */
+int lend_wants(const gl_comp *c);
+PyObject *lend_take(LoopCore *lp, const gl_comp *c);
+void lend_release(LoopCore *lp);   /* only once Go is closed */   /* os.register_at_fork(after_in_child=) */
 int init_loop_type(PyObject *m);
 
 /* go.c: the one door into Go (fork guard and loop state checked there) */

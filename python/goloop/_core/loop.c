@@ -809,6 +809,7 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
     lp->draining = 0;
     lp->ncomps = lp->cpos = 0;
     go_close(lp);
+    lend_release(lp);
     Py_RETURN_NONE;
 }
 
@@ -999,6 +1000,7 @@ static void lc_dealloc(LoopCore *lp)
     clear_queues(lp);
     /* Never closed: at least give Go's fds and buffers back. */
     go_close(lp);
+    lend_release(lp);
     Py_CLEAR(lp->calls);
     Py_CLEAR(lp->connects);  /* sockaddrs Go read: only after go_close */
     PyMem_Free(lp->slots);

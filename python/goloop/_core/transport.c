@@ -634,6 +634,25 @@ static int hold_front(Transport *t, const char *p, Py_ssize_t n);
  * reference of our own, for every piece: what asyncio would have read next
  * from the socket goes to whatever protocol is there then, or waits (paused),
  * or is dropped (closed). */
+/* protocol.data_received(data), consuming data. */
+static int data_received(Transport *t, PyObject *data)
+{
+    PyObject *dr = t->data_received;
+    if (dr == NULL) {
+        Py_DECREF(data);
+        PyErr_SetString(PyExc_AttributeError, "protocol has no data_received()");
+        return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+    }
+    Py_INCREF(dr);
+    PyObject *r = PyObject_CallOneArg(dr, data);
+    Py_DECREF(dr);
+    Py_DECREF(data);
+    if (r == NULL)
+        return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
+    Py_DECREF(r);
+    return 0;
+}
+
 static int deliver(Transport *t, const char *p, Py_ssize_t n)
 {
     while (n > 0) {
@@ -642,22 +661,10 @@ static int deliver(Transport *t, const char *p, Py_ssize_t n)
         if (t->paused)
             return hold_front(t, p, n) < 0 ? fatal_from_current(t, "Fatal error: out of memory") : 0;
         if (!t->buffered) {
-            PyObject *dr = t->data_received;
-            if (dr == NULL) {
-                PyErr_SetString(PyExc_AttributeError, "protocol has no data_received()");
-                return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
-            }
             PyObject *data = PyBytes_FromStringAndSize(p, n);
             if (data == NULL)
                 return fatal_from_current(t, "Fatal error: out of memory");
-            Py_INCREF(dr);
-            PyObject *r = PyObject_CallOneArg(dr, data);
-            Py_DECREF(dr);
-            Py_DECREF(data);
-            if (r == NULL)
-                return fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
-            Py_DECREF(r);
-            return 0;
+            return data_received(t, data);
         }
         PyObject *gb = t->get_buffer, *bu = t->buffer_updated;
         Py_INCREF(gb);
@@ -761,6 +768,10 @@ static PyObject *tr_deliver_held(Transport *t, PyObject *unused)
         int r;
         if (item == Py_None)
             r = on_eof(t);
+        else if (t->conn_lost)
+            r = 0;   /* (as deliver: nothing after close) */
+        else if (!t->buffered)
+            r = data_received(t, Py_NewRef(item));   /* a bytes nobody else holds now */
         else
             r = deliver(t, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item));
         Py_DECREF(item);
@@ -791,11 +802,26 @@ static int on_recv(Transport *t, gl_comp *c)
             if (b == NULL || hold(t, b) < 0)
                 r = fatal_from_current(t, "Fatal error: out of memory");
             Py_XDECREF(b);
+        } else if (!t->buffered && lend_wants(c)) {
+            /* A large chunk: the program gets the bytes object it is in,
+             * and the buffer has gone back with fresh memory (recvlend.c). */
+            PyObject *data = lend_take(t->loop, c);
+            if (data != NULL) {
+                r = data_received(t, data);
+                goto given_back;
+            }
+            if (PyErr_Occurred()) {
+                /* (The buffer went back already: the chunk is lost.) */
+                r = fatal_from_current(t, "Fatal error: out of memory");
+                goto given_back;
+            }
+            r = deliver(t, p, c->res);
         } else {
             r = deliver(t, p, c->res);
         }
         /* The buffer goes back in the next batch, after C copied it out. */
         loop_submit(t->loop, GL_OP_BUF_RETURN, 0, 0, NULL, 0, c->buf);
+    given_back:
         if (t->records && !t->paused && !t->closing && !t->conn_lost)
             arm(t);
         return r;
@@ -960,7 +986,12 @@ static int on_sendfile(Transport *t, gl_comp *c)
 int transport_recv_run(LoopCore *lp, PyObject *obj, gl_comp *c, int n)
 {
     Transport *t = (Transport *)obj;
-    if (t->buffered || t->closing || t->conn_lost || t->paused || t->data_received == NULL ||
+    int lend = 0;
+    for (int i = 0; i < n && !lend; i++)
+        lend = lend_wants(&c[i]);
+    /* (A run with a large chunk goes chunk by chunk: each large one is
+     * handed over without a copy, which beats one call for the run.) */
+    if (lend || t->buffered || t->closing || t->conn_lost || t->paused || t->data_received == NULL ||
         (t->held != NULL && PyList_GET_SIZE(t->held) > 0)) {
         for (int i = 0; i < n; i++) {
             gl_comp ci = c[i];
