@@ -31,6 +31,15 @@ def _run_script(body, **env_overrides):
         def wait_child(pid):
             _, status = os.waitpid(pid, 0)
             return os.waitstatus_to_exitcode(status)
+        class Rec(asyncio.Protocol):
+            # Keeps what arrives; made and lost are futures on the loop.
+            def __init__(self, loop):
+                self.data = b""
+                self.made = loop.create_future()
+                self.lost = loop.create_future()
+            def connection_made(self, tr): self.made.set_result(tr)
+            def data_received(self, data): self.data += data
+            def connection_lost(self, exc): self.lost.set_result(exc)
     """) + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=60, cwd="/")
@@ -178,12 +187,7 @@ def test_child_dropping_inherited_pipe_transports_leaves_parent_intact(goloop, b
     res = _run_script("""
         import gc, goloop
         loop = goloop.new_event_loop()
-        class Proto(asyncio.Protocol):
-            def __init__(self):
-                self.data = b""
-                self.lost = loop.create_future()
-            def data_received(self, data): self.data += data
-            def connection_lost(self, exc): self.lost.set_result(exc)
+        Proto = lambda: Rec(loop)
         r1, w1 = os.pipe()   # the parent writes w1 (transport), reads r1 by hand
         r2, w2 = os.pipe()   # the parent reads r2 (transport), writes w2 by hand
         async def setup():
@@ -240,12 +244,7 @@ def test_child_lets_go_of_inherited_connections(goloop, backend, child_does):
     res = _run_script("""
         import gc, goloop
         loop = goloop.new_event_loop()
-        class Peer(asyncio.Protocol):
-            def __init__(self):
-                self.made = loop.create_future()
-                self.lost = loop.create_future()
-            def connection_made(self, tr): self.made.set_result(tr)
-            def connection_lost(self, exc): self.lost.set_result(exc)
+        Peer = lambda: Rec(loop)
         accepted = []
         def serve():
             p = Peer()
@@ -317,20 +316,12 @@ def test_child_takes_over_an_inherited_connection(goloop, backend):
     res = _run_script("""
         import goloop
         loop = goloop.new_event_loop()
-        class Client(asyncio.Protocol):
-            def __init__(self):
-                self.data = b""
-                self.lost = loop.create_future()
-            def data_received(self, data): self.data += data
-            def connection_lost(self, exc): self.lost.set_result(exc)
-        made = loop.create_future()
-        class Serve(asyncio.Protocol):
-            def connection_made(self, tr): made.set_result(tr)
+        serve = Rec(loop)
         async def setup():
-            server = await loop.create_server(Serve, "127.0.0.1", 0)
+            server = await loop.create_server(lambda: serve, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
-            c, cp = await loop.create_connection(Client, "127.0.0.1", port)
-            return server, c, cp, await made
+            c, cp = await loop.create_connection(lambda: Rec(loop), "127.0.0.1", port)
+            return server, c, cp, await serve.made
         server, c, cp, s = loop.run_until_complete(setup())
         pid = os.fork()
         if pid == 0:

@@ -162,6 +162,7 @@ int init_handle_types(PyObject *m);
 int transport_dispatch(LoopCore *lp, PyObject *tr, gl_comp *c);
 int transport_recv_run(LoopCore *lp, PyObject *tr, gl_comp *c, int n);
 void transport_loop_closing(LoopCore *lp, PyObject *tr);
+int owners_unpin_forked(PyObject *obj, char *go_open, char *pinned, int fd_gone, PyObject *into);
 int transport_forked(PyObject *tr, int fd_gone, PyObject *into);   /* in a forked child */
 void transport_child_loop_closing(PyObject *tr);
 int dgram_forked(PyObject *dg, int fd_gone, PyObject *into);

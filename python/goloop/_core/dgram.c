@@ -880,15 +880,7 @@ static PyObject *child_close(Dgram *t)
 int dgram_forked(PyObject *obj, int fd_gone, PyObject *into)
 {
     Dgram *t = (Dgram *)obj;
-    if (fd_gone)
-        t->go_open = 0;
-    if (!t->pinned)
-        return 0;
-    if (PyList_Append(into, obj) < 0)
-        return -1;
-    t->pinned = 0;
-    Py_DECREF(t);
-    return 0;
+    return owners_unpin_forked(obj, &t->go_open, &t->pinned, fd_gone, into);
 }
 
 void dgram_child_loop_closing(PyObject *obj)

@@ -90,3 +90,20 @@ void owners_stale(LoopCore *lp, gl_comp *c)
     else if (c->kind == GL_EV_ACCEPT && c->res >= 0)
         loop_close_orphan(lp, c->res);
 }
+
+/* In a forked child (loop_after_fork_child), for an owner that pins itself
+ * while Go works for it: Go's answers will never come, so the pin goes; its
+ * reference moves to `into`, which the caller drops once every loop is
+ * done. fd_gone: Go had closed the fd already (an undispatched EvClosed). */
+int owners_unpin_forked(PyObject *obj, char *go_open, char *pinned, int fd_gone, PyObject *into)
+{
+    if (fd_gone)
+        *go_open = 0;
+    if (!*pinned)
+        return 0;
+    if (PyList_Append(into, obj) < 0)
+        return -1;
+    *pinned = 0;
+    Py_DECREF(obj);
+    return 0;
+}
