@@ -199,8 +199,8 @@ func (b *epollBackend) apply(s *Sub) {
 			return
 		}
 		if !b.dgramBufReturn(s.Arg) {
-			if s.Ptr != 0 {
-				b.pool.lend(s.Arg, s.Ptr, s.Len)
+			if s.Ptr != 0 && !b.pool.lend(s.Arg, s.Ptr, s.Len) {
+				return // refused: out of circulation (see the io_uring backend)
 			}
 			b.pool.put(s.Arg)
 		}

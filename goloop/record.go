@@ -89,7 +89,9 @@ const (
 	// by the Len bytes of C memory at Ptr: C kept the memory the data is in
 	// for the program. Len must be that size. C keeps that memory alive and
 	// untouched until the loop is closed or the buffer comes back again with
-	// other memory.
+	// other memory. A lend Go refuses (another size, a buffer C does not
+	// hold) takes the buffer out of circulation: its old memory may be the
+	// program's now.
 	OpBufReturn
 	// OpConnectStop gives up the OpConnect with this Token on Fd (its
 	// caller was cancelled): its EvConnect comes at once with -ECANCELED,

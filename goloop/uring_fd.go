@@ -194,8 +194,11 @@ func (b *uringBackend) apply(s *Sub) {
 			b.recs.put(s.Arg)
 			return
 		}
-		if s.Ptr != 0 && b.pbuf.isOut(s.Arg) {
-			b.pool.lend(s.Arg, s.Ptr, s.Len) // before give: the ring takes the new address
+		if s.Ptr != 0 && !(b.pbuf.isOut(s.Arg) && b.pool.lend(s.Arg, s.Ptr, s.Len)) {
+			// A lend Go cannot take: C may have handed the buffer's old
+			// memory to the program, so the buffer leaves circulation
+			// rather than be received into again.
+			return
 		}
 		if b.pbuf.give(s.Arg) && len(b.starved) > 0 {
 			st := b.starved
