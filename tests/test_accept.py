@@ -107,6 +107,19 @@ def test_server_transport_addresses_first_asked_after_close(loop):
     assert got == want
 
 
+async def _connected(loop):
+    """A server on 127.0.0.1 and one create_connection client, once the server
+    has its protocol: (server, Server, the client's Recorder, its transport)."""
+    srv = Server(loop)
+    server = await loop.create_server(srv.factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Recorder(loop)
+    tr, _ = await loop.create_connection(lambda: client, "127.0.0.1", port)
+    while not srv.protocols:
+        await asyncio.sleep(0)
+    return server, srv, client, tr
+
+
 def test_client_transport_addresses_first_asked_after_close(loop):
     """The client side of the same: create_connection's transport answers its
     addresses after the connection is gone, equal to the other end's view
@@ -114,14 +127,8 @@ def test_client_transport_addresses_first_asked_after_close(loop):
     first asked)."""
 
     async def go():
-        srv = Server(loop)
-        server = await loop.create_server(srv.factory, "127.0.0.1", 0)
+        server, srv, client, tr = await _connected(loop)
         async with server:
-            port = server.sockets[0].getsockname()[1]
-            client = Recorder(loop)
-            tr, _ = await loop.create_connection(lambda: client, "127.0.0.1", port)
-            while not srv.protocols:
-                await asyncio.sleep(0)
             str_ = await srv.protocols[0].made
             want = {"sockname": str_.get_extra_info("peername"),
                     "peername": str_.get_extra_info("sockname")}
@@ -146,14 +153,8 @@ def test_transport_socket_first_asked_after_close(loop, loop_name, side):
     closed fd (or wrap whatever file took its number since)."""
 
     async def go():
-        srv = Server(loop)
-        server = await loop.create_server(srv.factory, "127.0.0.1", 0)
+        server, srv, client, ctr = await _connected(loop)
         async with server:
-            port = server.sockets[0].getsockname()[1]
-            client = Recorder(loop)
-            ctr, _ = await loop.create_connection(lambda: client, "127.0.0.1", port)
-            while not srv.protocols:
-                await asyncio.sleep(0)
             pr = srv.protocols[0]
             str_ = await pr.made
             tr, lost = (str_, pr.lost) if side == "server" else (ctr, client.lost)

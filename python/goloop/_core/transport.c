@@ -1005,22 +1005,7 @@ int transport_recv_run(LoopCore *lp, PyObject *obj, gl_comp *c, int n)
         loop_submit(lp, GL_OP_BUF_RETURN, 0, 0, NULL, 0, c[i].buf);
     }
     Py_INCREF(t);
-    int r;
-    if (data == NULL) {
-        r = fatal_from_current(t, "Fatal error: out of memory");
-    } else {
-        PyObject *dr = t->data_received;
-        Py_INCREF(dr);
-        PyObject *res = PyObject_CallOneArg(dr, data);
-        Py_DECREF(dr);
-        Py_DECREF(data);
-        if (res == NULL)
-            r = fatal_from_current(t, "Fatal error: protocol.data_received() call failed.");
-        else {
-            Py_DECREF(res);
-            r = 0;
-        }
-    }
+    int r = data == NULL ? fatal_from_current(t, "Fatal error: out of memory") : data_received(t, data);
     Py_DECREF(t);
     return r;
 }
