@@ -154,18 +154,7 @@ class StreamsMixin:
                 # (the transport takes its bare fd), and it skips
                 # socket.socket's Python __init__.
                 sock = _socket.socket(af, type_ | _SOCK_NONBLOCK, proto_)
-                raw = _core._sockaddr_fast(af, address)
-                if raw is None:  # what only the socket module understands
-                    addrs = await self._connect_resolved(sock, address)
-                    break
-                # _connect_resolved's Go road, inline: one coroutine less.
-                fd = sock.fileno()
-                token, fut = self._connect_start(fd, raw, address)
-                try:
-                    addrs = await fut
-                except exceptions.CancelledError:
-                    self._connect_stop(fd, token)  # Go lets go of the fd before it is closed below
-                    raise
+                addrs = await self._connect_resolved(sock, address)
                 break
             except OSError as exc:
                 errors.append(exc)
@@ -228,14 +217,21 @@ class StreamsMixin:
         except BaseException:
             os.close(fd)  # no transport: the fd was still ours
             raise
+        self._announce(transport, connection_made, waiter)
+        return transport
+
+    def _announce(self, transport, connection_made, waiter):
+        # The end of asyncio's transport constructor: connection_made, then
+        # reading, then the waiter, in that order. If scheduling fails the
+        # transport goes (Go closes the fd).
         try:
             self.call_soon(connection_made, transport)
             self.call_soon(transport._start_reading)
-            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            if waiter is not None:
+                self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         except BaseException:
-            transport.abort()  # Go closes the fd
+            transport.abort()
             raise
-        return transport
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
@@ -265,13 +261,10 @@ class StreamsMixin:
             self._transports[owned.fileno()] = transport
             if server is not None:
                 server._attach()
-            self.call_soon(connection_made, transport)
-            self.call_soon(transport._start_reading)
-            if waiter is not None:
-                self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         except BaseException:
             transport.abort()  # Go closes the fd
             raise
+        self._announce(transport, connection_made, waiter)
         return transport
 
     def _make_ssl_transport(

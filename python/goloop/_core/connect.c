@@ -79,11 +79,9 @@ PyObject *lc_connect_stop(LoopCore *lp, PyObject *const *args, Py_ssize_t nargs)
 
 /* What a connected IPv4 socket's transport needs for its extra info, with
  * no syscall: its sockname from Go's EvConnect and its peername from the
- * sockaddr the connect was given, packed as the transport keeps them
- * (addresses and ports in network order: 4 + 2 + 4 + 2 bytes, read by
- * Transport(kind=(family, type, proto, packed))), which makes the tuples
- * only when the program asks. None for anything else (the transport then
- * asks the socket). */
+ * sockaddr the connect was given, packed for Transport(kind=(family, type,
+ * proto, packed)), which makes the tuples only when the program asks. None
+ * for anything else (the transport then asks the socket). */
 static PyObject *connected_addrs(gl_comp *c, PyObject *sockaddr)
 {
     struct sockaddr_in sin;
@@ -92,14 +90,7 @@ static PyObject *connected_addrs(gl_comp *c, PyObject *sockaddr)
     memcpy(&sin, PyBytes_AS_STRING(sockaddr), sizeof sin);
     if (sin.sin_family != AF_INET)
         Py_RETURN_NONE;
-    char packed[12];
-    uint32_t l_addr = c->buf;
-    uint16_t l_port = (uint16_t)(c->aux >> 16);
-    memcpy(packed, &l_addr, 4);
-    memcpy(packed + 4, &l_port, 2);
-    memcpy(packed + 6, &sin.sin_addr.s_addr, 4);
-    memcpy(packed + 10, &sin.sin_port, 2);
-    return PyBytes_FromStringAndSize(packed, sizeof packed);
+    return transport_pack_inet4(c->buf, (uint16_t)(c->aux >> 16), sin.sin_addr.s_addr, sin.sin_port);
 }
 
 /* EvConnect: settle the future as asyncio's sock_connect would (its result

@@ -170,6 +170,7 @@ void dgram_child_loop_closing(PyObject *dg);
 int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *server,
                      int family, int type, int proto);
 PyObject *inet4_address(uint32_t addr, uint16_t port);
+PyObject *transport_pack_inet4(uint32_t l_addr, uint16_t l_port, uint32_t p_addr, uint16_t p_port);
 int init_transport_type(PyObject *m);
 
 /* dgram.c */

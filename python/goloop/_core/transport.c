@@ -15,6 +15,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* transport_pack_inet4's layout, network order throughout. */
+typedef struct {
+    uint32_t l_addr, p_addr;
+    uint16_t l_port, p_port;
+} inet4_pair;
+
 PyTypeObject *Transport_Type;
 PyTypeObject *ReadPipeTransport_Type;
 PyTypeObject *WritePipeTransport_Type;
@@ -227,6 +233,25 @@ static void set_sock_lazy(Transport *t, int family, int type, int proto)
     t->sock_proto = proto;
 }
 
+/* A connection's IPv4 sockname and peername as Go brought them (network
+ * order), kept until the program asks for them (materialize_addrs). */
+static void set_addrs_lazy(Transport *t, uint32_t l_addr, uint16_t l_port, uint32_t p_addr, uint16_t p_port)
+{
+    t->addrs_lazy = 1;
+    t->l_addr = l_addr;
+    t->l_port = l_port;
+    t->p_addr = p_addr;
+    t->p_port = p_port;
+}
+
+/* What connect.c hands create_connection for Transport(kind=...): the
+ * same four values, as one bytes object. */
+PyObject *transport_pack_inet4(uint32_t l_addr, uint16_t l_port, uint32_t p_addr, uint16_t p_port)
+{
+    inet4_pair a = {l_addr, p_addr, l_port, p_port};
+    return PyBytes_FromStringAndSize((const char *)&a, sizeof a);
+}
+
 /* Transport(loop, sock, protocol, extra=None, server=None, kind=None).
  * With kind=(family, type, proto[, packed]), sock is a bare fd number that
  * nothing else holds (create_connection's own socket, detached): the
@@ -251,8 +276,8 @@ static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
                 PyErr_SetString(PyExc_ValueError, "kind= takes a bare fd number");
             return NULL;
         }
-        if (packed != NULL && (PyBytes_GET_SIZE(packed) != 12 || family != AF_INET)) {
-            PyErr_SetString(PyExc_ValueError, "kind=: packed IPv4 addresses are 12 bytes");
+        if (packed != NULL && (PyBytes_GET_SIZE(packed) != sizeof(inet4_pair) || family != AF_INET)) {
+            PyErr_SetString(PyExc_ValueError, "kind=: packed IPv4 addresses are transport_pack_inet4's");
             return NULL;
         }
         Transport *t = transport_make(tp, (LoopCore *)loop, fd, NULL, protocol, extra, server);
@@ -260,12 +285,9 @@ static PyObject *tr_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
             return NULL;
         set_sock_lazy(t, family, type, proto);
         if (packed != NULL) {
-            const char *p = PyBytes_AS_STRING(packed);
-            memcpy(&t->l_addr, p, 4);
-            memcpy(&t->l_port, p + 4, 2);
-            memcpy(&t->p_addr, p + 6, 4);
-            memcpy(&t->p_port, p + 10, 2);
-            t->addrs_lazy = 1;
+            inet4_pair a;
+            memcpy(&a, PyBytes_AS_STRING(packed), sizeof a);
+            set_addrs_lazy(t, a.l_addr, a.l_port, a.p_addr, a.p_port);
         }
         return (PyObject *)t;
     }
@@ -1222,11 +1244,7 @@ int transport_accept(LoopCore *lp, gl_comp *c, PyObject *factory, PyObject *serv
     if (t == NULL)
         goto fail;
     fd = -1;   /* the transport's now: closing it closes the fd */
-    t->addrs_lazy = 1;
-    t->l_addr = c->buf;
-    t->l_port = (uint16_t)(c->aux >> 16);
-    t->p_addr = (uint32_t)c->ptr;
-    t->p_port = (uint16_t)(c->ptr >> 32);
+    set_addrs_lazy(t, c->buf, (uint16_t)(c->aux >> 16), (uint32_t)c->ptr, (uint16_t)(c->ptr >> 32));
     set_sock_lazy(t, family, type, proto);
     if (server != Py_None) {
         PyObject *r = PyObject_CallMethod(server, "_attach", NULL);
