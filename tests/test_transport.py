@@ -609,6 +609,24 @@ def test_large_bytearray_write_is_not_affected_by_later_mutation(loop):
     run(loop, go(), timeout=30)
 
 
+def test_large_mutable_writes_keep_their_order(loop):
+    # bytes are queued as they are, bytearrays and memoryviews as copies (or sent at
+    # once, as asyncio's write() tries first). Mixed, small and large, on an empty
+    # queue and behind a full one, every byte arrives in write order.
+    sizes = [100_000, 3 << 20, 40_000, 32_768, 32_767, 1_000, 70_000, 2 << 20, 50_000, 65_536]
+    kinds = [bytearray, lambda b: memoryview(bytearray(b)), bytes]
+
+    async def go():
+        async with peer_connection(loop, lambda: Recorder(loop)) as (tr, pr, peer):
+            for phase in range(len(kinds)):
+                data = [os.urandom(n) for n in sizes]
+                job = in_thread(loop, recv_exactly, peer, sum(sizes))
+                for i, d in enumerate(data):
+                    tr.write(kinds[(phase + i) % len(kinds)](d))
+                assert await job == b"".join(data), phase
+    run(loop, go(), timeout=30)
+
+
 @pytest.mark.xfail_loop("uvloop", reason="uvloop 0.17 starts reading after "
                         "connection_made even if it paused reading")
 @pytest.mark.skip_loop("asyncio", reason="CPython < 3.12 bug: the selector transport "
