@@ -15,6 +15,7 @@ without close_notify, never answer close_notify) are blocking sockets in a threa
 (peers.py), so a failure points at the loop under test."""
 
 import asyncio
+import gc
 import hashlib
 import os
 import shutil
@@ -319,6 +320,90 @@ def test_extra_info(loop, loop_name, certs, tmp_path):
             await pr.lost
 
     run(loop, go())
+
+
+def test_server_side_extra_info(loop, loop_name, certs, tmp_path):
+    """The server's TLS transport for an accepted connection: its addresses are
+    the client's, its socket is the connection with TCP_NODELAY, as asyncio sets
+    it on every TCP transport. goloop makes
+    that transport in C from Go's accept record (no socket object until asked),
+    as it does without TLS."""
+    async def go():
+        made = []
+
+        def factory():
+            made.append(EchoServer(loop))
+            return made[-1]
+
+        srv, addr = await serve(loop, factory, certs.server(), "tcp", tmp_path)
+        async with srv:
+            tr, pr = await connect(loop, lambda: Recorder(loop), addr, certs.client())
+            client = tr.get_extra_info("socket")
+            want = {"sockname": client.getpeername(), "peername": client.getsockname()}
+            str_ = await made[0].made
+            seen = {k: str_.get_extra_info(k) for k in want}
+            sock = str_.get_extra_info("socket")
+            kind = (sock.family, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0)
+            assert str_.get_extra_info("peercert") is None  # no client certificate asked
+            tr.close()
+            await pr.lost
+            await made[0].lost
+            after = {k: str_.get_extra_info(k) for k in want}
+            return want, seen, kind, after
+
+    want, seen, kind, after = run(loop, go())
+    assert seen == want
+    assert kind == (socket.AF_INET, True)
+    # asyncio's TLS transport answers from the connection under it, which it
+    # lets go of once the connection is lost.
+    assert after == {"sockname": None, "peername": None}
+
+
+@pytest.mark.skip_loop("uvloop", "uvloop reports a factory error to the exception handler outside "
+                       "debug mode too, then accepts nothing more on that server")
+def test_server_factory_error_closes_connection_and_serving_goes_on(loop, loop_name, certs,
+                                                                    tmp_path):
+    """A TLS server's protocol factory raises for the first connection: that
+    connection is closed, the next is served, and only debug mode reports the
+    error (asyncio's message), as without TLS."""
+    async def go():
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(
+            (ctx.get("message"), type(ctx.get("exception")))))
+        loop.set_debug(True)
+        calls = []
+
+        def factory():
+            calls.append(1)
+            if len(calls) == 1:
+                raise ZeroDivisionError("factory")
+            return EchoServer(loop)
+
+        try:
+            srv, addr = await serve(loop, factory, certs.server(), "tcp", tmp_path)
+            async with srv:
+                first = socket.socket()
+                first.setblocking(False)
+                try:
+                    await loop.sock_connect(first, (addr["host"], addr["port"]))
+                    if loop_name == "goloop":  # asyncio leaves the socket to the collector
+                        assert await loop.sock_recv(first, 10) == b""
+                    tr, pr = await connect(loop, lambda: Recorder(loop), addr, certs.client())
+                    tr.write(b"ping")
+                    assert await pr.received(4) == b"ping"
+                    tr.close()
+                    await pr.lost
+                finally:
+                    first.close()
+        finally:
+            loop.set_debug(False)
+            loop.set_exception_handler(None)
+        return errors, len(calls)
+
+    errors, calls = run(loop, go())
+    assert calls == 2
+    assert errors == [("Error on transport creation for incoming connection", ZeroDivisionError)]
+    gc.collect()
 
 
 # -- certificates and errors -------------------------------------------------------------

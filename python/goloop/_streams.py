@@ -328,17 +328,33 @@ class StreamsMixin:
                                        ssl_handshake_timeout, ssl_shutdown_timeout)
 
         listener = _core.Listener(self, fd, on_accept)
+        # IPv4 connections become transports in C, straight from Go's
+        # EvAccept (transport.c transport_accept), with no socket object
+        # until the program asks for one; on_accept gets the rest. Accepted
+        # sockets inherit TCP_NODELAY from the listening one (Linux copies
+        # it), so set it here once where asyncio sets it on every transport.
+        try:
+            _set_nodelay(sock)
+        except OSError:
+            pass
         if not sslcontext:
-            # Plain IPv4 connections become transports in C, straight from
-            # Go's EvAccept (transport.c transport_accept); on_accept gets
-            # the rest. Accepted sockets inherit TCP_NODELAY from the
-            # listening one (Linux copies it), so set it here once where
-            # asyncio sets it on every transport.
-            try:
-                _set_nodelay(sock)
-            except OSError:
-                pass
             listener.serve(protocol_factory, server, family, type_, proto)
+        else:
+            # Over TLS, the transport C makes carries the TLS protocol, made
+            # as _accept_connection_fd makes it.
+            from . import _tls
+
+            def tls_protocol():
+                protocol = protocol_factory()
+                waiter = self.create_future()
+                ssl_protocol = _tls.ssl_protocol(
+                    self, protocol, sslcontext, waiter, server_side=True,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout)
+                waiter.add_done_callback(functools.partial(
+                    self._handshake_done, ssl_protocol._app_transport, protocol))
+                return ssl_protocol
+            listener.serve(tls_protocol, server, family, type_, proto)
         self._listeners[fd] = listener
         listener.start()
 

@@ -7,7 +7,6 @@ What is here runs once per connection: asyncio's argument checks and the
 public construction of the memory BIOs and the ssl.SSLObject
 (context.wrap_bio), whose _ssl._SSLSocket the C protocol then drives."""
 import _ssl
-import os
 import ssl
 
 from asyncio import constants, exceptions, sslproto
@@ -39,13 +38,21 @@ _KTLS_OPENSSL = _core._ktls_init(_ssl.__file__)
 _ktls_kernel = None
 
 
-def _ktls_off():
-    return os.environ.get('GOLOOP_KTLS', '').strip().lower() in ('0', 'off', 'no', 'false')
+def _setting(name):
+    # Read per connection, so a change to os.environ counts from the next
+    # one (the tests make such changes); _core.getenv is the fast read.
+    return (_core.getenv(name) or '').strip().lower()
+
+
+def _ktls_off(setting=None):
+    if setting is None:
+        setting = _setting('GOLOOP_KTLS')
+    return setting in ('0', 'off', 'no', 'false')
 
 
 def ktls_wanted(loop):
-    setting = os.environ.get('GOLOOP_KTLS', '').strip().lower()
-    if _ktls_off() or not _KTLS_OPENSSL:
+    setting = _setting('GOLOOP_KTLS')
+    if _ktls_off(setting) or not _KTLS_OPENSSL:
         return False
     if setting == 'force':
         return True
@@ -62,7 +69,7 @@ def ktls_wanted(loop):
 
 def c_enabled():
     """False when GOLOOP_TLS=python asks for asyncio's SSLProtocol."""
-    return os.environ.get('GOLOOP_TLS', '').strip().lower() != 'python'
+    return _setting('GOLOOP_TLS') != 'python'
 
 
 def ssl_protocol(loop, app_protocol, sslcontext, waiter, server_side=False,

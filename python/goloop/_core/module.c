@@ -148,7 +148,23 @@ static PyObject *set_hooks(PyObject *m, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
+/* getenv(name) -> str or None: the process environment as os.environ
+ * keeps it (its every change goes through putenv/unsetenv), read without
+ * os.environ's Python-level mapping: settings read once per connection
+ * (GOLOOP_TLS, GOLOOP_KTLS) cost a microsecond or two each that way. */
+static PyObject *getenv_(PyObject *m, PyObject *name)
+{
+    const char *k = PyUnicode_AsUTF8(name);
+    if (k == NULL)
+        return NULL;
+    const char *v = getenv(k);
+    if (v == NULL)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeFSDefault(v);
+}
+
 static PyMethodDef module_methods[] = {
+    {"getenv", getenv_, METH_O, NULL},
     {"_set_library", set_library, METH_O, NULL},
     {"_runtime_started", runtime_started, METH_NOARGS, NULL},
     {"_runtime_pid", runtime_pid, METH_NOARGS, NULL},
