@@ -370,6 +370,17 @@ func hasGraceful(out []queued, token uint64) bool {
 // the next Poll, where asyncio's write() has written it at once.
 const ArgNotSock uint32 = 1 << 31
 
+// ArgOnce, in the Arg of OpRecvStart, asks for one chunk at a time: the
+// next is received only after the Poll that reported this one, so C's
+// OpRecvStop in the next batch stops receiving after one more chunk at
+// most. For a protocol that pauses reading (a flow-controlled reader):
+// where a continuous receive would take everything the socket holds into
+// memory at every resume, the peer is held back by the kernel's buffers,
+// as asyncio's one read per readiness does. The io_uring backend makes each
+// a single-shot receive instead of a multishot one; the epoll backend reads
+// one chunk per readiness anyway.
+const ArgOnce uint32 = 1 << 30
+
 // Poll masks (the same bits as EPOLLIN/EPOLLOUT/EPOLLERR/EPOLLHUP).
 const (
 	PollIn  uint32 = 0x1

@@ -71,6 +71,7 @@ type urFd struct {
 	// A pipe is read with one multishot read where the kernel has it;
 	// a file that refuses it (a tty) falls back to poll and read for good.
 	recvMulti, noMulti bool
+	recvOnce           bool // ArgOnce: a single-shot receive per chunk
 	// eofHeld: the receive ended (0) while a send was in the kernel, in this
 	// Poll call. A peer's reset is reported once, to whichever request
 	// sees it first; when that was the send, the receive reads a plain end
@@ -247,6 +248,7 @@ func (b *uringBackend) apply(s *Sub) {
 	}
 	switch s.Op {
 	case OpRecvStart:
+		f.recvOnce = s.Arg&ArgOnce != 0
 		f.kt.rec.takeOver(s.Token, &b.recs, b.complete)
 		b.sockUnwait(f, &f.recP, f.recIdx, kRecordPoll)
 		f.recvTok, f.recvOn = s.Token, true
@@ -442,7 +444,9 @@ func (b *uringBackend) armRecv(f *urFd) {
 		f.recvKind, f.recvMulti = kRecv, true
 	case !f.notSock:
 		s := b.fdSQE(f, iouOpRecv, kRecv)
-		s.ioprio = iouRecvMultishot
+		if !f.recvOnce {
+			s.ioprio = iouRecvMultishot
+		}
 		s.flags = iosqeBufferSelect
 		s.bufIndex = pbufGroup
 		f.recvKind = kRecv

@@ -118,6 +118,7 @@ typedef struct {
 #define GL_POLL_ERR 0x8
 #define GL_POLL_HUP 0x10
 #define GL_ARG_NOTSOCK 0x80000000u   /* OpRecvStart/OpSend: fd is a pipe or a tty (record.go) */
+#define GL_ARG_ONCE 0x40000000u      /* OpRecvStart: one chunk per poll, for a reader that pauses (record.go) */
 
 /* Datagrams (goloop/dgram.go): GL_OP_SENDTO's ptr points to a gl_sendto that
  * C keeps alive, with the bytes it names, until the EvSend answering it. A

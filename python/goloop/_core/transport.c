@@ -52,6 +52,11 @@ typedef struct {
     char closing;
     char paused;
     char armed;                 /* Go is receiving for us */
+    char eof_seen;              /* the receive ended with the end of the stream */
+    /* The protocol has paused reading: from then on Go receives one chunk
+     * per poll (GL_ARG_ONCE), so that a resume does not take all the socket
+     * holds into memory, only for the protocol to pause again (arm). */
+    char flow_controlled;
     char eof_written;
     char write_paused;
     char close_sent;            /* OpClose submitted: no more ops for this fd */
@@ -553,11 +558,26 @@ static int schedule_method(Transport *t, const char *name, PyObject *arg)
     return 0;
 }
 
+static int has_held(Transport *t)
+{
+    return t->held != NULL && PyList_GET_SIZE(t->held) > 0;
+}
+
+/* Ask Go to receive. Never while chunks that came during a pause are still
+ * held (tr_deliver_held arms once it has handed them all over): a protocol
+ * that pauses again while they go must find nothing more taken from the
+ * socket meanwhile, else every resume would move the kernel's buffers into
+ * held memory and the peer would never be held back (asyncio's transport
+ * reads nothing while paused, so the kernel's buffers fill and the peer's
+ * sends wait). Never after the end of the stream either: there is nothing
+ * more to read, and a second receive would report the end again. */
 static void arm(Transport *t)
 {
-    if (!t->armed && !t->close_sent && !t->ktls_wait && !t->go_hold && t->loop->h != 0) {
+    if (!t->armed && !t->close_sent && !t->ktls_wait && !t->go_hold && !t->eof_seen && !has_held(t) &&
+        t->loop->h != 0) {
+        uint32_t arg = (t->notsock ? GL_ARG_NOTSOCK : 0) | (t->flow_controlled ? GL_ARG_ONCE : 0);
         if (loop_submit(t->loop, t->records ? GL_OP_RECV_RECORD : GL_OP_RECV_START, t->fd, TOKEN(t),
-                        NULL, 0, t->notsock ? GL_ARG_NOTSOCK : 0) == 0)
+                        NULL, 0, arg) == 0)
             t->armed = t->ever_read = 1;
         pin_update(t);
     }
@@ -792,6 +812,8 @@ static PyObject *tr_deliver_held(Transport *t, PyObject *unused)
         if (r < 0)
             return NULL;
     }
+    if (!t->paused && !t->closing)
+        arm(t);   /* all delivered: receiving again (arm) */
     Py_RETURN_NONE;
 }
 
@@ -841,6 +863,8 @@ static int on_recv(Transport *t, gl_comp *c)
         return r;
     }
     t->armed = 0;
+    if (c->res == 0)
+        t->eof_seen = 1;
     pin_update(t);
     if (t->closing || t->conn_lost)
         return 0;
@@ -1751,6 +1775,7 @@ static PyObject *tr_pause_reading(Transport *t, PyObject *unused)
     if (t->closing || t->paused)
         Py_RETURN_NONE;
     t->paused = 1;
+    t->flow_controlled = 1;
     disarm(t);
     Py_RETURN_NONE;
 }
@@ -1760,11 +1785,11 @@ static PyObject *tr_resume_reading(Transport *t, PyObject *unused)
     if (t->closing || !t->paused)
         Py_RETURN_NONE;
     t->paused = 0;
-    if (t->held != NULL && PyList_GET_SIZE(t->held) > 0) {
+    if (has_held(t)) {
+        /* Receiving restarts once they are all handed over (arm). */
         if (schedule_method(t, "_deliver_held", NULL) < 0)
             return NULL;
-        /* Reading restarts after the held chunks, which _deliver_held
-         * hands over in this same iteration, before the next batch. */
+        Py_RETURN_NONE;
     }
     arm(t);
     Py_RETURN_NONE;
