@@ -1,0 +1,123 @@
+"""Streams bulk transfer: bytes through asyncio streams with flow control at
+work on both ends, in one process (one loop).
+
+    python bench/streams_bulk.py [--loops goloop,uvloop,asyncio] [--mib 256]
+                                 [--conns 4] [--rounds 5]
+
+Each of --conns clients writes its share of --mib MiB in messages of 1 B to
+256 KiB (log-uniform, seeded), with drain() after each write, to a
+start_server echo whose handler reads random sizes up to 256 KiB, writes them
+back and drains; each client reads the echo with read(1 MiB). So both ends'
+StreamReaders pause and resume reading all the time, and both ends' writers
+wait in drain(): the pattern of a proxy or a file upload through streams,
+not a request/response echo. The same pattern, with checks, is
+tests/test_chaos.py's streams soak.
+
+Each round runs every loop once, in a fresh process pinned to CPU 0
+(taskset), in rotating order; prints MB/s (10**6 bytes a second, counting
+what the clients sent) per round and the median per loop with its ratio to
+uvloop's. Run from the repository root (PYTHONPATH as for bench/run.sh).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAX_MESSAGE = 256 << 10
+
+
+async def transfer(total, conns):
+    pool = random.Random(1).randbytes((1 << 20) + MAX_MESSAGE)
+
+    async def handle(reader, writer):
+        rng = random.Random(2)
+        while data := await reader.read(rng.randint(1, MAX_MESSAGE)):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def client(i):
+        reader, writer = await asyncio.open_connection(*addr)
+        rng = random.Random(f"client {i}")
+        got = 0
+
+        async def send():
+            left = total // conns
+            while left > 0:
+                n = min(left, int(2 ** rng.uniform(0, 18)), MAX_MESSAGE)
+                off = rng.randrange(len(pool) - n)
+                writer.write(pool[off:off + n])
+                left -= n
+                await writer.drain()
+            writer.write_eof()
+
+        async def receive():
+            nonlocal got
+            while data := await reader.read(1 << 20):
+                got += len(data)
+
+        await asyncio.gather(send(), receive())
+        writer.close()
+        return got
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    addr = server.sockets[0].getsockname()
+    t0 = time.perf_counter()
+    got = await asyncio.gather(*(client(i) for i in range(conns)))
+    elapsed = time.perf_counter() - t0
+    server.close()
+    await server.wait_closed()
+    if sum(got) != total // conns * conns:
+        raise RuntimeError(f"echoed {sum(got)} of {total // conns * conns} bytes")
+    return sum(got) / elapsed / 1e6
+
+
+def one(loop_name, total, conns):
+    sys.path.insert(0, os.path.join(HERE, "servers"))
+    from loops import new_loop
+    loop = new_loop(loop_name)
+    try:
+        return loop.run_until_complete(transfer(total, conns))
+    finally:
+        loop.close()
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--loops", default="goloop,uvloop,asyncio")
+    p.add_argument("--mib", type=int, default=256)
+    p.add_argument("--conns", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, args.mib << 20, args.conns)))
+        return
+    loops = args.loops.split(",")
+    got = {name: [] for name in loops}
+    for r in range(args.rounds):
+        order = loops[r % len(loops):] + loops[:r % len(loops)]
+        line = []
+        for name in order:
+            out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--one", name,
+                                  "--mib", str(args.mib), "--conns", str(args.conns)],
+                                 capture_output=True, text=True, timeout=600, check=True)
+            got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            line.append(f"{name} {got[name][-1]:7.0f}")
+        print(f"round {r + 1}: " + "  ".join(line) + "  MB/s", flush=True)
+    ref = statistics.median(got["uvloop"]) if "uvloop" in got else None
+    for name in loops:
+        m = statistics.median(got[name])
+        ratio = f"  {m / ref:.2f}x uvloop" if ref else ""
+        print(f"{name:10s} median {m:7.0f} MB/s{ratio}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
