@@ -70,10 +70,20 @@ func (q *outQueue) push(s *Sub) {
 	*q = append(*q, queuedOf(s))
 }
 
-// pop drops the head. The last entry is dropped by truncating, not by
-// slicing past it, so the array stays for the next write: one write per
-// request must not cost one allocation per request.
-func (q *outQueue) pop() { *q = popOut(*q) }
+// pop drops the head (drop(1)).
+func (q *outQueue) pop() { q.drop(1) }
+
+// drop drops the first k entries, moving the rest down to the start of the
+// array rather than slicing past them: a queue that slid along its array
+// would reach the end of it every cap entries and reallocate, a new array
+// (zeroed, and garbage for the collector) per so many writes, where the
+// moved-down queue keeps its array for good. Sends leave in gathers of up
+// to maxGather entries, so the move is once per sendmsg, not per entry.
+func (q *outQueue) drop(k int) {
+	n := copy(*q, (*q)[k:])
+	clear((*q)[n:])
+	*q = (*q)[:n]
+}
 
 // upgradable reports whether an abort with CloseUpgrade and this token
 // applies: only while that token's graceful close still waits in the
@@ -240,17 +250,6 @@ func errnoOf(err error) int32 {
 		return -int32(e)
 	}
 	return -int32(unix.EIO)
-}
-
-// popOut drops the head of an output queue. The last entry is dropped by
-// truncating, not by slicing past it, so the array stays for the next
-// write: one write per request must not cost one allocation per request.
-func popOut(out []queued) []queued {
-	if len(out) == 1 {
-		out[0] = queued{}
-		return out[:0]
-	}
-	return out[1:]
 }
 
 // acceptScratch is a backend's room for accept4's and getsockname's

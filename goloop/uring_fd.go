@@ -740,13 +740,7 @@ func (b *uringBackend) softSend(f *urFd) bool {
 		return true
 	}
 	n, blocked := f.kt.soft.send(f.fd, f.out, b.complete)
-	if n > 0 {
-		// Moved down rather than sliced past, so the array stays for the
-		// next sends (pop keeps it only for the last entry).
-		k := copy(f.out, f.out[n:])
-		clear(f.out[k:])
-		f.out = f.out[:k]
-	}
+	f.out.drop(n)
 	if blocked {
 		p := b.fdSQE(f, iouOpPollAdd, kSendPoll)
 		p.opFlags = PollOut
@@ -892,17 +886,19 @@ func (b *uringBackend) submitSend(f *urFd, q *queued) {
 // sent completes the queued sends n bytes cover, in order, and advances
 // the one they end in.
 func (b *uringBackend) sent(f *urFd, n int) {
-	for n > 0 && len(f.out) > 0 && gatherable(&f.out[0]) {
-		q := &f.out[0]
+	done := 0
+	for n > 0 && done < len(f.out) && gatherable(&f.out[done]) {
+		q := &f.out[done]
 		if k := q.n - q.off; n < k {
 			q.off += n
-			return
+			break
 		} else {
 			n -= k
 		}
 		b.complete(Comp{Token: q.token, Kind: EvSend, Res: int32(q.n)})
-		f.out.pop()
+		done++
 	}
+	f.out.drop(done)
 }
 
 func (b *uringBackend) onSend(f *urFd, c *uringCQE) {
