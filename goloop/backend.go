@@ -24,6 +24,12 @@ type Backend interface {
 	// knows not to wait.
 	Pending() bool
 	Wake() error
+	// WakeFd is the eventfd Wake writes to (a counter: write 8 bytes of a
+	// little-endian 1), open until Close: a caller that knows the backend
+	// is not closing may wake it by writing there itself, without a call
+	// into Go (the C side's call_soon_threadsafe, whose thread is not Go's:
+	// entering Go from it costs the runtime a P hand-off and thread wake-ups).
+	WakeFd() int
 	Name() string
 	Close() error
 }

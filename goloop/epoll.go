@@ -90,6 +90,8 @@ func (b *epollBackend) Pending() bool { return len(b.ready) > 0 }
 
 func (b *epollBackend) Wake() error { return b.wk.wake() }
 
+func (b *epollBackend) WakeFd() int { return b.wk.fd }
+
 func (b *epollBackend) Close() error {
 	for fd, f := range b.fds {
 		if f.state == fdOpen {

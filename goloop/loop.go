@@ -61,6 +61,9 @@ func (l *Loop) Post(c Comp) {
 
 func (l *Loop) Wake() error { return l.b.Wake() }
 
+// WakeFd is the backend's WakeFd (backend.go).
+func (l *Loop) WakeFd() int { return l.b.WakeFd() }
+
 // Poll is one loop iteration's crossing: submissions in, completions out.
 func (l *Loop) Poll(subs []Sub, out []Comp, timeout time.Duration) (int, error) {
 	// Poll runs on the goroutine of a call from C that lasts as long as the

@@ -132,6 +132,8 @@ func (b *uringBackend) Pending() bool {
 
 func (b *uringBackend) Wake() error { return b.wk.wake() }
 
+func (b *uringBackend) WakeFd() int { return b.wk.fd }
+
 func (b *uringBackend) complete(c Comp) { b.ready = append(b.ready, c) }
 
 func (b *uringBackend) ud(f *urFd, kind uint8) uint64 {

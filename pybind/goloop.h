@@ -138,6 +138,9 @@ typedef struct {
 typedef int64_t (*gl_new_fn)(const char *backend, char *err, int errlen);
 typedef int (*gl_poll_fn)(int64_t h, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64_t timeout_ns);
 typedef int (*gl_wake_fn)(int64_t h);
+/* goloop_wake_fd: the eventfd goloop_wake writes to (8 bytes, a counter),
+ * open until goloop_close; -1: none. */
+typedef int (*gl_wake_fd_fn)(int64_t h);
 typedef int (*gl_close_fn)(int64_t h);
 typedef int (*gl_backend_fn)(int64_t h, char *buf, int len);
 /* goloop_call: 0 started (a GL_EV_POSTED completion with the token will

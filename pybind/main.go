@@ -119,6 +119,18 @@ func goloop_wake(h C.int64_t) C.int {
 	return -1
 }
 
+// goloop_wake_fd is the eventfd goloop_wake writes to, open until
+// goloop_close (-1: none). C wakes the loop from another thread by writing
+// to it under the GIL, which also orders it before goloop_close.
+//
+//export goloop_wake_fd
+func goloop_wake_fd(h C.int64_t) C.int {
+	if l := lookup(h); l != nil {
+		return C.int(l.WakeFd())
+	}
+	return -1
+}
+
 //export goloop_close
 func goloop_close(h C.int64_t) C.int {
 	mu.Lock()

@@ -407,6 +407,39 @@ def test_call_soon_threadsafe_many_threads(loop):
     assert count[0] == total
 
 
+def test_call_soon_threadsafe_ping_pong_never_loses_a_wake(loop):
+    # Threads that each schedule a callback and wait for it to run before the
+    # next (run_in_executor's pattern): the loop is waiting in nearly every one,
+    # and goloop wakes it only then (the thread writes the wake-up itself). A wake
+    # lost in the race between the loop starting to wait and a thread scheduling
+    # would leave that thread waiting for good.
+    n_threads, rounds = 4, 2000
+    done = loop.create_future()
+    finished = []
+
+    def worker():
+        ran = threading.Event()
+        for i in range(rounds):
+            ran.clear()
+            loop.call_soon_threadsafe(ran.set)
+            if not ran.wait(10):
+                finished.append(f"round {i}: the callback never ran")
+                break
+        finished.append("ok")
+        if len(finished) == n_threads:
+            loop.call_soon_threadsafe(done.set_result, None)
+
+    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    try:
+        run(loop, done, timeout=60)
+    finally:
+        for t in threads:
+            t.join()
+    assert finished == ["ok"] * n_threads
+
+
 def test_call_soon_threadsafe_context_and_args(loop):
     var = contextvars.ContextVar("var", default="default")
     ctx = contextvars.copy_context()

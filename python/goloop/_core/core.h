@@ -15,6 +15,7 @@ typedef struct {
     gl_new_fn new_;
     gl_poll_fn poll;
     gl_wake_fn wake;
+    gl_wake_fd_fn wake_fd;
     gl_close_fn close;
     gl_backend_fn backend;
     gl_call_fn call;
@@ -94,6 +95,11 @@ struct LoopCore {
     uint32_t nslots, capslots, free_slot;
     Py_ssize_t closes_in_flight; /* OpClose submitted, EvClosed not yet seen */
     uint64_t polls;        /* goloop_poll calls made: batches handed to Go */
+    /* The loop's thread is in a waiting goloop_poll, the GIL released: set
+     * and cleared under the GIL, so another thread's call_soon_threadsafe
+     * (which holds the GIL) sees it and wakes the wait (go.c, loop.c). */
+    int waiting;
+    int wake_fd;           /* Go's wake-up eventfd (go_wake_from_thread), -1: none */
     uint64_t tls_kernel, tls_user, tls_go;   /* TLS connections made, by who does their records (tls.c) */
     PyObject *calls;       /* dict token -> future of a Go call in flight */
     PyObject *connects;    /* dict token -> (future, sockaddr, address): connects in Go (connect.c) */
@@ -140,6 +146,8 @@ int go_usable(LoopCore *lp);         /* the same check, quiet: 1 or 0 */
 int64_t go_new(const char *backend, char *err, int errlen);
 int go_poll(LoopCore *lp, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64_t timeout_ns);
 void go_wake(LoopCore *lp);
+int go_wake_fd(LoopCore *lp);
+void go_wake_from_thread(LoopCore *lp);
 void go_close(LoopCore *lp);
 PyObject *go_backend_name(LoopCore *lp);
 int go_call(LoopCore *lp, uint64_t token, const char *method, const char *req, int reqlen,

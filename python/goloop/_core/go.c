@@ -10,6 +10,8 @@
  *
  * Nothing else in the extension names GL: grep for it to check. */
 #include "core.h"
+#include <errno.h>
+#include <unistd.h>
 
 /* -1 with RuntimeError set when Go cannot be entered for lp. */
 int go_enter(LoopCore *lp)
@@ -46,9 +48,11 @@ int go_poll(LoopCore *lp, gl_sub *subs, int nsubs, gl_comp *out, int nout, int64
         /* Nothing to wait for: keep the GIL, the call returns at once. */
         n = GL.poll(h, subs, nsubs, out, nout, timeout_ns);
     } else {
+        lp->waiting = 1;
         Py_BEGIN_ALLOW_THREADS
         n = GL.poll(h, subs, nsubs, out, nout, timeout_ns);
         Py_END_ALLOW_THREADS
+        lp->waiting = 0;
     }
     if (n < 0) {
         errno = -n;
@@ -67,6 +71,34 @@ void go_wake(LoopCore *lp)
 {
     if (go_usable(lp))
         GL.wake(lp->h);
+}
+
+int go_wake_fd(LoopCore *lp)
+{
+    return go_usable(lp) ? GL.wake_fd(lp->h) : -1;
+}
+
+/* Another thread's wake-up (call_soon_threadsafe), under the GIL: the
+ * write goloop_wake would make, made here. A call into Go from a thread
+ * that is not Go's costs the runtime a P hand-off and its own thread
+ * wake-ups (four to five futex calls and a sysmon wake-up per call, a
+ * third of run_in_executor's round trip), where this is one write(2) to
+ * an eventfd, as asyncio's own loop writes its self-pipe from the calling
+ * thread. The GIL orders it before go_close, the only closer of the fd
+ * (lp->h is 0 from then on). It is the one system call C makes, and it
+ * moves no data. */
+void go_wake_from_thread(LoopCore *lp)
+{
+    if (!go_usable(lp) || lp->wake_fd < 0) {
+        go_wake(lp);
+        return;
+    }
+    uint64_t one = 1;
+    ssize_t r;
+    do
+        r = write(lp->wake_fd, &one, sizeof one);
+    while (r < 0 && errno == EINTR);
+    /* EAGAIN: the counter is full, a wake-up is pending anyway. */
 }
 
 void go_close(LoopCore *lp)

@@ -290,12 +290,16 @@ static PyObject *lc_call_soon(LoopCore *lp, PyObject *const *args, Py_ssize_t na
 }
 
 /* Other threads hold the GIL while they call this, so the ready ring is
- * safe to touch, and one queue keeps asyncio's global FIFO order. */
+ * safe to touch, and one queue keeps asyncio's global FIFO order. The
+ * loop's thread needs waking only while it waits in goloop_poll (waiting,
+ * set before it releases the GIL there): at any other time it holds the
+ * GIL, or will take it back before it next decides how long to wait, and
+ * then it finds this callback in the ready ring. */
 static PyObject *lc_call_soon_threadsafe(LoopCore *lp, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     Handle *h = schedule_call(lp, args, nargsf, kwnames, "call_soon_threadsafe");
-    if (h != NULL && lp->thread != PyThread_get_thread_ident())
-        go_wake(lp);   /* ends a wait in progress; cheap and thread-safe */
+    if (h != NULL && lp->waiting && lp->thread != PyThread_get_thread_ident())
+        go_wake_from_thread(lp);   /* ends the wait in progress */
     return (PyObject *)h;
 }
 
@@ -929,6 +933,7 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         Py_DECREF(backend);
         return NULL;
     }
+    lp->wake_fd = -1;
     lp->calls = PyDict_New();
     lp->connects = PyDict_New();
     lp->capcomps = 1024;
@@ -958,6 +963,7 @@ static PyObject *lc_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     lp->stops_now = PyUnicode_CompareWithASCIIString(actual, "epoll") == 0;
     Py_DECREF(actual);
+    lp->wake_fd = go_wake_fd(lp);
     lp->fork_next = all_loops;
     if (all_loops != NULL)
         all_loops->fork_prev = lp;

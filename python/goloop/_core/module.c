@@ -93,6 +93,7 @@ int gl_ensure_loaded(void)
     SYM(new_, "goloop_new");
     SYM(poll, "goloop_poll");
     SYM(wake, "goloop_wake");
+    SYM(wake_fd, "goloop_wake_fd");
     SYM(close, "goloop_close");
     SYM(backend, "goloop_backend_name");
     SYM(call, "goloop_call");
