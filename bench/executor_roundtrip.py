@@ -1,0 +1,75 @@
+"""run_in_executor round trip: a task awaits a trivial function run in the
+default executor, one at a time, so every round trip wakes the waiting loop
+from another thread (call_soon_threadsafe).
+
+    python bench/executor_roundtrip.py [--loops goloop,uvloop,asyncio]
+                                       [--calls 20000] [--rounds 5]
+
+Each round runs every loop once, in a fresh process pinned to CPU 0
+(taskset; the executor's thread shares it), in rotating order, and prints
+the microseconds per round trip; then the median per loop and its ratio to
+uvloop's. Run from the repository root (PYTHONPATH as for bench/run.sh).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+async def round_trips(calls):
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, int)   # the executor's thread exists
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        await loop.run_in_executor(None, int)
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def one(loop_name, calls):
+    sys.path.insert(0, os.path.join(HERE, "servers"))
+    from loops import new_loop
+    loop = new_loop(loop_name)
+    try:
+        return loop.run_until_complete(round_trips(calls))
+    finally:
+        loop.close()
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--loops", default="goloop,uvloop,asyncio")
+    p.add_argument("--calls", type=int, default=20000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, args.calls)))
+        return
+    loops = args.loops.split(",")
+    got = {name: [] for name in loops}
+    for r in range(args.rounds):
+        order = loops[r % len(loops):] + loops[:r % len(loops)]
+        line = []
+        for name in order:
+            out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--one", name,
+                                  "--calls", str(args.calls)],
+                                 capture_output=True, text=True, timeout=600, check=True)
+            got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            line.append(f"{name} {got[name][-1]:5.1f}")
+        print(f"round {r + 1}: " + "  ".join(line) + "  us per round trip", flush=True)
+    ref = statistics.median(got["uvloop"]) if "uvloop" in got else None
+    for name in loops:
+        m = statistics.median(got[name])
+        ratio = f"  uvloop/{name} {ref / m:.2f}x" if ref else ""
+        print(f"{name:10s} median {m:5.1f} us{ratio}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
