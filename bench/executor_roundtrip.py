@@ -16,11 +16,13 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import fresh_rounds  # noqa: E402
 
 
 async def round_trips(calls):
@@ -53,17 +55,8 @@ def main(argv):
         print(json.dumps(one(args.one, args.calls)))
         return
     loops = args.loops.split(",")
-    got = {name: [] for name in loops}
-    for r in range(args.rounds):
-        order = loops[r % len(loops):] + loops[:r % len(loops)]
-        line = []
-        for name in order:
-            out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--one", name,
-                                  "--calls", str(args.calls)],
-                                 capture_output=True, text=True, timeout=600, check=True)
-            got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            line.append(f"{name} {got[name][-1]:5.1f}")
-        print(f"round {r + 1}: " + "  ".join(line) + "  us per round trip", flush=True)
+    got = fresh_rounds.rounds(__file__, loops, args.rounds, ["--calls", str(args.calls)],
+                              "us per round trip", "{:5.1f}")
     ref = statistics.median(got["uvloop"]) if "uvloop" in got else None
     for name in loops:
         m = statistics.median(got[name])

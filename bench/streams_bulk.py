@@ -25,11 +25,14 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import fresh_rounds  # noqa: E402
+
 MAX_MESSAGE = 256 << 10
 
 
@@ -101,17 +104,8 @@ def main(argv):
         print(json.dumps(one(args.one, args.mib << 20, args.conns)))
         return
     loops = args.loops.split(",")
-    got = {name: [] for name in loops}
-    for r in range(args.rounds):
-        order = loops[r % len(loops):] + loops[:r % len(loops)]
-        line = []
-        for name in order:
-            out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--one", name,
-                                  "--mib", str(args.mib), "--conns", str(args.conns)],
-                                 capture_output=True, text=True, timeout=600, check=True)
-            got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            line.append(f"{name} {got[name][-1]:7.0f}")
-        print(f"round {r + 1}: " + "  ".join(line) + "  MB/s", flush=True)
+    got = fresh_rounds.rounds(__file__, loops, args.rounds,
+                              ["--mib", str(args.mib), "--conns", str(args.conns)], "MB/s", "{:7.0f}")
     ref = statistics.median(got["uvloop"]) if "uvloop" in got else None
     for name in loops:
         m = statistics.median(got[name])

@@ -134,6 +134,17 @@ def main():
     faulthandler.dump_traceback_later(float(os.environ.get("GOLOOP_MODULE_TIMEOUT", "300")),
                                       exit=True)
     signal.signal(signal.SIGALRM, _on_alarm)
+    slow = float(os.environ.get("GOLOOP_CPYTHON_SLOW", "1"))
+    if slow > 1:
+        # A slow build (ASAN: the whole interpreter allocates through the
+        # sanitizer) scales the tests' own time limits, as CPython's regrtest
+        # does for a slow worker. test_ssl's test_create_connection_ssl_1 has
+        # 25 clients served one at a time by a blocking thread, the last one's
+        # handshake bounded by SHORT_TIMEOUT (30 s): 21 s under ASAN on an idle
+        # machine, so a busy one timed it out.
+        from test import support
+        support.SHORT_TIMEOUT *= slow
+        support.LONG_TIMEOUT *= slow
     policy = _policy_class(name)
     result = Result()
     for modname in modules:

@@ -1,0 +1,26 @@
+"""Rounds of one measurement per loop, each in a fresh process pinned to CPU 0,
+in rotating order (streams_bulk.py, executor_roundtrip.py).
+
+A script calls rounds(script, loops, n, args, unit): for each round and loop it
+runs `taskset -c 0 python SCRIPT --one LOOP ARGS...`, which prints one JSON
+number on its last line, prints the round's numbers as they come, and returns
+{loop: [numbers]} for the script's own summary.
+"""
+
+import json
+import subprocess
+import sys
+
+
+def rounds(script, loops, n, args, unit, fmt="{:7.1f}"):
+    got = {name: [] for name in loops}
+    for r in range(n):
+        order = loops[r % len(loops):] + loops[:r % len(loops)]
+        line = []
+        for name in order:
+            out = subprocess.run(["taskset", "-c", "0", sys.executable, script, "--one", name, *args],
+                                 capture_output=True, text=True, timeout=600, check=True)
+            got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            line.append(f"{name} " + fmt.format(got[name][-1]))
+        print(f"round {r + 1}: " + "  ".join(line) + f"  {unit}", flush=True)
+    return got
