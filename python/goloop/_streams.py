@@ -340,20 +340,10 @@ class StreamsMixin:
         if not sslcontext:
             listener.serve(protocol_factory, server, family, type_, proto)
         else:
-            # Over TLS, the transport C makes carries the TLS protocol, made
-            # as _accept_connection_fd makes it.
-            from . import _tls
-
+            # Over TLS, the transport C makes carries the TLS protocol.
             def tls_protocol():
-                protocol = protocol_factory()
-                waiter = self.create_future()
-                ssl_protocol = _tls.ssl_protocol(
-                    self, protocol, sslcontext, waiter, server_side=True,
-                    ssl_handshake_timeout=ssl_handshake_timeout,
-                    ssl_shutdown_timeout=ssl_shutdown_timeout)
-                waiter.add_done_callback(functools.partial(
-                    self._handshake_done, ssl_protocol._app_transport, protocol))
-                return ssl_protocol
+                return self._server_ssl_protocol(protocol_factory(), sslcontext,
+                                                 ssl_handshake_timeout, ssl_shutdown_timeout)
             listener.serve(tls_protocol, server, family, type_, proto)
         self._listeners[fd] = listener
         listener.start()
@@ -384,14 +374,10 @@ class StreamsMixin:
         try:
             protocol = protocol_factory()
             if sslcontext:
-                waiter = self.create_future()
-                transport = self._make_ssl_transport(
-                    conn, protocol, sslcontext, waiter=waiter,
-                    server_side=True, server=server,
-                    ssl_handshake_timeout=ssl_handshake_timeout,
-                    ssl_shutdown_timeout=ssl_shutdown_timeout)
-                waiter.add_done_callback(
-                    functools.partial(self._handshake_done, transport, protocol))
+                ssl_protocol = self._server_ssl_protocol(protocol, sslcontext,
+                                                         ssl_handshake_timeout, ssl_shutdown_timeout)
+                self._make_socket_transport(conn, ssl_protocol, server=server)
+                transport = ssl_protocol._app_transport
             else:
                 transport = self._make_socket_transport(conn, protocol, server=server)
         except (SystemExit, KeyboardInterrupt):
@@ -403,6 +389,21 @@ class StreamsMixin:
                 transport.close()
             if self._debug:
                 self._report_accept_failure(exc, protocol, transport)
+
+    def _server_ssl_protocol(self, protocol, sslcontext, ssl_handshake_timeout,
+                             ssl_shutdown_timeout):
+        # A server connection's TLS protocol over the application's, whose
+        # handshake failure closes it (_handshake_done), as asyncio's
+        # _accept_connection2 does; the caller makes the transport under it.
+        from . import _tls
+        waiter = self.create_future()
+        ssl_protocol = _tls.ssl_protocol(
+            self, protocol, sslcontext, waiter, server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        waiter.add_done_callback(functools.partial(
+            self._handshake_done, ssl_protocol._app_transport, protocol))
+        return ssl_protocol
 
     def _accept_failed(self, exc, protocol, transport):
         # transport_accept's failure: the connection is closed already.
