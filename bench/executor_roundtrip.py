@@ -13,7 +13,6 @@ uvloop's. Run from the repository root (PYTHONPATH as for bench/run.sh).
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -34,16 +33,6 @@ async def round_trips(calls):
     return (time.perf_counter() - t0) / calls * 1e6
 
 
-def one(loop_name, calls):
-    sys.path.insert(0, os.path.join(HERE, "servers"))
-    from loops import new_loop
-    loop = new_loop(loop_name)
-    try:
-        return loop.run_until_complete(round_trips(calls))
-    finally:
-        loop.close()
-
-
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--loops", default="goloop,uvloop,asyncio")
@@ -52,7 +41,7 @@ def main(argv):
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.calls)))
+        fresh_rounds.one(args.one, round_trips(args.calls))
         return
     loops = args.loops.split(",")
     got = fresh_rounds.rounds(__file__, loops, args.rounds, ["--calls", str(args.calls)],

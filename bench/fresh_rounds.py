@@ -4,10 +4,12 @@ in rotating order (streams_bulk.py, executor_roundtrip.py).
 A script calls rounds(script, loops, n, args, unit): for each round and loop it
 runs `taskset -c 0 python SCRIPT --one LOOP ARGS...`, which prints one JSON
 number on its last line, prints the round's numbers as they come, and returns
-{loop: [numbers]} for the script's own summary.
+{loop: [numbers]} for the script's own summary. The --one run measures with
+one(loop_name, coro): coro on a new loop of that name, printed as JSON.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -24,3 +26,13 @@ def rounds(script, loops, n, args, unit, fmt="{:7.1f}"):
             line.append(f"{name} " + fmt.format(got[name][-1]))
         print(f"round {r + 1}: " + "  ".join(line) + f"  {unit}", flush=True)
     return got
+
+
+def one(loop_name, coro):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "servers"))
+    from loops import new_loop
+    loop = new_loop(loop_name)
+    try:
+        print(json.dumps(loop.run_until_complete(coro)))
+    finally:
+        loop.close()

@@ -21,7 +21,6 @@ uvloop's. Run from the repository root (PYTHONPATH as for bench/run.sh).
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -82,16 +81,6 @@ async def transfer(total, conns):
     return sum(got) / elapsed / 1e6
 
 
-def one(loop_name, total, conns):
-    sys.path.insert(0, os.path.join(HERE, "servers"))
-    from loops import new_loop
-    loop = new_loop(loop_name)
-    try:
-        return loop.run_until_complete(transfer(total, conns))
-    finally:
-        loop.close()
-
-
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--loops", default="goloop,uvloop,asyncio")
@@ -101,7 +90,7 @@ def main(argv):
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.mib << 20, args.conns)))
+        fresh_rounds.one(args.one, transfer(args.mib << 20, args.conns))
         return
     loops = args.loops.split(",")
     got = fresh_rounds.rounds(__file__, loops, args.rounds,
