@@ -792,7 +792,7 @@ static int hold_front(Transport *t, const char *p, Py_ssize_t n)
  * as the protocol does not pause again. */
 static PyObject *tr_deliver_held(Transport *t, PyObject *unused)
 {
-    while (t->held != NULL && PyList_GET_SIZE(t->held) > 0 && !t->paused && !t->closing) {
+    while (has_held(t) && !t->paused && !t->closing) {
         PyObject *item = PyList_GET_ITEM(t->held, 0);
         Py_INCREF(item);
         if (PySequence_DelItem(t->held, 0) < 0) {
@@ -833,7 +833,7 @@ static int on_recv(Transport *t, gl_comp *c)
         const char *p = (const char *)(uintptr_t)c->ptr;
         if (t->closing || t->conn_lost) {
             /* asyncio stops reading at close(): late chunks are dropped. */
-        } else if (t->paused || (t->held != NULL && PyList_GET_SIZE(t->held) > 0)) {
+        } else if (t->paused || has_held(t)) {
             PyObject *b = PyBytes_FromStringAndSize(p, c->res);
             if (b == NULL || hold(t, b) < 0)
                 r = fatal_from_current(t, "Fatal error: out of memory");
@@ -869,7 +869,7 @@ static int on_recv(Transport *t, gl_comp *c)
     if (t->closing || t->conn_lost)
         return 0;
     if (c->res == 0) {
-        if (t->paused || (t->held != NULL && PyList_GET_SIZE(t->held) > 0))
+        if (t->paused || has_held(t))
             return hold(t, Py_None) < 0 ? fatal_from_current(t, "Fatal error: out of memory") : 0;
         return on_eof(t);
     }
@@ -1030,7 +1030,7 @@ int transport_recv_run(LoopCore *lp, PyObject *obj, gl_comp *c, int n)
     /* (A run with a large chunk goes chunk by chunk: each large one is
      * handed over without a copy, which beats one call for the run.) */
     if (lend || t->buffered || t->closing || t->conn_lost || t->paused || t->data_received == NULL ||
-        (t->held != NULL && PyList_GET_SIZE(t->held) > 0)) {
+        has_held(t)) {
         for (int i = 0; i < n; i++) {
             gl_comp ci = c[i];
             if (transport_dispatch(lp, obj, &ci) < 0)
@@ -1129,7 +1129,7 @@ int transport_is_fresh_socket(PyObject *tr, int tcp_only)
         return 0;
     Transport *t = (Transport *)tr;
     if (t->pipe_mode != PIPE_NONE || t->notsock || t->ever_read || t->closing || t->conn_lost || !t->go_open ||
-        t->close_sent || (t->held != NULL && PyList_GET_SIZE(t->held) > 0))
+        t->close_sent || has_held(t))
         return 0;
     if (!tcp_only)
         return 1;
