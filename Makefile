@@ -61,13 +61,15 @@ py-test: build
 # durations: go1.26's fuzz coordinator can fail a duration-bounded run with a
 # bare "context deadline exceeded" as the time runs out (golang/go#75804, fixed
 # in go1.27); an execution count has no deadline to race. Each count is about
-# ten seconds here. A new input that widens coverage is minimized in 50
+# ten seconds here (FuzzContract had
+# drifted to 49 s at 20000x as the backends grew; the counts were set back to
+# about ten seconds each when CI reached 19 minutes). A new input that widens coverage is minimized in 50
 # executions, not go test's default 60 seconds: FuzzSockOps spent over a
 # minute of its 84 s at 0 execs/s minimizing such inputs, which a smoke run
 # does not keep (a failing input is still written to testdata whole). FUZZTIME=30s (or =N x) overrides every target's budget.
-FUZZ_TARGETS := ./goloop:FuzzContract:20000x ./goloop:FuzzSockOps:3000x ./goloop/dns:FuzzLeanUnpack:200000x \
-        ./goloop/dns:FuzzAppendQuery:200000x ./goloop/dns:FuzzHosts:200000x \
-        ./goloop/dns:FuzzResolvConf:200000x ./goloop/dns:FuzzServices:200000x
+FUZZ_TARGETS := ./goloop:FuzzContract:5000x ./goloop:FuzzSockOps:1500x ./goloop/dns:FuzzLeanUnpack:100000x \
+        ./goloop/dns:FuzzAppendQuery:100000x ./goloop/dns:FuzzHosts:100000x \
+        ./goloop/dns:FuzzResolvConf:100000x ./goloop/dns:FuzzServices:100000x
 fuzz: deps
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; rest=$${t#*:}; fn=$${rest%%:*}; budget=$${FUZZTIME:-$${rest#*:}}; \
@@ -110,7 +112,9 @@ test-asan: venv
 # a VM whose kernel has it: ../shared/vm/vm_run.sh (Debian's 6.1 under QEMU,
 # see its README), where GOLOOP_KTLS_REQUIRED=1 turns their skip into a
 # failure; the soft record layer's tests run there too, for its fallback from
-# a kernel that has kTLS but refuses the socket. Where the script is missing (a clean clone elsewhere) or the VM
+# a kernel that has kTLS but refuses the socket (not TestSoftTLSOps:
+# 16 MiB transfers through Go's record layer alone, 38 s under emulation,
+# and the same on any kernel, so go-test's run on this machine covers it). Where the script is missing (a clean clone elsewhere) or the VM
 # cannot start (no guest output), this says SKIP and succeeds; once the guest
 # runs, its result counts, and /proc/net/tls_stat must show kernel TLS
 # sockets both ways. Built with -race, as go-test is. Then, in the same
@@ -127,7 +131,7 @@ test-ktls: build
 	mkdir -p build/ktls && go test -race -c -o $(KTLS_TEST) ./goloop || exit 1; \
 	log=build/ktls/vm.log; \
 	VM_TIMEOUT=$${VM_TIMEOUT:-900} $(KTLS_VM) 'echo "ktlsvm: guest up, kernel $$(uname -r)"; \
-		cd goloop && GOLOOP_KTLS_REQUIRED=1 ../$(KTLS_TEST) -test.run "KTLS|SoftTLS" -test.v -test.count=1 -test.timeout 10m; \
+		cd goloop && GOLOOP_KTLS_REQUIRED=1 ../$(KTLS_TEST) -test.run "KTLS|SoftTLS" -test.skip "^TestSoftTLSOps$$" -test.v -test.count=1 -test.timeout 10m; \
 		rc=$$?; cd ../tests && for b in io_uring epoll; do \
 			echo "ktlsvm: python tests, $$b"; \
 			GOLOOP_KTLS_REQUIRED=1 GOLOOP_REQUIRED=1 GOLOOP_BACKEND=$$b GOLOOP_TEST_LOOPS=goloop \

@@ -103,13 +103,13 @@ ASAN_EPOLL_TESTS=${ASAN_EPOLL_TESTS:-"test_transport.py test_tcp.py test_tls.py 
     test_sock_sendfile.py test_udp.py test_unix.py test_reliability.py"}
 for backend in io_uring epoll; do
     log=$LOGS/pytest-$backend.log
-    tests=.
+    tests=${ASAN_TESTS:-.}
     [ $backend = epoll ] && tests=$ASAN_EPOLL_TESTS
     echo "asan: pytest, goloop on $backend (-v output in build/asan-logs/${log##*/})"
     # -v names each test before it runs, so the log's last test line is the one
     # a sanitizer abort stopped in.
     (cd tests && GOLOOP_BACKEND=$backend "$PY" -m pytest -v -p no:cacheprovider \
-        --timeout 120 --tb=native --capture=sys $tests) >"$log" 2>&1
+        --timeout 120 --tb=native --capture=sys --durations=30 $tests) >"$log" 2>&1
     rc=$?
     if [ "$rc" -ne 0 ]; then
         echo "asan: last test started: $(grep -E '^[^ ]+\.py::' "$log" | tail -n 1 | cut -d' ' -f1)"
