@@ -802,6 +802,7 @@ static PyObject *lc_close_core(LoopCore *lp, PyObject *unused)
         int nsubs = lp->nsubs;
         lp->nsubs = 0;
         int n = go_poll(lp, lp->subs, nsubs, lp->comps, lp->capcomps, 10 * 1000 * 1000);
+        lp->polls++;   /* the batch is Go's now (coalesce, unsubmitted) */
         if (n < 0) {
             PyErr_WriteUnraisable((PyObject *)lp);
             break;

@@ -70,6 +70,10 @@ typedef struct {
     char sf_active;             /* loop.sendfile is under way (Python sets it): write() refuses */
     uint64_t enq_poll;          /* lp->polls when the last send was queued */
     Py_ssize_t enq_fresh;       /* sends queued since that poll: not yet handed to Go */
+    /* The bytes object C made to gather small writes into (coalesce), or
+     * NULL; a reference of its own, so that its address names it. */
+    PyObject *cbuf;
+    Py_ssize_t cbuf_cap;        /* its room (its size is what it holds now) */
     uint64_t token;             /* owner table slot (owners.c) */
     PyObject *weakreflist;
     /* pipe mode: sock is the owner of Go's own duplicate of the pipe's fd;
@@ -363,6 +367,7 @@ static int tr_clear(Transport *t)
     Py_CLEAR(t->high_obj);
     Py_CLEAR(t->low_obj);
     Py_CLEAR(t->pipe);
+    Py_CLEAR(t->cbuf);
     return 0;
 }
 
@@ -907,6 +912,8 @@ static int on_send(Transport *t, gl_comp *c)
     t->shead = (t->shead + 1) % t->scap;
     t->slen--;
     Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (b == t->cbuf)
+        Py_CLEAR(t->cbuf);
     Py_DECREF(b);
     pin_update(t);
     if (t->aborted)
@@ -1466,6 +1473,8 @@ static int flush_now(Transport *t)
         t->shead = (t->shead + 1) % t->scap;
         t->slen--;
         t->wsize -= PyBytes_GET_SIZE(b);
+        if (b == t->cbuf)
+            Py_CLEAR(t->cbuf);
         Py_DECREF(b);
     }
     pin_update(t);
@@ -1475,6 +1484,66 @@ static int flush_now(Transport *t)
 static int unsubmitted(Transport *t)
 {
     return t->enq_poll == t->loop->polls && t->enq_fresh > 0;
+}
+
+/* Small writes made one after another in an iteration go to Go as one
+ * send: the data of each is copied onto the end of the send still waiting
+ * at the end of the batch (into a bytes object C makes for it the first
+ * time), where each would otherwise cost a submission, an entry in Go's
+ * queue and a completion. uvloop likewise copies small writes into one
+ * buffer. Only the very last record of the batch is extended, and only
+ * while it is this transport's plain send: nothing submitted after it (a
+ * shutdown, kernel TLS keys, a record send) can end up after the bytes
+ * appended to it, and nothing has been handed to Go yet, so its memory
+ * and length are still C's to change. One record stays one entry of
+ * sendq, so completions still match entries one to one. */
+#define COALESCE_SMALL 1024         /* writes at most this long are copied */
+#define COALESCE_MAX (64 * 1024)    /* a gathered send grows to at most this */
+
+static int coalesce(Transport *t, const char *p, Py_ssize_t n)
+{
+    LoopCore *lp = t->loop;
+    if (n > COALESCE_SMALL || t->slen == 0 || t->pipe_mode != PIPE_NONE || lp->nsubs == 0 ||
+        t->enq_poll != lp->polls)
+        return 0;
+    gl_sub *s = &lp->subs[lp->nsubs - 1];
+    Py_ssize_t last = (t->shead + t->slen - 1) % t->scap;
+    PyObject *tail = t->sendq[last];
+    Py_ssize_t used = PyBytes_GET_SIZE(tail);
+    if (s->op != GL_OP_SEND || s->token != TOKEN(t) || s->arg != (t->notsock ? GL_ARG_NOTSOCK : 0) ||
+        s->ptr != (uint64_t)(uintptr_t)PyBytes_AS_STRING(tail) || s->len != (uint64_t)used)
+        return 0;
+    if (tail != t->cbuf && used > COALESCE_SMALL)
+        return 0;   /* a large write stays the program's object, uncopied */
+    if (used + n > COALESCE_MAX)
+        return 0;
+    PyObject *into = tail;
+    if (tail != t->cbuf || t->cbuf_cap < used + n) {
+        /* A new gathering object, twice as large as needed: small enough
+         * for pymalloc when two short writes are all there is (an HTTP
+         * response's head and body), grown (and copied) as a run goes on. */
+        Py_ssize_t cap = 2 * (used + n) < 256 ? 256 : 2 * (used + n);
+        if (cap > COALESCE_MAX)
+            cap = COALESCE_MAX;
+        into = PyBytes_FromStringAndSize(NULL, cap);
+        if (into == NULL) {
+            PyErr_Clear();
+            return 0;   /* queued on its own instead */
+        }
+        memcpy(PyBytes_AS_STRING(into), PyBytes_AS_STRING(tail), used);
+        t->sendq[last] = into;          /* sendq's reference, in place of tail's */
+        Py_DECREF(tail);
+        Py_XSETREF(t->cbuf, Py_NewRef(into));
+        t->cbuf_cap = cap;
+        s->ptr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(into);
+    }
+    /* Not seen by any Python code: its size is what Go is to send. */
+    memcpy(PyBytes_AS_STRING(into) + used, p, n);
+    Py_SET_SIZE(into, used + n);
+    PyBytes_AS_STRING(into)[used + n] = '\0';
+    s->len = (uint32_t)(used + n);
+    t->wsize += n;
+    return 1;
 }
 
 static int write_one(Transport *t, PyObject *data)
@@ -1556,6 +1625,8 @@ static int write_one(Transport *t, PyObject *data)
             }
             Py_DECREF(part);
         }
+    } else if (!write_now && coalesce(t, PyBytes_AS_STRING(b), len)) {
+        /* appended to the send before it */
     } else if (enqueue(t, b) < 0) {
         Py_DECREF(b);
         return -1;
