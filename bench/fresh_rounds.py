@@ -1,5 +1,5 @@
 """Rounds of one measurement per loop, each in a fresh process pinned to CPU 0,
-in rotating order (streams_bulk.py, executor_roundtrip.py).
+in rotating order (streams_bulk.py, executor_roundtrip.py, small_writes.py).
 
 A script calls rounds(script, loops, n, args, unit): for each round and loop it
 runs `taskset -c 0 python SCRIPT --one LOOP ARGS...`, which prints one JSON
