@@ -497,6 +497,14 @@ static PyObject *lc_time(LoopCore *lp, PyObject *unused)
     return PyFloat_FromDouble(loop_time());
 }
 
+/* asyncio's get_debug (return self._debug), in C: asyncio's C Future and
+ * Task ask it at every construction, two or three times per request of an
+ * aiohttp server, and asyncio's is a Python frame. */
+static PyObject *lc_get_debug(LoopCore *lp, PyObject *unused)
+{
+    return PyBool_FromLong(lp->debug);
+}
+
 /* Run completions [cpos, ncomps). A completion is consumed before its
  * handler runs, so a KeyboardInterrupt leaves the rest for next time.
  *
@@ -1042,6 +1050,7 @@ static PyMethodDef lc_methods[] = {
     {"call_at", (PyCFunction)(void (*)(void))lc_call_at, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"call_later", (PyCFunction)(void (*)(void))lc_call_later, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"time", (PyCFunction)lc_time, METH_NOARGS, NULL},
+    {"get_debug", (PyCFunction)lc_get_debug, METH_NOARGS, NULL},
     {"create_future", (PyCFunction)lc_create_future, METH_NOARGS, NULL},
     {"create_task", (PyCFunction)(void (*)(void))lc_create_task, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_make_handle", (PyCFunction)lc_make_handle, METH_VARARGS, NULL},
