@@ -14,7 +14,6 @@ uvloop's. Run from the repository root (PYTHONPATH as for bench/run.sh).
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
 
@@ -46,11 +45,7 @@ def main(argv):
     loops = args.loops.split(",")
     got = fresh_rounds.rounds(__file__, loops, args.rounds, ["--calls", str(args.calls)],
                               "us per round trip", "{:5.1f}")
-    ref = statistics.median(got["uvloop"]) if "uvloop" in got else None
-    for name in loops:
-        m = statistics.median(got[name])
-        ratio = f"  uvloop/{name} {ref / m:.2f}x" if ref else ""
-        print(f"{name:10s} median {m:5.1f} us{ratio}")
+    fresh_rounds.report(got, "us", "{:5.1f}", per_op=True)
 
 
 if __name__ == "__main__":

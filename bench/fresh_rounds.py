@@ -10,6 +10,7 @@ one(loop_name, coro): coro on a new loop of that name, printed as JSON.
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -26,6 +27,18 @@ def rounds(script, loops, n, args, unit, fmt="{:7.1f}"):
             line.append(f"{name} " + fmt.format(got[name][-1]))
         print(f"round {r + 1}: " + "  ".join(line) + f"  {unit}", flush=True)
     return got
+
+
+def report(got, unit, fmt, per_op=False):
+    """Each loop's median and its ratio to uvloop's: loop/uvloop for a rate,
+    uvloop/loop for a time per operation (per_op), so above 1 is faster."""
+    ref = statistics.median(got["uvloop"]) if "uvloop" in got else None
+    for name, values in got.items():
+        m = statistics.median(values)
+        ratio = ""
+        if ref:
+            ratio = f"  uvloop/{name} {ref / m:.2f}x" if per_op else f"  {m / ref:.2f}x uvloop"
+        print(f"{name:10s} median {fmt.format(m)} {unit}{ratio}")
 
 
 def one(loop_name, coro):

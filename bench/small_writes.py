@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import socket
-import statistics
 import sys
 import time
 
@@ -79,11 +78,7 @@ def main(argv):
     got = fresh_rounds.rounds(__file__, loops, args.rounds,
                               ["--mib", str(args.mib), "--size", str(args.size),
                                "--per-iter", str(args.per_iter)], "MB/s", "{:7.0f}")
-    ref = statistics.median(got["uvloop"]) if "uvloop" in got else None
-    for name in loops:
-        m = statistics.median(got[name])
-        ratio = f"  {m / ref:.2f}x uvloop" if ref else ""
-        print(f"{name:10s} median {m:7.0f} MB/s{ratio}")
+    fresh_rounds.report(got, "MB/s", "{:7.0f}")
 
 
 if __name__ == "__main__":
