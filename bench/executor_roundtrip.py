@@ -11,7 +11,6 @@ the microseconds per round trip; then the median per loop and its ratio to
 uvloop's. Run from the repository root (PYTHONPATH as for bench/run.sh).
 """
 
-import argparse
 import asyncio
 import os
 import sys
@@ -33,19 +32,8 @@ async def round_trips(calls):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--loops", default="goloop,uvloop,asyncio")
-    p.add_argument("--calls", type=int, default=20000)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--one", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.one:
-        fresh_rounds.one(args.one, round_trips(args.calls))
-        return
-    loops = args.loops.split(",")
-    got = fresh_rounds.rounds(__file__, loops, args.rounds, ["--calls", str(args.calls)],
-                              "us per round trip", "{:5.1f}")
-    fresh_rounds.report(got, "us", "{:5.1f}", per_op=True)
+    fresh_rounds.main(argv, __file__, __doc__, {"calls": 20000}, round_trips,
+                      "us per round trip", "{:5.1f}", per_op=True)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,39 @@
 """Rounds of one measurement per loop, each in a fresh process pinned to CPU 0,
 in rotating order (streams_bulk.py, executor_roundtrip.py, small_writes.py).
 
-A script calls rounds(script, loops, n, args, unit): for each round and loop it
-runs `taskset -c 0 python SCRIPT --one LOOP ARGS...`, which prints one JSON
-number on its last line, prints the round's numbers as they come, and returns
-{loop: [numbers]} for the script's own summary. The --one run measures with
-one(loop_name, coro): coro on a new loop of that name, printed as JSON.
+A script's main is main(argv, script, doc, options, measure, unit, fmt): its
+command line is --loops, --rounds and its own integer options; for each round
+and loop it runs `taskset -c 0 python SCRIPT --one LOOP OPTIONS...`, which
+measures measure(**options) on a new loop of that name and prints the number
+as JSON; the rounds are printed as they come, then each loop's median and its
+ratio to uvloop's (report).
 """
 
+import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
+
+
+def main(argv, script, doc, options, measure, unit, fmt, per_op=False):
+    """options: {name: default} of the script's integer options (--per-iter
+    for per_iter); measure(**options) is the coroutine one round measures."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--loops", default="goloop,uvloop,asyncio")
+    for name, default in options.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    given = {name: getattr(args, name) for name in options}
+    if args.one:
+        one(args.one, measure(**given))
+        return
+    child = [a for name, v in given.items() for a in ("--" + name.replace("_", "-"), str(v))]
+    got = rounds(script, args.loops.split(","), args.rounds, child, unit, fmt)
+    report(got, unit, fmt, per_op)
 
 
 def rounds(script, loops, n, args, unit, fmt="{:7.1f}"):

@@ -17,7 +17,6 @@ the median per loop with its ratio to uvloop's. Run from the repository root
 (PYTHONPATH as for bench/run.sh).
 """
 
-import argparse
 import asyncio
 import os
 import socket
@@ -63,22 +62,9 @@ async def transfer(total, size, per_iter):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--loops", default="goloop,uvloop,asyncio")
-    p.add_argument("--mib", type=int, default=64)
-    p.add_argument("--size", type=int, default=100)
-    p.add_argument("--per-iter", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--one", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.one:
-        fresh_rounds.one(args.one, transfer(args.mib << 20, args.size, args.per_iter))
-        return
-    loops = args.loops.split(",")
-    got = fresh_rounds.rounds(__file__, loops, args.rounds,
-                              ["--mib", str(args.mib), "--size", str(args.size),
-                               "--per-iter", str(args.per_iter)], "MB/s", "{:7.0f}")
-    fresh_rounds.report(got, "MB/s", "{:7.0f}")
+    fresh_rounds.main(argv, __file__, __doc__, {"mib": 64, "size": 100, "per_iter": 100},
+                      lambda mib, size, per_iter: transfer(mib << 20, size, per_iter),
+                      "MB/s", "{:7.0f}")
 
 
 if __name__ == "__main__":

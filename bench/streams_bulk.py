@@ -19,7 +19,6 @@ what the clients sent) per round and the median per loop with its ratio to
 uvloop's. Run from the repository root (PYTHONPATH as for bench/run.sh).
 """
 
-import argparse
 import asyncio
 import os
 import random
@@ -81,20 +80,8 @@ async def transfer(total, conns):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--loops", default="goloop,uvloop,asyncio")
-    p.add_argument("--mib", type=int, default=256)
-    p.add_argument("--conns", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--one", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.one:
-        fresh_rounds.one(args.one, transfer(args.mib << 20, args.conns))
-        return
-    loops = args.loops.split(",")
-    got = fresh_rounds.rounds(__file__, loops, args.rounds,
-                              ["--mib", str(args.mib), "--conns", str(args.conns)], "MB/s", "{:7.0f}")
-    fresh_rounds.report(got, "MB/s", "{:7.0f}")
+    fresh_rounds.main(argv, __file__, __doc__, {"mib": 256, "conns": 4},
+                      lambda mib, conns: transfer(mib << 20, conns), "MB/s", "{:7.0f}")
 
 
 if __name__ == "__main__":
