@@ -40,7 +40,7 @@ setup(
             sources=[os.path.join(CORE, f) for f in
                      ("module.c", "go.c", "owners.c", "loop.c", "handle.c", "transport.c",
                       "watch.c", "calls.c", "connect.c", "dgram.c", "flow.c", "sockops.c",
-                      "tls.c", "ktls.c", "recvlend.c")],
+                      "tls.c", "ktls.c", "recvlend.c", "sockobj.c")],
             include_dirs=["pybind", CORE],
             depends=[os.path.join(CORE, "core.h"), "pybind/goloop.h"],
             extra_compile_args=["-O2", "-Wall", "-Wno-unused-function",

@@ -7,6 +7,7 @@ against the kernel's own answer, on every family, and after close."""
 
 import asyncio
 import gc
+import os
 import socket
 
 import pytest
@@ -120,6 +121,16 @@ async def _connected(loop):
     return server, srv, client, tr
 
 
+async def _side(side, srv, client, ctr):
+    """Of _connected's two transports, the one on `side` (its transport and the
+    future of its connection_lost) and the other."""
+    pr = srv.protocols[0]
+    str_ = await pr.made
+    if side == "server":
+        return str_, pr.lost, ctr
+    return ctr, client.lost, str_
+
+
 def test_client_transport_addresses_first_asked_after_close(loop):
     """The client side of the same: create_connection's transport answers its
     addresses after the connection is gone, equal to the other end's view
@@ -155,10 +166,7 @@ def test_transport_socket_first_asked_after_close(loop, loop_name, side):
     async def go():
         server, srv, client, ctr = await _connected(loop)
         async with server:
-            pr = srv.protocols[0]
-            str_ = await pr.made
-            tr, lost = (str_, pr.lost) if side == "server" else (ctr, client.lost)
-            other = ctr if side == "server" else str_
+            tr, lost, other = await _side(side, srv, client, ctr)
             tr.close()
             await lost
             other.close()
@@ -244,6 +252,62 @@ def test_transport_socket_is_the_connection(loop, loop_name):
                 cli.close()
 
     run(loop, go())
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_transport_socket_refuses_sock_ops_until_the_fd_is_free(loop, loop_name, side):
+    """The socket object of an accepted or a create_connection transport (goloop
+    makes it when first asked, and then enters the fd among the transports'):
+    its family and type are the socket module's enum members, add_reader and
+    sock_recv on its fd are refused while the transport has it, and once the
+    transport is closed the same fd number, taken by a file of the program's,
+    is the program's to watch (the closed transport's entry refuses nothing)."""
+
+    async def go():
+        server, srv, client, ctr = await _connected(loop)
+        async with server:
+            tr, lost, other = await _side(side, srv, client, ctr)
+            sock = tr.get_extra_info("socket")
+            kinds = (type(sock.family), type(sock.type), sock.family, sock.type)
+            fd = sock.fileno()
+            refused = []
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                loop.add_reader(fd, lambda: None)
+            refused.append("add_reader")
+            if loop_name != "uvloop":  # uvloop's PseudoSocket is no socket for sock_*
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    await loop.sock_recv(sock._sock, 10)
+                refused.append("sock_recv")
+            tr.close()
+            await lost
+            other.close()
+            # The fd's number, now a socket of the program's (a socketpair takes
+            # the lowest free numbers, often that one already).
+            a, b = socket.socketpair()
+            mine = [a.detach(), b.detach()]
+            try:
+                if fd == mine[1]:
+                    peer = mine[0]
+                else:
+                    peer = mine[1]
+                    if fd != mine[0]:
+                        os.dup2(mine[0], fd)
+                        mine.append(fd)
+                fired = loop.create_future()
+                loop.add_reader(fd, lambda: fired.done() or fired.set_result(os.read(fd, 10)))
+                os.write(peer, b"x")
+                got = await asyncio.wait_for(fired, 10)
+                loop.remove_reader(fd)
+            finally:
+                for f in mine:
+                    os.close(f)
+            return kinds, refused, got
+
+    (ftype, ttype, family, kind), refused, got = run(loop, go())
+    assert (ftype, ttype) == (socket.AddressFamily, socket.SocketKind)
+    assert (family, kind) == (socket.AF_INET, socket.SOCK_STREAM)
+    assert refused == (["add_reader"] if loop_name == "uvloop" else ["add_reader", "sock_recv"])
+    assert got == b"x"
 
 
 def test_get_extra_info_default(loop):

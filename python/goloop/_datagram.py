@@ -7,10 +7,11 @@ import operator
 import os
 import socket
 import struct
-from asyncio import futures, selector_events, trsock
+import weakref
+from asyncio import futures, selector_events
 
 from . import _core
-from ._streams import _go_owned, socket_extra
+from ._streams import _TransportSocket, _go_owned, socket_extra
 
 _NATIVE_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 _SUN_PATH = 108  # sizeof(struct sockaddr_un.sun_path) on Linux
@@ -124,7 +125,7 @@ class DatagramMixin:
         family = sock.family
         # From here on the fd is the transport's, and so Go's.
         owned = _go_owned(sock)
-        extra['socket'] = trsock.TransportSocket(owned)
+        extra['socket'] = _TransportSocket(owned)
         try:
             transport = DatagramTransport(self, owned, protocol, address, extra, family)
         except BaseException:
@@ -133,7 +134,7 @@ class DatagramMixin:
                 owned.close()
             raise
         try:
-            self._transports[owned.fileno()] = transport
+            self._transports[owned.fileno()] = weakref.ref(transport)
             self.call_soon(connection_made, transport)
             self.call_soon(transport._start_reading)
             if waiter is not None:

@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import socket
+import weakref
 from asyncio import base_events, constants, exceptions, futures, sslproto, trsock, unix_events
 
 from . import _core
@@ -79,6 +80,48 @@ class _GoOwnedSocket(socket.socket):
     def dup(self):
         # A duplicate is a new fd, the program's own: a plain socket.
         return socket.socket(self.family, self.type, self.proto, fileno=os.dup(self.fileno()))
+
+
+class _TransportSocket(trsock.TransportSocket):
+    """asyncio's TransportSocket, whose family and type are read without
+    its frame and socket.socket's around the socket module's conversion:
+    the enum member for each value is looked up, made once. Programs read
+    them at every connection (aiohttp's tcp_nodelay)."""
+    __slots__ = ()
+
+    @property
+    def family(self):
+        return _enum_of(_FAMILIES, _raw_family(self._sock), self._sock, 'family')
+
+    @property
+    def type(self):
+        return _enum_of(_KINDS, _raw_type(self._sock), self._sock, 'type')
+
+
+# The socket module's answers (an enum member, or the int it does not know)
+# per value: a pure function of the value.
+_FAMILIES = {}
+_KINDS = {}
+
+
+def _enum_of(table, value, sock, name):
+    try:
+        return table[value]
+    except KeyError:
+        v = table[value] = getattr(sock, name)
+        return v
+
+
+# Transports made over a bare fd make these objects in C when first asked
+# (_core/sockobj.c), setting what socket.socket.__init__ and
+# TransportSocket.__init__ set. Where those differ from the ones read here,
+# loop._lazy_socket makes them in Python.
+if (socket.socket.__slots__ == ['__weakref__', '_io_refs', '_closed']
+        and socket.socket.__init__.__code__.co_names
+        == ('AF_INET', 'SOCK_STREAM', '_socket', 'socket', '__init__', '_io_refs', '_closed')
+        and trsock.TransportSocket.__slots__ == ('_sock',)
+        and trsock.TransportSocket.__init__.__code__.co_names == ('_sock',)):
+    _core._sockobj_setup(_GoOwnedSocket, _socket.socket, _TransportSocket)
 
 
 def _go_owned(sock):
@@ -248,7 +291,7 @@ class StreamsMixin:
         # From here on the fd is the transport's, and so Go's: the
         # socket object can no longer close it (one owner per fd).
         owned = _go_owned(sock)
-        extra['socket'] = trsock.TransportSocket(owned)
+        extra['socket'] = _TransportSocket(owned)
         try:
             transport = _core.Transport(self, owned, protocol, extra, server)
         except BaseException:
@@ -258,7 +301,7 @@ class StreamsMixin:
                 owned.close()
             raise
         try:
-            self._transports[owned.fileno()] = transport
+            self._transports[owned.fileno()] = weakref.ref(transport)
             if server is not None:
                 server._attach()
         except BaseException:
@@ -417,7 +460,7 @@ class StreamsMixin:
         # getsockname; family, type and proto given, it asks nothing else.
         if is_open:
             owned = _GoOwnedSocket(family, type_, proto, fileno=fd)
-            self._transports[fd] = transport  # sock_* on it are refused, as asyncio refuses them
+            self._transports[fd] = weakref.ref(transport)  # sock_* on it are refused, as asyncio refuses them
         else:
             # Go closed the fd: asyncio's answer is its socket, closed. Not
             # made over the fd number (socket.socket checks it with
@@ -429,7 +472,7 @@ class StreamsMixin:
             except OSError:  # out of fds: a bare closed socket object
                 owned = socket.socket.__new__(socket.socket)
                 owned._io_refs, owned._closed = 0, True
-        return owned, trsock.TransportSocket(owned)
+        return owned, _TransportSocket(owned)
 
     # What asyncio's _accept_connection2 does after `await waiter`, as the
     # waiter's done callback rather than a task per TLS connection: a loop

@@ -219,7 +219,14 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
         # LoopCore.__new__, which made the Go loop.
         base_events.BaseEventLoop.__init__(self)
         self._backend = self._backend_name()
-        self._transports = weakref.WeakValueDictionary()
+        # fd -> weakref.ref(transport) of transports whose fd the program
+        # can name (its socket object was made): what _ensure_fd_no_transport
+        # refuses, as asyncio's selector loop refuses it. A plain dict, not
+        # asyncio's WeakValueDictionary (whose Python KeyedRef costs a new
+        # connection about 2 us, made and collected); an entry whose
+        # transport is gone or closing refuses nothing, and the fd's next
+        # registration replaces it.
+        self._transports = {}
         self._watchers = {}
         self._listeners = {}
         self._signal_handlers = {}
@@ -366,7 +373,22 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
     # sock_* coroutines on top of _add_reader/_remove_reader/...; using its
     # functions on our loop gives the same argument checks, errors and
     # cancellation behaviour, with readiness coming from Go.
-    _ensure_fd_no_transport = _Selector._ensure_fd_no_transport
+    def _ensure_fd_no_transport(self, fd):
+        # asyncio's check and errors, over the dict above
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                # This code matches selectors._fileobj_to_fd function.
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        ref = self._transports.get(fileno)
+        transport = ref() if ref is not None else None
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(
+                f'File descriptor {fd!r} is used by transport '
+                f'{transport!r}')
+
     add_reader = _Selector.add_reader
     remove_reader = _Selector.remove_reader
     add_writer = _Selector.add_writer
@@ -394,7 +416,7 @@ class Loop(StreamsMixin, DatagramMixin, _core.LoopCore, base_events.BaseEventLoo
                 # recv or send; a mock or a non-socket gets asyncio's errors)
                 return -1
         fd = sock.fileno()
-        if fd in self._transports.data:
+        if fd in self._transports:
             self._ensure_fd_no_transport(fd)
         return fd
 

@@ -224,6 +224,10 @@ PyObject *lc_sock_stop(LoopCore *lp, PyObject *arg);
 PyObject *sock_sendfile_go(PyObject *m, PyObject *const *args, Py_ssize_t nargs);   /* _core._sock_sendfile_go */
 void sockop_loop_closing(LoopCore *lp, PyObject *op);
 PyObject *sockops_setup(PyObject *m, PyObject *cls);
+/* sockobj.c: a transport's socket object, made in C when first asked */
+PyObject *sockobj_setup(PyObject *m, PyObject *args);
+int sockobj_make(PyObject *loop, PyObject *transport, int family, int type, int proto, int fd,
+                 PyObject **sock, PyObject **tsock);
 int init_sockops(PyObject *m);
 
 /* tls.c: asyncio's SSL protocol in C over _ssl's objects (docs/tls.md) */

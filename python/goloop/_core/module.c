@@ -173,6 +173,7 @@ static PyMethodDef module_methods[] = {
     {"_after_fork_child", after_fork_child, METH_NOARGS, NULL},
     {"_sockaddr_fast", (PyCFunction)(void (*)(void))sockaddr_fast, METH_FASTCALL, NULL},
     {"_sockops_setup", sockops_setup, METH_VARARGS, NULL},
+    {"_sockobj_setup", sockobj_setup, METH_VARARGS, NULL},
     {"_sock_sendfile_go", (PyCFunction)(void (*)(void))sock_sendfile_go, METH_FASTCALL, NULL},
     {"_set_hooks", (PyCFunction)(void (*)(void))set_hooks, METH_VARARGS | METH_KEYWORDS, NULL},
     {NULL}

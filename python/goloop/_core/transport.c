@@ -1370,6 +1370,21 @@ static PyObject *tr_get_extra_info(Transport *t, PyObject *const *args, Py_ssize
     }
     if (t->sock_lazy && t->sock == NULL && t->loop != NULL && PyUnicode_Check(name) &&
         PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
+        if (t->go_open) {
+            PyObject *sock, *tsock;
+            int made = sockobj_make((PyObject *)t->loop, (PyObject *)t, t->sock_family, t->sock_type,
+                                    t->sock_proto, t->fd, &sock, &tsock);
+            if (made < 0)
+                return NULL;
+            if (made) {
+                t->sock = sock;
+                if (PyDict_SetItemString(t->extra, "socket", tsock) < 0) {
+                    Py_DECREF(tsock);
+                    return NULL;
+                }
+                return tsock;
+            }
+        }
         PyObject *pair = PyObject_CallMethod((PyObject *)t->loop, "_lazy_socket", "Oiiiii",
                                              (PyObject *)t, t->sock_family, t->sock_type,
                                              t->sock_proto, t->fd, (int)t->go_open);
