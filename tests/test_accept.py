@@ -259,8 +259,8 @@ def test_transport_socket_refuses_sock_ops_until_the_fd_is_free(loop, loop_name,
     """The socket object of an accepted or a create_connection transport (goloop
     makes it when first asked, and then enters the fd among the transports'):
     its family and type are the socket module's enum members, add_reader and
-    sock_recv on its fd are refused while the transport has it, and once the
-    transport is closed the same fd number, taken by a file of the program's,
+    sock_recv on its fd are refused while the transport has it, it is closed
+    when the transport is (fileno -1, "[closed]"), and then the same fd number, taken by a file of the program's,
     is the program's to watch (the closed transport's entry refuses nothing)."""
 
     async def go():
@@ -281,6 +281,10 @@ def test_transport_socket_refuses_sock_ops_until_the_fd_is_free(loop, loop_name,
             tr.close()
             await lost
             other.close()
+            # The transport's socket object is closed, as asyncio's is (goloop
+            # detaches it when Go closed the fd).
+            closed = sock.fileno() == -1 and (
+                loop_name == "uvloop" or "[closed]" in repr(sock._sock))
             # The fd's number, now a socket of the program's (a socketpair takes
             # the lowest free numbers, often that one already).
             a, b = socket.socketpair()
@@ -301,12 +305,13 @@ def test_transport_socket_refuses_sock_ops_until_the_fd_is_free(loop, loop_name,
             finally:
                 for f in mine:
                     os.close(f)
-            return kinds, refused, got
+            return kinds, refused, closed, got
 
-    (ftype, ttype, family, kind), refused, got = run(loop, go())
+    (ftype, ttype, family, kind), refused, closed, got = run(loop, go())
     assert (ftype, ttype) == (socket.AddressFamily, socket.SocketKind)
     assert (family, kind) == (socket.AF_INET, socket.SOCK_STREAM)
     assert refused == (["add_reader"] if loop_name == "uvloop" else ["add_reader", "sock_recv"])
+    assert closed
     assert got == b"x"
 
 

@@ -114,11 +114,13 @@ def _enum_of(table, value, sock, name):
 
 # Transports made over a bare fd make these objects in C when first asked
 # (_core/sockobj.c), setting what socket.socket.__init__ and
-# TransportSocket.__init__ set. Where those differ from the ones read here,
-# loop._lazy_socket makes them in Python.
+# TransportSocket.__init__ set, and detach them as socket.socket.detach
+# does. Where those differ from the ones read here, loop._lazy_socket makes
+# them in Python and their own detach runs.
 if (socket.socket.__slots__ == ['__weakref__', '_io_refs', '_closed']
         and socket.socket.__init__.__code__.co_names
         == ('AF_INET', 'SOCK_STREAM', '_socket', 'socket', '__init__', '_io_refs', '_closed')
+        and socket.socket.detach.__code__.co_names == ('_closed', 'super', 'detach')
         and trsock.TransportSocket.__slots__ == ('_sock',)
         and trsock.TransportSocket.__init__.__code__.co_names == ('_sock',)):
     _core._sockobj_setup(_GoOwnedSocket, _socket.socket, _TransportSocket)

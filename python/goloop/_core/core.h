@@ -228,6 +228,7 @@ PyObject *sockops_setup(PyObject *m, PyObject *cls);
 PyObject *sockobj_setup(PyObject *m, PyObject *args);
 int sockobj_make(PyObject *loop, PyObject *transport, int family, int type, int proto, int fd,
                  PyObject **sock, PyObject **tsock);
+int sockobj_detach(PyObject *sock);
 int init_sockops(PyObject *m);
 
 /* tls.c: asyncio's SSL protocol in C over _ssl's objects (docs/tls.md) */

@@ -185,10 +185,8 @@ static void dg_finalize(Dgram *t)
         t->close_sent = t->abort_sent = 1;
         if (go_usable(t->loop)) {
             if (t->sock != NULL) {
-                PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
-                if (r == NULL)
+                if (sockobj_detach(t->sock) < 0)
                     PyErr_WriteUnraisable(t->sock);
-                Py_XDECREF(r);
             }
             loop_close_orphan(t->loop, t->fd);
         }
@@ -621,10 +619,8 @@ static int on_closed(Dgram *t)
     t->armed = 0;
     if (t->sock != NULL) {
         /* Go closed the fd: the socket object must not close the number again. */
-        PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
-        if (r == NULL)
+        if (sockobj_detach(t->sock) < 0)
             PyErr_WriteUnraisable(t->sock);
-        Py_XDECREF(r);
     }
     int r = schedule_lost(t);
     pin_update(t);

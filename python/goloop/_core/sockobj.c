@@ -14,9 +14,12 @@
  * False), then TransportSocket's one (_sock), and the fd is entered in
  * loop._transports as _lazy_socket enters it.
  *
+ * Go's close of the fd detaches the object (sockobj_detach), as
+ * socket.socket.detach does, also without its frame.
+ *
  * _streams.py hands over the classes (_sockobj_setup) only where
- * socket.socket's and TransportSocket's slots are the ones this file
- * fills; elsewhere, and for a transport whose fd Go already closed, the
+ * socket.socket's and TransportSocket's slots and methods are the ones
+ * this file stands in for; elsewhere, and for a transport whose fd Go already closed, the
  * Python path (loop._lazy_socket) runs. */
 #include "core.h"
 
@@ -24,6 +27,7 @@ static struct {
     PyTypeObject *owned;       /* _streams._GoOwnedSocket */
     PyTypeObject *base;        /* _socket.socket, whose tp_init takes the fd */
     PyTypeObject *tsock;       /* asyncio.trsock.TransportSocket */
+    PyObject *base_detach;     /* _socket.socket.detach */
     PyObject *empty;
     PyObject *s_io_refs, *s_closed, *s_sock, *s_transports;
 } SO;
@@ -49,10 +53,32 @@ PyObject *sockobj_setup(PyObject *m, PyObject *args)
             SO.s_sock == NULL || SO.s_transports == NULL)
             return NULL;
     }
+    PyObject *detach = PyObject_GetAttrString(base, "detach");
+    if (detach == NULL)
+        return NULL;
+    Py_XSETREF(SO.base_detach, detach);
     Py_INCREF(owned); Py_XSETREF(SO.owned, (PyTypeObject *)owned);
     Py_INCREF(base); Py_XSETREF(SO.base, (PyTypeObject *)base);
     Py_INCREF(tsock); Py_XSETREF(SO.tsock, (PyTypeObject *)tsock);
     Py_RETURN_NONE;
+}
+
+/* sock.detach(), for a transport's socket object when Go closed its fd.
+ * A _GoOwnedSocket's is socket.socket.detach (_closed = True, then
+ * _socket.socket's detach), done here without its frame; any other
+ * object's detach is called. 0, or -1 with an exception. */
+int sockobj_detach(PyObject *sock)
+{
+    PyObject *r;
+    if (SO.owned != NULL && Py_IS_TYPE(sock, SO.owned)) {
+        if (PyObject_SetAttr(sock, SO.s_closed, Py_True) < 0)
+            return -1;
+        r = PyObject_CallOneArg(SO.base_detach, sock);
+    } else {
+        r = PyObject_CallMethod(sock, "detach", NULL);
+    }
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
 }
 
 /* s lets go of Go's fd and goes: a socket object closes its fd when
@@ -62,9 +88,8 @@ static void drop_socket(PyObject *s)
 {
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
-    PyObject *fd_obj = PyObject_CallMethod(s, "detach", NULL);
-    Py_XDECREF(fd_obj);
-    PyErr_Clear();
+    if (sockobj_detach(s) < 0)
+        PyErr_Clear();
     PyErr_Restore(et, ev, etb);
     Py_DECREF(s);
 }

@@ -475,10 +475,8 @@ static void tr_finalize(Transport *t)
     t->close_sent = t->abort_sent = 1;
     if (go_usable(t->loop)) {
         if (t->sock != NULL) {
-            PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
-            if (r == NULL)
+            if (sockobj_detach(t->sock) < 0)
                 PyErr_WriteUnraisable(t->sock);
-            Py_XDECREF(r);
         }
         loop_close_orphan(t->loop, t->fd);
     } else if (gl_forked()) {
@@ -984,10 +982,8 @@ static int on_closed(Transport *t)
     t->armed = 0;
     if (t->sock != NULL) {
         /* Go closed the fd: the socket object must not close the number again. */
-        PyObject *r = PyObject_CallMethod(t->sock, "detach", NULL);
-        if (r == NULL)
+        if (sockobj_detach(t->sock) < 0)
             PyErr_WriteUnraisable(t->sock);
-        Py_XDECREF(r);
     }
     int r = schedule_lost(t);
     /* Go no longer names this transport: the loop may let it go. */
