@@ -77,22 +77,52 @@ def _ctx(ctx, version, cipher):
     return ctx
 
 
-def _echo_peer(ctx, server_side, sock, size):
+def _echo_peer(ctx, server_side, sock, size, trace=None):
     """Blocking peer: sends size random bytes while echoing what comes, checks the
-    echo, then ends with close_notify. Returns the sha256 of what it sent."""
+    echo, then ends with close_notify. Returns the sha256 of what it sent. trace, a
+    dict, follows where it got to, for the message of a test that stalls; each of
+    its socket operations gives up after PEER_TIMEOUT."""
+    trace = {} if trace is None else trace
+    trace["at"] = "handshake"
     tls = wrap_peer(ctx, sock, server_side)
     payload = os.urandom(size)
     got = bytearray()
-    tls.setblocking(True)
+    tls.settimeout(PEER_TIMEOUT)
+    trace["at"] = "sendall"
     tls.sendall(payload)
+    trace["at"] = "reading the echo"
     while len(got) < size:
         chunk = tls.recv(256 * 1024)
         assert chunk, "EOF before the whole echo"
         got += chunk
+        trace["echoed"] = len(got)
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    trace["at"] = "unwrap"
     tls.unwrap()   # our close_notify, and the loop's answer to it
+    trace["at"] = "done"
     sock.close()
     return hashlib.sha256(payload).hexdigest()
+
+
+async def _both_ends(served, trace, protos):
+    """Waits for the peer, then for the loop's end to be lost; a failure or a stall
+    of either says where each end was (a rare stall in CI's VM said only
+    TimeoutError)."""
+    def where():
+        pr = protos[0] if protos else None
+        tr = pr and pr.transport
+        state = tr and dict(write_buffer=tr.get_write_buffer_size(), reading=tr.is_reading(),
+                            closing=tr.is_closing(), ktls=tr.get_extra_info("ktls"))
+        return (f"peer {trace}; the loop's protocol: "
+                f"{pr and (len(pr.data), pr.compact_events())}, transport {state}")
+    try:
+        await served
+    except Exception as e:
+        raise AssertionError(f"the peer failed: {where()}") from e
+    try:
+        return await asyncio.wait_for(protos[0].lost, PEER_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"connection_lost never came: {where()}") from None
 
 
 class EchoBack(Recorder):
@@ -107,10 +137,12 @@ def test_ktls_client_echoes_python_server(loop, loop_name, certs, version, ciphe
     TLS 1.3 session tickets arriving first, then the peer's close_notify."""
     stat0 = tls_stat()
 
+    trace = {}
+
     def peer(lsock):
         conn, _ = lsock.accept()
         conn.settimeout(PEER_TIMEOUT)
-        return _echo_peer(_ctx(certs.server(), version, cipher), True, conn, MiB)
+        return _echo_peer(_ctx(certs.server(), version, cipher), True, conn, MiB, trace)
 
     async def go():
         expect = expected_ktls(loop, loop_name)
@@ -121,8 +153,7 @@ def test_ktls_client_echoes_python_server(loop, loop_name, certs, version, ciphe
                 lambda: EchoBack(loop), *lsock.getsockname(),
                 ssl=_ctx(certs.client(), version, cipher), server_hostname=HOST)
             assert tr.get_extra_info("ktls") is expect
-            await served
-            assert await pr.lost is None
+            assert await _both_ends(served, trace, [pr]) is None
             assert len(pr.data) == MiB
             flow = ("pause_writing", "resume_writing")
             seen = [e for e in pr.compact_events() if e not in flow]
@@ -130,7 +161,8 @@ def test_ktls_client_echoes_python_server(loop, loop_name, certs, version, ciphe
                 ["made", "data", "eof", "lost"]
             return expect
 
-    if run(loop, go()):
+    # (The peer's own timeouts end a stall first, and _both_ends says where.)
+    if run(loop, go(), timeout=4 * PEER_TIMEOUT):
         stat = tls_stat()
         assert stat["TlsTxSw"] > stat0.get("TlsTxSw", 0)
         assert stat["TlsRxSw"] > stat0.get("TlsRxSw", 0)
@@ -153,20 +185,21 @@ def test_ktls_server_echoes_python_client(loop, loop_name, certs, version, ciphe
         try:
             addr = srv.sockets[0].getsockname()
 
+            trace = {}
+
             def peer():
                 sock = socket.create_connection(addr, timeout=PEER_TIMEOUT)
-                return _echo_peer(_ctx(certs.client(), version, cipher), False, sock, MiB)
+                return _echo_peer(_ctx(certs.client(), version, cipher), False, sock, MiB, trace)
 
-            await in_thread(loop, peer)
+            assert await _both_ends(in_thread(loop, peer), trace, protos) is None
             pr = protos[0]
-            assert await pr.lost is None
             assert pr.transport.get_extra_info("ktls") is expect
             assert len(pr.data) == MiB
         finally:
             srv.close()
             await srv.wait_closed()
 
-    run(loop, go())
+    run(loop, go(), timeout=4 * PEER_TIMEOUT)
 
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["Protocol", "BufferedProtocol"])
