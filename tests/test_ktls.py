@@ -107,7 +107,8 @@ def _echo_peer(ctx, server_side, sock, size, trace=None):
 async def _both_ends(served, trace, protos):
     """Waits for the peer, then for the loop's end to be lost; a failure or a stall
     of either says where each end was (a rare stall in CI's VM said only
-    TimeoutError)."""
+    TimeoutError at `await in_thread(...)`): the peer stuck at some step, or done
+    with its result never reaching the loop (a lost wake-up)."""
     def where():
         pr = protos[0] if protos else None
         tr = pr and pr.transport
@@ -116,8 +117,10 @@ async def _both_ends(served, trace, protos):
         return (f"peer {trace}; the loop's protocol: "
                 f"{pr and (len(pr.data), pr.compact_events())}, transport {state}")
     try:
-        await served
+        await asyncio.wait_for(asyncio.shield(served), 3 * PEER_TIMEOUT)
     except Exception as e:
+        if not served.done():   # (its "at" says whether the peer itself finished)
+            raise AssertionError(f"the peer's result never reached the loop: {where()}") from None
         raise AssertionError(f"the peer failed: {where()}") from e
     try:
         return await asyncio.wait_for(protos[0].lost, PEER_TIMEOUT)
