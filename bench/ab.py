@@ -5,6 +5,7 @@
                        [--a-path DIR] [--b-path DIR] [--churn]
                        [--a-env K=V ...] [--b-env K=V ...]
                        [--tls [--tls-key ecdsa|rsa] [--tls-version 1.2|1.3]]
+                       [--http --conns 100 --seconds 3]
 
 --churn pairs the new-connection cell instead (the load generator's -churn:
 connect, one message of --size bytes, reset close; protocol servers): the
@@ -24,6 +25,10 @@ GOLOOP_TLS=python --b goloop).
 --tls-key rsa), and the load generator speaks TLS (--tls-version, default
 1.3) and verifies the certificate. With --churn every connection is a full
 handshake, a --size echo and a close (use --size 64 for the suite's cell).
+
+--http pairs the aiohttp hello cell instead (bench/servers/http_server.py,
+`wrk -t1 -c CONNS --latency` for --seconds per window, whole seconds), with
+each window's p99 latency beside its rate.
 
 Both servers stay up (pinned to CPU 0; the idle one costs nothing), and the
 load generator (CPU 1) alternates between them, one window each per round.
@@ -49,7 +54,26 @@ import procs  # noqa: E402
 import suite  # noqa: E402
 
 
+def http_window(server, args):
+    """One wrk pass against the aiohttp server: rate, p99, server CPU per request."""
+    url = f"http://127.0.0.1:{server.port}/"
+    argv = ["taskset", "-c", str(suite.CLIENT_CPU), "wrk", "-t1", f"-c{args.conns}", "--latency",
+            f"-d{max(1, round(args.seconds))}s", url]
+    cpu0 = procs.cpu_seconds(server.pid)
+    r = procs.run_bounded(argv, timeout=args.seconds + 30)
+    cpu1 = procs.cpu_seconds(server.pid)
+    out = suite.parse_wrk(r.stdout)
+    if r.returncode != 0 or "error" in out:
+        raise RuntimeError(out.get("error") or r.stderr.strip()[-200:])
+    if not server.alive():
+        raise RuntimeError(f"server died: {server.stderr_tail()}")
+    out["server_cpu_us_per_req"] = (cpu1 - cpu0) / max(out["requests"], 1) * 1e6
+    return out
+
+
 def window(server, args):
+    if args.http:
+        return http_window(server, args)
     argv = ["taskset", "-c", str(suite.CLIENT_CPU), suite.LOADGEN,
             *(["-churn"] if args.churn else []),
             *(suite.tls_loadgen_flags(args.tls_version, args.cert[0]) if args.tls else []),
@@ -83,12 +107,16 @@ def main(argv):
     p.add_argument("--b-env", action="append", default=[], metavar="K=V",
                    help="add K=V to b's server environment (repeatable)")
     p.add_argument("--tls", action="store_true", help="the TLS cell: servers and load over TLS")
+    p.add_argument("--http", action="store_true",
+                   help="the aiohttp cell: aiohttp hello servers, wrk -c CONNS (give --conns 100)")
     p.add_argument("--tls-key", default="ecdsa", choices=sorted(suite.TLS_KEYS))
     p.add_argument("--tls-version", default="1.3", choices=["1.2", "1.3"])
     args = p.parse_args(argv)
     for kv in args.a_env + args.b_env:
         if "=" not in kv or not kv.split("=", 1)[0]:
             p.error(f"--a-env/--b-env want K=V, not {kv!r}")
+    if args.http and (args.tls or args.churn):
+        p.error("--http pairs the aiohttp cell alone (no --tls, no --churn)")
     if args.tls and args.variant not in suite.TLS_VARIANTS:
         p.error(f"--variant {args.variant} has no TLS (TLS variants: {', '.join(suite.TLS_VARIANTS)})")
     # Sides are named by loop, or by loop and build when both run one loop.
@@ -124,12 +152,20 @@ def main(argv):
             for kv in extra:
                 k, v = kv.split("=", 1)
                 env[k] = v
-            servers[name] = procs.Server(
-                [python, "-X", "faulthandler", suite.ECHO_SERVER, "--loop", loop,
-                 "--variant", args.variant, "--port", str(port), *tls_argv],
-                cpu=suite.SERVER_CPU, port=port, cwd=suite.SERVER_CWD, env=env)
+            if args.http:
+                argv = [python, "-X", "faulthandler", suite.HTTP_SERVER, "--loop", loop,
+                        "--port", str(port)]
+            else:
+                argv = [python, "-X", "faulthandler", suite.ECHO_SERVER, "--loop", loop,
+                        "--variant", args.variant, "--port", str(port), *tls_argv]
+            servers[name] = procs.Server(argv, cpu=suite.SERVER_CPU, port=port,
+                                         cwd=suite.SERVER_CWD, env=env)
         ratios, rps = [], {name_a: [], name_b: []}
         cpu = {name_a: [], name_b: []}
+        p99 = {name_a: [], name_b: []}
+        if args.http:
+            for name in servers:  # aiohttp's first requests import and compile: not measured
+                http_window(servers[name], argparse.Namespace(conns=args.conns, seconds=1))
         for i in range(args.rounds):
             # Alternate who goes first, so neither always follows the other.
             order = (name_a, name_b) if i % 2 == 0 else (name_b, name_a)
@@ -137,13 +173,15 @@ def main(argv):
             for name in order:
                 rps[name].append(got[name]["rps"])
                 cpu[name].append(got[name].get("server_cpu_us_per_req", 0.0))
+                p99[name].append(got[name].get("p99_us", 0.0))
             ratios.append(got[name_a]["rps"] / got[name_b]["rps"])
             if args.tls:
                 negotiated = " ".join(str(got[name_a].get(k)) for k in
                                       ("tls_version", "tls_cipher", "tls_curve"))
             print(f"round {i + 1:2}: {name_a} {got[name_a]['rps']:>9,.0f}  "
                   f"{name_b} {got[name_b]['rps']:>9,.0f}  ratio {ratios[-1]:.3f}  "
-                  f"server CPU us/req {cpu[name_a][-1]:.2f} {cpu[name_b][-1]:.2f}", file=sys.stderr)
+                  f"server CPU us/req {cpu[name_a][-1]:.2f} {cpu[name_b][-1]:.2f}  "
+                  f"p99 us {p99[name_a][-1]:,.0f} {p99[name_b][-1]:,.0f}", file=sys.stderr)
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,6 +197,8 @@ def main(argv):
         "ratio_median": round(med, 3), "ratio_q1": round(q[0], 3), "ratio_q3": round(q[2], 3),
         "rps_median": {k: round(statistics.median(v)) for k, v in rps.items()},
         "cpu_us_per_req_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+        "p99_us_median": {k: round(statistics.median(v)) for k, v in p99.items()},
+        "http": args.http,
     }
     print(json.dumps(summary))
 
