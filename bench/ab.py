@@ -1,4 +1,4 @@
-"""Paired comparison of two loops on one echo cell, for ratios that noise would blur.
+"""Paired comparison of two loops on one cell, for ratios that noise would blur.
 
     python bench/ab.py [--a goloop] [--b uvloop] [--variant protocol]
                        [--conns 10] [--size 1024] [--rounds 10] [--seconds 1]
