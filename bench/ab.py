@@ -54,26 +54,12 @@ import procs  # noqa: E402
 import suite  # noqa: E402
 
 
-def http_window(server, args):
-    """One wrk pass against the aiohttp server: rate, p99, server CPU per request."""
-    url = f"http://127.0.0.1:{server.port}/"
-    argv = ["taskset", "-c", str(suite.CLIENT_CPU), "wrk", "-t1", f"-c{args.conns}", "--latency",
-            f"-d{max(1, round(args.seconds))}s", url]
-    cpu0 = procs.cpu_seconds(server.pid)
-    r = procs.run_bounded(argv, timeout=args.seconds + 30)
-    cpu1 = procs.cpu_seconds(server.pid)
-    out = suite.parse_wrk(r.stdout)
-    if r.returncode != 0 or "error" in out:
-        raise RuntimeError(out.get("error") or r.stderr.strip()[-200:])
-    if not server.alive():
-        raise RuntimeError(f"server died: {server.stderr_tail()}")
-    out["server_cpu_us_per_req"] = (cpu1 - cpu0) / max(out["requests"], 1) * 1e6
-    return out
-
-
 def window(server, args):
     if args.http:
-        return http_window(server, args)
+        out = suite.wrk_pass(server, args.seconds, args.conns)
+        if not server.alive():
+            raise RuntimeError(f"server died: {server.stderr_tail()}")
+        return out
     argv = ["taskset", "-c", str(suite.CLIENT_CPU), suite.LOADGEN,
             *(["-churn"] if args.churn else []),
             *(suite.tls_loadgen_flags(args.tls_version, args.cert[0]) if args.tls else []),
@@ -165,7 +151,7 @@ def main(argv):
         p99 = {name_a: [], name_b: []}
         if args.http:
             for name in servers:  # aiohttp's first requests import and compile: not measured
-                http_window(servers[name], argparse.Namespace(conns=args.conns, seconds=1))
+                suite.wrk_pass(servers[name], 1, args.conns)
         for i in range(args.rounds):
             # Alternate who goes first, so neither always follows the other.
             order = (name_a, name_b) if i % 2 == 0 else (name_b, name_a)
