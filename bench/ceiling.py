@@ -3,8 +3,9 @@ each server's CPU goes (perf, by shared object and kernel symbol), and the
 ratio goloop would reach if it did none of the work a loop can avoid.
 
     python bench/ceiling.py [--loops uvloop,goloop] [--seconds 3] [--rounds 1]
-    python bench/ceiling.py --from-json FILE --plot PNG
-                            [--json FILE] [--plot PNG] [--cells echo:protocol:10:1024,tls:protocol:10:102400,http,...]
+                            [--json FILE] [--plot PNG]
+                            [--cells echo:protocol:10:1024,tls:protocol:10:102400,http,...]
+    python bench/ceiling.py --from-json FILE [--plot PNG]
 
 A cell is echo:VARIANT:CONNS:SIZE, tls:VARIANT:CONNS:SIZE, churn:CONNS (new
 connections, 64 bytes each), tlschurn:CONNS or http (aiohttp hello, wrk -c100).
@@ -34,8 +35,9 @@ per request over the part of it that goloop could not leave out,
             not need (its TLS does not: it beats this ceiling at TLS 1 KiB).
 
 A target above the all-user ceiling cannot be met by any change to goloop:
-the kernel's part of the work is the same for every loop that moves the same
-bytes over the same sockets. Run from the repository root, as bench/ab.py.
+a loop that hands the bytes to Python copies them in and out and runs TCP on
+them as every other does (goloop's kernel time per request measured 0.8-1.4
+times uvloop's, median 1.1: docs/benchmarks.md). Run from the repository root, as bench/ab.py.
 """
 
 import argparse
@@ -120,7 +122,7 @@ def plot(results, ref, path):
     fig.savefig(path, dpi=110)
 
 
-def ceilings(row, ref, loops):
+def ceilings(row, ref):
     """goloop's ratio to ref by CPU per request now, and its two ceilings,
     from ref's own profile: shares of one process's samples do not move
     with the machine's drift the way CPU per request does from one run to
@@ -205,7 +207,7 @@ def run_cell(cell, loop, args, tmp):
             # perf starts once the warm-up (1 s) is over and stops before the load does.
             subprocess.run(["sleep", "1.2"])
             got = profiled(server, seconds, tmp, f"{cell}-{loop}".replace(":", "_"))
-            out, err = gen.communicate(timeout=seconds + 60)
+            out, _ = gen.communicate(timeout=seconds + 60)
         finally:
             if gen.poll() is None:
                 gen.kill()
@@ -236,8 +238,6 @@ def main(argv):
     p.add_argument("--from-json", help="do not measure: plot (--plot) a --json file")
     args = p.parse_args(argv)
     args.python = os.environ.get("PYTHON") or sys.executable
-    if not shutil.which("perf"):
-        sys.exit("perf is missing (Debian: linux-perf)")
     loops = args.loops.split(",")
     if args.from_json:
         with open(args.from_json) as f:
@@ -245,11 +245,13 @@ def main(argv):
         for row in results:
             for ref in loops:
                 if ref != "goloop" and "goloop" in row:
-                    row[f"vs_{ref}"] = ceilings(row, ref, loops)
+                    row[f"vs_{ref}"] = ceilings(row, ref)
                     print(f"{row['cell']:26s} goloop/{ref}: " + describe(row[f"vs_{ref}"]))
         if args.plot:
             plot(results, loops[0], args.plot)
         return
+    if not shutil.which("perf"):
+        sys.exit("perf is missing (Debian: linux-perf)")
     tmp = tempfile.mkdtemp(prefix="goloop-ceiling-")
     results = []
     try:
@@ -271,7 +273,7 @@ def main(argv):
                 print(f"{cell:26s} {loop:7s} {cpu_us:8.2f} us/req  {line}", flush=True)
             for ref in loops:
                 if ref != "goloop" and "goloop" in row:
-                    row[f"vs_{ref}"] = ceilings(row, ref, loops)
+                    row[f"vs_{ref}"] = ceilings(row, ref)
                     print(f"{'':26s} goloop/{ref}: " + describe(row[f"vs_{ref}"]), flush=True)
             results.append(row)
     finally:
