@@ -2,7 +2,7 @@
 each server's CPU goes (perf, by shared object and kernel symbol), and the
 ratio goloop would reach if it did none of the work a loop can avoid.
 
-    python bench/ceiling.py [--loops uvloop,goloop] [--seconds 3] [--rounds 1]
+    python bench/ceiling.py [--loops uvloop,goloop,asyncio] [--seconds 3] [--rounds 1]
                             [--json FILE] [--plot PNG]
                             [--cells echo:protocol:10:1024,tls:protocol:10:102400,http,...]
     python bench/ceiling.py --from-json FILE [--plot PNG]
@@ -227,7 +227,8 @@ def run_cell(cell, loop, args, tmp):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--loops", default="uvloop,goloop")
+    p.add_argument("--loops", default="uvloop,goloop,asyncio",
+                   help="the first is the reference of the plot")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=1, help="rounds per cell; medians are reported")
     p.add_argument("--cells", default="echo:protocol:10:1024,echo:protocol:10:102400,"
